@@ -1,0 +1,87 @@
+"""`PLADISAttnProcessor`: diffusers' `AttnProcessor2_0` with PLADIS weights instead of softmax.
+
+Everything around the attention product (spatial/group norm, q/k norms, masks, residual, output
+rescale) follows `AttnProcessor2_0` line for line, so the two can be diffed in one's head.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.models.attention_processor import Attention
+
+from .functional import pladis_scaled_dot_product_attention
+from .validation import check_pladis_alpha, check_pladis_scale
+
+
+class PLADISAttnProcessor:
+    """Attention processor computing `(softmax(z) + λ·(entmax_α(z) − softmax(z)))·V`, `z = QKᵀ/√d + mask`.
+
+    Installed on cross-attention layers (`attn2`) by `apply_pladis`; λ = `pladis_scale`,
+    α = `pladis_alpha` (1.5 = entmax15, 2 = sparsemax). Maps are float32 whatever the model dtype.
+    """
+
+    def __init__(self, pladis_scale: float, pladis_alpha: float = 1.5) -> None:
+        self.pladis_scale = check_pladis_scale(pladis_scale)
+        self.pladis_alpha = check_pladis_alpha(pladis_alpha)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(pladis_scale={self.pladis_scale}, pladis_alpha={self.pladis_alpha})"
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch_size, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+
+        batch_size, sequence_length, _ = (
+            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        )
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
+
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+
+        head_dim = key.shape[-1] // attn.heads
+        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+
+        # The one PLADIS change: sparse-extrapolated weights in place of SDPA's softmax.
+        hidden_states = pladis_scaled_dot_product_attention(
+            query, key, value, self.pladis_scale, self.pladis_alpha, attn_mask=attention_mask
+        )
+
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
+        hidden_states = hidden_states.to(query.dtype)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor

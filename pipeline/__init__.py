@@ -1,0 +1,1 @@
+"""Thin PLADIS subclasses of diffusers pipelines, one module per reference pipeline."""

@@ -1,0 +1,83 @@
+"""The exact sparse maps against the `entmax` package (float64) on random and adversarial rows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from entmax import entmax15, entmax_bisect, sparsemax
+
+from attention import entmax_attention, pladis_weights, softmax_attention
+
+SHAPES = [(3, 77), (2, 5, 300), (4, 2048), (6, 1)]
+
+
+def reference_entmax(z: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The package's exact sort-based maps for 1.5 / 2 and a long float64 bisection otherwise."""
+    z = z.double()
+    if alpha == 1.5:
+        return entmax15(z, dim=-1)
+    if alpha == 2.0:
+        return sparsemax(z, dim=-1)
+    return entmax_bisect(z, alpha, dim=-1, n_iter=200)
+
+
+@pytest.mark.parametrize("alpha", [1.5, 2.0, 1.25, 1.75])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("spread", [0.5, 4.0, 50.0])
+def test_entmax_matches_entmax_package(alpha, shape, spread):
+    z = torch.randn(shape, generator=torch.Generator().manual_seed(len(shape) * 7 + int(spread))) * spread
+    ours = entmax_attention(z.float(), alpha).double()
+    torch.testing.assert_close(ours, reference_entmax(z, alpha), atol=5e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("alpha", [1.5, 2.0, 1.3])
+def test_entmax_on_adversarial_rows(alpha):
+    rows = torch.tensor(
+        [
+            [0.0] * 8,                                     # all equal
+            [3.0, 3.0, 3.0, -1.0, -1.0, 0.0, 0.0, 0.0],    # ties at the top
+            [1e4, 1e4 - 1e-3, -1e4, 0.0, 5.0, 5.0, 1.0, 2.0],  # huge logits
+            [float("-inf"), 1.0, float("-inf"), 2.0, 2.0, float("-inf"), 0.5, 0.0],  # masked keys
+            [1.0, 1.0 - 1e-7, 1.0 - 2e-7, 0.0, 0.0, 0.0, 0.0, 0.0],  # near-ties
+        ]
+    )
+    ours = entmax_attention(rows, alpha)
+    finite = torch.where(torch.isinf(rows), torch.full_like(rows, -1e9), rows)
+    torch.testing.assert_close(ours.double(), reference_entmax(finite, alpha), atol=2e-6, rtol=1e-5)
+    assert torch.isfinite(ours).all()
+
+
+def test_sparsemax_is_sparse_and_sums_to_one():
+    z = torch.randn(64, 77, generator=torch.Generator().manual_seed(1)) * 3
+    for alpha in (1.5, 2.0):
+        p = entmax_attention(z, alpha)
+        assert (p == 0).float().mean() > 0.3  # genuinely sparse, unlike softmax
+        torch.testing.assert_close(p.sum(-1), torch.ones(64), atol=2e-6, rtol=0)
+
+
+def test_fully_masked_row_gives_zeros_not_nan():
+    z = torch.full((2, 10), float("-inf"))
+    z[1, 3] = 0.5
+    for weights in (entmax_attention(z, 1.5), entmax_attention(z, 2.0), softmax_attention(z), pladis_weights(z, 2.0)):
+        assert torch.isfinite(weights).all()
+        assert weights[0].abs().sum() == 0
+        assert weights[1, 3] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_scores_are_thresholded_in_float32(dtype):
+    z = (torch.randn(8, 2048, generator=torch.Generator().manual_seed(2)) * 4).to(dtype)
+    ours = entmax_attention(z, 1.5)
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours.double(), entmax15(z.double(), dim=-1), atol=5e-6, rtol=1e-5)
+    torch.testing.assert_close(ours.sum(-1), torch.ones(8), atol=5e-6, rtol=0)
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.5, 1.0, 2.0, 3.5])
+def test_pladis_weights_blend_dense_and_sparse(scale):
+    z = torch.randn(5, 77, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 2
+    dense = torch.softmax(z, dim=-1)
+    expected = dense + scale * (entmax15(z, dim=-1) - dense)
+    torch.testing.assert_close(pladis_weights(z.float(), scale).double(), expected, atol=2e-6, rtol=1e-5)
+    # Rows of the extrapolated map still sum to one.
+    torch.testing.assert_close(pladis_weights(z, scale).sum(-1), torch.ones(5, dtype=torch.float64))
