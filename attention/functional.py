@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .sparse_maps import pladis_weights
+from .sparse_maps import pladis_weights_
+from .validation import check_pladis_alpha
 
 # Scores per query chunk (float32): ~8 MB, large enough to keep matmuls efficient.
 _CHUNK_ELEMENTS = 1 << 21
@@ -38,18 +39,30 @@ def pladis_scaled_dot_product_attention(
     `query` is (..., Nq, D), `key`/`value` (..., Nk, D/Dv); `attn_mask` broadcasts to (..., Nq, Nk).
     The maps are computed in float32; the result has `query`'s dtype. A fully masked row gives zeros.
     """
+    check_pladis_alpha(pladis_alpha)
     scale = query.shape[-1] ** -0.5 if scale is None else scale
     mask = _additive_mask(attn_mask)
     key_t = key.float().transpose(-1, -2)
     value_f = value.float()
-    rows_per_chunk = max(1, _CHUNK_ELEMENTS // max(1, query[..., :1, :1].numel() * key.shape[-2]))
-    outputs = []
-    for start in range(0, query.shape[-2], rows_per_chunk):
-        stop = start + rows_per_chunk
-        scores = torch.matmul(query[..., start:stop, :].float(), key_t).mul_(scale)
+    rows, keys = query.shape[-2], key.shape[-2]
+    # Equal chunks (as few as fit the budget), so one workspace serves every chunk.
+    batch_heads = query[..., :1, :1].numel()
+    chunks = -(-rows * batch_heads * keys // _CHUNK_ELEMENTS)
+    rows_per_chunk = -(-rows // max(1, chunks))
+    chunk_shape = (*query.shape[:-2], rows_per_chunk, keys)
+    scores_buffer = query.new_empty(chunk_shape, dtype=torch.float32)
+    workspace = tuple(torch.empty_like(scores_buffer) for _ in range(3))
+    output = query.new_empty((*query.shape[:-1], value.shape[-1]), dtype=torch.float32)
+    for start in range(0, rows, rows_per_chunk):
+        stop = min(start + rows_per_chunk, rows)
+        if stop - start == rows_per_chunk:
+            scores, buffers = scores_buffer, workspace
+        else:  # a shorter last chunk gets its own buffers
+            scores, buffers = torch.empty_like(scores_buffer[..., : stop - start, :]), None
+        torch.matmul(query[..., start:stop, :].float(), key_t, out=scores).mul_(scale)
         if mask is not None:
             per_row = mask.dim() >= 2 and mask.shape[-2] != 1
-            scores = scores + (mask[..., start:stop, :] if per_row else mask)
-        weights = pladis_weights(scores, pladis_scale, pladis_alpha)
-        outputs.append(torch.matmul(weights, value_f))
-    return torch.cat(outputs, dim=-2).to(query.dtype)
+            scores.add_(mask[..., start:stop, :] if per_row else mask)
+        weights = pladis_weights_(scores, pladis_scale, pladis_alpha, buffers)
+        torch.matmul(weights, value_f, out=output[..., start:stop, :])
+    return output.to(query.dtype)
