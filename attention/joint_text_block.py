@@ -1,0 +1,117 @@
+"""PLADIS for joint text+image attention (FLUX, SD3): only the image-query × text-key block changes.
+
+With `m` = the dense softmax mass an image query puts on the text keys, that block becomes
+`m·[λ·entmax_α(z_txt) + (1 − λ)·softmax(z_txt)]`; this module computes it as ordinary SDPA plus a
+correction that needs only image×text scores, one query chunk at a time, so memory grows as
+N·L_txt, never N².
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .functional import _additive_mask
+from .sparse_maps import entmax_attention, softmax_attention
+from .validation import check_pladis_alpha, check_pladis_scale
+
+# Image×text scores per query chunk (float32): ~8 MB, like functional.py's chunks.
+_CHUNK_ELEMENTS = 1 << 21
+
+
+def joint_token_slices(sequence_length: int, text_length: int, text_first: bool = True) -> tuple[slice, slice]:
+    """(text, image) token slices of a joint sequence: text first (FLUX `[txt ; img]`) or last (SD3)."""
+    if isinstance(text_length, bool) or not isinstance(text_length, int):
+        raise TypeError(f"text_length must be an int, got {type(text_length).__name__}: {text_length!r}")
+    if not 0 <= text_length <= sequence_length:
+        raise ValueError(f"text_length must be in [0, {sequence_length}] (the joint length), got {text_length}")
+    image_length = sequence_length - text_length
+    if text_first:
+        return slice(0, text_length), slice(text_length, sequence_length)
+    return slice(image_length, sequence_length), slice(0, image_length)
+
+
+def dense_attention_and_text_mass(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    text_keys: slice,
+    attn_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(softmax(z)·V, m)` from one SDPA call, with `m = Σ_{k ∈ text_keys} softmax(z)[k]` per query.
+
+    V gets one extra channel that is 1 on the text keys and 0 elsewhere, so that channel of the
+    output is exactly `m`. Q, K and V are zero-padded to one head dim (a multiple of 8): QKᵀ is
+    unchanged (the scale is passed explicitly) and the fused, O(N)-memory kernels stay eligible.
+    """
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    value_dim = value.shape[-1]
+    padded_dim = -(-max(query.shape[-1], value_dim + 1) // 8) * 8
+    text_indicator = value.new_zeros(*value.shape[:-1], padded_dim - value_dim)
+    text_indicator[..., text_keys, 0] = 1
+    output = F.scaled_dot_product_attention(
+        F.pad(query, (0, padded_dim - query.shape[-1])),
+        F.pad(key, (0, padded_dim - key.shape[-1])),
+        torch.cat([value, text_indicator], dim=-1),
+        attn_mask=attn_mask,
+        scale=scale,
+    )
+    return output[..., :value_dim].contiguous(), output[..., value_dim]
+
+
+def text_block_pladis_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    text_length: int,
+    pladis_scale: float,
+    pladis_alpha: float = 1.5,
+    *,
+    text_first: bool = True,
+    attn_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Joint attention `A·V` where PLADIS changes only the image-query × text-key block of `A`.
+
+    `query`, `key`, `value` are (B, H, N, D) over one joint sequence of N tokens whose `text_length`
+    text tokens come first (`text_first=True`, FLUX) or last (SD3); `z = scale·QKᵀ + mask` (SDPA's
+    mask semantics). For an image query with dense text mass `m = Σ_txt softmax(z)`:
+
+        out = SDPA(Q, K, V) + m·λ·(entmax_α(z_txt) − softmax(z_txt))·V_txt,
+
+    i.e. its text block is `m·[λ·entmax_α(z_txt) + (1 − λ)·softmax(z_txt)]` (maps over the text
+    columns only), its image block and the text-query rows stay dense, and every row sums to 1.
+    The maps are float32; the result has `query`'s dtype. λ = 0 is plain SDPA.
+    """
+    pladis_scale = check_pladis_scale(pladis_scale)
+    pladis_alpha = check_pladis_alpha(pladis_alpha)
+    if query.dim() != 4 or key.shape[-2] != query.shape[-2] or value.shape[-2] != query.shape[-2]:
+        raise ValueError(
+            "text_block_pladis_attention needs (B, H, N, D) query/key/value over one joint sequence, "
+            f"got {tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}"
+        )
+    text, image = joint_token_slices(query.shape[-2], text_length, text_first)
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    if pladis_scale == 0.0 or text.start == text.stop or image.start == image.stop:
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, scale=scale)
+
+    output, text_mass = dense_attention_and_text_mass(query, key, value, text, attn_mask, scale)
+    mask = _additive_mask(attn_mask)
+    if mask is not None and mask.shape[-1] != 1:
+        mask = mask[..., text]
+    key_text_t = key[..., text, :].float().transpose(-1, -2)
+    value_text = value[..., text, :].float()
+    batch_heads = query[..., :1, :1].numel()
+    rows_per_chunk = max(1, _CHUNK_ELEMENTS // (batch_heads * (text.stop - text.start)))
+    for start in range(image.start, image.stop, rows_per_chunk):
+        rows = slice(start, min(start + rows_per_chunk, image.stop))
+        scores = torch.matmul(query[..., rows, :].float(), key_text_t).mul_(scale)
+        if mask is not None:
+            scores = scores + (mask[..., rows, :] if mask.dim() >= 2 and mask.shape[-2] != 1 else mask)
+        dense = softmax_attention(scores)
+        # The correction: m·λ·(entmax − softmax)·V_txt; the dense part is already in `output`.
+        shift = torch.matmul(entmax_attention(scores, pladis_alpha).sub_(dense), value_text)
+        shift.mul_(text_mass[..., rows, None].float() * pladis_scale)
+        output[..., rows, :] = (output[..., rows, :].float() + shift).to(output.dtype)
+    return output
