@@ -1,0 +1,325 @@
+"""Benchmark PLADIS against stock attention and against the reference formulation, in one run.
+
+Prints ratios measured here, never asserted anywhere: wall time (interleaved rounds after warm-up,
+medians) and extra peak memory (allocator stats on GPU, RSS of fresh subprocesses on CPU), for
+whole attention modules at SDXL / FLUX shapes and for one denoiser step of real-architecture
+models built from their published configs with random weights (nothing is downloaded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from anywhere
+
+import attention.flux_processor as flux_processor_module  # noqa: E402
+import attention.processor as processor_module  # noqa: E402
+from attention import PLADISAttnProcessor, PLADISFluxAttnProcessor, pladis_processors, swapped_attn_processors  # noqa: E402
+from attention.flux_processor import TextLength, recorded_text_length  # noqa: E402
+
+VARIANTS = ("stock", "pladis", "reference")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+# Published architecture configs (stabilityai/stable-diffusion-xl-base-1.0 unet, black-forest-labs/FLUX.1-dev transformer).
+SDXL_UNET_CONFIG = dict(
+    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816, norm_num_groups=32,
+)
+FLUX_TRANSFORMER_CONFIG = dict(
+    patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+    num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+    axes_dims_rope=(16, 56, 56),
+)
+
+
+# ---- the reference formulation: materialised score maps and the `entmax` package --------------
+
+def _reference_sparse(scores: torch.Tensor, alpha: float) -> torch.Tensor:
+    from entmax import entmax15, entmax_bisect, sparsemax
+
+    if alpha == 1.5:
+        return entmax15(scores, dim=-1)
+    if alpha == 2.0:
+        return sparsemax(scores, dim=-1)
+    return entmax_bisect(scores, alpha, dim=-1)
+
+
+def reference_pladis_sdpa(query, key, value, pladis_scale, pladis_alpha=1.5, attn_mask=None, scale=None):
+    """The authors' formulation: full scores, softmax and the package's sort-based entmax, blended."""
+    scores = query.float() @ key.float().transpose(-1, -2) * (scale or query.shape[-1] ** -0.5)
+    if attn_mask is not None:
+        scores = scores + attn_mask
+    dense = torch.softmax(scores, dim=-1)
+    weights = dense + pladis_scale * (_reference_sparse(scores, pladis_alpha) - dense)
+    return (weights @ value.float()).to(query.dtype)
+
+
+def reference_text_block(query, key, value, text_length, pladis_scale, pladis_alpha=1.5, *, text_first=True,
+                         attn_mask=None, scale=None):
+    """The FLUX rule on the full materialised (N × N) joint map, as the reference computes it."""
+    scores = query.float() @ key.float().transpose(-1, -2) * (scale or query.shape[-1] ** -0.5)
+    n = scores.shape[-1]
+    text = slice(0, text_length) if text_first else slice(n - text_length, n)
+    image = slice(text_length, n) if text_first else slice(0, n - text_length)
+    weights = torch.softmax(scores, dim=-1)
+    block = scores[..., image, text]
+    mass = weights[..., image, text].sum(-1, keepdim=True)
+    dense_text = torch.softmax(block, dim=-1)
+    weights[..., image, text] = mass * (dense_text + pladis_scale * (_reference_sparse(block, pladis_alpha) - dense_text))
+    return (weights @ value.float()).to(query.dtype)
+
+
+@contextlib.contextmanager
+def reference_attention() -> Iterator[None]:
+    """Make our processors compute attention the reference way (same projections, norms, RoPE)."""
+    saved = processor_module.pladis_scaled_dot_product_attention, flux_processor_module.text_block_pladis_attention
+    processor_module.pladis_scaled_dot_product_attention = reference_pladis_sdpa
+    flux_processor_module.text_block_pladis_attention = reference_text_block
+    try:
+        yield
+    finally:
+        processor_module.pladis_scaled_dot_product_attention, flux_processor_module.text_block_pladis_attention = saved
+
+
+# ---- the cases: each builds (run function per variant) on a device ---------------------------
+
+def sdxl_attention_case(args) -> dict[str, Callable[[], object]]:
+    """One SDXL cross-attention module (640 channels, 10 heads × 64) at 1024²: 4096 queries, 77 keys, CFG batch."""
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+    attn = Attention(640, cross_attention_dim=2048, heads=10, dim_head=64).to(args.device, args.dtype).eval()
+    hidden = torch.randn(2, 4096, 640, device=args.device, dtype=args.dtype)
+    context = torch.randn(2, 77, 2048, device=args.device, dtype=args.dtype)
+    stock, ours = AttnProcessor2_0(), PLADISAttnProcessor(args.pladis_scale, args.pladis_alpha)
+
+    def run(processor, reference=False):
+        def call():
+            with reference_attention() if reference else contextlib.nullcontext():
+                return processor(attn, hidden, context)
+        return call
+
+    return {"stock": run(stock), "pladis": run(ours), "reference": run(ours, reference=True)}
+
+
+def flux_attention_case(args) -> dict[str, Callable[[], object]]:
+    """One FLUX double-stream attention module (24 heads × 128) over 512 text + 2048 image tokens."""
+    from diffusers.models.transformers.transformer_flux import FluxAttention, FluxAttnProcessor
+
+    attn = FluxAttention(query_dim=3072, heads=24, dim_head=128, added_kv_proj_dim=3072, bias=True,
+                         context_pre_only=False, eps=1e-6).to(args.device, args.dtype).eval()
+    image = torch.randn(1, 2048, 3072, device=args.device, dtype=args.dtype)
+    text = torch.randn(1, 512, 3072, device=args.device, dtype=args.dtype)
+    stock, ours = FluxAttnProcessor(), PLADISFluxAttnProcessor(args.pladis_scale, args.pladis_alpha)
+
+    def run(processor, reference=False):
+        def call():
+            with reference_attention() if reference else contextlib.nullcontext():
+                return processor(attn, image, text)
+        return call
+
+    return {"stock": run(stock), "pladis": run(ours), "reference": run(ours, reference=True)}
+
+
+def _with_processors(model, table_builder, call, reference=False):
+    def run():
+        with swapped_attn_processors(model, table_builder()) if table_builder else contextlib.nullcontext():
+            with reference_attention() if reference else contextlib.nullcontext():
+                return call()
+    return run
+
+
+def sdxl_unet_case(args) -> dict[str, Callable[[], object]]:
+    """One SDXL UNet step (published architecture, random weights) on a CFG batch at --resolution."""
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel(**SDXL_UNET_CONFIG).to(args.device, args.dtype).eval()
+    latent = args.resolution // 8
+    inputs = dict(
+        sample=torch.randn(2, 4, latent, latent, device=args.device, dtype=args.dtype),
+        timestep=torch.tensor(500, device=args.device),
+        encoder_hidden_states=torch.randn(2, 77, 2048, device=args.device, dtype=args.dtype),
+        added_cond_kwargs={"text_embeds": torch.randn(2, 1280, device=args.device, dtype=args.dtype),
+                           "time_ids": torch.tensor([[args.resolution] * 2 + [0, 0] + [args.resolution] * 2] * 2,
+                                                    device=args.device, dtype=args.dtype)},
+    )
+    call = lambda: unet(**inputs).sample  # noqa: E731
+    table = lambda: pladis_processors(unet, args.pladis_scale, args.pladis_alpha)  # noqa: E731
+    return {"stock": _with_processors(unet, None, call), "pladis": _with_processors(unet, table, call),
+            "reference": _with_processors(unet, table, call, reference=True)}
+
+
+def flux_transformer_case(args) -> dict[str, Callable[[], object]]:
+    """One FLUX-dev transformer step (published widths, --flux-blocks double + single blocks) at --resolution."""
+    from diffusers import FluxTransformer2DModel
+
+    config = dict(FLUX_TRANSFORMER_CONFIG, num_layers=args.flux_blocks, num_single_layers=args.flux_blocks)
+    transformer = FluxTransformer2DModel(**config).to(args.device, args.dtype).eval()
+    side = args.resolution // 16
+    ids = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(side), torch.arange(side), indexing="ij"), -1)
+    inputs = dict(
+        hidden_states=torch.randn(1, side * side, 64, device=args.device, dtype=args.dtype),
+        encoder_hidden_states=torch.randn(1, 512, 4096, device=args.device, dtype=args.dtype),
+        pooled_projections=torch.randn(1, 768, device=args.device, dtype=args.dtype),
+        timestep=torch.tensor([0.5], device=args.device, dtype=args.dtype),
+        guidance=torch.tensor([3.5], device=args.device, dtype=args.dtype),
+        img_ids=ids.reshape(-1, 3).to(args.device), txt_ids=torch.zeros(512, 3, device=args.device),
+    )
+    call = lambda: transformer(**inputs).sample  # noqa: E731
+    table = lambda: pladis_processors(transformer, args.pladis_scale, args.pladis_alpha)  # noqa: E731
+    return {"stock": _with_processors(transformer, None, call), "pladis": _with_processors(transformer, table, call),
+            "reference": _with_processors(transformer, table, call, reference=True)}
+
+
+CASES = {
+    "sdxl-attention": sdxl_attention_case,
+    "flux-attention": flux_attention_case,
+    "sdxl-unet": sdxl_unet_case,
+    "flux-transformer": flux_transformer_case,
+}
+
+
+# ---- measurement ------------------------------------------------------------------------------
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def median_times(runs: dict[str, Callable[[], object]], args) -> dict[str, float]:
+    """Median seconds per variant; variants alternate within every round so drift hits all alike."""
+    samples = {name: [] for name in runs}
+    with torch.inference_mode():
+        for _ in range(args.warmup):
+            for run in runs.values():
+                run()
+        for _ in range(args.repeats):
+            for name, run in runs.items():
+                _sync(args.device)
+                start = time.perf_counter()
+                run()
+                _sync(args.device)
+                samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
+def _reset_peak_rss() -> None:
+    """Start a new RSS high-water mark here (Linux: writing 5 to clear_refs resets VmHWM)."""
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+
+
+def _peak_rss_bytes() -> int:
+    """VmHWM: this address space's RSS high-water mark (unlike ru_maxrss, not inherited over exec)."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+
+def extra_peak_memory(runs: dict[str, Callable[[], object]], variant: str, args) -> int:
+    """Peak memory of one call above what was held before it (GPU allocator, or this process's RSS)."""
+    with torch.inference_mode():
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+            runs[variant]()
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated() - before
+        before = _rss_bytes()
+        _reset_peak_rss()
+        runs[variant]()
+        return _peak_rss_bytes() - before
+
+
+def memory_in_subprocess(case: str, variant: str, argv: list[str]) -> int:
+    """CPU peaks need a fresh process per variant (RSS high-water marks never go down)."""
+    command = [sys.executable, __file__, "--cases", case, "--memory-of", variant, *argv]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])["extra_bytes"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", default="sdxl-attention,flux-attention",
+                        help=f"comma-separated, from {', '.join(CASES)} (the whole-model cases are heavy on CPU)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--pladis-scale", type=float, default=2.0)
+    parser.add_argument("--pladis-alpha", type=float, default=1.5)
+    parser.add_argument("--resolution", type=int, default=1024, help="image side for the whole-model cases")
+    parser.add_argument("--flux-blocks", type=int, default=2, help="double and single blocks of the FLUX case")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
+    parser.add_argument("--memory-of", choices=VARIANTS, help=argparse.SUPPRESS)  # internal: one CPU memory probe
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.cases.split(",")) - set(CASES))
+    if unknown:
+        parser.error(f"--cases: unknown {unknown}; choose from {sorted(CASES)}")
+    args.dtype_name, args.dtype = args.dtype, DTYPES[args.dtype]
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    torch.manual_seed(0)
+    if args.memory_of:
+        runs = CASES[args.cases](args)
+        print(json.dumps({"extra_bytes": extra_peak_memory(runs, args.memory_of, args)}))
+        return
+    print(f"# {time.strftime('%Y-%m-%d')}  device={args.device}  dtype={args.dtype_name}  torch={torch.__version__}  "
+          f"threads={torch.get_num_threads()}  λ={args.pladis_scale}  α={args.pladis_alpha}")
+    print("| case | stock ms | PLADIS ms | reference ms | PLADIS/stock | reference/stock | PLADIS/reference "
+          "| extra peak MiB stock / PLADIS / reference |")
+    print("|---|---|---|---|---|---|---|---|")
+    for case in args.cases.split(","):
+        runs = CASES[case](args)
+        times = median_times(runs, args)
+        memory = "skipped"
+        if not args.no_memory:
+            if args.device.startswith("cuda"):
+                peaks = [extra_peak_memory(runs, variant, args) for variant in VARIANTS]
+            else:
+                del runs
+                peaks = [memory_in_subprocess(case, variant, _without_cases(argv)) for variant in VARIANTS]
+            memory = " / ".join(f"{peak / 2**20:.0f}" for peak in peaks)
+        s, p, r = (times[name] * 1e3 for name in VARIANTS)
+        print(f"| {case} | {s:.1f} | {p:.1f} | {r:.1f} | {p / s:.2f}× | {r / s:.2f}× | {p / r:.2f}× | {memory} |", flush=True)
+
+
+def _without_cases(argv: list[str]) -> list[str]:
+    """`argv` minus any `--cases X` / `--cases=X`, to pass the other options on to probes."""
+    kept, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--cases":
+            skip = True
+        elif not item.startswith("--cases="):
+            kept.append(item)
+    return kept
+
+
+if __name__ == "__main__":
+    main()

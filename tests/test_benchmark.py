@@ -1,0 +1,44 @@
+"""The benchmark compares like with like: its reference formulations (materialised maps and the
+`entmax` package) compute what our fast paths compute, and its options are checked."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attention import pladis_scaled_dot_product_attention, text_block_pladis_attention
+from scripts import benchmark
+
+
+@pytest.mark.parametrize("alpha", [1.5, 2.0])
+def test_reference_sdpa_matches_fast_path(alpha):
+    q, k, v = (torch.randn(2, 3, n, 16, generator=torch.Generator().manual_seed(n)) for n in (50, 77, 77))
+    torch.testing.assert_close(
+        benchmark.reference_pladis_sdpa(q, k, v, 2.0, alpha), pladis_scaled_dot_product_attention(q, k, v, 2.0, alpha),
+        atol=2e-5, rtol=1e-4,
+    )
+
+
+@pytest.mark.parametrize("text_first", [True, False])
+def test_reference_text_block_matches_fast_path(text_first):
+    q, k, v = (torch.randn(1, 2, 40, 16, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    expected = benchmark.reference_text_block(q, k, v, 12, 2.0, 1.5, text_first=text_first)
+    ours = text_block_pladis_attention(q, k, v, 12, 2.0, 1.5, text_first=text_first)
+    torch.testing.assert_close(ours, expected, atol=2e-5, rtol=1e-4)
+
+
+def test_reference_attention_swaps_back_even_on_error():
+    from attention import processor
+
+    original = processor.pladis_scaled_dot_product_attention
+    with pytest.raises(RuntimeError):
+        with benchmark.reference_attention():
+            assert processor.pladis_scaled_dot_product_attention is benchmark.reference_pladis_sdpa
+            raise RuntimeError("inside")
+    assert processor.pladis_scaled_dot_product_attention is original
+
+
+def test_unknown_case_is_rejected(capsys):
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--cases", "sdxl-attention,nope"])
+    assert "--cases" in capsys.readouterr().err
