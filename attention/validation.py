@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
+from typing import Iterable
 
 
 def _check_real(name: str, value: object, accepted: str) -> float:
@@ -31,3 +33,51 @@ def check_pladis_alpha(pladis_alpha: object) -> float:
     if not math.isfinite(value) or not 1.0 < value <= 2.0:
         raise ValueError(f"pladis_alpha must be in (1, 2] (1.5 = entmax15, 2 = sparsemax), got {pladis_alpha!r}")
     return value
+
+
+def check_guidance_scale(name: str, value: object) -> float:
+    """Validate a guidance strength such as `pag_scale`, `pag_adaptive_scale` or `seg_scale`: finite, ≥ 0."""
+    scale = _check_real(name, value, "finite and >= 0")
+    if not math.isfinite(scale) or scale < 0:
+        raise ValueError(f"{name} must be finite and >= 0 (0 disables it), got {value!r}")
+    return scale
+
+
+def check_seg_blur_sigma(seg_blur_sigma: object) -> float:
+    """Validate SEG's blur σ: > 0 (a σ above 9999, `inf` included, means infinite blur: the mean query)."""
+    sigma = _check_real("seg_blur_sigma", seg_blur_sigma, "> 0")
+    if math.isnan(sigma) or sigma <= 0:
+        raise ValueError(f"seg_blur_sigma must be > 0 (above 9999 means infinite blur), got {seg_blur_sigma!r}")
+    return sigma
+
+
+def _names_layer(layer_id: str, module_name: str) -> bool:
+    """PAGMixin's matching rule: a regex search, except that "blocks.1" must not match "blocks.10"."""
+    last_id, last_name = layer_id.split(".")[-1], module_name.split(".")[-1]
+    fake_integral_match = last_id.isnumeric() and last_name.isnumeric() and last_id == last_name
+    return re.search(layer_id, module_name) is not None and not fake_integral_match
+
+
+def check_applied_layers(name: str, layers: object, self_attention_names: Iterable[str]) -> list[str]:
+    """Validate layer ids (PAG's regex syntax: "mid", "down_blocks.2", "up_blocks.0.attentions.1").
+
+    Each id must match at least one of `self_attention_names` by the rule diffusers' PAG applies,
+    so a typo (or the docstring style "down.block_1") fails before any work. Returns them as a list.
+    """
+    ids = [layers] if isinstance(layers, str) else layers
+    if not isinstance(ids, (list, tuple)) or not all(isinstance(layer, str) for layer in ids):
+        raise TypeError(f"{name} must be a layer id or a list of layer ids (strings), got {layers!r}")
+    if not ids:
+        raise ValueError(f"{name} must name at least one layer, e.g. ['mid']")
+    candidates = list(self_attention_names)
+    for layer_id in ids:
+        try:
+            matched = any(_names_layer(layer_id, module_name) for module_name in candidates)
+        except re.error as error:
+            raise ValueError(f"{name}: {layer_id!r} is not a valid regular expression ({error})") from None
+        if not matched:
+            raise ValueError(
+                f"{name}: {layer_id!r} matches no self-attention layer; use module-name patterns such as "
+                f"'mid', 'down_blocks.2', 'up_blocks.0.attentions.1' (e.g. {candidates[:2]})"
+            )
+    return list(ids)

@@ -11,17 +11,29 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig, get_peft_model_state_dict
+from PIL import Image, ImageDraw
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "asset"
 TINY_SDXL = ASSET_DIR / "tiny-sdxl"
 TINY_SDXL_LORA = ASSET_DIR / "tiny-sdxl-lora" / "pytorch_lora_weights.safetensors"
+TINY_SDXL_CONTROLNET = ASSET_DIR / "tiny-sdxl-controlnet"  # the tiny SDXL + a ControlNet (in controlnet/)
+TINY_DPT = ASSET_DIR / "tiny-dpt"  # DPTForDepthEstimation + DPTImageProcessor, like Intel/dpt-hybrid-midas
+TINY_CONTROL_IMAGE = ASSET_DIR / "tiny-control-image.png"  # 64×64 input picture for ControlNet examples
+TINY_FLUX_SCHNELL = ASSET_DIR / "tiny-flux-schnell"  # no guidance embedding, like FLUX.1-schnell
+TINY_FLUX_DEV = ASSET_DIR / "tiny-flux-dev"  # guidance embedding, like FLUX.1-dev
+TINY_FLUX_LORA = ASSET_DIR / "tiny-flux-lora" / "pytorch_lora_weights.safetensors"
 # Tiny prompt words get their own tokens, so prompts that differ in a word give different embeddings.
 _WORDS = ["a", "an", "photo", "of", "cat", "dog", "red", "blue", "green", "cube", "ball", "on", "the", "table",
           "astronaut", "riding", "horse", "in", "space", "mountains", "lake", "with", "and", "two", "three"]
 CLIP_MAX_LENGTH = 77
+T5_MAX_LENGTH = 512
 
 
 def _byte_symbols() -> list[str]:
@@ -113,6 +125,113 @@ def save_tiny_sdxl_lora(folder: Path, seed: int = 1) -> Path:
     return folder / "pytorch_lora_weights.safetensors"
 
 
+def tiny_t5_tokenizer() -> T5Tokenizer:
+    """A unigram T5 tokenizer with a small in-memory vocabulary (whole words + single characters)."""
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    vocab += [(f"▁{word}", -1.0) for word in _WORDS]
+    vocab += [(char, -5.0) for char in "abcdefghijklmnopqrstuvwxyz0123456789.,!?'-"]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=T5_MAX_LENGTH)
+
+
+def tiny_flux_transformer(guidance_embeds: bool) -> FluxTransformer2DModel:
+    """A FLUX transformer with 2 double-stream + 2 single-stream blocks, 2 heads × 16, 16 latent channels."""
+    return FluxTransformer2DModel(
+        patch_size=1, in_channels=4 * 16, num_layers=2, num_single_layers=2, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=guidance_embeds,
+        axes_dims_rope=(4, 4, 8),
+    )
+
+
+def tiny_flux_vae() -> AutoencoderKL:
+    """A 2-level VAE with FLUX's 16 latent channels, scaling/shift and no quant convs: 64×64 ↔ 32×32."""
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(32, 64), sample_size=64,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        use_quant_conv=False, use_post_quant_conv=False, scaling_factor=0.3611, shift_factor=0.1159,
+    )
+
+
+def build_tiny_flux(guidance_embeds: bool, seed: int = 0) -> FluxPipeline:
+    """A random-weight `FluxPipeline`: schnell-like (`guidance_embeds=False`, no time shift) or dev-like
+    (guidance embedding, resolution-dependent time shift), with CLIP + a 2-layer T5 text encoder."""
+    torch.manual_seed(seed)
+    tokenizer = tiny_clip_tokenizer()
+    text_encoder = CLIPTextModel(_clip_config(tokenizer, hidden_size=32, projection_dim=32))
+    tokenizer_2 = tiny_t5_tokenizer()
+    text_encoder_2 = T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer_2), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, dropout_rate=0.0, feed_forward_proj="gated-gelu",
+        pad_token_id=tokenizer_2.pad_token_id, eos_token_id=tokenizer_2.eos_token_id, decoder_start_token_id=0,
+    ))
+    transformer = tiny_flux_transformer(guidance_embeds)
+    if guidance_embeds:
+        scheduler = FlowMatchEulerDiscreteScheduler(
+            shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+            base_image_seq_len=256, max_image_seq_len=4096,
+        )
+    else:
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
+    return FluxPipeline(
+        scheduler=scheduler, vae=tiny_flux_vae().eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2.eval(), tokenizer_2=tokenizer_2, transformer=transformer.eval(),
+    )
+
+
+def save_tiny_flux_lora(folder: Path, seed: int = 1) -> Path:
+    """Write a rank-4 LoRA for the tiny FLUX transformers (diffusers/peft key format, non-zero weights)
+    and return the `.safetensors` file."""
+    torch.manual_seed(seed)
+    transformer = tiny_flux_transformer(guidance_embeds=False)
+    config = LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    transformer.add_adapter(config)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(transformer))
+    FluxPipeline.save_lora_weights(folder, transformer_lora_layers=layers, safe_serialization=True)
+    return folder / "pytorch_lora_weights.safetensors"
+
+
+def build_tiny_sdxl_controlnet(seed: int = 0) -> ControlNetModel:
+    """A ControlNet made from the tiny SDXL UNet (`ControlNetModel.from_unet`), with its zero-initialised
+    output convolutions filled with small random weights so that the control image really acts."""
+    unet = build_tiny_sdxl().unet
+    torch.manual_seed(seed)
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+    for zero_conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
+        torch.nn.init.normal_(zero_conv.weight, std=0.2)
+    return controlnet.eval()
+
+
+def build_tiny_sdxl_controlnet_pipeline(seed: int = 0) -> StableDiffusionXLControlNetPipeline:
+    """The tiny SDXL with `build_tiny_sdxl_controlnet()`, as one pipeline folder (its `controlnet/`
+    subfolder also loads alone with `ControlNetModel.from_pretrained`)."""
+    components = build_tiny_sdxl(seed).components
+    return StableDiffusionXLControlNetPipeline(**components, controlnet=build_tiny_sdxl_controlnet(seed),
+                                               add_watermarker=False)
+
+
+def build_tiny_dpt(seed: int = 0) -> tuple[DPTForDepthEstimation, DPTImageProcessor]:
+    """A random-weight ViT DPT depth estimator (4 layers of width 32, 32×32 input) and its image processor."""
+    torch.manual_seed(seed)
+    config = DPTConfig(
+        hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=37, image_size=32,
+        patch_size=8, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[16, 16, 32, 32],
+        fusion_hidden_size=16, reassemble_factors=[4, 2, 1, 0.5], is_hybrid=False,
+    )
+    processor = DPTImageProcessor(size={"height": 32, "width": 32}, keep_aspect_ratio=False, ensure_multiple_of=8)
+    return DPTForDepthEstimation(config).eval(), processor
+
+
+def tiny_control_image(size: int = 64) -> Image.Image:
+    """A deterministic RGB test picture (a sky-to-ground gradient with a disc and a box) for ControlNet examples."""
+    image = Image.new("RGB", (size, size))
+    draw = ImageDraw.Draw(image)
+    for row in range(size):
+        shade = 255 * row // max(1, size - 1)
+        draw.line([(0, row), (size - 1, row)], fill=(shade // 2, 120, 255 - shade))
+    draw.ellipse([size // 8, size // 8, size // 2, size // 2], fill=(230, 60, 40))
+    draw.rectangle([size // 2, size // 2, size - size // 8, size - size // 16], fill=(40, 200, 90))
+    return image
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ASSET_DIR, help="folder to write the pipelines into")
@@ -120,6 +239,16 @@ def main() -> None:
     build_tiny_sdxl().save_pretrained(args.out / TINY_SDXL.name, safe_serialization=True)
     print(f"wrote {args.out / TINY_SDXL.name}")
     print(f"wrote {save_tiny_sdxl_lora(args.out / TINY_SDXL_LORA.parent.name)}")
+    build_tiny_sdxl_controlnet_pipeline().save_pretrained(args.out / TINY_SDXL_CONTROLNET.name, safe_serialization=True)
+    depth_model, depth_processor = build_tiny_dpt()
+    depth_model.save_pretrained(args.out / TINY_DPT.name)
+    depth_processor.save_pretrained(args.out / TINY_DPT.name)
+    tiny_control_image().save(args.out / TINY_CONTROL_IMAGE.name)
+    print(f"wrote {args.out / TINY_SDXL_CONTROLNET.name}, {args.out / TINY_DPT.name}, {args.out / TINY_CONTROL_IMAGE.name}")
+    for folder, guidance_embeds in ((TINY_FLUX_SCHNELL, False), (TINY_FLUX_DEV, True)):
+        build_tiny_flux(guidance_embeds).save_pretrained(args.out / folder.name, safe_serialization=True)
+        print(f"wrote {args.out / folder.name}")
+    print(f"wrote {save_tiny_flux_lora(args.out / TINY_FLUX_LORA.parent.name)}")
 
 
 if __name__ == "__main__":
