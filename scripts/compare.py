@@ -1,7 +1,7 @@
-"""Generate one prompt from the same latents without and with PLADIS, and write a labelled grid.
+"""Generate one prompt from the same seed at several PLADIS scales and write one labelled grid plus its settings.
 
-With no arguments it runs on the embedded tiny SDXL pipeline (`asset/tiny-sdxl`) on CPU in
-seconds; `--model` takes a hub id or a local folder of a real SDXL checkpoint.
+With no arguments it compares λ = 0 and 2 on the embedded tiny SDXL pipeline (`asset/tiny-sdxl`) on CPU in
+seconds; `--pipeline sdxl|sdxl-seg|controlnet|flux`, `--model` and `--scales 0,1,1.5,2` choose the real job.
 """
 
 from __future__ import annotations
@@ -10,71 +10,86 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
+from PIL import Image
+from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from anywhere
 
-from attention import check_pladis_alpha, check_pladis_scale  # noqa: E402
-from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline  # noqa: E402
-from scripts.build_tiny_assets import TINY_SDXL  # noqa: E402
+from attention import check_pladis_scale  # noqa: E402
+from scripts.common import (  # noqa: E402
+    add_generation_options,
+    add_model_options,
+    add_settings_option,
+    call_options,
+    call_parameters,
+    default_device,
+    finish_common_options,
+    image_size,
+    load_pipeline,
+    parse_scales,
+    parse_with_settings,
+    run_settings,
+    seeded_generator,
+    step_progress,
+    write_settings,
+)
 from scripts.grid import save_grid  # noqa: E402
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and check the options; `--settings FILE` starts from the arguments a grid's JSON recorded."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(TINY_SDXL), help="hub id or local folder (default: the tiny asset)")
     parser.add_argument("--prompt", default="a photo of an astronaut riding a horse on the moon")
-    parser.add_argument("--negative-prompt", default=None)
-    parser.add_argument("--pladis-scale", type=float, default=2.0, help="λ for the PLADIS image (default 2.0)")
-    parser.add_argument("--pladis-alpha", type=float, default=1.5, help="α in (1, 2]: 1.5 entmax15, 2 sparsemax")
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: 2 tiny, 25 real)")
-    parser.add_argument("--guidance-scale", type=float, default=5.0)
-    parser.add_argument("--height", type=int, default=None)
-    parser.add_argument("--width", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-    parser.add_argument("--out", type=Path, default=Path("outputs/compare.png"), help="grid PNG to write")
-    args = parser.parse_args(argv)
+    parser.add_argument("--pladis-scale", type=float, default=2.0, help="λ of the PLADIS panel (default 2.0)")
+    parser.add_argument("--scales", default=None, help="λ sweep, e.g. 0,1,1.5,2 (default: 0 and --pladis-scale)")
+    parser.add_argument("--out", type=Path, default=Path("outputs/compare.png"),
+                        help="grid PNG to write; its settings go to the same name with .json")
+    add_model_options(parser)
+    add_generation_options(parser)
+    add_settings_option(parser)
+    args = parse_with_settings(parser, argv)
     try:
         check_pladis_scale(args.pladis_scale)
-        check_pladis_alpha(args.pladis_alpha)
+        args.scales = parse_scales(args.scales) if args.scales is not None else [0.0, args.pladis_scale]
     except (TypeError, ValueError) as error:
         parser.error(str(error))
-    if args.steps is not None and args.steps < 1:
-        parser.error(f"--steps must be >= 1, got {args.steps}")
-    return args
+    args.device = args.device or default_device()  # recorded, so a rerun uses the same kind of device
+    return finish_common_options(parser, args)
 
 
-def initial_latents(pipe: PLADISStableDiffusionXLPipeline, height: int, width: int, seed: int) -> torch.Tensor:
-    """The starting noise both images share, drawn on CPU so a seed gives the same noise on any device."""
-    shape = (1, pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
-    return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))
+def panel_label(scale: float, alpha: float) -> str:
+    return "without PLADIS" if scale == 0 else f"PLADIS scale={scale:g} alpha={alpha:g}"
+
+
+def generate_panels(args: argparse.Namespace) -> tuple[list[Image.Image], list[str]]:
+    """The grid's images and labels: the control image (ControlNet only), then one image per λ, same seed."""
+    pipe = load_pipeline(args)
+    height, width = image_size(pipe, args)
+    options = call_options(pipe, args, height, width)
+    images, labels = [], []
+    if "image" in options:
+        images.append(options["image"])
+        labels.append(f"control ({args.preprocess or 'as given'})")
+    with_callback = "callback_on_step_end" in call_parameters(type(pipe))
+    with tqdm(total=len(args.scales) * args.steps, desc="compare", unit="step") as bar:
+        for scale in args.scales:
+            if with_callback:
+                options["callback_on_step_end"] = step_progress(bar)
+            result = pipe(args.prompt, generator=seeded_generator(args.seed), pladis_scale=scale, **options)
+            if not with_callback:
+                bar.update(args.steps)
+            images.append(result.images[0])
+            labels.append(panel_label(scale, args.pladis_alpha))
+    return images, labels
 
 
 def main(argv: list[str] | None = None) -> Path:
+    """Write the grid and, next to it, a JSON of every setting (rerun it with `--settings`); return the grid path."""
     args = parse_args(argv)
-    pipe = PLADISStableDiffusionXLPipeline.from_pretrained(args.model, dtype=DTYPES[args.dtype]).to(args.device)
-    tiny = Path(args.model).resolve() == TINY_SDXL.resolve()
-    steps = args.steps or (2 if tiny else 25)
-    height = args.height or pipe.default_sample_size * pipe.vae_scale_factor
-    width = args.width or pipe.default_sample_size * pipe.vae_scale_factor
-    latents = initial_latents(pipe, height, width, args.seed)
-    images, labels = [], []
-    for scale in (0.0, args.pladis_scale):
-        result = pipe(
-            args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=steps,
-            guidance_scale=args.guidance_scale, height=height, width=width,
-            latents=latents.to(args.device, pipe.unet.dtype),
-            generator=torch.Generator("cpu").manual_seed(args.seed),
-            pladis_scale=scale, pladis_alpha=args.pladis_alpha,
-        )
-        images.append(result.images[0])
-        labels.append("without PLADIS" if scale == 0 else f"PLADIS scale={scale:g} alpha={args.pladis_alpha:g}")
+    images, labels = generate_panels(args)
     path = save_grid(images, labels, args.out)
-    print(f"wrote {path}")
+    settings = write_settings(path.with_suffix(".json"), run_settings("compare.py", args, argv, panels=labels))
+    print(f"wrote {path} and {settings}")
     return path
 
 

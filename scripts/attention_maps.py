@@ -1,0 +1,180 @@
+"""Render per-token cross-attention heat maps, dense (softmax) against PLADIS, over the image they produced.
+
+One generation at λ = `--pladis-scale` records both maps from the same attention scores (chosen layer groups
+and steps) through recording processors, and writes one labelled grid: a row per kind, a column per token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from anywhere
+
+from attention import check_pladis_scale  # noqa: E402
+from attention.attention_maps import LAYER_GROUPS, AttentionMapStore, recording_attention_maps  # noqa: E402
+from scripts.common import (  # noqa: E402
+    add_generation_options,
+    add_model_options,
+    add_settings_option,
+    call_options,
+    comma_words,
+    default_device,
+    finish_common_options,
+    image_size,
+    load_pipeline,
+    parse_with_settings,
+    run_settings,
+    seeded_generator,
+    step_progress,
+    write_settings,
+)
+from scripts.grid import save_grid  # noqa: E402
+
+HEAT_OPACITY = 0.6
+
+
+def step_indices(text: str) -> list[int] | None:
+    """`"all"` → None; `"0-3,7"` → [0, 1, 2, 3, 7] (denoising step indices, from 0)."""
+    if text.strip() == "all":
+        return None
+    steps: list[int] = []
+    try:
+        for item in comma_words(text):
+            first, _, last = item.partition("-")
+            steps += range(int(first), int(last or first) + 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'all' or steps like 0-3,7, got {text!r}") from None
+    return steps
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and check the options (`--settings FILE` starts from a recorded run)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompt", default="a photo of a red cube on a blue ball")
+    parser.add_argument("--pladis-scale", type=float, default=2.0, help="λ of the generation and of the PLADIS maps")
+    parser.add_argument("--layer-groups", type=comma_words, default=list(LAYER_GROUPS),
+                        help="U-Net layer groups whose maps are averaged: any of down,mid,up (default all)")
+    parser.add_argument("--record-steps", type=step_indices, default=None,
+                        help="denoising steps to average, e.g. 0-9 or 0,5 (default: all)")
+    parser.add_argument("--tokens", type=comma_words, default=None,
+                        help="prompt words to show (default: every prompt token, up to --max-tokens)")
+    parser.add_argument("--max-tokens", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=Path("outputs/attention_maps.png"),
+                        help="grid PNG to write; its settings go to the same name with .json")
+    add_model_options(parser)
+    add_generation_options(parser)
+    add_settings_option(parser)
+    args = parse_with_settings(parser, argv)
+    try:
+        check_pladis_scale(args.pladis_scale)
+    except (TypeError, ValueError) as error:
+        parser.error(str(error))
+    unknown = sorted(set(args.layer_groups) - set(LAYER_GROUPS))
+    if unknown or not args.layer_groups:
+        parser.error(f"--layer-groups takes any of {','.join(LAYER_GROUPS)}, got {','.join(args.layer_groups)}")
+    if args.pipeline == "flux":
+        parser.error("attention maps are recorded on U-Net cross-attention: --pipeline sdxl, sdxl-seg or controlnet")
+    if args.max_tokens < 1:
+        parser.error(f"--max-tokens must be >= 1, got {args.max_tokens}")
+    args.device = args.device or default_device()
+    return finish_common_options(parser, args)
+
+
+def prompt_tokens(tokenizer: object, prompt: str) -> list[tuple[int, str]]:
+    """(position, text) of each prompt token in the text encoder's sequence (start/end tokens left out)."""
+    ids = tokenizer(prompt, truncation=True).input_ids
+    special = set(tokenizer.all_special_ids)
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    return [(position, token.replace("</w>", "")) for position, (token_id, token) in enumerate(zip(ids, tokens))
+            if token_id not in special]
+
+
+def chosen_tokens(tokenizer: object, prompt: str, words: list[str] | None, limit: int) -> list[tuple[int, str]]:
+    """The tokens to draw: those whose text is in `words` (all prompt tokens when None), at most `limit`."""
+    tokens = prompt_tokens(tokenizer, prompt)
+    if words is not None:
+        wanted = {word.lower() for word in words}
+        tokens = [(position, text) for position, text in tokens if text.lower() in wanted]
+        if not tokens:
+            raise ValueError(f"none of --tokens {words} is a token of the prompt {prompt!r}")
+    return tokens[:limit]
+
+
+def heat_colors(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] → RGB in [0, 1] on a blue-cyan-yellow-red ("jet") scale."""
+    values = np.clip(values, 0.0, 1.0)[..., None]
+    centres = np.array([0.75, 0.5, 0.25])  # red, green, blue peak positions
+    return np.clip(1.5 - np.abs(4.0 * (values - centres)), 0.0, 1.0)
+
+
+def overlay(image: Image.Image, heat: np.ndarray) -> Image.Image:
+    """`image` with `heat` (values in [0, 1], any resolution) upsampled and blended over it."""
+    heat_image = Image.fromarray(np.uint8(np.round(np.clip(heat, 0, 1) * 255)), mode="L")
+    heat_image = heat_image.resize(image.size, Image.BILINEAR)
+    colors = heat_colors(np.asarray(heat_image, dtype=np.float64) / 255.0)
+    base = np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
+    blended = (1 - HEAT_OPACITY) * base + HEAT_OPACITY * colors
+    return Image.fromarray(np.uint8(np.round(blended * 255)))
+
+
+def heat_panels(
+    image: Image.Image, dense: torch.Tensor, pladis: torch.Tensor, tokens: list[tuple[int, str]]
+) -> tuple[list[Image.Image], list[Image.Image]]:
+    """One overlay per token for each kind; a token's two maps share one colour scale (0 to their max),
+    so the panels show where PLADIS moves the attention mass. Negative PLADIS weights show as 0."""
+    dense_panels, pladis_panels = [], []
+    for position, _ in tokens:
+        dense_map, pladis_map = dense[position].numpy(), pladis[position].numpy()
+        top = max(float(dense_map.max()), float(pladis_map.max()), 1e-12)
+        dense_panels.append(overlay(image, dense_map / top))
+        pladis_panels.append(overlay(image, pladis_map / top))
+    return dense_panels, pladis_panels
+
+
+def record_maps(args: argparse.Namespace) -> tuple[Image.Image, AttentionMapStore, list[tuple[int, str]]]:
+    """Generate the image at λ = `args.pladis_scale`, recording both kinds of maps on the way."""
+    pipe = load_pipeline(args)
+    height, width = image_size(pipe, args)
+    options = call_options(pipe, args, height, width)
+    uses_cfg = args.guidance_scale > 1 and getattr(pipe.unet.config, "time_cond_proj_dim", None) is None
+    condition_rows = slice(1, 2) if uses_cfg else slice(0, 1)  # batch [uncond, cond(, perturbed)] or [cond(, ...)]
+    tokens = chosen_tokens(pipe.tokenizer, args.prompt, args.tokens, args.max_tokens)
+    store = AttentionMapStore(args.record_steps)
+    with tqdm(total=args.steps, desc="attention maps", unit="step") as bar:
+        with recording_attention_maps(
+            pipe.unet, store, args.pladis_scale, args.pladis_alpha, args.layer_groups, condition_rows
+        ):
+            # λ = 0 here: the recording block already installed PLADIS with the recorders around it.
+            result = pipe(args.prompt, generator=seeded_generator(args.seed), pladis_scale=0.0,
+                          callback_on_step_end=step_progress(bar), **options)
+    return result.images[0], store, tokens
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Write the heat-map grid and its settings JSON; return the grid path."""
+    args = parse_args(argv)
+    image, store, tokens = record_maps(args)
+    dense, pladis = store.maps("dense", args.layer_groups), store.maps("pladis", args.layer_groups)
+    dense_panels, pladis_panels = heat_panels(image, dense, pladis, tokens)
+    where = f"{'+'.join(args.layer_groups)} layers"
+    images = [image, *dense_panels, image, *pladis_panels]
+    labels = [f"image, PLADIS scale={args.pladis_scale:g}", *(f"softmax: {text}" for _, text in tokens),
+              f"maps: {where}", *(f"PLADIS {args.pladis_scale:g}: {text}" for _, text in tokens)]
+    path = save_grid(images, labels, args.out, columns=len(tokens) + 1)
+    recorded_steps = sorted(store.steps) if store.steps is not None else "all"
+    settings = run_settings("attention_maps.py", args, argv, tokens=[text for _, text in tokens],
+                            recorded_steps=recorded_steps, recorded_layer_calls=store.counts)
+    write_settings(path.with_suffix(".json"), settings)
+    print(f"wrote {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()

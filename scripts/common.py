@@ -1,0 +1,478 @@
+"""Command-line pieces shared by `compare.py`, `generate.py` and `attention_maps.py`: options, loading, seeds.
+
+One table maps `--pipeline` names to the PLADIS pipeline classes (imported only when chosen), one maps
+`--scheduler` names to distilled-model schedulers, and `run_settings` records what reproduces a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import inspect
+import json
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))  # the scripts run as plain files from anywhere
+
+from attention import check_pladis_alpha, check_pladis_scale  # noqa: E402
+
+ASSET_DIR = REPO_ROOT / "asset"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+TINY_STEPS = 2  # the tiny assets are random weights: two steps show the plumbing in a second
+
+
+@dataclass(frozen=True)
+class PipelineChoice:
+    """A `--pipeline` choice: where its class lives, its tiny default model and its usual settings."""
+
+    module: str
+    class_name: str
+    tiny_model: str  # relative to the repository root
+    steps: int
+    guidance_scale: float
+
+
+PIPELINES: dict[str, PipelineChoice] = {
+    "sdxl": PipelineChoice("pipeline.pipeline_sdxl", "PLADISStableDiffusionXLPipeline", "asset/tiny-sdxl", 25, 5.0),
+    "sdxl-seg": PipelineChoice(
+        "pipeline.pipeline_sdxl_seg", "PLADISStableDiffusionXLSEGPipeline", "asset/tiny-sdxl", 25, 5.0
+    ),
+    "controlnet": PipelineChoice(
+        "pipeline.pipeline_controlnet", "PLADISStableDiffusionXLControlNetPipeline", "asset/tiny-sdxl-controlnet", 25, 5.0
+    ),
+    "flux": PipelineChoice("pipeline.pipeline_flux_pladis", "PLADISFluxPipeline", "asset/tiny-flux-schnell", 28, 3.5),
+}
+
+# Distilled SDXL recipes: DMD2 → LCM, SDXL-Lightning → Euler "trailing", Hyper-SDXL → DDIM "trailing".
+SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "lcm": ("LCMScheduler", {}),
+    "euler-trailing": ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}),
+    "ddim-trailing": ("DDIMScheduler", {"timestep_spacing": "trailing"}),
+}
+
+# Command-line option → pipeline call argument, forwarded only when given and accepted by the class.
+GUIDANCE_OPTIONS = {
+    "pag_scale": "pag_scale",
+    "pag_layers": "pag_applied_layers",
+    "seg_scale": "seg_scale",
+    "seg_blur_sigma": "seg_blur_sigma",
+    "seg_layers": "seg_applied_layers",
+    "controlnet_scale": "controlnet_conditioning_scale",
+    "pladis_controlnet": "pladis_controlnet",
+    "pladis_single_blocks": "pladis_single_blocks",
+}
+TINY_CONTROL_IMAGE = "asset/tiny-control-image.png"
+TINY_DEPTH_MODEL = "asset/tiny-dpt"
+
+PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "peft", "entmax", "safetensors", "numpy", "pillow")
+
+
+def comma_floats(text: str) -> list[float]:
+    """`"0,1,1.5"` → `[0.0, 1.0, 1.5]` (argparse type)."""
+    try:
+        return [float(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def comma_ints(text: str) -> list[int]:
+    """`"999,749,499"` → `[999, 749, 499]` (argparse type)."""
+    try:
+        return [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def comma_words(text: str) -> list[str]:
+    """`"mid,up_blocks.0"` → `["mid", "up_blocks.0"]` (argparse type)."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """Options choosing and preparing the pipeline: class, weights, device, LoRA, scheduler, guidance extras."""
+    group = parser.add_argument_group("model")
+    group.add_argument("--pipeline", choices=sorted(PIPELINES), default="sdxl", help="PLADIS pipeline (default sdxl)")
+    group.add_argument("--model", default=None, help="hub id or local folder (default: the pipeline's tiny asset)")
+    group.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
+    group.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    group.add_argument("--lora", type=Path, default=None, help="local LoRA .safetensors, loaded and fused")
+    group.add_argument("--lora-scale", type=float, default=1.0, help="LoRA strength when fusing (default 1)")
+    group.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=None,
+                       help="distilled-model scheduler: lcm (DMD2), euler-trailing (Lightning), ddim-trailing (Hyper-SD)")
+    group.add_argument("--timesteps", type=comma_ints, default=None, help="explicit timesteps, e.g. 999,749,499,249 (DMD2)")
+    group.add_argument("--freeu", type=float, nargs=4, metavar=("S1", "S2", "B1", "B2"), default=None,
+                       help="enable FreeU with these factors (U-Net pipelines)")
+    group.add_argument("--pag-scale", type=float, default=None, help="PAG scale (--pipeline sdxl-seg)")
+    group.add_argument("--pag-layers", type=comma_words, default=None, help="PAG layers, e.g. mid,down_blocks.2")
+    group.add_argument("--seg-scale", type=float, default=None, help="SEG scale (--pipeline sdxl-seg)")
+    group.add_argument("--seg-blur-sigma", type=float, default=None, help="SEG blur σ (> 9999 = infinite)")
+    group.add_argument("--seg-layers", type=comma_words, default=None, help="SEG layers, e.g. mid")
+    group.add_argument("--controlnet", default=None, help="ControlNet weights (folder or hub id) for --pipeline controlnet")
+    group.add_argument("--control-image", type=Path, default=None, help="control image (--pipeline controlnet)")
+    group.add_argument("--preprocess", choices=("canny", "depth"), default=None,
+                       help="turn --control-image into a canny or depth map first")
+    group.add_argument("--depth-model", default=None,
+                       help="DPT model for --preprocess depth (default: asset/tiny-dpt for tiny models, else the preprocessor's)")
+    group.add_argument("--controlnet-scale", type=float, default=None, help="controlnet_conditioning_scale")
+    group.add_argument("--pladis-controlnet", action="store_true", default=None,
+                       help="PLADIS on the ControlNet's cross-attention too (--pipeline controlnet)")
+    group.add_argument("--pladis-single-blocks", action="store_true", default=None,
+                       help="PLADIS in FLUX's single-stream blocks too (--pipeline flux)")
+
+
+def add_generation_options(parser: argparse.ArgumentParser) -> None:
+    """Options of one generation: PLADIS α, steps, guidance, size, seed, negative prompt."""
+    group = parser.add_argument_group("generation")
+    group.add_argument("--pladis-alpha", type=float, default=1.5, help="α in (1, 2]: 1.5 entmax15, 2 sparsemax")
+    group.add_argument("--negative-prompt", default=None)
+    group.add_argument("--steps", type=int, default=None, help="denoising steps (default: 2 tiny, else the pipeline's usual)")
+    group.add_argument("--guidance-scale", type=float, default=None, help="CFG scale (default 5 for SDXL, 3.5 for FLUX)")
+    group.add_argument("--height", type=int, default=None)
+    group.add_argument("--width", type=int, default=None)
+    group.add_argument("--seed", type=int, default=0)
+
+
+def add_settings_option(parser: argparse.ArgumentParser) -> None:
+    """`--settings FILE`: start from the arguments recorded in a run's JSON (explicit options still win)."""
+    parser.add_argument("--settings", type=Path, default=None,
+                        help="JSON written next to an earlier output: rerun with its recorded arguments")
+
+
+def parse_with_settings(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse `argv`; when it names `--settings FILE`, that file's recorded arguments become the defaults."""
+    known, _ = parser.parse_known_args(argv)
+    if getattr(known, "settings", None) is not None:
+        recorded = read_settings(known.settings)["arguments"]
+        valid = {action.dest for action in parser._actions}
+        parser.set_defaults(**{name: value for name, value in recorded.items() if name in valid and name != "settings"})
+    return parser.parse_args(argv)
+
+
+def parse_scales(text_or_values: str | list[float]) -> list[float]:
+    """λ values from `"0,1,1.5,2"` (or a list), each checked like `pladis_scale`."""
+    try:
+        values = comma_floats(text_or_values) if isinstance(text_or_values, str) else list(text_or_values)
+    except argparse.ArgumentTypeError as error:
+        raise ValueError(f"--scales: {error}") from None
+    if not values:
+        raise ValueError("--scales needs at least one value, e.g. 0,2")
+    return [check_pladis_scale(value) for value in values]
+
+
+def model_source(model: str) -> str:
+    """A local path made absolute (relative to the working folder, else to the repository), else unchanged (a hub id)."""
+    for candidate in (Path(model), REPO_ROOT / model):
+        if candidate.exists():
+            return str(candidate.resolve())
+    return model
+
+
+def is_tiny_asset(model: str) -> bool:
+    """True for the random-weight pipelines in `asset/` (they get few steps and 64×64 by default)."""
+    source = Path(model_source(model))
+    return source.exists() and ASSET_DIR.resolve() in source.resolve().parents
+
+
+def finish_common_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """Check the shared options and fill the defaults that depend on the pipeline and model (in place)."""
+    choice = PIPELINES[args.pipeline]
+    try:
+        check_pladis_alpha(args.pladis_alpha)
+    except (TypeError, ValueError) as error:
+        parser.error(str(error))
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be >= 1, got {args.steps}")
+    if args.timesteps is not None and args.steps is not None and args.steps != len(args.timesteps):
+        parser.error(f"--steps {args.steps} disagrees with {len(args.timesteps)} --timesteps; give one of them")
+    for name in ("height", "width"):
+        if getattr(args, name) is not None and getattr(args, name) < 8:
+            parser.error(f"--{name} must be >= 8, got {getattr(args, name)}")
+    args.model = args.model or choice.tiny_model
+    tiny = is_tiny_asset(args.model)
+    if args.pipeline == "controlnet" and args.control_image is None and tiny:
+        args.control_image = Path(TINY_CONTROL_IMAGE)  # the tiny ControlNet's example picture
+    if args.preprocess is not None and args.control_image is None:
+        parser.error("--preprocess needs --control-image")
+    if args.pipeline == "controlnet" and args.control_image is None:
+        parser.error("--pipeline controlnet needs --control-image (optionally with --preprocess canny|depth)")
+    if args.preprocess == "depth" and args.depth_model is None and tiny:
+        args.depth_model = TINY_DEPTH_MODEL
+    if args.steps is None:
+        if args.timesteps is not None:
+            args.steps = len(args.timesteps)
+        elif tiny:
+            args.steps = TINY_STEPS
+        else:
+            args.steps = 4 if "schnell" in args.model.lower() else choice.steps
+    if args.guidance_scale is None:
+        args.guidance_scale = choice.guidance_scale
+    if tiny:
+        args.height = args.height or 64
+        args.width = args.width or 64
+    return args
+
+
+def pipeline_class(name: str) -> type:
+    """The PLADIS pipeline class of a `--pipeline` choice, imported now (so unused ones cost nothing)."""
+    if name not in PIPELINES:
+        raise ValueError(f"unknown pipeline {name!r}; accepted: {', '.join(sorted(PIPELINES))}")
+    choice = PIPELINES[name]
+    try:
+        return getattr(importlib.import_module(choice.module), choice.class_name)
+    except (ImportError, AttributeError) as error:
+        raise RuntimeError(
+            f"--pipeline {name} needs {choice.class_name} from {choice.module.replace('.', '/')}.py, "
+            f"which could not be imported: {error}"
+        ) from error
+
+
+def call_parameters(cls: type) -> set[str]:
+    """Named parameters of `cls.__call__` along its class hierarchy (what a pipeline call accepts)."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        call = klass.__dict__.get("__call__")
+        if call is None:
+            continue
+        call = inspect.unwrap(call)
+        for parameter in inspect.signature(call).parameters.values():
+            if parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD) and parameter.name != "self":
+                names.add(parameter.name)
+    return names
+
+
+def set_scheduler(pipe: Any, name: str) -> None:
+    """Replace `pipe.scheduler` by a distilled-model scheduler built from its config."""
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}; accepted: {', '.join(sorted(SCHEDULERS))}")
+    import diffusers
+
+    class_name, options = SCHEDULERS[name]
+    pipe.scheduler = getattr(diffusers, class_name).from_config(pipe.scheduler.config, **options)
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_pipeline(args: argparse.Namespace, device: str | torch.device | None = None) -> Any:
+    """Load `args.pipeline` from `args.model` and apply the options that change the model (LoRA, scheduler, FreeU)."""
+    cls = pipeline_class(args.pipeline)
+    dtype = DTYPES[args.dtype]
+    components = {}
+    if args.controlnet is not None:
+        from diffusers import ControlNetModel
+
+        components["controlnet"] = ControlNetModel.from_pretrained(model_source(args.controlnet), dtype=dtype)
+    pipe = cls.from_pretrained(model_source(args.model), dtype=dtype, **components)
+    pipe = pipe.to(device or args.device or default_device())
+    pipe.set_progress_bar_config(disable=True)  # the scripts show one bar over the whole job
+    if args.lora is not None:
+        pipe.load_lora_weights(str(args.lora))
+        pipe.fuse_lora(lora_scale=args.lora_scale)
+    if args.scheduler is not None:
+        set_scheduler(pipe, args.scheduler)
+    if args.freeu is not None:
+        if not hasattr(pipe, "enable_freeu"):
+            raise ValueError(f"--freeu needs a U-Net pipeline; {type(pipe).__name__} has no enable_freeu")
+        pipe.enable_freeu(*args.freeu)
+    return pipe
+
+
+def image_size(pipe: Any, args: argparse.Namespace) -> tuple[int, int]:
+    """(height, width): the options when given, else the pipeline's default resolution."""
+    if args.height and args.width:
+        return args.height, args.width
+    sample_size = getattr(pipe, "default_sample_size", None)  # the ControlNet pipelines have none
+    if sample_size is None:
+        sample_size = pipe.unet.config.sample_size
+    default = sample_size * pipe.vae_scale_factor
+    return args.height or default, args.width or default
+
+
+def control_image(args: argparse.Namespace, height: int, width: int) -> Image.Image | None:
+    """`--control-image`, through `--preprocess` (canny / depth, from `scripts/preprocess.py`), at the output size."""
+    if args.control_image is None:
+        return None
+    image = Image.open(model_source(str(args.control_image))).convert("RGB")
+    if args.preprocess is not None:
+        try:
+            from scripts.preprocess import PREPROCESSORS
+        except ImportError as error:
+            raise RuntimeError(f"--preprocess needs scripts/preprocess.py: {error}") from error
+        if args.preprocess not in PREPROCESSORS:
+            raise ValueError(f"unknown --preprocess {args.preprocess!r}; accepted: {', '.join(sorted(PREPROCESSORS))}")
+        options = {"model": model_source(args.depth_model)} if args.preprocess == "depth" and args.depth_model else {}
+        image = PREPROCESSORS[args.preprocess](image, **options).convert("RGB")
+    return image.resize((width, height), Image.BICUBIC)
+
+
+def call_options(pipe: Any, args: argparse.Namespace, height: int, width: int) -> dict[str, Any]:
+    """The pipeline call arguments the options give (everything but prompt, λ and generator).
+
+    Guidance extras (`--pag-scale`, `--seg-*`, `--controlnet-scale`) are passed only when given, and
+    raise a clear error when the chosen pipeline does not take them.
+    """
+    accepted = call_parameters(type(pipe))
+    options: dict[str, Any] = {
+        "height": height, "width": width, "guidance_scale": args.guidance_scale, "pladis_alpha": args.pladis_alpha,
+    }
+    if args.timesteps is not None:
+        options["timesteps"] = list(args.timesteps)
+    else:
+        options["num_inference_steps"] = args.steps
+    if args.negative_prompt is not None:
+        options["negative_prompt"] = args.negative_prompt
+    for option, parameter in GUIDANCE_OPTIONS.items():
+        value = getattr(args, option)
+        if value is None:
+            continue
+        if parameter not in accepted:
+            raise ValueError(
+                f"--{option.replace('_', '-')} is not an option of --pipeline {args.pipeline} ({type(pipe).__name__})"
+            )
+        options[parameter] = value
+    control = control_image(args, height, width)
+    if control is not None:
+        if "image" not in accepted:
+            raise ValueError(f"--control-image needs --pipeline controlnet, not {args.pipeline}")
+        options["image"] = control
+    return options
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    """A CPU generator: the pipeline draws its starting noise on CPU, so a seed gives the same image on any device."""
+    return torch.Generator("cpu").manual_seed(seed)
+
+
+def step_progress(bar: Any) -> Callable:
+    """A `callback_on_step_end` that advances a tqdm bar by one denoising step."""
+
+    def advance(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
+        bar.update(1)
+        return callback_kwargs
+
+    return advance
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python and of the packages that decide the pixels."""
+    versions = {"python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def repository_commit() -> str | None:
+    """The checked-out commit of this repository, or None outside a git checkout."""
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (result.stdout.strip() or None) if result.returncode == 0 else None
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_json_value(item) for item in value]
+    return value
+
+
+def run_settings(script: str, args: argparse.Namespace, argv: list[str] | None, **extra: Any) -> dict[str, Any]:
+    """Everything that reproduces a run: the resolved arguments, the seed, package versions, commit, device.
+
+    `argv` is the command line as given (None: `sys.argv[1:]`); `arguments` holds every option after
+    defaults were resolved, which is what `--settings` reads back.
+    """
+    arguments = {name: _json_value(value) for name, value in sorted(vars(args).items()) if name != "settings"}
+    settings = {
+        "script": script,
+        "command": [f"scripts/{script}", *(sys.argv[1:] if argv is None else argv)],
+        "arguments": arguments,
+        "seed": getattr(args, "seed", None),
+        "model_source": model_source(args.model) if getattr(args, "model", None) else None,
+        "versions": package_versions(),
+        "repository_commit": repository_commit(),
+        "device": str(getattr(args, "device", None) or default_device()),
+        "rerun": f"python scripts/{script} --settings <this file>",
+    }
+    settings.update(extra)
+    return settings
+
+
+def write_settings(path: Path, settings: dict[str, Any]) -> Path:
+    """Write `settings` as indented JSON (folders created; through a temporary file, so a reader never
+    sees half of it) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(json.dumps(settings, indent=2) + "\n")
+    os.replace(partial, path)
+    return path
+
+
+def read_settings(path: Path) -> dict[str, Any]:
+    """A settings JSON written by `write_settings`, with a clear error when it is not one."""
+    settings = json.loads(Path(path).read_text())
+    if not isinstance(settings, dict) or not isinstance(settings.get("arguments"), dict):
+        raise ValueError(f"{path} is not a settings file written by the PLADIS scripts (no 'arguments')")
+    return settings
+
+
+@dataclass(frozen=True)
+class PromptEntry:
+    """One line of a prompt file: its index (the line's place among the prompts), text and optional seed."""
+
+    index: int
+    prompt: str
+    seed: int | None = None
+    negative_prompt: str | None = None
+
+
+def read_prompts(path: Path) -> list[PromptEntry]:
+    """Prompts from a text file (one a line) or JSON lines (`{"prompt": ..., "seed": ..., "negative_prompt": ...}`).
+
+    The format is JSON lines when the first non-empty line is a JSON object; blank lines are skipped
+    and do not count towards the indices, which name the output files.
+    """
+    lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        raise ValueError(f"{path} has no prompts")
+    try:
+        first = json.loads(lines[0])
+    except json.JSONDecodeError:
+        first = None
+    if not isinstance(first, dict):
+        return [PromptEntry(index, line) for index, line in enumerate(lines)]
+    entries = []
+    for index, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: prompt {index} is not valid JSON: {error}") from None
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+            raise ValueError(f"{path}: prompt {index} needs a string 'prompt' field, got {line[:80]!r}")
+        seed = record.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"{path}: prompt {index} has a non-integer seed {seed!r}")
+        entries.append(PromptEntry(index, record["prompt"], seed, record.get("negative_prompt")))
+    return entries

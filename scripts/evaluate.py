@@ -1,0 +1,348 @@
+"""Score folders of generated images against their prompts: CLIPScore, FID to a reference folder, ImageReward, PickScore.
+
+It prints one table row per folder (e.g. without and with PLADIS, as in the paper's tables); a metric whose
+model or weights are not available reads "n/a" with the reason, and FID is named after the features it used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from anywhere
+
+from scripts.common import PromptEntry, default_device, model_source, read_prompts  # noqa: E402
+
+GENERATED_NAME = re.compile(r"^(\d+)\.png$")  # generate.py's file names: the prompt index
+REFERENCE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+MANIFEST = "prompts.jsonl"
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+INCEPTION_SIZE = 299
+
+FeatureExtractor = Callable[[Sequence[Image.Image]], np.ndarray]
+
+
+# ---------------------------------------------------------------- FID
+
+
+def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (rows = samples):
+    `‖μa − μb‖² + Tr(Σa + Σb − 2·(Σa·Σb)^½)`, the FID formula; needs at least 2 samples per set."""
+    from scipy import linalg
+
+    features_a, features_b = np.asarray(features_a, np.float64), np.asarray(features_b, np.float64)
+    if min(len(features_a), len(features_b)) < 2:
+        raise ValueError("FID needs at least 2 images in each set")
+    mean_a, mean_b = features_a.mean(axis=0), features_b.mean(axis=0)
+    cov_a, cov_b = np.atleast_2d(np.cov(features_a, rowvar=False)), np.atleast_2d(np.cov(features_b, rowvar=False))
+    covmean = linalg.sqrtm(cov_a @ cov_b)
+    if not np.isfinite(covmean).all():  # singular product: offset the diagonals, as pytorch-fid does
+        offset = np.eye(cov_a.shape[0]) * 1e-6
+        covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    covmean = np.real(covmean)
+    diff = mean_a - mean_b
+    return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(covmean))
+
+
+def inception_features(weights: Path, device: str) -> FeatureExtractor:
+    """Pool features (2048) of torchvision's Inception-v3 loaded from a local state-dict file."""
+    from torchvision.models import inception_v3
+
+    # transform_input=True as torchvision sets for its ImageNet weights (they expect [-1, 1] inputs)
+    model = inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=True)
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    model.fc = torch.nn.Identity()
+    model = model.eval().to(device)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+    @torch.no_grad()
+    def extract(images: Sequence[Image.Image]) -> np.ndarray:
+        pixels = np.stack([np.asarray(image.convert("RGB").resize((INCEPTION_SIZE, INCEPTION_SIZE), Image.BILINEAR))
+                           for image in images])
+        batch = (torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+        return model(batch.to(device)).float().cpu().numpy()
+
+    return extract
+
+
+# ---------------------------------------------------------------- CLIP-based scores
+
+
+def _embedding(output: object) -> torch.Tensor:
+    """`get_*_features` returns a tensor (transformers 4) or an output whose pooler holds the projection (5)."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+@dataclass
+class ClipModel:
+    """A CLIP model and its processor (from `processor_name`, default the model's own folder or hub id),
+    giving normalised embeddings."""
+
+    name: str
+    device: str
+    processor_name: str | None = None
+    model: object = field(init=False)
+    processor: object = field(init=False)
+
+    def __post_init__(self) -> None:
+        from transformers import CLIPModel, CLIPProcessor
+
+        self.model = CLIPModel.from_pretrained(model_source(self.name)).eval().to(self.device)
+        self.processor = CLIPProcessor.from_pretrained(model_source(self.processor_name or self.name))
+
+    @torch.no_grad()
+    def image_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        inputs = self.processor(images=[image.convert("RGB") for image in images], return_tensors="pt")
+        features = _embedding(self.model.get_image_features(pixel_values=inputs["pixel_values"].to(self.device)))
+        return torch.nn.functional.normalize(features.float(), dim=-1)
+
+    @torch.no_grad()
+    def text_embeddings(self, texts: Sequence[str]) -> torch.Tensor:
+        inputs = self.processor(text=list(texts), padding=True, truncation=True, return_tensors="pt")
+        inputs = {name: value.to(self.device) for name, value in inputs.items()}
+        features = _embedding(self.model.get_text_features(**inputs))
+        return torch.nn.functional.normalize(features.float(), dim=-1)
+
+    def cosines(self, images: Sequence[Image.Image], texts: Sequence[str]) -> torch.Tensor:
+        """cos(image_i, text_i) for each pair."""
+        return (self.image_embeddings(images) * self.text_embeddings(texts)).sum(dim=-1).cpu()
+
+    def image_features(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return self.image_embeddings(images).cpu().numpy()
+
+
+def clip_scores(clip: ClipModel, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[float]:
+    """CLIPScore per image: `100·max(cos(image, prompt), 0)` (torchmetrics' definition)."""
+    return (100.0 * clip.cosines(images, prompts).clamp_min(0.0)).tolist()
+
+
+def pick_scores(pick: ClipModel, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[float]:
+    """PickScore per image: `exp(logit_scale)·cos(image, prompt)` with the PickScore CLIP model."""
+    return (pick.model.logit_scale.exp().item() * pick.cosines(images, prompts)).tolist()
+
+
+def image_reward_model(name: str, device: str) -> object:
+    """An ImageReward model (package `image-reward`) from a checkpoint name or local file."""
+    import ImageReward
+
+    return ImageReward.load(name, device=device)
+
+
+def image_reward_scores(model: object, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[float]:
+    scores = []
+    for image, prompt in zip(images, prompts):
+        score = model.score(prompt, image)
+        scores.append(float(score[0] if isinstance(score, (list, tuple)) else score))
+    return scores
+
+
+# ---------------------------------------------------------------- folders and prompts
+
+
+def generated_images(folder: Path) -> dict[int, Path]:
+    """`NNNNN.png` files of a generate.py folder, by prompt index."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no folder {folder}")
+    found = {int(match.group(1)): path for path in folder.iterdir() if (match := GENERATED_NAME.match(path.name))}
+    if not found:
+        raise ValueError(f"{folder} has no images named like 00000.png (the names generate.py writes)")
+    return dict(sorted(found.items()))
+
+
+def reference_images(folder: Path) -> list[Path]:
+    """Every image file of a reference folder (any names), sorted."""
+    paths = sorted(path for path in Path(folder).iterdir() if path.suffix.lower() in REFERENCE_SUFFIXES)
+    if not paths:
+        raise ValueError(f"reference folder {folder} has no images")
+    return paths
+
+
+def prompts_for(folders: Sequence[Path], prompts: Path | None) -> list[PromptEntry]:
+    """`--prompts`, else the `prompts.jsonl` generate.py wrote beside (or in) the first folder."""
+    if prompts is not None:
+        return read_prompts(prompts)
+    for candidate in (Path(folders[0]).parent / MANIFEST, Path(folders[0]) / MANIFEST):
+        if candidate.exists():
+            return read_prompts(candidate)
+    raise SystemExit(f"no --prompts given and no {MANIFEST} next to {folders[0]}")
+
+
+def folder_label(folder: Path) -> str:
+    """`pladis_0` → "without PLADIS", `pladis_2` → "PLADIS 2" (generate.py's names), else the folder name."""
+    match = re.fullmatch(r"pladis_([0-9.]+)", Path(folder).name)
+    if match is None:
+        return Path(folder).name
+    return "without PLADIS" if float(match.group(1)) == 0 else f"PLADIS {match.group(1)}"
+
+
+def in_batches(items: Sequence, size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def open_images(paths: Sequence[Path]) -> list[Image.Image]:
+    return [Image.open(path).convert("RGB") for path in paths]
+
+
+def features_of(paths: Sequence[Path], extract: FeatureExtractor, batch_size: int) -> np.ndarray:
+    return np.concatenate([extract(open_images(batch)) for batch in in_batches(list(paths), batch_size)])
+
+
+# ---------------------------------------------------------------- the job
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", nargs="+", type=Path, help="generated folders, e.g. out/pladis_0 out/pladis_2")
+    parser.add_argument("--prompts", type=Path, default=None,
+                        help=f"prompt file (default: the {MANIFEST} generate.py wrote next to the folders)")
+    parser.add_argument("--labels", default=None, help="comma-separated row labels (default from folder names)")
+    parser.add_argument("--reference", type=Path, default=None, help="reference images for FID (e.g. COCO val)")
+    parser.add_argument("--clip-model", default="openai/clip-vit-large-patch14",
+                        help="CLIP for CLIPScore: local folder or hub id (default ViT-L/14, as torchmetrics)")
+    parser.add_argument("--fid-features", choices=("inception", "clip"), default="inception",
+                        help="inception: torchvision Inception-v3 (needs --inception-weights); "
+                             "clip: the --clip-model image embeddings, reported as 'FID (CLIP features)'")
+    parser.add_argument("--inception-weights", type=Path, default=None,
+                        help="local torchvision inception_v3 state dict (.pth) for FID")
+    parser.add_argument("--imagereward-model", default=None,
+                        help="ImageReward checkpoint name or file (needs the image-reward package)")
+    parser.add_argument("--pickscore-model", default=None, help="PickScore CLIP model: local folder or hub id")
+    parser.add_argument("--pickscore-processor", default=None,
+                        help="its processor (default: the model's folder; PickScore_v1 uses laion/CLIP-ViT-H-14-laion2B-s32B-b79K)")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    if args.labels is not None:
+        args.labels = [label.strip() for label in args.labels.split(",")]
+        if len(args.labels) != len(args.folders):
+            parser.error(f"--labels has {len(args.labels)} labels for {len(args.folders)} folders")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    args.device = args.device or default_device()
+    return args
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values))
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """Every metric for every folder, as {"metrics": {name: label or reason}, "rows": [...]}."""
+    entries = {entry.index: entry.prompt for entry in prompts_for(args.folders, args.prompts)}
+    images = [generated_images(folder) for folder in args.folders]
+    shared = sorted(set.intersection(*(set(found) for found in images)) & set(entries))
+    if not shared:
+        raise SystemExit("the folders share no image index that has a prompt")
+    for folder, found in zip(args.folders, images):
+        if len(found) != len(shared):
+            print(f"note: {folder} has {len(found)} images; scoring the {len(shared)} all folders share", file=sys.stderr)
+    prompts = [entries[index] for index in shared]
+    labels = args.labels or [folder_label(folder) for folder in args.folders]
+    rows = [{"label": label, "folder": str(folder), "images": len(shared)} for label, folder in zip(labels, args.folders)]
+
+    clip = ClipModel(args.clip_model, args.device)
+    metrics: dict[str, str] = {"clip_score": f"CLIPScore ({args.clip_model})"}
+    scorers: dict[str, Callable] = {"clip_score": lambda batch, texts: clip_scores(clip, batch, texts)}
+
+    if args.pickscore_model is None:
+        metrics["pick_score"] = "n/a (no --pickscore-model given)"
+    else:
+        try:
+            pick = ClipModel(args.pickscore_model, args.device, args.pickscore_processor)
+        except (OSError, ValueError) as error:  # weights not available here
+            metrics["pick_score"] = f"n/a (PickScore model {args.pickscore_model} could not be loaded: {error})"
+        else:
+            metrics["pick_score"] = f"PickScore ({args.pickscore_model})"
+            scorers["pick_score"] = lambda batch, texts: pick_scores(pick, batch, texts)
+
+    if args.imagereward_model is None:
+        metrics["image_reward"] = "n/a (no --imagereward-model given)"
+    else:
+        try:
+            reward = image_reward_model(args.imagereward_model, args.device)
+        except ImportError:
+            metrics["image_reward"] = "n/a (the image-reward package is not installed: pip install image-reward)"
+        except Exception as error:  # noqa: BLE001 - the package raises many kinds when weights are missing
+            metrics["image_reward"] = f"n/a (ImageReward {args.imagereward_model} could not be loaded: {error})"
+        else:
+            metrics["image_reward"] = f"ImageReward ({args.imagereward_model})"
+            scorers["image_reward"] = lambda batch, texts: image_reward_scores(reward, batch, texts)
+
+    extract: FeatureExtractor | None = None
+    if args.reference is None:
+        metrics["fid"] = "n/a (no --reference folder)"
+    elif args.fid_features == "clip":
+        extract, metrics["fid"] = clip.image_features, f"FID (CLIP features, {args.clip_model})"
+    elif args.inception_weights is None:
+        metrics["fid"] = ("n/a (Inception weights unavailable: pass --inception-weights FILE, "
+                          "or --fid-features clip for an FID on CLIP features)")
+    else:
+        extract = inception_features(args.inception_weights, args.device)
+        metrics["fid"] = "FID (torchvision Inception-v3 pool features)"
+
+    reference = None
+    if extract is not None:
+        reference = features_of(reference_images(args.reference), extract, args.batch_size)
+
+    with tqdm(total=len(args.folders) * len(shared), desc="evaluate", unit="image") as bar:
+        for row, found in zip(rows, images):
+            paths = [found[index] for index in shared]
+            scores: dict[str, list[float]] = {name: [] for name in scorers}
+            features = []
+            for batch_paths, batch_prompts in zip(in_batches(paths, args.batch_size), in_batches(prompts, args.batch_size)):
+                batch = open_images(batch_paths)
+                for name, score in scorers.items():
+                    scores[name] += score(batch, batch_prompts)
+                if extract is not None:
+                    features.append(extract(batch))
+                bar.update(len(batch))
+            row.update({name: _mean(values) for name, values in scores.items()})
+            if extract is not None:
+                row["fid"] = frechet_distance(np.concatenate(features), reference)
+    return {"metrics": metrics, "rows": rows, "reference": None if args.reference is None else str(args.reference)}
+
+
+def _cell(value: float | None) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def format_table(results: dict) -> str:
+    """A Markdown table (FID ↓, CLIPScore ↑, ImageReward ↑, PickScore ↑ per folder) and what each column is."""
+    columns = [("fid", "FID ↓"), ("clip_score", "CLIPScore ↑"), ("image_reward", "ImageReward ↑"), ("pick_score", "PickScore ↑")]
+    lines = ["| | images | " + " | ".join(title for _, title in columns) + " |",
+             "| --- | ---: | " + " | ".join("---:" for _ in columns) + " |"]
+    for row in results["rows"]:
+        lines.append(f"| {row['label']} | {row['images']} | " + " | ".join(_cell(row.get(name)) for name, _ in columns) + " |")
+    lines.append("")
+    lines += [f"{title.split()[0]}: {results['metrics'][name]}" for name, title in columns]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Print the table (and write `--json`); return the results."""
+    args = parse_args(argv)
+    results = evaluate(args)
+    print(format_table(results))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()

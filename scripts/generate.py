@@ -1,0 +1,212 @@
+"""Generate every prompt of a file at each PLADIS scale into one folder per scale, skipping images already there.
+
+It runs on one device as `python scripts/generate.py`, and unchanged on several GPUs or machines under
+`accelerate launch`, which splits the prompts between processes; each image depends only on its prompt and seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from itertools import groupby
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from anywhere
+
+from scripts.common import (  # noqa: E402
+    PromptEntry,
+    add_generation_options,
+    add_model_options,
+    add_settings_option,
+    call_options,
+    finish_common_options,
+    image_size,
+    load_pipeline,
+    parse_scales,
+    parse_with_settings,
+    read_prompts,
+    read_settings,
+    run_settings,
+    seeded_generator,
+    write_settings,
+)
+
+MANIFEST = "prompts.jsonl"  # the prompts with their resolved seeds, in index order (evaluate.py reads it)
+SETTINGS = "settings.json"
+# Options that may change between runs into the same folder without changing any existing image
+# (the prompts themselves are compared through the manifest, line by line).
+_RESUMABLE_OPTIONS = {"batch_size", "device", "out", "settings", "scales", "prompts"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and check the options (`--settings FILE` starts from a recorded run)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=Path, default=None,
+                        help="prompt file: one prompt a line, or JSON lines {\"prompt\": ..., \"seed\": ...}")
+    parser.add_argument("--out", type=Path, default=Path("outputs/generated"),
+                        help="output folder: one subfolder per scale (pladis_0, pladis_2, ...)")
+    parser.add_argument("--scales", default="0,2", help="λ values, e.g. 0,2 (default: without and with PLADIS)")
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="prompts per pipeline call (1 keeps images bit-identical whatever the split)")
+    add_model_options(parser)
+    add_generation_options(parser)
+    add_settings_option(parser)
+    args = parse_with_settings(parser, argv)
+    if args.prompts is None:
+        parser.error("--prompts FILE is required")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    try:
+        args.scales = parse_scales(args.scales)
+    except (TypeError, ValueError) as error:
+        parser.error(str(error))
+    return finish_common_options(parser, args)
+
+
+def scale_folder(out: Path, scale: float) -> Path:
+    """`out/pladis_0` for λ = 0 (the baseline), `out/pladis_2`, `out/pladis_1.5`, ..."""
+    return Path(out) / f"pladis_{scale:g}"
+
+
+def image_path(out: Path, index: int, scale: float) -> Path:
+    """The image of prompt `index` at λ = `scale`: named by both, so resuming works image by image."""
+    return scale_folder(out, scale) / f"{index:05d}.png"
+
+
+def prompt_seed(entry: PromptEntry, base_seed: int) -> int:
+    """The prompt's own seed, else `base_seed + index`: the same whatever the number of processes."""
+    return entry.seed if entry.seed is not None else base_seed + entry.index
+
+
+def runs_on_cpu(args: argparse.Namespace) -> bool:
+    """CPU processes: asked for, set by `accelerate launch --cpu`, or no accelerator present."""
+    asked = args.device is not None and str(args.device).startswith("cpu")
+    return asked or parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.accelerator.is_available()
+
+
+def manifest_records(entries: list[PromptEntry], base_seed: int) -> list[dict]:
+    """The manifest lines: every prompt with its resolved seed, in index order."""
+    return [{"index": entry.index, "prompt": entry.prompt, "seed": prompt_seed(entry, base_seed),
+             "negative_prompt": entry.negative_prompt} for entry in entries]
+
+
+def check_same_settings(out: Path, settings: dict, records: list[dict]) -> None:
+    """Refuse to resume into a folder whose images were made with other settings or other prompts at
+    the same indices (they would mix); adding prompts at the end or adding scales is fine."""
+    path = Path(out) / SETTINGS
+    if path.exists():
+        before, now = read_settings(path)["arguments"], settings["arguments"]
+        changed = sorted(name for name in set(before) | set(now)
+                         if name not in _RESUMABLE_OPTIONS and before.get(name) != now.get(name))
+        if changed:
+            details = ", ".join(f"{name}: {before.get(name)!r} -> {now.get(name)!r}" for name in changed)
+            raise SystemExit(f"{out} holds images made with other settings ({details}); choose a new --out")
+    manifest = Path(out) / MANIFEST
+    if manifest.exists():
+        earlier = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
+        for old, new in zip(earlier, records):
+            if old != new:
+                raise SystemExit(f"{out} holds images of other prompts or seeds (index {old['index']}: "
+                                 f"{old['prompt']!r} seed {old['seed']} -> {new['prompt']!r} seed {new['seed']}); "
+                                 "choose a new --out")
+
+
+def write_manifest(out: Path, records: list[dict]) -> Path:
+    """`prompts.jsonl` from `manifest_records` (evaluate.py reads the prompts from it)."""
+    path = Path(out) / MANIFEST
+    _replace_text(path, "".join(json.dumps(record) + "\n" for record in records))
+    return path
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """Write through a temporary file, so a reader (or a kill) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def save_image(image: Image.Image, path: Path, entry: PromptEntry, seed: int, scale: float) -> None:
+    """Save through a temporary file (an interrupted run leaves no truncated PNG to skip later),
+    with the prompt, seed and λ in the PNG's text fields."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = PngInfo()
+    info.add_text("prompt", entry.prompt)
+    info.add_text("seed", str(seed))
+    info.add_text("pladis_scale", f"{scale:g}")
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial.png")
+    image.save(partial, pnginfo=info)
+    os.replace(partial, path)
+
+
+def batches(entries: list[PromptEntry], batch_size: int) -> list[list[PromptEntry]]:
+    """Consecutive batches of prompts sharing one negative prompt (so batching never changes what a
+    prompt is conditioned on)."""
+    result = []
+    for _, group in groupby(entries, key=lambda entry: entry.negative_prompt):
+        group = list(group)
+        result += [group[start:start + batch_size] for start in range(0, len(group), batch_size)]
+    return result
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    """Generate this process's share of the missing images; return the paths it wrote."""
+    args = parse_args(argv)
+    entries = read_prompts(args.prompts)
+    state = PartialState(cpu=runs_on_cpu(args))
+    if args.device is not None and state.num_processes > 1 and not str(args.device).startswith("cpu"):
+        raise SystemExit("leave --device out under `accelerate launch`: each process uses its own device")
+    # accelerate names CPU processes' device `cpu:0`; diffusers computes differently on `cpu:0` than on `cpu`
+    device = args.device or (torch.device("cpu") if state.device.type == "cpu" else state.device)
+    settings = run_settings("generate.py", args, argv, device=str(device), num_processes=state.num_processes,
+                            folders={f"{scale:g}": str(scale_folder(args.out, scale)) for scale in args.scales})
+    records = manifest_records(entries, args.seed)
+    check_same_settings(args.out, settings, records)
+    state.wait_for_everyone()  # every process has checked before the main one rewrites the settings
+    if state.is_main_process:
+        write_manifest(args.out, records)
+        write_settings(Path(args.out) / SETTINGS, settings)
+    written: list[Path] = []
+    with state.split_between_processes(entries) as share:
+        jobs = {scale: [entry for entry in share if not image_path(args.out, entry.index, scale).exists()]
+                for scale in args.scales}
+        total = sum(len(todo) for todo in jobs.values())
+        if total:
+            pipe = load_pipeline(args, device)
+            height, width = image_size(pipe, args)
+            options = call_options(pipe, args, height, width)
+            options.pop("negative_prompt", None)
+            bar = tqdm(total=total, desc="generate", unit="image", disable=not state.is_local_main_process)
+            for scale, todo in jobs.items():
+                for batch in batches(todo, args.batch_size):
+                    seeds = [prompt_seed(entry, args.seed) for entry in batch]
+                    negative = batch[0].negative_prompt or args.negative_prompt
+                    if negative is not None:
+                        options["negative_prompt"] = [negative] * len(batch)
+                    result = pipe([entry.prompt for entry in batch], generator=[seeded_generator(s) for s in seeds],
+                                  pladis_scale=scale, **options)
+                    options.pop("negative_prompt", None)
+                    for entry, seed, image in zip(batch, seeds, result.images):
+                        path = image_path(args.out, entry.index, scale)
+                        save_image(image, path, entry, seed, scale)
+                        written.append(path)
+                    bar.update(len(batch))
+            bar.close()
+        skipped = len(share) * len(args.scales) - total
+    print(f"process {state.process_index}/{state.num_processes}: wrote {len(written)} images, "
+          f"{skipped} already there ({len(share)} of {len(entries)} prompts)", flush=True)
+    state.wait_for_everyone()
+    return written
+
+
+if __name__ == "__main__":
+    main()

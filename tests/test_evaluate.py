@@ -1,0 +1,131 @@
+"""`scripts/evaluate.py`: the FID formula against independent computations, CLIPScore's definition, and the
+whole table on tiny random CLIP models built offline (the plumbing, not the numbers)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+from scripts import evaluate
+from scripts.build_tiny_assets import tiny_clip_tokenizer
+
+PROMPTS = ["a photo of a cat", "a red cube on a blue ball", "a dog on the table", "two horses in space"]
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A random CLIP (32×32 images, 16-d embeddings) with the tiny tokenizer, saved and loaded like a real one."""
+    torch.manual_seed(0)
+    tokenizer = tiny_clip_tokenizer()
+    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                num_attention_heads=4, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    vision = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                  num_attention_heads=4)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval()
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    model.save_pretrained(folder)
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+def random_image(seed: int) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+
+
+@pytest.fixture
+def generated(tmp_path):
+    """generate.py's layout: out/pladis_0, out/pladis_2 (NNNNN.png) and out/prompts.jsonl; plus a reference folder."""
+    out = tmp_path / "out"
+    for offset, folder in ((0, "pladis_0"), (100, "pladis_2")):
+        (out / folder).mkdir(parents=True)
+        for index in range(len(PROMPTS)):
+            random_image(offset + index).save(out / folder / f"{index:05d}.png")
+    (out / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p, "seed": i}) + "\n" for i, p in enumerate(PROMPTS)))
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    for index in range(5):
+        random_image(500 + index).save(reference / f"coco_{index}.jpg")
+    return out, reference
+
+
+def test_frechet_distance_of_a_set_with_itself_is_zero():
+    features = np.random.default_rng(0).normal(size=(50, 4))
+    assert abs(evaluate.frechet_distance(features, features)) < 1e-8
+
+
+def test_frechet_distance_of_a_shifted_set_is_the_squared_mean_shift():
+    features = np.random.default_rng(1).normal(size=(40, 3))
+    shift = np.array([0.5, -2.0, 1.0])
+    assert evaluate.frechet_distance(features, features + shift) == pytest.approx(shift @ shift, rel=1e-9, abs=1e-8)
+
+
+def test_frechet_distance_matches_the_eigenvalue_form_of_the_trace_term():
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=(60, 5)) @ rng.normal(size=(5, 5))
+    b = rng.normal(size=(70, 5)) * np.array([1.0, 2.0, 0.5, 3.0, 1.5]) + 0.3
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    # Tr((ΣaΣb)^½) = Σ √λ_i, λ_i the (real, non-negative) eigenvalues of ΣaΣb
+    trace_sqrt = np.sqrt(np.clip(np.linalg.eigvals(cov_a @ cov_b).real, 0, None)).sum()
+    expected = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_sqrt
+    assert evaluate.frechet_distance(a, b) == pytest.approx(expected, rel=1e-7)
+    with pytest.raises(ValueError, match="at least 2"):
+        evaluate.frechet_distance(a[:1], b)
+
+
+def test_clip_score_is_100_times_the_clamped_cosine_of_clip_embeddings(tiny_clip):
+    images = [random_image(index) for index in range(len(PROMPTS))]
+    scores = evaluate.clip_scores(evaluate.ClipModel(str(tiny_clip), "cpu"), images, PROMPTS)
+    model, processor = CLIPModel.from_pretrained(tiny_clip), CLIPProcessor.from_pretrained(tiny_clip)
+    with torch.no_grad():  # independently: the full CLIP forward's normalised embeddings
+        output = model(**processor(text=PROMPTS, images=images, padding=True, return_tensors="pt"))
+    cosines = (output.image_embeds * output.text_embeds).sum(-1)
+    assert (cosines < 0).any() and (cosines > 0).any()  # the clamp matters in this case
+    np.testing.assert_allclose(scores, (100 * cosines.clamp_min(0)).numpy(), atol=1e-4)
+
+
+def test_table_has_a_row_per_folder_and_names_every_metric_honestly(tiny_clip, generated, tmp_path, capsys):
+    out, reference = generated
+    results = evaluate.main([
+        str(out / "pladis_0"), str(out / "pladis_2"), "--clip-model", str(tiny_clip), "--reference", str(reference),
+        "--fid-features", "clip", "--pickscore-model", str(tiny_clip), "--imagereward-model", "ImageReward-v1.0",
+        "--device", "cpu", "--batch-size", "3", "--json", str(tmp_path / "scores.json"),
+    ])
+    table = capsys.readouterr().out
+    assert [row["label"] for row in results["rows"]] == ["without PLADIS", "PLADIS 2"]
+    assert all(row["images"] == len(PROMPTS) for row in results["rows"])
+    for row in results["rows"]:
+        assert 0 <= row["clip_score"] <= 100 and np.isfinite(row["fid"]) and row["fid"] > 0
+        assert np.isfinite(row["pick_score"]) and "image_reward" not in row
+    assert results["metrics"]["fid"].startswith("FID (CLIP features")  # never called plain "FID"
+    assert results["metrics"]["image_reward"].startswith("n/a (")  # package or weights missing here, with why
+    assert "| without PLADIS | 4 |" in table and "| PLADIS 2 | 4 |" in table and "FID: FID (CLIP features" in table
+    assert json.loads((tmp_path / "scores.json").read_text()) == results
+
+
+def test_fid_of_a_folder_against_itself_is_zero_and_inception_needs_weights(tiny_clip, generated):
+    out, _ = generated
+    folders = [str(out / "pladis_0"), str(out / "pladis_2")]
+    common = ["--clip-model", str(tiny_clip), "--device", "cpu", "--reference", folders[0]]
+    results = evaluate.main([*folders, *common, "--fid-features", "clip"])
+    assert abs(results["rows"][0]["fid"]) < 1e-6 < results["rows"][1]["fid"]
+    results = evaluate.main([*folders, *common])  # default Inception features, no weights file
+    assert results["metrics"]["fid"].startswith("n/a (Inception weights unavailable")
+    assert all("fid" not in row for row in results["rows"])
+
+
+def test_inception_features_load_from_a_local_torchvision_weights_file(tmp_path):
+    from torchvision.models import inception_v3
+
+    torch.manual_seed(0)
+    weights = tmp_path / "inception.pth"
+    torch.save(inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict(), weights)
+    extract = evaluate.inception_features(weights, "cpu")
+    features = extract([random_image(0), random_image(1)])
+    assert features.shape == (2, 2048) and np.isfinite(features).all()
