@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .sparse_maps import pladis_weights_
-from .validation import check_pladis_alpha
+from .validation import check_pladis_alpha, check_pladis_scale
 
 # Scores per query chunk (float32): ~8 MB, large enough to keep matmuls efficient.
 _CHUNK_ELEMENTS = 1 << 21
@@ -39,6 +39,7 @@ def pladis_scaled_dot_product_attention(
     `query` is (..., Nq, D), `key`/`value` (..., Nk, D/Dv); `attn_mask` broadcasts to (..., Nq, Nk).
     The maps are computed in float32; the result has `query`'s dtype. A fully masked row gives zeros.
     """
+    pladis_scale = check_pladis_scale(pladis_scale)
     check_pladis_alpha(pladis_alpha)
     scale = query.shape[-1] ** -0.5 if scale is None else scale
     mask = _additive_mask(attn_mask)

@@ -1,8 +1,8 @@
 """Installing attention processors for the length of a call, and putting the originals back.
 
 `swapped_attn_processors` is the one install/restore mechanism of the project (PLADIS, SEG and
-every pipeline use it); `apply_pladis` builds the PLADIS table for a pipeline's denoiser (U-Net or
-FLUX transformer) with it.
+every pipeline use it); `apply_pladis` builds the PLADIS table for a pipeline's denoiser (U-Net,
+SD3 / PixArt / SANA / FLUX transformer) with it, from `PLADIS_PROCESSORS` (stock processor → PLADIS).
 """
 
 from __future__ import annotations
@@ -11,21 +11,69 @@ from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator
 
 import torch
-from diffusers.models.attention_processor import Attention
+from diffusers.models.attention_processor import (
+    Attention,
+    AttnProcessor,
+    AttnProcessor2_0,
+    FusedAttnProcessor2_0,
+    FusedJointAttnProcessor2_0,
+    JointAttnProcessor2_0,
+    SlicedAttnProcessor,
+    XFormersAttnProcessor,
+)
+from diffusers.models.transformers.sana_transformer import SanaAttnProcessor2_0
 from diffusers.models.transformers.transformer_flux import FluxAttention, FluxAttnProcessor
 
 from .flux_processor import PLADISFluxAttnProcessor, TextLength, recorded_text_length
 from .processor import PLADISAttnProcessor
-from .validation import check_pladis_alpha, check_pladis_scale
+from .sana_processor import PLADISSanaAttnProcessor
+from .sd3_processor import PLADISJointAttnProcessor
+from .validation import check_flag, check_pladis_alpha, check_pladis_scale
 
 _PROCESSOR_SUFFIX = ".processor"
+
+# The PLADIS processor that replaces each stock processor of a text-attention layer. Processors that
+# compute the same softmax attention another way get the same one: sliced attention (PLADIS bounds
+# memory itself, one query chunk at a time), fused QKV (diffusers keeps the separate projections,
+# which the PLADIS processors read), xformers. A PLADIS processor is replaced by one with the new λ, α.
+PLADIS_PROCESSORS: dict[type, type] = {
+    AttnProcessor2_0: PLADISAttnProcessor,
+    AttnProcessor: PLADISAttnProcessor,
+    SlicedAttnProcessor: PLADISAttnProcessor,
+    FusedAttnProcessor2_0: PLADISAttnProcessor,
+    XFormersAttnProcessor: PLADISAttnProcessor,
+    PLADISAttnProcessor: PLADISAttnProcessor,
+    SanaAttnProcessor2_0: PLADISSanaAttnProcessor,
+    PLADISSanaAttnProcessor: PLADISSanaAttnProcessor,
+    JointAttnProcessor2_0: PLADISJointAttnProcessor,
+    FusedJointAttnProcessor2_0: PLADISJointAttnProcessor,
+    PLADISJointAttnProcessor: PLADISJointAttnProcessor,
+    FluxAttnProcessor: PLADISFluxAttnProcessor,
+    PLADISFluxAttnProcessor: PLADISFluxAttnProcessor,
+}
 
 # Maps an attention module to the PLADIS processor it gets, or None to keep its own processor.
 ProcessorFactory = Callable[[str, torch.nn.Module, float, float], object]
 
 
+def attention_model(model: object) -> torch.nn.Module:
+    """`model` (the module inside it if `torch.compile` wrapped it) when it is a diffusers model whose
+    attention processors can be swapped; a `TypeError` naming its class otherwise."""
+    model = getattr(model, "_orig_mod", model)
+    if not isinstance(model, torch.nn.Module) or not all(
+        hasattr(type(model), attribute) for attribute in ("attn_processors", "set_attn_processor")
+    ):
+        raise TypeError(
+            f"PLADIS needs a diffusers model with attention processors (`attn_processors` / `set_attn_processor`), "
+            f"got {type(model).__name__}; it supports U-Nets with cross-attention and SD3, PixArt, SANA and FLUX "
+            "transformers"
+        )
+    return model
+
+
 def attention_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     """The attention modules of `model` by the names `model.attn_processors` uses (without `.processor`)."""
+    model = attention_model(model)
     return {
         name[: -len(_PROCESSOR_SUFFIX)]: model.get_submodule(name[: -len(_PROCESSOR_SUFFIX)])
         for name in model.attn_processors
@@ -36,6 +84,9 @@ def attention_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
 def swapped_attn_processors(model: torch.nn.Module, replacements: dict[str, object]) -> Iterator[None]:
     """Set `replacements` (layer name → processor) on `model`, and restore the exact previous
     processor objects on exit, also when the body raises. Unknown layer names raise `ValueError`."""
+    model = attention_model(model)
+    if not isinstance(replacements, dict) or not all(isinstance(name, str) for name in replacements):
+        raise TypeError(f"replacements must be a dict of layer name -> processor, got {type(replacements).__name__}")
     original = dict(model.attn_processors)
     unknown = sorted(set(replacements) - {name[: -len(_PROCESSOR_SUFFIX)] for name in original})
     if unknown:
@@ -54,21 +105,42 @@ def is_single_stream_flux_attention(module: torch.nn.Module) -> bool:
     return isinstance(module, FluxAttention) and module.added_kv_proj_dim is None
 
 
-def _flux_pladis(name: str, module: FluxAttention, processor: PLADISFluxAttnProcessor) -> PLADISFluxAttnProcessor:
-    """`processor`, if the layer runs plain FLUX attention: replacing e.g. an IP-Adapter processor
-    would silently drop the adapter, so that raises instead."""
-    if not isinstance(module.processor, (FluxAttnProcessor, PLADISFluxAttnProcessor)):
-        raise ValueError(f"PLADIS cannot replace {type(module.processor).__name__} on {name} (FLUX IP-Adapter?)")
-    return processor
+def is_text_attention(module: torch.nn.Module) -> bool:
+    """Where PLADIS acts: cross-attention (U-Net, PixArt, SANA `attn2`) and joint text+image attention
+    (SD3 `attn`, FLUX double-stream `attn`). Self-attention (SD3.5's `attn2` included) is never touched."""
+    if isinstance(module, Attention):
+        return module.is_cross_attention or module.added_kv_proj_dim is not None
+    return isinstance(module, FluxAttention) and module.added_kv_proj_dim is not None
+
+
+def pladis_processor_for(
+    name: str, module: torch.nn.Module, pladis_scale: float, pladis_alpha: float, text_length: TextLength | None = None
+) -> object:
+    """The PLADIS processor replacing `module`'s stock processor (`PLADIS_PROCESSORS`).
+
+    Any other processor (an IP-Adapter, a custom or third-party one) raises: replacing it would
+    silently drop what it does, and keeping it would silently run without PLADIS.
+    """
+    processor_type = type(module.processor)
+    pladis_type = PLADIS_PROCESSORS.get(processor_type)
+    if pladis_type is None:
+        stock = sorted(cls.__name__ for cls in PLADIS_PROCESSORS if not cls.__name__.startswith("PLADIS"))
+        raise ValueError(
+            f"PLADIS cannot replace {processor_type.__name__} on {name} (an IP-Adapter or custom processor would "
+            f"be dropped); it replaces the stock processors {', '.join(stock)}: unload or reset that layer's processor"
+        )
+    if isinstance(module, Attention) and not getattr(module, "scale_qk", True):
+        raise ValueError(f"PLADIS needs the standard 1/sqrt(head_dim) logit scale, but {name} has scale_qk=False")
+    if pladis_type is PLADISFluxAttnProcessor:
+        return PLADISFluxAttnProcessor(pladis_scale, pladis_alpha, text_length)
+    return pladis_type(pladis_scale, pladis_alpha)
 
 
 def cross_attention_pladis(name: str, module: torch.nn.Module, pladis_scale: float, pladis_alpha: float):
-    """PLADIS for the cross-attention layers of a U-Net or ControlNet (self-attention is never
-    touched) and for FLUX double-stream joint attention (the image-query × text-key block)."""
-    if isinstance(module, Attention) and module.is_cross_attention:
-        return PLADISAttnProcessor(pladis_scale, pladis_alpha)
-    if isinstance(module, FluxAttention) and module.added_kv_proj_dim is not None:
-        return _flux_pladis(name, module, PLADISFluxAttnProcessor(pladis_scale, pladis_alpha))
+    """PLADIS for every text-attention layer (`is_text_attention`): cross-attention of U-Nets, ControlNets,
+    PixArt and SANA, and the image-query × text-key block of SD3 and FLUX double-stream joint attention."""
+    if is_text_attention(module):
+        return pladis_processor_for(name, module, pladis_scale, pladis_alpha)
     return None
 
 
@@ -78,7 +150,7 @@ def with_single_stream_blocks(text_length: TextLength) -> ProcessorFactory:
 
     def factory(name: str, module: torch.nn.Module, pladis_scale: float, pladis_alpha: float):
         if is_single_stream_flux_attention(module):
-            return _flux_pladis(name, module, PLADISFluxAttnProcessor(pladis_scale, pladis_alpha, text_length))
+            return pladis_processor_for(name, module, pladis_scale, pladis_alpha, text_length)
         return cross_attention_pladis(name, module, pladis_scale, pladis_alpha)
 
     return factory
@@ -87,7 +159,10 @@ def with_single_stream_blocks(text_length: TextLength) -> ProcessorFactory:
 def pladis_processors(
     model: torch.nn.Module, pladis_scale: float, pladis_alpha: float, factory: ProcessorFactory = cross_attention_pladis
 ) -> dict[str, object]:
-    """One PLADIS processor per layer that `factory` selects; raises if it selects none."""
+    """One PLADIS processor per layer that `factory` selects; a model with none raises, naming its class."""
+    pladis_scale = check_pladis_scale(pladis_scale)
+    pladis_alpha = check_pladis_alpha(pladis_alpha)
+    model = attention_model(model)
     table = {}
     for name, module in attention_modules(model).items():
         processor = factory(name, module, pladis_scale, pladis_alpha)
@@ -95,8 +170,8 @@ def pladis_processors(
             table[name] = processor
     if not table:
         raise ValueError(
-            f"PLADIS found no cross-attention layer in {type(model).__name__}; "
-            "it needs a denoiser with softmax cross-attention"
+            f"PLADIS found no cross-attention or joint text-image attention layer in {type(model).__name__}; it needs "
+            "a denoiser with softmax text attention (SD 1.5 / 2.x / SDXL U-Nets, SD3, PixArt, SANA, FLUX)"
         )
     return table
 
@@ -106,8 +181,10 @@ def _denoiser(pipe: object) -> torch.nn.Module:
     for attribute in ("unet", "transformer"):
         model = getattr(pipe, attribute, None)
         if model is not None:
-            return model
-    raise TypeError(f"apply_pladis needs a diffusers pipeline with a `unet` or `transformer`, got {type(pipe).__name__}")
+            return attention_model(model)
+    raise TypeError(
+        f"apply_pladis needs a diffusers pipeline with a `unet` or `transformer`, got {type(pipe).__name__}"
+    )
 
 
 @contextmanager
@@ -119,27 +196,27 @@ def apply_pladis(
     pladis_controlnet: bool = False,
     pladis_single_blocks: bool = False,
 ) -> Iterator[None]:
-    """Run the body with PLADIS on every cross-attention layer of `pipe`'s denoiser.
+    """Run the body with PLADIS on every text-attention layer of `pipe`'s denoiser.
 
-    U-Nets: every cross-attention layer (`attn2`). FLUX transformers: the image-query × text-key
-    block of every double-stream block's joint attention; with `pladis_single_blocks=True` the
-    single-stream blocks too (their text length is recorded from each transformer call).
-    λ = 0 leaves the model untouched (stock fused attention, bit-identical output). With
-    `pladis_controlnet=True`, the pipeline's ControlNet gets PLADIS too. The exact previous
-    processors are restored (and hooks removed) on exit, also when the body raises.
+    U-Nets, PixArt, SANA: every cross-attention layer (`attn2`). SD3 / SD3.5 and FLUX: the
+    image-query × text-key block of every joint attention (image tokens first in SD3, text first
+    in FLUX); with `pladis_single_blocks=True` also FLUX's single-stream blocks (their text length
+    is recorded from each transformer call). λ = 0 leaves the model untouched (stock attention,
+    bit-identical output). With `pladis_controlnet=True`, the pipeline's ControlNet(s) too.
+    Everything is checked before anything changes; the exact previous processors are restored (and
+    hooks removed) on exit, also when the body raises. A model without such layers, or a layer
+    holding a processor PLADIS does not know (e.g. an IP-Adapter), raises instead of running without PLADIS.
     """
     pladis_scale = check_pladis_scale(pladis_scale)
     pladis_alpha = check_pladis_alpha(pladis_alpha)
-    if not isinstance(pladis_single_blocks, bool):
-        raise TypeError(
-            f"pladis_single_blocks must be a bool, got {type(pladis_single_blocks).__name__}: {pladis_single_blocks!r}"
-        )
+    pladis_controlnet = check_flag("pladis_controlnet", pladis_controlnet)
+    pladis_single_blocks = check_flag("pladis_single_blocks", pladis_single_blocks)
     models = [_denoiser(pipe)]
     if pladis_controlnet:
         controlnet = getattr(pipe, "controlnet", None)
         if controlnet is None:
             raise ValueError(f"pladis_controlnet=True but {type(pipe).__name__} has no controlnet")
-        models += list(getattr(controlnet, "nets", [controlnet]))
+        models += [attention_model(net) for net in getattr(controlnet, "nets", [controlnet])]
     if pladis_single_blocks and not any(map(is_single_stream_flux_attention, attention_modules(models[0]).values())):
         raise ValueError(f"pladis_single_blocks=True but {type(models[0]).__name__} has no FLUX single-stream block")
     if pladis_scale == 0.0:
@@ -156,4 +233,3 @@ def apply_pladis(
                 stack.enter_context(recorded_text_length(model, text_length))
             stack.enter_context(swapped_attn_processors(model, table))
         yield
-

@@ -35,6 +35,14 @@ def check_pladis_alpha(pladis_alpha: object) -> float:
     return value
 
 
+
+def check_flag(name: str, value: object) -> bool:
+    """Validate an on/off option such as `pladis_controlnet` or `pladis_single_blocks`: exactly a bool
+    (a string like "no" is truthy, so anything else is refused rather than guessed)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__}: {value!r}")
+    return value
+
 def check_guidance_scale(name: str, value: object) -> float:
     """Validate a guidance strength such as `pag_scale`, `pag_adaptive_scale` or `seg_scale`: finite, ≥ 0."""
     scale = _check_real(name, value, "finite and >= 0")

@@ -13,12 +13,16 @@ import torch
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
+from diffusers import AutoencoderDC, DDIMScheduler, DPMSolverMultistepScheduler, PixArtSigmaPipeline
+from diffusers import PixArtTransformer2DModel, SanaPipeline, SanaTransformer2DModel, SD3Transformer2DModel
+from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig, get_peft_model_state_dict
 from PIL import Image, ImageDraw
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
 from transformers import T5Config, T5EncoderModel, T5Tokenizer
+from transformers import Gemma2Config, Gemma2Model, GemmaTokenizer
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "asset"
 TINY_SDXL = ASSET_DIR / "tiny-sdxl"
@@ -133,6 +137,15 @@ def tiny_t5_tokenizer() -> T5Tokenizer:
     return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=T5_MAX_LENGTH)
 
 
+def tiny_t5_encoder(tokenizer: T5Tokenizer) -> T5EncoderModel:
+    """A 2-layer T5 encoder of width 32 (no dropout) for `tokenizer`, like FLUX's, SD3's and PixArt's text encoder."""
+    return T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, dropout_rate=0.0, feed_forward_proj="gated-gelu",
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=0,
+    )).eval()
+
+
 def tiny_flux_transformer(guidance_embeds: bool) -> FluxTransformer2DModel:
     """A FLUX transformer with 2 double-stream + 2 single-stream blocks, 2 heads × 16, 16 latent channels."""
     return FluxTransformer2DModel(
@@ -158,11 +171,7 @@ def build_tiny_flux(guidance_embeds: bool, seed: int = 0) -> FluxPipeline:
     tokenizer = tiny_clip_tokenizer()
     text_encoder = CLIPTextModel(_clip_config(tokenizer, hidden_size=32, projection_dim=32))
     tokenizer_2 = tiny_t5_tokenizer()
-    text_encoder_2 = T5EncoderModel(T5Config(
-        vocab_size=len(tokenizer_2), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, dropout_rate=0.0, feed_forward_proj="gated-gelu",
-        pad_token_id=tokenizer_2.pad_token_id, eos_token_id=tokenizer_2.eos_token_id, decoder_start_token_id=0,
-    ))
+    text_encoder_2 = tiny_t5_encoder(tokenizer_2)
     transformer = tiny_flux_transformer(guidance_embeds)
     if guidance_embeds:
         scheduler = FlowMatchEulerDiscreteScheduler(
@@ -230,6 +239,104 @@ def tiny_control_image(size: int = 64) -> Image.Image:
     draw.ellipse([size // 8, size // 8, size // 2, size // 2], fill=(230, 60, 40))
     draw.rectangle([size // 2, size // 2, size - size // 8, size - size // 16], fill=(40, 200, 90))
     return image
+
+
+# Other model families, built in memory by the compatibility tests (not saved to asset/).
+def build_tiny_sd(version: str = "1.5", seed: int = 0) -> StableDiffusionPipeline:
+    """A random-weight `StableDiffusionPipeline`: SD 1.5-like (ε-prediction, conv projections) or 2.x-like
+    (v-prediction, linear projections, per-block head dims); one CLIP encoder, DDIM, the tiny VAE."""
+    if version not in ("1.5", "2"):
+        raise ValueError(f"version must be '1.5' or '2', got {version!r}")
+    torch.manual_seed(seed)
+    tokenizer = tiny_clip_tokenizer()
+    text_encoder = CLIPTextModel(_clip_config(tokenizer, hidden_size=32, projection_dim=32))
+    unet = UNet2DConditionModel(
+        sample_size=32, layers_per_block=1, block_out_channels=(16, 32), norm_num_groups=8, cross_attention_dim=32,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        attention_head_dim=(2, 4) if version == "2" else 4, use_linear_projection=version == "2",
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, steps_offset=1,
+        set_alpha_to_one=False, prediction_type="v_prediction" if version == "2" else "epsilon",
+    )
+    return StableDiffusionPipeline(
+        vae=tiny_vae().eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet.eval(),
+        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+def build_tiny_sd3(dual_attention: bool = True, seed: int = 0) -> StableDiffusion3Pipeline:
+    """A random-weight `StableDiffusion3Pipeline` with 2 joint blocks (the last `context_pre_only`), two CLIP
+    encoders and a T5; `dual_attention=True` is SD3.5-like (q/k RMS norms, a self-attention `attn2` in block 0)."""
+    torch.manual_seed(seed)
+    tokenizer, tokenizer_3 = tiny_clip_tokenizer(), tiny_t5_tokenizer()
+    text_encoder = CLIPTextModelWithProjection(_clip_config(tokenizer, hidden_size=32, projection_dim=32))
+    text_encoder_2 = CLIPTextModelWithProjection(_clip_config(tokenizer, hidden_size=32, projection_dim=32))
+    transformer = SD3Transformer2DModel(
+        sample_size=32, patch_size=2, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=8,
+        num_attention_heads=2, caption_projection_dim=16, joint_attention_dim=32, pooled_projection_dim=64,
+        dual_attention_layers=(0,) if dual_attention else (), qk_norm="rms_norm" if dual_attention else None,
+    )
+    return StableDiffusion3Pipeline(
+        transformer=transformer.eval(), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=tiny_flux_vae().eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2.eval(), tokenizer_2=tokenizer,
+        text_encoder_3=tiny_t5_encoder(tokenizer_3), tokenizer_3=tokenizer_3,
+    )
+
+
+def build_tiny_pixart_sigma(seed: int = 0) -> PixArtSigmaPipeline:
+    """A random-weight `PixArtSigmaPipeline`: 2 blocks with softmax cross-attention under a text padding mask."""
+    torch.manual_seed(seed)
+    tokenizer = tiny_t5_tokenizer()
+    text_encoder = tiny_t5_encoder(tokenizer)
+    transformer = PixArtTransformer2DModel(
+        sample_size=32, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=2, caption_channels=32,
+        in_channels=4, out_channels=8, cross_attention_dim=16, attention_bias=True, activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
+    )
+    return PixArtSigmaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=tiny_vae().eval(),
+                               transformer=transformer.eval(), scheduler=DPMSolverMultistepScheduler())
+
+
+def tiny_gemma_tokenizer() -> GemmaTokenizer:
+    """A Gemma BPE tokenizer with a small in-memory vocabulary: letters, and "▁word" merged into one token."""
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+    vocab = {token: index for index, token in enumerate([*specials, *"abcdefghijklmnopqrstuvwxyz▁"])}
+    merges = []
+    for word in _WORDS:  # Gemma marks spaces as "▁"; merge "▁" + word left to right into one token
+        pieces = list("▁" + word)
+        while len(pieces) > 1:
+            merges.append((pieces[0], pieces[1]))
+            pieces = [pieces[0] + pieces[1]] + pieces[2:]
+            vocab.setdefault(pieces[0], len(vocab))
+    return GemmaTokenizer(vocab=vocab, merges=list(dict.fromkeys(merges)), model_max_length=T5_MAX_LENGTH)
+
+
+def build_tiny_sana(seed: int = 0) -> SanaPipeline:
+    """A random-weight `SanaPipeline`: linear self-attention, masked softmax cross-attention, a 1-layer Gemma2
+    text encoder and a 2-level DC-AE (×2: 64×64 images ↔ 32×32 latents)."""
+    torch.manual_seed(seed)
+    tokenizer = tiny_gemma_tokenizer()
+    text_config = Gemma2Config(
+        head_dim=16, hidden_size=8, intermediate_size=64, num_attention_heads=2, num_hidden_layers=1,
+        num_key_value_heads=2, vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=1, bos_token_id=2,
+    )
+    transformer = SanaTransformer2DModel(
+        patch_size=1, in_channels=4, out_channels=4, num_layers=2, num_attention_heads=2, attention_head_dim=4,
+        num_cross_attention_heads=2, cross_attention_head_dim=4, cross_attention_dim=8, caption_channels=8,
+        sample_size=32,
+    )
+    vae = AutoencoderDC(
+        in_channels=3, latent_channels=4, attention_head_dim=2, encoder_block_types=("ResBlock", "EfficientViTBlock"),
+        decoder_block_types=("ResBlock", "EfficientViTBlock"), encoder_block_out_channels=(8, 8),
+        decoder_block_out_channels=(8, 8), encoder_qkv_multiscales=((), (5,)), decoder_qkv_multiscales=((), (5,)),
+        encoder_layers_per_block=(1, 1), decoder_layers_per_block=(1, 1), downsample_block_type="conv",
+        upsample_block_type="interpolate", decoder_norm_types="rms_norm", decoder_act_fns="silu",
+        scaling_factor=0.41407,
+    )
+    return SanaPipeline(tokenizer=tokenizer, text_encoder=Gemma2Model(text_config).eval(), vae=vae.eval(),
+                        transformer=transformer.eval(), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
 
 
 def main() -> None:
