@@ -274,8 +274,8 @@ def load_pipeline(args: argparse.Namespace, device: str | torch.device | None = 
     if args.controlnet is not None:
         from diffusers import ControlNetModel
 
-        components["controlnet"] = ControlNetModel.from_pretrained(model_source(args.controlnet), dtype=dtype)
-    pipe = cls.from_pretrained(model_source(args.model), dtype=dtype, **components)
+        components["controlnet"] = ControlNetModel.from_pretrained(model_source(args.controlnet), dtype=dtype, use_safetensors=True)
+    pipe = cls.from_pretrained(model_source(args.model), dtype=dtype, use_safetensors=True, **components)
     pipe = pipe.to(device or args.device or default_device())
     pipe.set_progress_bar_config(disable=True)  # the scripts show one bar over the whole job
     if args.lora is not None:

@@ -99,7 +99,7 @@ class ClipModel:
     def __post_init__(self) -> None:
         from transformers import CLIPModel, CLIPProcessor
 
-        self.model = CLIPModel.from_pretrained(model_source(self.name)).eval().to(self.device)
+        self.model = CLIPModel.from_pretrained(model_source(self.name), use_safetensors=True).eval().to(self.device)
         self.processor = CLIPProcessor.from_pretrained(model_source(self.processor_name or self.name))
 
     @torch.no_grad()

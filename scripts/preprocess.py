@@ -22,7 +22,7 @@ def load_depth_estimator(model: str = DEFAULT_DEPTH_MODEL, device: str = "cpu"):
     """`(DPTForDepthEstimation, DPTImageProcessor)` from a hub id or a local folder, loaded once per (model, device)."""
     from transformers import DPTForDepthEstimation, DPTImageProcessor
 
-    estimator = DPTForDepthEstimation.from_pretrained(model).to(device).eval()
+    estimator = DPTForDepthEstimation.from_pretrained(model, use_safetensors=True).to(device).eval()
     return estimator, DPTImageProcessor.from_pretrained(model)
 
 

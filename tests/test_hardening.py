@@ -194,3 +194,30 @@ def test_no_source_enables_remote_code_or_loads_pickles():
     found = [f"{path.relative_to(PROJECT)}: {kind}" for path in sources for kind, pattern in FORBIDDEN.items()
              if pattern.search(path.read_text())]
     assert found == []
+
+
+WEIGHT_LOADER = re.compile(r"(\w+)\.from_pretrained\(")
+NO_WEIGHTS = ("Processor", "Tokenizer", "Scheduler", "ImageProcessor")
+
+
+def _call_text(source: str, open_paren: int) -> str:
+    """The text of a call from its opening parenthesis to the matching closing one."""
+    depth = 0
+    for index in range(open_paren, len(source)):
+        depth += {"(": 1, ")": -1}.get(source[index], 0)
+        if depth == 0:
+            return source[open_paren : index + 1]
+    return source[open_paren:]
+
+
+def test_every_weight_load_in_scripts_requires_safetensors():
+    unsafe = []
+    for path in (PROJECT / "scripts").rglob("*.py"):
+        if path.name == "build_tiny_assets.py":  # builds from configs, loads nothing
+            continue
+        source = path.read_text()
+        for match in WEIGHT_LOADER.finditer(source):
+            call = _call_text(source, match.end() - 1)
+            if not match.group(1).endswith(NO_WEIGHTS) and "use_safetensors=True" not in call:
+                unsafe.append(f"{path.relative_to(PROJECT)}: {match.group(1)}.from_pretrained")
+    assert unsafe == []

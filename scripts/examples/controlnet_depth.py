@@ -36,9 +36,9 @@ def main(argv: list[str] | None = None) -> Path:
         "model": TINY_SDXL_CONTROLNET, "controlnet": TINY_SDXL_CONTROLNET / "controlnet",
         "depth_model": TINY_DPT, "image": TINY_CONTROL_IMAGE,
     })
-    controlnet = ControlNetModel.from_pretrained(model_source(args.controlnet), dtype=args.dtype)
+    controlnet = ControlNetModel.from_pretrained(model_source(args.controlnet), dtype=args.dtype, use_safetensors=True)
     pipe = PLADISStableDiffusionXLControlNetPipeline.from_pretrained(
-        args.model, controlnet=controlnet, dtype=args.dtype).to(args.device)
+        args.model, controlnet=controlnet, dtype=args.dtype, use_safetensors=True).to(args.device)
     size = (args.width or 1024, args.height or 1024)
     depth = depth_map(load_image(str(args.image)), model=model_source(args.depth_model), device=args.device, size=size)
     return save_with_and_without(

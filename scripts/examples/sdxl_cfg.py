@@ -17,7 +17,7 @@ from scripts.examples.common import SDXL_BASE, example_parser, parse_example_arg
 def main(argv: list[str] | None = None) -> Path:
     parser = example_parser(__doc__, model=SDXL_BASE, steps=25, guidance_scale=5.0, pladis_scale=2.0)
     args = parse_example_args(parser, argv, name="sdxl_cfg")
-    pipe = PLADISStableDiffusionXLPipeline.from_pretrained(args.model, dtype=args.dtype).to(args.device)
+    pipe = PLADISStableDiffusionXLPipeline.from_pretrained(args.model, dtype=args.dtype, use_safetensors=True).to(args.device)
     return save_with_and_without(pipe, args, f"CFG {args.guidance_scale:g}", guidance_scale=args.guidance_scale)
 
 

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser = example_parser(__doc__, model=SDXL_BASE, steps=4, guidance_scale=0.0, pladis_scale=2.0,
                             lora="tianweiy/DMD2/dmd2_sdxl_4step_lora_fp16.safetensors")
     args = parse_example_args(parser, argv, name="sdxl_dmd2")
-    pipe = PLADISStableDiffusionXLPipeline.from_pretrained(args.model, dtype=args.dtype).to(args.device)
+    pipe = PLADISStableDiffusionXLPipeline.from_pretrained(args.model, dtype=args.dtype, use_safetensors=True).to(args.device)
     pipe.load_lora_weights(lora_file(args.lora))
     pipe.fuse_lora()
     pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)

@@ -20,7 +20,7 @@ SDXL_FREEU = {"s1": 0.9, "s2": 0.2, "b1": 1.3, "b2": 1.4}  # FreeU's recommended
 def main(argv: list[str] | None = None) -> Path:
     parser = example_parser(__doc__, model=SDXL_BASE, steps=25, guidance_scale=5.0, pladis_scale=2.0)
     args = parse_example_args(parser, argv, name="sdxl_freeu")
-    pipe = PLADISStableDiffusionXLPipeline.from_pretrained(args.model, dtype=args.dtype).to(args.device)
+    pipe = PLADISStableDiffusionXLPipeline.from_pretrained(args.model, dtype=args.dtype, use_safetensors=True).to(args.device)
     pipe.enable_freeu(**SDXL_FREEU)
     return save_with_and_without(pipe, args, "FreeU + CFG", guidance_scale=args.guidance_scale)
 

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser = example_parser(__doc__, model=SDXL_BASE, steps=4, guidance_scale=0.0, pladis_scale=2.0,
                             lora="ByteDance/SDXL-Lightning/sdxl_lightning_4step_lora.safetensors")
     args = parse_example_args(parser, argv, name="sdxl_lightning")
-    pipe = PLADISStableDiffusionXLPipeline.from_pretrained(args.model, dtype=args.dtype).to(args.device)
+    pipe = PLADISStableDiffusionXLPipeline.from_pretrained(args.model, dtype=args.dtype, use_safetensors=True).to(args.device)
     pipe.load_lora_weights(lora_file(args.lora))
     pipe.fuse_lora()
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")

@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--pag-scale", type=float, default=3.0, help="PAG scale (default 3)")
     parser.add_argument("--pag-layers", nargs="+", default=["mid"], help="PAG layers (default: mid)")
     args = parse_example_args(parser, argv, name="sdxl_pag")
-    pipe = PLADISStableDiffusionXLPipeline.from_pretrained(args.model, dtype=args.dtype).to(args.device)
+    pipe = PLADISStableDiffusionXLPipeline.from_pretrained(args.model, dtype=args.dtype, use_safetensors=True).to(args.device)
     return save_with_and_without(pipe, args, f"PAG {args.pag_scale:g}", guidance_scale=args.guidance_scale,
                                  pag_scale=args.pag_scale, pag_applied_layers=args.pag_layers)
 

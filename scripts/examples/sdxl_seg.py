@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> Path:
                         help="query blur σ (default 100; > 9999 = infinite)")
     parser.add_argument("--seg-layers", nargs="+", default=["mid"], help="SEG layers (default: mid)")
     args = parse_example_args(parser, argv, name="sdxl_seg")
-    pipe = PLADISStableDiffusionXLPipeline.from_pretrained(args.model, dtype=args.dtype).to(args.device)
+    pipe = PLADISStableDiffusionXLPipeline.from_pretrained(args.model, dtype=args.dtype, use_safetensors=True).to(args.device)
     return save_with_and_without(pipe, args, f"SEG {args.seg_scale:g} (sigma {args.seg_blur_sigma:g})",
                                  guidance_scale=args.guidance_scale, seg_scale=args.seg_scale,
                                  seg_blur_sigma=args.seg_blur_sigma, seg_applied_layers=args.seg_layers)
