@@ -179,6 +179,17 @@ def model_source(model: str) -> str:
     return model
 
 
+def _looks_like_path(value: str) -> bool:
+    """Hub ids are `name` or `owner/name`; anything absolute, relative-dotted or deeper is a path."""
+    return value.startswith(("/", ".", "~")) or value.count("/") > 1 or "\\" in value
+
+
+def _check_model_source(parser: argparse.ArgumentParser, value: str, option: str = "--model") -> None:
+    """A value that is clearly a local path must exist (hub ids are left to the hub client)."""
+    if _looks_like_path(value) and not Path(model_source(value)).expanduser().exists():
+        parser.error(f"{option}: no such local folder: {value} (give an existing folder or a hub id like owner/name)")
+
+
 def is_tiny_asset(model: str) -> bool:
     """True for the random-weight pipelines in `asset/` (they get few steps and 64×64 by default)."""
     source = Path(model_source(model))
@@ -200,6 +211,13 @@ def finish_common_options(parser: argparse.ArgumentParser, args: argparse.Namesp
         if getattr(args, name) is not None and getattr(args, name) < 8:
             parser.error(f"--{name} must be >= 8, got {getattr(args, name)}")
     args.model = args.model or choice.tiny_model
+    _check_model_source(parser, args.model)
+    for option in ("lora", "control_image"):
+        value = getattr(args, option)
+        if value is not None and not Path(model_source(str(value))).exists():
+            parser.error(f"--{option.replace('_', '-')}: no such file: {value}")
+    if args.depth_model is not None:
+        _check_model_source(parser, str(args.depth_model), option="--depth-model")
     tiny = is_tiny_asset(args.model)
     if args.pipeline == "controlnet" and args.control_image is None and tiny:
         args.control_image = Path(TINY_CONTROL_IMAGE)  # the tiny ControlNet's example picture

@@ -63,6 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parse_with_settings(parser, argv)
     if args.prompts is None:
         parser.error("--prompts FILE is required")
+    if not args.prompts.is_file():
+        parser.error(f"--prompts: no such file: {args.prompts}")
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     try:

@@ -164,3 +164,16 @@ def test_flux_choice_runs_the_tiny_flux_and_scale_zero_is_stock_flux():
                      generator=common.seeded_generator(0)).images[0]
     np.testing.assert_array_equal(np.asarray(images[0]), np.asarray(expected))
     assert np.abs(np.asarray(images[0]).astype(int) - np.asarray(images[1])).max() > 0
+
+
+@pytest.mark.parametrize("argument,message", [
+    (["--lora", "/nonexistent/lora.safetensors"], "--lora: no such file"),
+    (["--pipeline", "controlnet", "--control-image", "/nonexistent.png"], "--control-image: no such file"),
+    (["--model", "/nonexistent-folder"], "--model: no such local folder"),
+    (["--model", "./missing/model"], "--model: no such local folder"),
+])
+def test_missing_files_are_named_before_any_loading(argument, message, capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        compare.main([*argument, "--out", str(tmp_path / "grid.png")])
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "grid.png").exists()
