@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from .validation import check_pladis_alpha
+from .validation import check_pladis_alpha, check_pladis_scale
 
 # A threshold has converged when no row moves by more than this (τ ∈ [−1, 0), so ~16 float32 ulps).
 _THRESHOLD_TOL = 1e-6
@@ -135,6 +135,40 @@ def _newton_update(alpha: float) -> RowUpdate:
     return update
 
 
+def _traceable_threshold(shifted: torch.Tensor, alpha: float) -> torch.Tensor:
+    """τ as `entmax_threshold`, with no data-dependent control flow, for `torch.compile` graphs.
+
+    The pass loop above reads tensors back to Python (one graph break per pass per layer), so under
+    compilation α = 1.5 and α = 2 use the `entmax` package's exact sort-based roots, and other α a
+    fixed 30 bisection halvings of [−1, 0] (a lower bound within 1e-9) then 3 monotone Newton steps.
+    Entries ≤ −1 never reach the support (τ ≥ −1), so −inf is clamped to −2 to keep the sums finite.
+    """
+    x = shifted.clamp_min(-2.0)
+    if alpha in (1.5, 2.0):
+        ranks = torch.arange(1, x.shape[-1] + 1, device=x.device, dtype=x.dtype)
+        ordered = x.sort(dim=-1, descending=True).values
+        if alpha == 2.0:
+            roots = (ordered.cumsum(-1) - 1.0) / ranks
+        else:
+            mean = ordered.cumsum(-1) / ranks
+            spread = ranks * ((ordered * ordered).cumsum(-1) / ranks - mean * mean)
+            roots = mean - ((1.0 - spread) / ranks).clamp_min(0.0).sqrt()
+        support = (roots <= ordered).sum(dim=-1, keepdim=True)
+        return roots.gather(-1, support - 1)
+    exponent = 1.0 / (alpha - 1.0)
+    lower = x.new_full((*x.shape[:-1], 1), -1.0)
+    width = 1.0
+    for _ in range(30):
+        width /= 2
+        mass = (x - (lower + width)).clamp_min(0.0).pow(exponent).sum(-1, keepdim=True)
+        lower = torch.where(mass >= 1.0, lower + width, lower)
+    for _ in range(3):
+        gap = (x - lower).clamp_min(0.0)
+        slope = (gap.pow(exponent - 1.0) * (gap > 0)).sum(-1, keepdim=True) * exponent
+        lower = lower + ((gap.pow(exponent).sum(-1, keepdim=True) - 1.0) / slope).nan_to_num(0.0, 0.0, 0.0)
+    return lower
+
+
 def entmax_threshold(
     shifted: torch.Tensor, alpha: float, scratch: tuple[torch.Tensor, torch.Tensor] | None = None
 ) -> torch.Tensor:
@@ -142,7 +176,10 @@ def entmax_threshold(
 
     `shifted = (α−1)·(z − max z)` (so τ ∈ [−1, 0)); rows with no finite entry give an all-zero map.
     `scratch`: two buffers shaped like `shifted` to reuse across calls (allocated when omitted).
+    Inside `torch.compile` it takes `_traceable_threshold`, which gives the same τ without graph breaks.
     """
+    if torch.compiler.is_compiling():
+        return _traceable_threshold(shifted, alpha)
     if alpha == 2.0:
         update = _sparsemax_update
     elif alpha == 1.5:
@@ -180,26 +217,61 @@ def softmax_attention(scores: torch.Tensor) -> torch.Tensor:
     return weights.div_(total.clamp_min_(torch.finfo(total.dtype).tiny))
 
 
+Workspace = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _dense_and_sparse_(
+    scores: torch.Tensor, alpha: float, workspace: Workspace | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(exp(z − max z), its row sums, entmax_α(z))` from float `scores`, sharing one row max.
+
+    The softmax numerators go to `workspace[0]` (normalising is left to the caller, who folds it
+    into its own row scale), the sparse map overwrites `scores`, and `workspace[1:]` is the
+    threshold solver's scratch; the three buffers are shaped like `scores` (allocated when omitted).
+    """
+    dense, *scratch = workspace if workspace is not None else (torch.empty_like(scores) for _ in range(3))
+    shifted = scores.sub_(_finite_row_max(scores))
+    row_sum = (torch.exp(shifted, out=dense) @ dense.new_ones(dense.shape[-1], 1)).clamp_min_(torch.finfo(dense.dtype).tiny)
+    return dense, row_sum, _sparse_map_(shifted.mul_(alpha - 1.0), alpha, tuple(scratch))
+
+
 def pladis_weights_(
     scores: torch.Tensor,
     pladis_scale: float,
     alpha: float = 1.5,
-    workspace: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    workspace: Workspace | None = None,
 ) -> torch.Tensor:
     """In-place PLADIS map `(1 − λ)·softmax(z) + λ·entmax_α(z)` over the last dim of float `scores`.
 
     `scores` (float32/64) is overwritten with the sparse map; the result lives in `workspace[0]`
     (three buffers shaped like `scores`, reused across query chunks, allocated when omitted).
     """
-    dense, *scratch = workspace if workspace is not None else (torch.empty_like(scores) for _ in range(3))
-    row_max = _finite_row_max(scores)
-    torch.sub(scores, row_max, out=dense).exp_()
-    row_scale = (1.0 - pladis_scale) / (dense @ dense.new_ones(dense.shape[-1], 1)).clamp_min_(torch.finfo(dense.dtype).tiny)
-    sparse = _sparse_map_(scores.sub_(row_max).mul_(alpha - 1.0), alpha, tuple(scratch))
-    return dense.mul_(row_scale).add_(sparse, alpha=pladis_scale)
+    dense, row_sum, sparse = _dense_and_sparse_(scores, alpha, workspace)
+    return dense.mul_((1.0 - pladis_scale) / row_sum).add_(sparse, alpha=pladis_scale)
+
+
+def pladis_shift_(
+    scores: torch.Tensor,
+    pladis_scale: float | torch.Tensor,
+    alpha: float = 1.5,
+    workspace: Workspace | None = None,
+) -> torch.Tensor:
+    """In-place PLADIS correction `λ·(entmax_α(z) − softmax(z))` over the last dim of float `scores`.
+
+    It is what PLADIS adds to the dense map, for callers that already have `softmax(z)·V` (the joint
+    text block). `pladis_scale` may be a tensor of per-row factors broadcasting to
+    `scores.shape[:-1] + (1,)`, so a row weight (FLUX's text mass `m·λ`) costs no extra pass.
+    Buffers as in `pladis_weights_`: `scores` is overwritten, the result lives in `workspace[0]`.
+    """
+    dense, row_sum, sparse = _dense_and_sparse_(scores, alpha, workspace)
+    dense.mul_(row_sum.reciprocal_().mul_(-pladis_scale))
+    if isinstance(pladis_scale, torch.Tensor):
+        return dense.addcmul_(sparse, pladis_scale)
+    return dense.add_(sparse, alpha=pladis_scale)
 
 
 def pladis_weights(scores: torch.Tensor, pladis_scale: float, alpha: float = 1.5) -> torch.Tensor:
     """PLADIS attention map `softmax(z) + λ·(entmax_α(z) − softmax(z))` over the last dim, in float32."""
+    pladis_scale = check_pladis_scale(pladis_scale)
     check_pladis_alpha(alpha)
     return pladis_weights_(_as_float(scores).clone(), pladis_scale, alpha)
