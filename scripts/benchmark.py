@@ -170,7 +170,8 @@ def flux_transformer_case(args) -> dict[str, Callable[[], object]]:
     config = dict(FLUX_TRANSFORMER_CONFIG, num_layers=args.flux_blocks, num_single_layers=args.flux_blocks)
     transformer = FluxTransformer2DModel(**config).to(args.device, args.dtype).eval()
     side = args.resolution // 16
-    ids = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(side), torch.arange(side), indexing="ij"), -1)
+    axis = torch.arange(side, dtype=torch.float32)
+    ids = torch.stack(torch.meshgrid(torch.zeros(1), axis, axis, indexing="ij"), -1)
     inputs = dict(
         hidden_states=torch.randn(1, side * side, 64, device=args.device, dtype=args.dtype),
         encoder_hidden_states=torch.randn(1, 512, 4096, device=args.device, dtype=args.dtype),
