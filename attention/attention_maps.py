@@ -15,8 +15,10 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
+from .functional import additive_mask
 from .install import attention_modules, pladis_processors, swapped_attn_processors
 from .seg_blur import token_grid
+from .processor import unet_attention_heads
 from .seg_processor import LatentSize, recording_latent_size
 from .sparse_maps import pladis_weights, softmax_attention
 from .validation import check_pladis_alpha, check_pladis_scale
@@ -39,36 +41,13 @@ def attention_logits(
     temb: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`z = QKᵀ/√d + mask` in float32, shape (batch, heads, queries, keys), computed as `AttnProcessor2_0` does."""
-    if attn.spatial_norm is not None:
-        hidden_states = attn.spatial_norm(hidden_states, temb)
-    if hidden_states.ndim == 4:
-        batch_size, channel, height, width = hidden_states.shape
-        hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
-    context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-    batch_size, key_length, _ = context.shape
-    if attention_mask is not None:
-        attention_mask = attn.prepare_attention_mask(attention_mask, key_length, batch_size)
-        attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
-    if attn.group_norm is not None:
-        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-    query = attn.to_q(hidden_states)
-    if encoder_hidden_states is not None and attn.norm_cross:
-        context = attn.norm_encoder_hidden_states(context)
-    key = attn.to_k(context)
-    head_dim = key.shape[-1] // attn.heads
-    query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-    key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-    if attn.norm_q is not None:
-        query = attn.norm_q(query)
-    if attn.norm_k is not None:
-        key = attn.norm_k(key)
+    query, key, _, attention_mask, layout = unet_attention_heads(
+        attn, hidden_states, encoder_hidden_states, attention_mask, temb
+    )
     # SDPA's default scale (as AttnProcessor2_0 and the PLADIS processor use), not attn.scale
-    logits = torch.matmul(query.float(), key.float().transpose(-1, -2)) * head_dim**-0.5
-    if attention_mask is not None:
-        if attention_mask.dtype == torch.bool:
-            attention_mask = torch.zeros_like(logits).masked_fill_(~attention_mask, float("-inf"))
-        logits = logits + attention_mask.float()
-    return logits
+    logits = torch.matmul(query.float(), key.float().transpose(-1, -2)) * layout.head_dim**-0.5
+    attention_mask = additive_mask(attention_mask)
+    return logits if attention_mask is None else logits + attention_mask.float()
 
 
 class AttentionMapStore:

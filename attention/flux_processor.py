@@ -15,7 +15,7 @@ from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import FluxAttention, _get_qkv_projections
 
 from .joint_text_block import text_block_pladis_attention
-from .validation import check_pladis_alpha, check_pladis_scale
+from .processor import PLADISSettings
 
 
 class TextLength:
@@ -49,7 +49,7 @@ def recorded_text_length(transformer: torch.nn.Module, text_length: TextLength) 
         text_length.tokens = None
 
 
-class PLADISFluxAttnProcessor:
+class PLADISFluxAttnProcessor(PLADISSettings):
     """FLUX joint attention where PLADIS replaces only the image-query × text-key block.
 
     With `m` = the dense mass an image query puts on the text keys, that block becomes
@@ -69,14 +69,10 @@ class PLADISFluxAttnProcessor:
     _parallel_config = None
 
     def __init__(self, pladis_scale: float, pladis_alpha: float = 1.5, text_length: TextLength | None = None) -> None:
-        self.pladis_scale = check_pladis_scale(pladis_scale)
-        self.pladis_alpha = check_pladis_alpha(pladis_alpha)
+        super().__init__(pladis_scale, pladis_alpha)
         if text_length is not None and not isinstance(text_length, TextLength):
             raise TypeError(f"text_length must be a TextLength (see recorded_text_length), got {text_length!r}")
         self.text_length = text_length
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(pladis_scale={self.pladis_scale}, pladis_alpha={self.pladis_alpha})"
 
     def _text_tokens(self, encoder_hidden_states: torch.Tensor | None) -> int:
         """Text tokens leading the joint sequence: from the double-stream input, or as recorded."""

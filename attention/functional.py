@@ -16,7 +16,7 @@ from .validation import check_pladis_alpha, check_pladis_scale
 _CHUNK_ELEMENTS = 1 << 21
 
 
-def _additive_mask(attn_mask: torch.Tensor | None) -> torch.Tensor | None:
+def additive_mask(attn_mask: torch.Tensor | None) -> torch.Tensor | None:
     """SDPA mask semantics as an additive float mask: bool True = attend, float = added to scores."""
     if attn_mask is None or attn_mask.dtype != torch.bool:
         return attn_mask
@@ -42,7 +42,7 @@ def pladis_scaled_dot_product_attention(
     pladis_scale = check_pladis_scale(pladis_scale)
     check_pladis_alpha(pladis_alpha)
     scale = query.shape[-1] ** -0.5 if scale is None else scale
-    mask = _additive_mask(attn_mask)
+    mask = additive_mask(attn_mask)
     key_t = key.float().transpose(-1, -2)
     value_f = value.float()
     rows, keys = query.shape[-2], key.shape[-2]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .functional import _additive_mask
+from .functional import additive_mask
 from .sparse_maps import pladis_shift_
 from .validation import check_pladis_alpha, check_pladis_scale
 
@@ -98,7 +98,7 @@ def text_block_pladis_attention(
         return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, scale=scale)
 
     output, text_mass = dense_attention_and_text_mass(query, key, value, text, attn_mask, scale)
-    mask = _additive_mask(attn_mask)
+    mask = additive_mask(attn_mask)
     if mask is not None and mask.shape[-1] != 1:
         mask = mask[..., text]
     key_text_t = key[..., text, :].float().mul(scale).transpose(-1, -2)  # scaled once, not per chunk

@@ -1,10 +1,14 @@
 """`PLADISAttnProcessor`: diffusers' `AttnProcessor2_0` with PLADIS weights instead of softmax.
 
 Everything around the attention product (spatial/group norm, q/k norms, masks, residual, output
-rescale) follows `AttnProcessor2_0` line for line, so the two can be diffed in one's head.
+rescale) follows `AttnProcessor2_0` line for line in `unet_attention_heads` / `unet_attention_output`,
+which every processor keeping that contract (PLADIS, SEG, the attention-map recorder) shares.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from diffusers.models.attention_processor import Attention
@@ -13,12 +17,8 @@ from .functional import pladis_scaled_dot_product_attention
 from .validation import check_pladis_alpha, check_pladis_scale
 
 
-class PLADISAttnProcessor:
-    """Attention processor computing `(softmax(z) + λ·(entmax_α(z) − softmax(z)))·V`, `z = QKᵀ/√d + mask`.
-
-    Installed on cross-attention layers (`attn2`) by `apply_pladis`; λ = `pladis_scale`,
-    α = `pladis_alpha` (1.5 = entmax15, 2 = sparsemax). Maps are float32 whatever the model dtype.
-    """
+class PLADISSettings:
+    """λ (`pladis_scale`) and α (`pladis_alpha`), checked once: the configuration every PLADIS processor shares."""
 
     def __init__(self, pladis_scale: float, pladis_alpha: float = 1.5) -> None:
         self.pladis_scale = check_pladis_scale(pladis_scale)
@@ -26,6 +26,88 @@ class PLADISAttnProcessor:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(pladis_scale={self.pladis_scale}, pladis_alpha={self.pladis_alpha})"
+
+
+@dataclass
+class UNetAttentionLayout:
+    """What `unet_attention_output` needs to undo `unet_attention_heads`' reshapes."""
+
+    residual: torch.Tensor
+    spatial_shape: tuple[int, int, int, int] | None  # (B, C, H, W) of a 4-D input, else None
+    batch_size: int
+    head_dim: int
+
+
+def unet_attention_heads(
+    attn: Attention,
+    hidden_states: torch.Tensor,
+    encoder_hidden_states: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    temb: torch.Tensor | None = None,
+    query_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, UNetAttentionLayout]:
+    """`AttnProcessor2_0` up to its attention product: (query, key, value, mask, layout) with q/k/v as
+    (batch, heads, tokens, head_dim). `query_transform` sees the projected query before the head split
+    (SEG blurs it there). Shared by every processor that keeps `AttnProcessor2_0`'s contract."""
+    residual = hidden_states
+    if attn.spatial_norm is not None:
+        hidden_states = attn.spatial_norm(hidden_states, temb)
+
+    spatial_shape = None
+    if hidden_states.ndim == 4:
+        spatial_shape = batch_size, channel, height, width = hidden_states.shape
+        hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+
+    batch_size, sequence_length, _ = (
+        hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+    )
+    if attention_mask is not None:
+        attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+        attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
+
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+    query = attn.to_q(hidden_states)
+    if query_transform is not None:
+        query = query_transform(query)
+    if encoder_hidden_states is None:
+        encoder_hidden_states = hidden_states
+    elif attn.norm_cross:
+        encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+    key = attn.to_k(encoder_hidden_states)
+    value = attn.to_v(encoder_hidden_states)
+
+    head_dim = key.shape[-1] // attn.heads
+    query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+    key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+    value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    return query, key, value, attention_mask, UNetAttentionLayout(residual, spatial_shape, batch_size, head_dim)
+
+
+def unet_attention_output(attn: Attention, hidden_states: torch.Tensor, layout: UNetAttentionLayout) -> torch.Tensor:
+    """`AttnProcessor2_0` after its attention product: merge heads, `to_out`, reshape, residual, rescale."""
+    batch_size = layout.batch_size
+    hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * layout.head_dim)
+    hidden_states = attn.to_out[0](hidden_states)
+    hidden_states = attn.to_out[1](hidden_states)
+    if layout.spatial_shape is not None:
+        hidden_states = hidden_states.transpose(-1, -2).reshape(layout.spatial_shape)
+    if attn.residual_connection:
+        hidden_states = hidden_states + layout.residual
+    return hidden_states / attn.rescale_output_factor
+
+
+class PLADISAttnProcessor(PLADISSettings):
+    """Attention processor computing `(softmax(z) + λ·(entmax_α(z) − softmax(z)))·V`, `z = QKᵀ/√d + mask`.
+
+    Installed on cross-attention layers (`attn2`) by `apply_pladis`; λ = `pladis_scale`,
+    α = `pladis_alpha` (1.5 = entmax15, 2 = sparsemax). Maps are float32 whatever the model dtype.
+    """
 
     def __call__(
         self,
@@ -35,53 +117,11 @@ class PLADISAttnProcessor:
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch_size, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
-
-        batch_size, sequence_length, _ = (
-            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        query, key, value, attention_mask, layout = unet_attention_heads(
+            attn, hidden_states, encoder_hidden_states, attention_mask, temb
         )
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
-            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
-
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-
-        query = attn.to_q(hidden_states)
-        if encoder_hidden_states is None:
-            encoder_hidden_states = hidden_states
-        elif attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key = attn.to_k(encoder_hidden_states)
-        value = attn.to_v(encoder_hidden_states)
-
-        head_dim = key.shape[-1] // attn.heads
-        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-
         # The one PLADIS change: sparse-extrapolated weights in place of SDPA's softmax.
         hidden_states = pladis_scaled_dot_product_attention(
             query, key, value, self.pladis_scale, self.pladis_alpha, attn_mask=attention_mask
         )
-
-        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
-        hidden_states = hidden_states.to(query.dtype)
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
+        return unet_attention_output(attn, hidden_states.to(query.dtype), layout)

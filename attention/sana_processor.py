@@ -11,22 +11,15 @@ import torch
 from diffusers.models.attention_processor import Attention
 
 from .functional import pladis_scaled_dot_product_attention
-from .validation import check_pladis_alpha, check_pladis_scale
+from .processor import PLADISSettings
 
 
-class PLADISSanaAttnProcessor:
+class PLADISSanaAttnProcessor(PLADISSettings):
     """SANA cross-attention computing `(softmax(z) + λ·(entmax_α(z) − softmax(z)))·V`, `z = QKᵀ/√d + mask`.
 
     The text padding mask SANA passes (an additive bias) is honoured as in SDPA; maps are float32
     whatever the model dtype. λ = `pladis_scale`, α = `pladis_alpha`.
     """
-
-    def __init__(self, pladis_scale: float, pladis_alpha: float = 1.5) -> None:
-        self.pladis_scale = check_pladis_scale(pladis_scale)
-        self.pladis_alpha = check_pladis_alpha(pladis_alpha)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(pladis_scale={self.pladis_scale}, pladis_alpha={self.pladis_alpha})"
 
     def __call__(
         self,

@@ -11,10 +11,10 @@ import torch
 from diffusers.models.attention_processor import Attention
 
 from .joint_text_block import text_block_pladis_attention
-from .validation import check_pladis_alpha, check_pladis_scale
+from .processor import PLADISSettings
 
 
-class PLADISJointAttnProcessor:
+class PLADISJointAttnProcessor(PLADISSettings):
     """SD3 joint attention where PLADIS replaces only the image-query × text-key block.
 
     With `m` = the dense mass an image query puts on the text keys, that block becomes
@@ -25,13 +25,6 @@ class PLADISJointAttnProcessor:
     Without `encoder_hidden_states` there is no text, and it is plain SDPA, as the stock processor.
     It reads the separate `to_q`/`to_k`/`to_v`/`add_*_proj`, which `fuse_qkv_projections` keeps.
     """
-
-    def __init__(self, pladis_scale: float, pladis_alpha: float = 1.5) -> None:
-        self.pladis_scale = check_pladis_scale(pladis_scale)
-        self.pladis_alpha = check_pladis_alpha(pladis_alpha)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(pladis_scale={self.pladis_scale}, pladis_alpha={self.pladis_alpha})"
 
     def __call__(
         self,
