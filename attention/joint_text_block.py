@@ -12,11 +12,12 @@ import torch
 import torch.nn.functional as F
 
 from .functional import additive_mask
+from .query_chunks import query_chunks
 from .sparse_maps import pladis_shift_
 from .validation import check_pladis_alpha, check_pladis_scale
 
-# Image×text scores per query chunk (float32): ~8 MB, like functional.py's chunks. At FLUX's 24 heads
-# × 512 text tokens (~171 image rows a chunk) 4 and 16 MB measured no faster on 2 CPU threads.
+# Image×text scores per query chunk (float32): ~8 MB. At FLUX's 24 heads × 512 text tokens (~171 image
+# rows a chunk) 2, 4 and 16 MB measured no faster on 2 CPU threads (the 77-key U-Net rows prefer 4 MB).
 _CHUNK_ELEMENTS = 1 << 21
 
 
@@ -101,27 +102,17 @@ def text_block_pladis_attention(
     mask = additive_mask(attn_mask)
     if mask is not None and mask.shape[-1] != 1:
         mask = mask[..., text]
-    key_text_t = key[..., text, :].float().mul(scale).transpose(-1, -2)  # scaled once, not per chunk
-    value_text = value[..., text, :].float()
-    # Equal query chunks (as few as fit the budget) over flat buffers that every chunk views, so one
-    # workspace serves the whole call and the loop allocates nothing of chunk size.
-    batch_shape, keys, image_rows = query.shape[:-2], text.stop - text.start, image.stop - image.start
-    batch_heads = query[..., :1, :1].numel()
-    chunks = -(-image_rows * batch_heads * keys // _CHUNK_ELEMENTS)
-    rows_per_chunk = -(-image_rows // chunks)
-    flat = [query.new_empty(batch_heads * rows_per_chunk * keys, dtype=torch.float32) for _ in range(4)]
-    flat_product = query.new_empty(batch_heads * rows_per_chunk * value.shape[-1], dtype=torch.float32)
-    for start in range(image.start, image.stop, rows_per_chunk):
-        rows = slice(start, min(start + rows_per_chunk, image.stop))
-        chunk_shape = (*batch_shape, rows.stop - rows.start, keys)
-        scores, *workspace = (buffer[: batch_heads * chunk_shape[-2] * keys].view(chunk_shape) for buffer in flat)
-        torch.matmul(query[..., rows, :].float(), key_text_t, out=scores)
+    # Text keys scaled once and contiguous, so no chunk's matmul scales or copies them again.
+    key_text_t = key[..., text, :].float().mul(scale).contiguous().transpose(-1, -2)
+    value_text = value[..., text, :].float().contiguous()
+    per_row_mask = mask is not None and mask.dim() >= 2 and mask.shape[-2] != 1
+    for chunk in query_chunks(query, image, text.stop - text.start, value.shape[-1], _CHUNK_ELEMENTS):
+        scores = torch.matmul(chunk.query, key_text_t, out=chunk.scores)
         if mask is not None:
-            scores.add_(mask[..., rows, :] if mask.dim() >= 2 and mask.shape[-2] != 1 else mask)
+            scores.add_(mask[..., chunk.rows, :] if per_row_mask else mask)
         # The correction m·λ·(entmax − softmax)·V_txt (m·λ folded into the map's row scale); the
         # dense part is already in `output`.
-        row_scale = text_mass[..., rows, None].float() * pladis_scale
-        shift = pladis_shift_(scores, row_scale, pladis_alpha, tuple(workspace))
-        product = flat_product[: shift.shape[:-1].numel() * value.shape[-1]].view(*shift.shape[:-1], value.shape[-1])
-        output[..., rows, :].add_(torch.matmul(shift, value_text, out=product))
+        row_scale = text_mass[..., chunk.rows, None].float() * pladis_scale
+        shift = pladis_shift_(scores, row_scale, pladis_alpha, chunk.workspace)
+        output[..., chunk.rows, :].add_(torch.matmul(shift, value_text, out=chunk.product))
     return output

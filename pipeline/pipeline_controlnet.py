@@ -12,9 +12,12 @@ from typing import Any
 from diffusers import StableDiffusionXLControlNetPAGPipeline
 
 from .pipeline_sdxl_seg import SEG_INFINITE_BLUR, PerturbedGuidanceMixin
+from .saving import SavesAsStockPipeline
 
 
-class PLADISStableDiffusionXLControlNetPipeline(PerturbedGuidanceMixin, StableDiffusionXLControlNetPAGPipeline):
+class PLADISStableDiffusionXLControlNetPipeline(
+    SavesAsStockPipeline, PerturbedGuidanceMixin, StableDiffusionXLControlNetPAGPipeline
+):
     """SDXL ControlNet with PLADIS: `pipe(prompt, image=depth, seg_scale=3.0, pladis_scale=3.0)`.
 
     With `pag_scale=0`, `seg_scale=0` and `pladis_scale=0` (the defaults) it gives the stock

@@ -13,8 +13,10 @@ from diffusers import FluxPipeline
 
 from attention import apply_pladis
 
+from .saving import SavesAsStockPipeline
 
-class PLADISFluxPipeline(FluxPipeline):
+
+class PLADISFluxPipeline(SavesAsStockPipeline, FluxPipeline):
     """FLUX with PLADIS: `pipe(prompt, pladis_scale=2.0)`; `pladis_scale=0` is the stock pipeline."""
 
     def __call__(

@@ -12,8 +12,10 @@ from diffusers import StableDiffusionXLPipeline
 
 from attention import apply_pladis
 
+from .saving import SavesAsStockPipeline
 
-class PLADISStableDiffusionXLPipeline(StableDiffusionXLPipeline):
+
+class PLADISStableDiffusionXLPipeline(SavesAsStockPipeline, StableDiffusionXLPipeline):
     """SDXL with PLADIS: `pipe(prompt, pladis_scale=2.0)`; `pladis_scale=0` is the stock pipeline."""
 
     def __call__(self, *args: Any, pladis_scale: float = 0.0, pladis_alpha: float = 1.5, **kwargs: Any):

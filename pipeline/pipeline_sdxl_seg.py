@@ -26,6 +26,8 @@ from attention import (
     swapped_attn_processors,
 )
 
+from .saving import SavesAsStockPipeline
+
 SEG_INFINITE_BLUR = 9999999.0  # the SEG reference's default σ: anything above 9999 is "infinite"
 DEFAULT_SEG_LAYERS = ("mid",)
 # PAGMixin keeps these on the pipeline object; a call must leave them as it found them.
@@ -108,7 +110,7 @@ class PerturbedGuidanceMixin:
                 setattr(self, name, value)
 
 
-class PLADISStableDiffusionXLSEGPipeline(PerturbedGuidanceMixin, StableDiffusionXLPAGPipeline):
+class PLADISStableDiffusionXLSEGPipeline(SavesAsStockPipeline, PerturbedGuidanceMixin, StableDiffusionXLPAGPipeline):
     """SDXL with CFG, PAG or SEG, each with PLADIS: `pipe(prompt, seg_scale=3.0, pladis_scale=2.0)`.
 
     With `pag_scale=0` and `seg_scale=0` (the defaults) it is plain CFG, as `StableDiffusionXLPipeline`.

@@ -47,6 +47,33 @@ def test_entmax_on_adversarial_rows(alpha):
     assert torch.isfinite(ours).all()
 
 
+@pytest.mark.parametrize("safe_passes", [0, 1, 2])
+@pytest.mark.parametrize("spread", [0.3, 4.0])
+def test_entmax15_monotone_fallback_is_exact(monkeypatch, safe_passes, spread):
+    """The safety net (monotone steps after `_SAFE_PASSES` jumps) reaches the same exact map."""
+    monkeypatch.setattr("attention.sparse_maps._SAFE_PASSES", safe_passes)
+    z = torch.randn(512, 77, generator=torch.Generator().manual_seed(safe_passes)) * spread
+    torch.testing.assert_close(entmax_attention(z, 1.5).double(), reference_entmax(z, 1.5), atol=5e-6, rtol=1e-5)
+
+
+def test_entmax15_low_contrast_rows_need_few_passes(monkeypatch):
+    """Wide supports (logits within ~1 of each other, as random-weight U-Nets give) settle in 4 passes."""
+    import attention.sparse_maps as sparse_maps
+
+    passes = []
+    solve = sparse_maps._entmax15_update
+
+    def counting(gap, work, tau, state, pass_index):
+        passes.append(pass_index)
+        return solve(gap, work, tau, state, pass_index)
+
+    monkeypatch.setattr(sparse_maps, "_entmax15_update", counting)
+    z = torch.randn(4096, 77, generator=torch.Generator().manual_seed(3)) * 0.33
+    ours = entmax_attention(z, 1.5)
+    assert max(passes) + 1 <= 5
+    torch.testing.assert_close(ours.double(), reference_entmax(z, 1.5), atol=5e-6, rtol=1e-5)
+
+
 def test_sparsemax_is_sparse_and_sums_to_one():
     z = torch.randn(64, 77, generator=torch.Generator().manual_seed(1)) * 3
     for alpha in (1.5, 2.0):
