@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+import attention.query_chunks as query_chunks_module
 from attention.functional import pladis_scaled_dot_product_attention
 from attention.query_chunks import query_chunks
 
@@ -37,3 +38,23 @@ def test_result_keeps_the_processors_head_layout():
     assert out.transpose(1, 2).is_contiguous()
     expected = pladis_scaled_dot_product_attention(q.contiguous(), k.contiguous(), v.contiguous(), 2.0)
     torch.testing.assert_close(out, expected)
+
+
+def test_cpu_workspace_is_kept_between_calls_up_to_its_bound(monkeypatch):
+    def workspace_pointer(rows: int) -> int:
+        chunk = next(query_chunks(torch.randn(1, 2, rows, 8), slice(0, rows), keys=7, value_dim=8, budget=10**6))
+        return chunk.query.data_ptr()
+
+    first = workspace_pointer(40)
+    assert workspace_pointer(30) == first  # a smaller call reuses the kept buffer
+    larger = workspace_pointer(400)
+    assert workspace_pointer(400) == larger  # it grows once, then is reused
+    monkeypatch.setattr(query_chunks_module, "_KEPT_WORKSPACE_BYTES", 1024)
+    assert workspace_pointer(400) != larger  # above the bound a call gets its own buffer
+
+
+def test_calls_with_a_kept_workspace_give_the_same_result():
+    q, k, v = (torch.randn(2, 3, n, 8, generator=torch.Generator().manual_seed(n)) for n in (64, 9, 9))
+    first = pladis_scaled_dot_product_attention(q, k, v, 2.0)
+    pladis_scaled_dot_product_attention(q * 3, k, v, 1.5)  # overwrites the kept buffer
+    torch.testing.assert_close(pladis_scaled_dot_product_attention(q, k, v, 2.0), first, atol=0, rtol=0)
