@@ -7,6 +7,7 @@ SD3 / PixArt / SANA / FLUX transformer) with it, from `PLADIS_PROCESSORS` (stock
 
 from __future__ import annotations
 
+import re
 from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator
 
@@ -23,6 +24,7 @@ from diffusers.models.attention_processor import (
 )
 from diffusers.models.transformers.sana_transformer import SanaAttnProcessor2_0
 from diffusers.models.transformers.transformer_flux import FluxAttention, FluxAttnProcessor
+from diffusers.pipelines.pag.pag_utils import PAGMixin
 
 from .flux_processor import PLADISFluxAttnProcessor, TextLength, recorded_text_length
 from .processor import PLADISAttnProcessor
@@ -187,6 +189,29 @@ def _denoiser(pipe: object) -> torch.nn.Module:
     )
 
 
+def check_pag_leaves_pladis_layers(pipe: object, model: torch.nn.Module, table: dict[str, object]) -> None:
+    """Raise when `pipe` is a diffusers PAG pipeline whose PAG layers include layers PLADIS needs.
+
+    PAG gives its layers its own processors during the call (`PAGMixin`: self-attention modules
+    whose name matches a `pag_applied_layers` pattern). In U-Nets, PixArt and SANA those are `attn1`
+    and PLADIS is on `attn2`; SD3's joint attention is both, and PAG would silently replace PLADIS there.
+    """
+    patterns = getattr(pipe, "pag_applied_layers", None) if isinstance(pipe, PAGMixin) else None
+    modules = attention_modules(model)
+    taken = sorted(
+        name for name in table
+        if isinstance(modules[name], Attention) and not modules[name].is_cross_attention
+        and any(re.search(pattern, name) for pattern in patterns or ())
+    )
+    if taken:
+        raise ValueError(
+            f"PAG on {type(pipe).__name__} replaces the processors of {taken[:3]} during the call, the joint "
+            "text-image attention PLADIS acts on; PLADIS with PAG works where PAG's layers are self-attention "
+            "(SDXL, SD 1.5, PixArt, SANA). For PLADIS here, load the pipeline without PAG (e.g. "
+            "StableDiffusion3Pipeline.from_pipe(pipe)), or set pag_applied_layers to layers PLADIS does not use"
+        )
+
+
 @contextmanager
 def apply_pladis(
     pipe: object,
@@ -204,8 +229,9 @@ def apply_pladis(
     is recorded from each transformer call). λ = 0 leaves the model untouched (stock attention,
     bit-identical output). With `pladis_controlnet=True`, the pipeline's ControlNet(s) too.
     Everything is checked before anything changes; the exact previous processors are restored (and
-    hooks removed) on exit, also when the body raises. A model without such layers, or a layer
-    holding a processor PLADIS does not know (e.g. an IP-Adapter), raises instead of running without PLADIS.
+    hooks removed) on exit, also when the body raises. A model without such layers, a layer holding
+    a processor PLADIS does not know (e.g. an IP-Adapter), or PAG layers on the layers PLADIS needs
+    (SD3's PAG pipelines) raise instead of running without PLADIS.
     """
     pladis_scale = check_pladis_scale(pladis_scale)
     pladis_alpha = check_pladis_alpha(pladis_alpha)
@@ -227,6 +253,7 @@ def apply_pladis(
                  for length in text_lengths]
     tables = [pladis_processors(model, pladis_scale, pladis_alpha, factory)
               for model, factory in zip(models, factories)]
+    check_pag_leaves_pladis_layers(pipe, models[0], tables[0])
     with ExitStack() as stack:
         for model, table, text_length in zip(models, tables, text_lengths):
             if pladis_single_blocks:

@@ -121,3 +121,34 @@ def test_transformer_calls_unchanged_and_processors_restored(pipe, family):
     counter.remove()
     assert counter.count == 2 * 3  # CFG: one batched [uncond, cond] call per step
     assert same_processor_objects(pipe.transformer, before)
+
+
+def test_pag_on_the_joint_attention_raises_instead_of_replacing_pladis(pipe, family):
+    """SD3's PAG pipelines give PAG's own processors to joint attention layers during the call: PLADIS says so
+    up front (naming the layers) instead of running without PLADIS there, and changes nothing."""
+    from diffusers import StableDiffusion3PAGPipeline
+
+    pag = StableDiffusion3PAGPipeline.from_pipe(pipe, pag_applied_layers=["blocks.1"])
+    before = processors_by_name(pag.transformer)
+    with pytest.raises(ValueError, match=r"PAG on StableDiffusion3PAGPipeline .*transformer_blocks\.1\.attn"):
+        with apply_pladis(pag, 2.0):
+            pass
+    assert same_processor_objects(pag.transformer, before)
+    stock = run_family(pipe, family)
+    with apply_pladis(pipe, 2.0):  # the pipeline it came from still takes PLADIS
+        assert np.abs(run_family(pipe, family) - stock).max() > 1e-3
+
+
+def test_pag_on_self_attention_keeps_pladis_on_cross_attention():
+    """SDXL-style PAG (on `attn1`) and PLADIS (on `attn2`) share no layer: `apply_pladis` accepts the PAG pipeline."""
+    from diffusers import StableDiffusionPAGPipeline
+
+    from attention import PLADISAttnProcessor
+
+    pag = StableDiffusionPAGPipeline.from_pipe(build("sd15"), pag_applied_layers=["mid"])
+    with apply_pladis(pag, 2.0), processors_seen(pag.unet) as seen:
+        run_family(pag, "sd15", pag_scale=3.0)
+    layers = {name[: -len(".processor")]: type(processor).__name__ for name, processor in seen.items()}
+    assert layers_of_type(seen, PLADISAttnProcessor) == {name for name in layers if name.endswith("attn2")}
+    pag_layers = {name for name, kind in layers.items() if kind.startswith("PAG")}
+    assert pag_layers and all(name.startswith("mid_block") and name.endswith("attn1") for name in pag_layers)
