@@ -34,13 +34,13 @@ def _finite_row_max(z: torch.Tensor) -> torch.Tensor:
 def _support_sums(gap: torch.Tensor, work: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For the clamped row gaps y ≥ 0: (number of y > 0, Σ y, Σ y²) per row, using `work` as scratch.
 
-    Row sums are products with a ones vector: on CPU a GEMV over short rows is many times faster
-    than `sum(-1)` or `count_nonzero`, and these sums are the hot loop of PLADIS.
+    These sums are the hot loop of PLADIS: the count is a float sum of `sign` (`count_nonzero` and
+    bool sums are several times slower on CPU), and with torch 2.15 `sum(-1)` over 77-wide rows
+    measured ~25 % faster than a GEMV with a ones vector.
     """
-    ones = gap.new_ones(gap.shape[-1], 1)
-    gap_sum = gap @ ones
-    gap_sq = torch.mul(gap, gap, out=work) @ ones
-    count = torch.sign(gap, out=work) @ ones
+    gap_sum = gap.sum(dim=-1, keepdim=True)
+    gap_sq = torch.mul(gap, gap, out=work).sum(dim=-1, keepdim=True)
+    count = torch.sign(gap, out=work).sum(dim=-1, keepdim=True)
     return count, gap_sum, gap_sq
 
 
@@ -127,9 +127,8 @@ def _newton_update(alpha: float) -> RowUpdate:
     exponent = 1.0 / (alpha - 1.0)
 
     def update(gap, work, tau, state, pass_index):
-        ones = gap.new_ones(gap.shape[-1], 1)
-        mass = torch.pow(gap, exponent, out=work) @ ones
-        slope = torch.pow(gap, exponent - 1.0, out=work).mul_(gap > 0) @ ones * exponent
+        mass = torch.pow(gap, exponent, out=work).sum(dim=-1, keepdim=True)
+        slope = torch.pow(gap, exponent - 1.0, out=work).mul_(gap > 0).sum(dim=-1, keepdim=True) * exponent
         step = (mass - 1.0) / slope
         return step, step.nan_to_num(nan=0.0).abs() <= _THRESHOLD_TOL, state
 
@@ -232,7 +231,7 @@ def _dense_and_sparse_(
     """
     dense, *scratch = workspace if workspace is not None else (torch.empty_like(scores) for _ in range(3))
     shifted = scores.sub_(_finite_row_max(scores))
-    row_sum = (torch.exp(shifted, out=dense) @ dense.new_ones(dense.shape[-1], 1)).clamp_min_(torch.finfo(dense.dtype).tiny)
+    row_sum = torch.exp(shifted, out=dense).sum(dim=-1, keepdim=True).clamp_min_(torch.finfo(dense.dtype).tiny)
     return dense, row_sum, _sparse_map_(shifted.mul_(alpha - 1.0), alpha, tuple(scratch))
 
 
