@@ -35,11 +35,11 @@ def _support_sums(gap: torch.Tensor, work: torch.Tensor) -> tuple[torch.Tensor, 
     """For the clamped row gaps y ≥ 0: (number of y > 0, Σ y, Σ y²) per row, using `work` as scratch.
 
     These sums are the hot loop of PLADIS: the count is a float sum of `sign` (`count_nonzero` and
-    bool sums are several times slower on CPU), and with torch 2.15 `sum(-1)` over 77-wide rows
-    measured ~25 % faster than a GEMV with a ones vector.
+    bool sums are several times slower on CPU), Σ y² a fused 2-norm (y ≤ 1, so no overflow), and with
+    torch 2.15 `sum(-1)` over 77-wide rows measured ~25 % faster than a GEMV with a ones vector.
     """
     gap_sum = gap.sum(dim=-1, keepdim=True)
-    gap_sq = torch.mul(gap, gap, out=work).sum(dim=-1, keepdim=True)
+    gap_sq = torch.linalg.vector_norm(gap, dim=-1, keepdim=True).square_()  # one fused read, no y² buffer
     count = torch.sign(gap, out=work).sum(dim=-1, keepdim=True)
     return count, gap_sum, gap_sq
 
