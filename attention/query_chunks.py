@@ -70,5 +70,6 @@ def _kept_flat_buffer(device: torch.device, numel: int) -> torch.Tensor:
         return torch.empty(numel, dtype=torch.float32, device=device)
     kept = getattr(_kept, "buffer", None)
     if kept is None or kept.numel() < numel:
-        kept = _kept.buffer = torch.empty(numel, dtype=torch.float32, device=device)
+        with torch.inference_mode(False):  # a normal tensor: usable in and out of inference mode
+            kept = _kept.buffer = torch.empty(numel, dtype=torch.float32, device=device)
     return kept[:numel]

@@ -58,3 +58,15 @@ def test_calls_with_a_kept_workspace_give_the_same_result():
     first = pladis_scaled_dot_product_attention(q, k, v, 2.0)
     pladis_scaled_dot_product_attention(q * 3, k, v, 1.5)  # overwrites the kept buffer
     torch.testing.assert_close(pladis_scaled_dot_product_attention(q, k, v, 2.0), first, atol=0, rtol=0)
+
+
+def test_kept_workspace_works_in_and_out_of_inference_mode(monkeypatch):
+    """A workspace first made under `torch.inference_mode()` must stay usable by later no-grad calls."""
+    q, k, v = (torch.randn(1, 2, n, 8, generator=torch.Generator().manual_seed(n)) for n in (30, 9, 9))
+    monkeypatch.setattr(query_chunks_module._kept, "buffer", None, raising=False)
+    with torch.inference_mode():
+        in_inference = pladis_scaled_dot_product_attention(q, k, v, 2.0)
+    with torch.no_grad():
+        torch.testing.assert_close(pladis_scaled_dot_product_attention(q, k, v, 2.0), in_inference, atol=0, rtol=0)
+    with torch.inference_mode():
+        torch.testing.assert_close(pladis_scaled_dot_product_attention(q, k, v, 2.0), in_inference, atol=0, rtol=0)
