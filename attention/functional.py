@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .query_chunks import query_chunks
-from .sparse_maps import pladis_weights_
+from .sparse_maps import differentiable_maps, needs_autograd, pladis_weights_
 from .validation import check_pladis_alpha, check_pladis_scale
 
 # Scores per query chunk (float32): ~4 MB, so the chunk and its workspace mostly stay in cache between
@@ -49,11 +49,15 @@ def pladis_scaled_dot_product_attention(
 
     `query` is (..., Nq, D), `key`/`value` (..., Nk, D/Dv); `attn_mask` broadcasts to (..., Nq, Nk).
     The maps are computed in float32; the result has `query`'s dtype. A fully masked row gives zeros.
+    When autograd records the call (grad mode on, an input requiring grad) it takes a materialised,
+    differentiable path with the same values (`differentiable_maps`) instead of the in-place chunks.
     """
     pladis_scale = check_pladis_scale(pladis_scale)
     check_pladis_alpha(pladis_alpha)
     scale = query.shape[-1] ** -0.5 if scale is None else scale
     mask = additive_mask(attn_mask)
+    if needs_autograd(query, key, value, mask):
+        return _pladis_sdpa_with_autograd(query, key, value, pladis_scale, pladis_alpha, mask, scale)
     per_row_mask = mask is not None and mask.dim() >= 2 and mask.shape[-2] != 1
     # K and V in float32 and contiguous once (K scaled once), so no chunk's matmul copies them again.
     key_t = key.float().mul(scale).contiguous().transpose(-1, -2)
@@ -67,3 +71,15 @@ def pladis_scaled_dot_product_attention(
         weights = pladis_weights_(scores, pladis_scale, pladis_alpha, chunk.workspace)
         output[..., chunk.rows, :].copy_(torch.matmul(weights, value_f, out=chunk.product))
     return output.to(query.dtype)
+
+
+def _pladis_sdpa_with_autograd(query, key, value, pladis_scale, pladis_alpha, mask, scale) -> torch.Tensor:
+    """The same attention, materialised and differentiable (grad mode with inputs requiring grad):
+    scores in float32 (float64 kept), `differentiable_maps`, no reused buffers."""
+    dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
+    scores = query.to(dtype) @ key.to(dtype).transpose(-1, -2) * scale
+    if mask is not None:
+        scores = scores + mask
+    dense, sparse = differentiable_maps(scores, pladis_alpha)
+    weights = dense + pladis_scale * (sparse - dense)
+    return (weights @ value.to(dtype)).to(query.dtype)

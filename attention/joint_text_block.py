@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from .functional import additive_mask
 from .query_chunks import query_chunks
-from .sparse_maps import pladis_shift_
+from .sparse_maps import differentiable_maps, needs_autograd, pladis_shift_
 from .validation import check_pladis_alpha, check_pladis_scale
 
 # Image×text scores per query chunk (float32): ~8 MB. At FLUX's 24 heads × 512 text tokens (~171 image
@@ -84,7 +84,8 @@ def text_block_pladis_attention(
 
     i.e. its text block is `m·[λ·entmax_α(z_txt) + (1 − λ)·softmax(z_txt)]` (maps over the text
     columns only), its image block and the text-query rows stay dense, and every row sums to 1.
-    The maps are float32; the result has `query`'s dtype. λ = 0 is plain SDPA.
+    The maps are float32; the result has `query`'s dtype. λ = 0 is plain SDPA. When autograd records
+    the call, the correction is computed materialised and differentiable (same values, N·L_txt scores).
     """
     pladis_scale = check_pladis_scale(pladis_scale)
     pladis_alpha = check_pladis_alpha(pladis_alpha)
@@ -102,10 +103,18 @@ def text_block_pladis_attention(
     mask = additive_mask(attn_mask)
     if mask is not None and mask.shape[-1] != 1:
         mask = mask[..., text]
+    per_row_mask = mask is not None and mask.dim() >= 2 and mask.shape[-2] != 1
+    if needs_autograd(query, key, value, mask):
+        correction = _text_block_correction_with_autograd(
+            query[..., image, :], key[..., text, :], value[..., text, :], text_mass[..., image, None],
+            pladis_scale, pladis_alpha, mask[..., image, :] if per_row_mask else mask, scale,
+        )
+        # Zero rows for the text queries, so the correction lines up with the joint sequence.
+        padding = (0, 0, text.stop - text.start, 0) if text_first else (0, 0, 0, text.stop - text.start)
+        return output + F.pad(correction, padding).to(output.dtype)
     # Text keys scaled once and contiguous, so no chunk's matmul scales or copies them again.
     key_text_t = key[..., text, :].float().mul(scale).contiguous().transpose(-1, -2)
     value_text = value[..., text, :].float().contiguous()
-    per_row_mask = mask is not None and mask.dim() >= 2 and mask.shape[-2] != 1
     for chunk in query_chunks(query, image, text.stop - text.start, value.shape[-1], _CHUNK_ELEMENTS):
         scores = torch.matmul(chunk.query, key_text_t, out=chunk.scores)
         if mask is not None:
@@ -116,3 +125,17 @@ def text_block_pladis_attention(
         shift = pladis_shift_(scores, row_scale, pladis_alpha, chunk.workspace)
         output[..., chunk.rows, :].add_(torch.matmul(shift, value_text, out=chunk.product))
     return output
+
+
+def _text_block_correction_with_autograd(
+    image_query, text_key, text_value, text_mass, pladis_scale, pladis_alpha, mask, scale
+) -> torch.Tensor:
+    """`m·λ·(entmax_α(z_txt) − softmax(z_txt))·V_txt` for the image queries, materialised and
+    differentiable (grad mode with inputs requiring grad); `mask` is already cut to these rows and keys."""
+    dtype = torch.float64 if image_query.dtype == torch.float64 else torch.float32
+    scores = image_query.to(dtype) @ text_key.to(dtype).transpose(-1, -2) * scale
+    if mask is not None:
+        scores = scores + mask
+    dense, sparse = differentiable_maps(scores, pladis_alpha)
+    shift = text_mass.to(dtype) * pladis_scale * (sparse - dense)
+    return shift @ text_value.to(dtype)

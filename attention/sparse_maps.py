@@ -217,6 +217,37 @@ def softmax_attention(scores: torch.Tensor) -> torch.Tensor:
     return weights.div_(total.clamp_min_(torch.finfo(total.dtype).tiny))
 
 
+def differentiable_maps(scores: torch.Tensor, alpha: float = 1.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(softmax(z), entmax_α(z))` over the last dim with autograd, for calls that need gradients.
+
+    The fast paths overwrite reused buffers, which autograd cannot follow; here softmax is
+    `torch.softmax` and the sparse map the `entmax` package's exact maps, which carry their own
+    backward. Scores more than the support can reach below the row max (−inf from masks included)
+    are raised to that bound, which changes neither map, and rows with no finite score map to zeros.
+    """
+    from entmax import entmax15, entmax_bisect, sparsemax
+
+    z = _as_float(scores)
+    row_max = z.detach().amax(dim=-1, keepdim=True)
+    finite_rows = torch.isfinite(row_max)
+    floor = torch.where(finite_rows, row_max, torch.zeros_like(row_max)) - max(1e4, 10.0 / (alpha - 1.0))
+    z = torch.where(finite_rows, torch.maximum(z, floor), torch.zeros_like(z))
+    if alpha == 1.5:
+        sparse = entmax15(z, dim=-1)
+    elif alpha == 2.0:
+        sparse = sparsemax(z, dim=-1)
+    else:
+        sparse = entmax_bisect(z, alpha, dim=-1)
+    dense = torch.softmax(z, dim=-1)
+    return dense * finite_rows, sparse * finite_rows
+
+
+def needs_autograd(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd records this call (grad mode on and an input requiring grad): the fast
+    in-place paths are then replaced by `differentiable_maps`."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 Workspace = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
