@@ -73,7 +73,15 @@ def pladis_scaled_dot_product_attention(
     return output.to(query.dtype)
 
 
-def _pladis_sdpa_with_autograd(query, key, value, pladis_scale, pladis_alpha, mask, scale) -> torch.Tensor:
+def _pladis_sdpa_with_autograd(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    pladis_scale: float,
+    pladis_alpha: float,
+    mask: torch.Tensor | None,
+    scale: float,
+) -> torch.Tensor:
     """The same attention, materialised and differentiable (grad mode with inputs requiring grad):
     scores in float32 (float64 kept), `differentiable_maps`, no reused buffers."""
     dtype = torch.float64 if query.dtype == torch.float64 else torch.float32

@@ -128,7 +128,14 @@ def text_block_pladis_attention(
 
 
 def _text_block_correction_with_autograd(
-    image_query, text_key, text_value, text_mass, pladis_scale, pladis_alpha, mask, scale
+    image_query: torch.Tensor,
+    text_key: torch.Tensor,
+    text_value: torch.Tensor,
+    text_mass: torch.Tensor,
+    pladis_scale: float,
+    pladis_alpha: float,
+    mask: torch.Tensor | None,
+    scale: float,
 ) -> torch.Tensor:
     """`m·λ·(entmax_α(z_txt) − softmax(z_txt))·V_txt` for the image queries, materialised and
     differentiable (grad mode with inputs requiring grad); `mask` is already cut to these rows and keys."""
