@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .query_chunks import query_chunks
-from .sparse_maps import differentiable_maps, needs_autograd, pladis_weights_
+from .sparse_maps import differentiable_maps, pladis_weights_
 from .validation import check_pladis_alpha, check_pladis_scale
 
 # Scores per query chunk (float32): ~4 MB, so the chunk and its workspace mostly stay in cache between
@@ -25,6 +25,29 @@ def additive_mask(attn_mask: torch.Tensor | None) -> torch.Tensor | None:
     return torch.zeros(attn_mask.shape, dtype=torch.float32, device=attn_mask.device).masked_fill_(
         ~attn_mask, float("-inf")
     )
+
+
+def mask_for_rows(mask: torch.Tensor | None, rows: slice) -> torch.Tensor | None:
+    """The part of an additive mask that applies to query `rows` (a mask without per-query rows as is)."""
+    if mask is None or mask.dim() < 2 or mask.shape[-2] == 1:
+        return mask
+    return mask[..., rows, :]
+
+
+def needs_autograd(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd records this call (grad mode on and an input requiring grad): the fast
+    in-place chunked paths cannot be recorded, so `differentiable_score_maps` replaces them."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def differentiable_score_maps(
+    query: torch.Tensor, key: torch.Tensor, scale: float, mask: torch.Tensor | None, alpha: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(softmax(z), entmax_α(z))` for `z = scale·QKᵀ + mask`, materialised and differentiable, in
+    float32 (float64 kept): what both PLADIS rules use when autograd records the call."""
+    dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
+    scores = query.to(dtype) @ key.to(dtype).transpose(-1, -2) * scale
+    return differentiable_maps(scores if mask is None else scores + mask, alpha)
 
 
 def _output_like(query: torch.Tensor, value_dim: int) -> torch.Tensor:
@@ -50,15 +73,16 @@ def pladis_scaled_dot_product_attention(
     `query` is (..., Nq, D), `key`/`value` (..., Nk, D/Dv); `attn_mask` broadcasts to (..., Nq, Nk).
     The maps are computed in float32; the result has `query`'s dtype. A fully masked row gives zeros.
     When autograd records the call (grad mode on, an input requiring grad) it takes a materialised,
-    differentiable path with the same values (`differentiable_maps`) instead of the in-place chunks.
+    differentiable path with the same values (`differentiable_score_maps`) instead of the in-place chunks.
     """
     pladis_scale = check_pladis_scale(pladis_scale)
     check_pladis_alpha(pladis_alpha)
     scale = query.shape[-1] ** -0.5 if scale is None else scale
     mask = additive_mask(attn_mask)
     if needs_autograd(query, key, value, mask):
-        return _pladis_sdpa_with_autograd(query, key, value, pladis_scale, pladis_alpha, mask, scale)
-    per_row_mask = mask is not None and mask.dim() >= 2 and mask.shape[-2] != 1
+        dense, sparse = differentiable_score_maps(query, key, scale, mask, pladis_alpha)
+        weights = dense + pladis_scale * (sparse - dense)
+        return (weights @ value.to(weights.dtype)).to(query.dtype)
     # K and V in float32 and contiguous once (K scaled once), so no chunk's matmul copies them again.
     key_t = key.float().mul(scale).contiguous().transpose(-1, -2)
     value_f = value.float().contiguous()
@@ -67,27 +91,8 @@ def pladis_scaled_dot_product_attention(
     for chunk in query_chunks(query, rows, key.shape[-2], value.shape[-1], _CHUNK_ELEMENTS):
         scores = torch.matmul(chunk.query, key_t, out=chunk.scores)
         if mask is not None:
-            scores.add_(mask[..., chunk.rows, :] if per_row_mask else mask)
+            scores.add_(mask_for_rows(mask, chunk.rows))
         weights = pladis_weights_(scores, pladis_scale, pladis_alpha, chunk.workspace)
         output[..., chunk.rows, :].copy_(torch.matmul(weights, value_f, out=chunk.product))
     return output.to(query.dtype)
 
-
-def _pladis_sdpa_with_autograd(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    pladis_scale: float,
-    pladis_alpha: float,
-    mask: torch.Tensor | None,
-    scale: float,
-) -> torch.Tensor:
-    """The same attention, materialised and differentiable (grad mode with inputs requiring grad):
-    scores in float32 (float64 kept), `differentiable_maps`, no reused buffers."""
-    dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
-    scores = query.to(dtype) @ key.to(dtype).transpose(-1, -2) * scale
-    if mask is not None:
-        scores = scores + mask
-    dense, sparse = differentiable_maps(scores, pladis_alpha)
-    weights = dense + pladis_scale * (sparse - dense)
-    return (weights @ value.to(dtype)).to(query.dtype)

@@ -197,11 +197,13 @@ def check_pag_leaves_pladis_layers(pipe: object, model: torch.nn.Module, table: 
     and PLADIS is on `attn2`; SD3's joint attention is both, and PAG would silently replace PLADIS there.
     """
     patterns = getattr(pipe, "pag_applied_layers", None) if isinstance(pipe, PAGMixin) else None
+    if not patterns:
+        return
     modules = attention_modules(model)
     taken = sorted(
         name for name in table
         if isinstance(modules[name], Attention) and not modules[name].is_cross_attention
-        and any(re.search(pattern, name) for pattern in patterns or ())
+        and any(re.search(pattern, name) for pattern in patterns)
     )
     if taken:
         raise ValueError(

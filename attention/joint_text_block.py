@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .functional import additive_mask
+from .functional import additive_mask, differentiable_score_maps, mask_for_rows, needs_autograd
 from .query_chunks import query_chunks
-from .sparse_maps import differentiable_maps, needs_autograd, pladis_shift_
+from .sparse_maps import pladis_shift_
 from .validation import check_pladis_alpha, check_pladis_scale
 
 # Image×text scores per query chunk (float32): ~8 MB. At FLUX's 24 heads × 512 text tokens (~171 image
@@ -103,13 +103,14 @@ def text_block_pladis_attention(
     mask = additive_mask(attn_mask)
     if mask is not None and mask.shape[-1] != 1:
         mask = mask[..., text]
-    per_row_mask = mask is not None and mask.dim() >= 2 and mask.shape[-2] != 1
     if needs_autograd(query, key, value, mask):
-        correction = _text_block_correction_with_autograd(
-            query[..., image, :], key[..., text, :], value[..., text, :], text_mass[..., image, None],
-            pladis_scale, pladis_alpha, mask[..., image, :] if per_row_mask else mask, scale,
+        # The same correction, materialised and differentiable; zero rows for the text queries line
+        # it up with the joint sequence.
+        dense, sparse = differentiable_score_maps(
+            query[..., image, :], key[..., text, :], scale, mask_for_rows(mask, image), pladis_alpha
         )
-        # Zero rows for the text queries, so the correction lines up with the joint sequence.
+        shift = text_mass[..., image, None].to(dense.dtype) * pladis_scale * (sparse - dense)
+        correction = shift @ value[..., text, :].to(dense.dtype)
         padding = (0, 0, text.stop - text.start, 0) if text_first else (0, 0, 0, text.stop - text.start)
         return output + F.pad(correction, padding).to(output.dtype)
     # Text keys scaled once and contiguous, so no chunk's matmul scales or copies them again.
@@ -118,7 +119,7 @@ def text_block_pladis_attention(
     for chunk in query_chunks(query, image, text.stop - text.start, value.shape[-1], _CHUNK_ELEMENTS):
         scores = torch.matmul(chunk.query, key_text_t, out=chunk.scores)
         if mask is not None:
-            scores.add_(mask[..., chunk.rows, :] if per_row_mask else mask)
+            scores.add_(mask_for_rows(mask, chunk.rows))
         # The correction m·λ·(entmax − softmax)·V_txt (m·λ folded into the map's row scale); the
         # dense part is already in `output`.
         row_scale = text_mass[..., chunk.rows, None].float() * pladis_scale
@@ -126,23 +127,3 @@ def text_block_pladis_attention(
         output[..., chunk.rows, :].add_(torch.matmul(shift, value_text, out=chunk.product))
     return output
 
-
-def _text_block_correction_with_autograd(
-    image_query: torch.Tensor,
-    text_key: torch.Tensor,
-    text_value: torch.Tensor,
-    text_mass: torch.Tensor,
-    pladis_scale: float,
-    pladis_alpha: float,
-    mask: torch.Tensor | None,
-    scale: float,
-) -> torch.Tensor:
-    """`m·λ·(entmax_α(z_txt) − softmax(z_txt))·V_txt` for the image queries, materialised and
-    differentiable (grad mode with inputs requiring grad); `mask` is already cut to these rows and keys."""
-    dtype = torch.float64 if image_query.dtype == torch.float64 else torch.float32
-    scores = image_query.to(dtype) @ text_key.to(dtype).transpose(-1, -2) * scale
-    if mask is not None:
-        scores = scores + mask
-    dense, sparse = differentiable_maps(scores, pladis_alpha)
-    shift = text_mass.to(dtype) * pladis_scale * (sparse - dense)
-    return shift @ text_value.to(dtype)

@@ -242,12 +242,6 @@ def differentiable_maps(scores: torch.Tensor, alpha: float = 1.5) -> tuple[torch
     return dense * finite_rows, sparse * finite_rows
 
 
-def needs_autograd(*tensors: torch.Tensor | None) -> bool:
-    """Whether autograd records this call (grad mode on and an input requiring grad): the fast
-    in-place paths are then replaced by `differentiable_maps`."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 Workspace = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
