@@ -98,6 +98,18 @@ def reference_attention() -> Iterator[None]:
 
 # ---- the cases: each builds (run function per variant) on a device ---------------------------
 
+def _module_variants(attn, stock, ours, *inputs) -> dict[str, Callable[[], object]]:
+    """The three variants of an attention-module case: `stock` and `ours` called on `attn` with
+    `inputs`, and `ours` with its attention function swapped for the reference formulation."""
+    def run(processor, reference=False):
+        def call():
+            with reference_attention() if reference else contextlib.nullcontext():
+                return processor(attn, *inputs)
+        return call
+
+    return {"stock": run(stock), "pladis": run(ours), "reference": run(ours, reference=True)}
+
+
 def sdxl_attention_case(args) -> dict[str, Callable[[], object]]:
     """One SDXL cross-attention module (640 channels, 10 heads × 64) at 1024²: 4096 queries, 77 keys, CFG batch."""
     from diffusers.models.attention_processor import Attention, AttnProcessor2_0
@@ -105,15 +117,8 @@ def sdxl_attention_case(args) -> dict[str, Callable[[], object]]:
     attn = Attention(640, cross_attention_dim=2048, heads=10, dim_head=64).to(args.device, args.dtype).eval()
     hidden = torch.randn(2, 4096, 640, device=args.device, dtype=args.dtype)
     context = torch.randn(2, 77, 2048, device=args.device, dtype=args.dtype)
-    stock, ours = AttnProcessor2_0(), PLADISAttnProcessor(args.pladis_scale, args.pladis_alpha)
-
-    def run(processor, reference=False):
-        def call():
-            with reference_attention() if reference else contextlib.nullcontext():
-                return processor(attn, hidden, context)
-        return call
-
-    return {"stock": run(stock), "pladis": run(ours), "reference": run(ours, reference=True)}
+    return _module_variants(attn, AttnProcessor2_0(), PLADISAttnProcessor(args.pladis_scale, args.pladis_alpha),
+                            hidden, context)
 
 
 def flux_attention_case(args) -> dict[str, Callable[[], object]]:
@@ -124,15 +129,8 @@ def flux_attention_case(args) -> dict[str, Callable[[], object]]:
                          context_pre_only=False, eps=1e-6).to(args.device, args.dtype).eval()
     image = torch.randn(1, 2048, 3072, device=args.device, dtype=args.dtype)
     text = torch.randn(1, 512, 3072, device=args.device, dtype=args.dtype)
-    stock, ours = FluxAttnProcessor(), PLADISFluxAttnProcessor(args.pladis_scale, args.pladis_alpha)
-
-    def run(processor, reference=False):
-        def call():
-            with reference_attention() if reference else contextlib.nullcontext():
-                return processor(attn, image, text)
-        return call
-
-    return {"stock": run(stock), "pladis": run(ours), "reference": run(ours, reference=True)}
+    return _module_variants(attn, FluxAttnProcessor(), PLADISFluxAttnProcessor(args.pladis_scale, args.pladis_alpha),
+                            image, text)
 
 
 def _with_processors(model, table_builder, call, reference=False):
