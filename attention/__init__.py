@@ -1,15 +1,22 @@
-"""PLADIS attention: exact sparse maps, the PLADIS processors, and their install/restore.
+"""PLADIS attention: exact sparse maps, the model-family registry, the PLADIS processors, and their install/restore.
 
 Import from here: `from attention import apply_pladis, PLADISAttnProcessor`.
 """
 
-from .flux_processor import PLADISFluxAttnProcessor, TextLength, recorded_text_length
+from .call_context import TextLength
+from .families import FAMILIES, Family, TextAttention, family_of
+from .flux_processor import recorded_text_length
 from .functional import pladis_scaled_dot_product_attention
-from .install import PLADIS_PROCESSORS, apply_pladis, pladis_processors, swapped_attn_processors
+from .install import apply_pladis, pladis_processors, swapped_attn_processors
 from .joint_text_block import dense_attention_and_text_mass, text_block_pladis_attention
-from .processor import PLADISAttnProcessor
-from .sana_processor import PLADISSanaAttnProcessor
-from .sd3_processor import PLADISJointAttnProcessor
+from .processors import (
+    PLADISAttnProcessor,
+    PLADISFluxAttnProcessor,
+    PLADISJointAttnProcessor,
+    PLADISProcessor,
+    PLADISSanaAttnProcessor,
+    pladis_processor_class,
+)
 from .seg_blur import gaussian_blur_tokens, token_grid
 from .seg_processor import LatentSize, SmoothedEnergyAttnProcessor, recording_latent_size, seg_attn_processors
 from .sparse_maps import entmax_attention, pladis_weights, softmax_attention
@@ -28,7 +35,10 @@ __all__ = [
     "PLADISFluxAttnProcessor",
     "PLADISJointAttnProcessor",
     "PLADISSanaAttnProcessor",
-    "PLADIS_PROCESSORS",
+    "FAMILIES",
+    "Family",
+    "PLADISProcessor",
+    "TextAttention",
     "SmoothedEnergyAttnProcessor",
     "TextLength",
     "apply_pladis",
@@ -40,7 +50,9 @@ __all__ = [
     "check_seg_blur_sigma",
     "dense_attention_and_text_mass",
     "entmax_attention",
+    "family_of",
     "gaussian_blur_tokens",
+    "pladis_processor_class",
     "pladis_processors",
     "pladis_scaled_dot_product_attention",
     "pladis_weights",

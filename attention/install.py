@@ -1,85 +1,75 @@
-"""Installing attention processors for the length of a call, and putting the originals back.
+"""Installing PLADIS on a denoiser while PLADIS calls on it run, and putting the originals back.
 
-`swapped_attn_processors` is the one install/restore mechanism of the project (PLADIS, SEG and
-every pipeline use it); `apply_pladis` builds the PLADIS table for a pipeline's denoiser (U-Net,
-SD3 / PixArt / SANA / FLUX transformer) with it, from `PLADIS_PROCESSORS` (stock processor → PLADIS).
+`apply_pladis` finds a denoiser's text-attention layers from its family record (`attention.families`),
+installs one PLADIS processor per layer while any PLADIS call on that denoiser is active (reference-counted
+per denoiser, so overlapping calls in several threads share one installation), and gives the call its own
+settings in a `ContextVar` (`attention.call_context`): the installed processors run PLADIS with the settings
+of the call in their context and the original processor everywhere else. When the last call ends, every
+layer gets its exact original processor object back and every hook is removed, also when a call raises.
+`swapped_attn_processors` is the plain swap-for-a-block used by SEG and the attention-map recorder.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 from contextlib import ExitStack, contextmanager
-from typing import Callable, Iterator
+from dataclasses import dataclass
+from typing import Iterator
 
 import torch
-from diffusers.models.attention_processor import (
-    Attention,
-    AttnProcessor,
-    AttnProcessor2_0,
-    FusedAttnProcessor2_0,
-    FusedJointAttnProcessor2_0,
-    JointAttnProcessor2_0,
-    SlicedAttnProcessor,
-    XFormersAttnProcessor,
-)
-from diffusers.models.transformers.sana_transformer import SanaAttnProcessor2_0
-from diffusers.models.transformers.transformer_flux import FluxAttention, FluxAttnProcessor
+from diffusers.models.attention_processor import Attention
 from diffusers.pipelines.pag.pag_utils import PAGMixin
 
-from .flux_processor import PLADISFluxAttnProcessor, TextLength, recorded_text_length
-from .processor import PLADISAttnProcessor
-from .sana_processor import PLADISSanaAttnProcessor
-from .sd3_processor import PLADISJointAttnProcessor
+from .call_context import CallSettings, active_calls, calls_in_context
+from .families import SUPPORTED, Family, TextAttention, family_of
+from .processors import PLADISProcessor, pladis_processor_class
 from .validation import check_flag, check_pladis_alpha, check_pladis_scale
 
 _PROCESSOR_SUFFIX = ".processor"
 
-# The PLADIS processor that replaces each stock processor of a text-attention layer. Processors that
-# compute the same softmax attention another way get the same one: sliced attention (PLADIS bounds
-# memory itself, one query chunk at a time), fused QKV (diffusers keeps the separate projections,
-# which the PLADIS processors read), xformers. A PLADIS processor is replaced by one with the new λ, α.
-PLADIS_PROCESSORS: dict[type, type] = {
-    AttnProcessor2_0: PLADISAttnProcessor,
-    AttnProcessor: PLADISAttnProcessor,
-    SlicedAttnProcessor: PLADISAttnProcessor,
-    FusedAttnProcessor2_0: PLADISAttnProcessor,
-    XFormersAttnProcessor: PLADISAttnProcessor,
-    PLADISAttnProcessor: PLADISAttnProcessor,
-    SanaAttnProcessor2_0: PLADISSanaAttnProcessor,
-    PLADISSanaAttnProcessor: PLADISSanaAttnProcessor,
-    JointAttnProcessor2_0: PLADISJointAttnProcessor,
-    FusedJointAttnProcessor2_0: PLADISJointAttnProcessor,
-    PLADISJointAttnProcessor: PLADISJointAttnProcessor,
-    FluxAttnProcessor: PLADISFluxAttnProcessor,
-    PLADISFluxAttnProcessor: PLADISFluxAttnProcessor,
-}
-
-# Maps an attention module to the PLADIS processor it gets, or None to keep its own processor.
-ProcessorFactory = Callable[[str, torch.nn.Module, float, float], object]
-
 
 def attention_model(model: object) -> torch.nn.Module:
     """`model` (the module inside it if `torch.compile` wrapped it) when it is a diffusers model whose
-    attention processors can be swapped; a `TypeError` naming its class otherwise."""
+    attention processors can be swapped (or a denoiser of a registered family); a `TypeError` naming its class
+    otherwise."""
     model = getattr(model, "_orig_mod", model)
+    if isinstance(model, torch.nn.Module) and family_of(model).denoisers:
+        return model
     if not isinstance(model, torch.nn.Module) or not all(
         hasattr(type(model), attribute) for attribute in ("attn_processors", "set_attn_processor")
     ):
         raise TypeError(
             f"PLADIS needs a diffusers model with attention processors (`attn_processors` / `set_attn_processor`), "
-            f"got {type(model).__name__}; it supports U-Nets with cross-attention and SD3, PixArt, SANA and FLUX "
-            "transformers"
+            f"got {type(model).__name__}; it supports {SUPPORTED}"
         )
     return model
 
 
 def attention_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """The attention modules of `model` by the names `model.attn_processors` uses (without `.processor`)."""
+    """The attention modules of `model` by layer name (`model.attn_processors`' names without `.processor`;
+    for a model without that table, every submodule with a settable processor)."""
     model = attention_model(model)
+    if not hasattr(type(model), "attn_processors"):
+        return {name: module for name, module in model.named_modules()
+                if hasattr(module, "set_processor") and hasattr(module, "processor")}
     return {
         name[: -len(_PROCESSOR_SUFFIX)]: model.get_submodule(name[: -len(_PROCESSOR_SUFFIX)])
         for name in model.attn_processors
     }
+
+
+def _set_processors(model: torch.nn.Module, replacements: dict[str, object]) -> None:
+    """Set `replacements` (layer name → processor), keeping every other layer's processor object."""
+    if not replacements:
+        return
+    modules = attention_modules(model)
+    if not hasattr(type(model), "set_attn_processor"):
+        for name, processor in replacements.items():
+            modules[name].set_processor(processor)
+        return
+    table = {f"{name}{_PROCESSOR_SUFFIX}": replacements.get(name, module.processor) for name, module in modules.items()}
+    model.set_attn_processor(table)  # set_attn_processor needs one entry per layer (and empties the dict)
 
 
 @contextmanager
@@ -89,104 +79,171 @@ def swapped_attn_processors(model: torch.nn.Module, replacements: dict[str, obje
     model = attention_model(model)
     if not isinstance(replacements, dict) or not all(isinstance(name, str) for name in replacements):
         raise TypeError(f"replacements must be a dict of layer name -> processor, got {type(replacements).__name__}")
-    original = dict(model.attn_processors)
-    unknown = sorted(set(replacements) - {name[: -len(_PROCESSOR_SUFFIX)] for name in original})
+    original = {name: module.processor for name, module in attention_modules(model).items()}
+    unknown = sorted(set(replacements) - set(original))
     if unknown:
         raise ValueError(f"unknown attention layer names for {type(model).__name__}: {unknown[:5]}")
-    table = dict(original)
-    table.update({f"{name}{_PROCESSOR_SUFFIX}": processor for name, processor in replacements.items()})
-    model.set_attn_processor(table)  # set_attn_processor empties the dict it is given
+    _set_processors(model, replacements)
     try:
         yield
     finally:
-        model.set_attn_processor(dict(original))
+        _set_processors(model, original)
 
 
-def is_single_stream_flux_attention(module: torch.nn.Module) -> bool:
-    """A FLUX single-stream block's attention: joint `[txt ; img]` input, no separate text projections."""
-    return isinstance(module, FluxAttention) and module.added_kv_proj_dim is None
+@dataclass(frozen=True)
+class TextLayer:
+    """A layer PLADIS acts on: its module, its kind in the family record, its original processor and
+    the stock processor whose code runs with PLADIS there."""
+
+    module: torch.nn.Module
+    kind: TextAttention
+    original: object
+    runs_as: type
 
 
-def is_text_attention(module: torch.nn.Module) -> bool:
-    """Where PLADIS acts: cross-attention (U-Net, PixArt, SANA `attn2`) and joint text+image attention
-    (SD3 `attn`, FLUX double-stream `attn`). Self-attention (SD3.5's `attn2` included) is never touched."""
-    if isinstance(module, Attention):
-        return module.is_cross_attention or module.added_kv_proj_dim is not None
-    return isinstance(module, FluxAttention) and module.added_kv_proj_dim is not None
+def _original_processor(module: torch.nn.Module) -> object:
+    """The layer's processor, seen through a PLADIS processor installed by a call still running."""
+    processor = module.processor
+    if isinstance(processor, PLADISProcessor) and processor.pladis_scale is None:
+        return processor.original
+    return processor
 
 
-def pladis_processor_for(
-    name: str, module: torch.nn.Module, pladis_scale: float, pladis_alpha: float, text_length: TextLength | None = None
-) -> object:
-    """The PLADIS processor replacing `module`'s stock processor (`PLADIS_PROCESSORS`).
-
-    Any other processor (an IP-Adapter, a custom or third-party one) raises: replacing it would
-    silently drop what it does, and keeping it would silently run without PLADIS.
-    """
-    processor_type = type(module.processor)
-    pladis_type = PLADIS_PROCESSORS.get(processor_type)
-    if pladis_type is None:
-        stock = sorted(cls.__name__ for cls in PLADIS_PROCESSORS if not cls.__name__.startswith("PLADIS"))
+def text_attention_layers(model: torch.nn.Module, family: Family, single_blocks: bool) -> dict[str, TextLayer]:
+    """The layers of `model` PLADIS acts on (optional kinds only with `single_blocks`), checked: a layer
+    holding a processor its record does not name (an IP-Adapter, a custom one) raises, since replacing it
+    would drop what it does and keeping it would silently run without PLADIS; so does a model without any."""
+    layers = {}
+    for name, module in attention_modules(model).items():
+        kind = next((kind for kind in family.text_attention if kind.selects(name, module)), None)
+        if kind is None or (kind.optional and not single_blocks):
+            continue
+        original = _original_processor(module)
+        runs_as = kind.processors.get(type(original))
+        if runs_as is None and isinstance(original, PLADISProcessor) and original.stock_type in kind.processors.values():
+            runs_as = original.stock_type  # a PLADIS processor set by hand: this call's settings replace its own
+        if runs_as is None:
+            stock = sorted({cls.__name__ for cls in kind.processors})
+            raise ValueError(
+                f"PLADIS cannot replace {type(original).__name__} on {name} (an IP-Adapter or custom processor would "
+                f"be dropped); it replaces the stock processors {', '.join(stock)}: unload or reset that layer's processor"
+            )
+        if isinstance(module, Attention) and not getattr(module, "scale_qk", True):
+            raise ValueError(f"PLADIS needs the standard 1/sqrt(head_dim) logit scale, but {name} has scale_qk=False")
+        layers[name] = TextLayer(module, kind, original, runs_as)
+    if not layers:
         raise ValueError(
-            f"PLADIS cannot replace {processor_type.__name__} on {name} (an IP-Adapter or custom processor would "
-            f"be dropped); it replaces the stock processors {', '.join(stock)}: unload or reset that layer's processor"
+            f"PLADIS found no cross-attention or joint text-image attention layer in {type(model).__name__}; it needs "
+            f"a denoiser with softmax text attention ({SUPPORTED})"
         )
-    if isinstance(module, Attention) and not getattr(module, "scale_qk", True):
-        raise ValueError(f"PLADIS needs the standard 1/sqrt(head_dim) logit scale, but {name} has scale_qk=False")
-    if pladis_type is PLADISFluxAttnProcessor:
-        return PLADISFluxAttnProcessor(pladis_scale, pladis_alpha, text_length)
-    return pladis_type(pladis_scale, pladis_alpha)
+    return layers
 
 
-def cross_attention_pladis(name: str, module: torch.nn.Module, pladis_scale: float, pladis_alpha: float):
-    """PLADIS for every text-attention layer (`is_text_attention`): cross-attention of U-Nets, ControlNets,
-    PixArt and SANA, and the image-query × text-key block of SD3 and FLUX double-stream joint attention."""
-    if is_text_attention(module):
-        return pladis_processor_for(name, module, pladis_scale, pladis_alpha)
-    return None
-
-
-def with_single_stream_blocks(text_length: TextLength) -> ProcessorFactory:
-    """`cross_attention_pladis` plus the FLUX single-stream blocks, which read the text length of
-    each transformer call from `text_length` (see `recorded_text_length`)."""
-
-    def factory(name: str, module: torch.nn.Module, pladis_scale: float, pladis_alpha: float):
-        if is_single_stream_flux_attention(module):
-            return pladis_processor_for(name, module, pladis_scale, pladis_alpha, text_length)
-        return cross_attention_pladis(name, module, pladis_scale, pladis_alpha)
-
-    return factory
-
-
-def pladis_processors(
-    model: torch.nn.Module, pladis_scale: float, pladis_alpha: float, factory: ProcessorFactory = cross_attention_pladis
-) -> dict[str, object]:
-    """One PLADIS processor per layer that `factory` selects; a model with none raises, naming its class."""
+def pladis_processors(model: torch.nn.Module, pladis_scale: float, pladis_alpha: float) -> dict[str, object]:
+    """One PLADIS processor with fixed settings per default text-attention layer of `model` (for
+    `swapped_attn_processors`); a model with none raises, naming its class."""
     pladis_scale = check_pladis_scale(pladis_scale)
     pladis_alpha = check_pladis_alpha(pladis_alpha)
     model = attention_model(model)
-    table = {}
-    for name, module in attention_modules(model).items():
-        processor = factory(name, module, pladis_scale, pladis_alpha)
-        if processor is not None:
-            table[name] = processor
-    if not table:
-        raise ValueError(
-            f"PLADIS found no cross-attention or joint text-image attention layer in {type(model).__name__}; it needs "
-            "a denoiser with softmax text attention (SD 1.5 / 2.x / SDXL U-Nets, SD3, PixArt, SANA, FLUX)"
+    return {name: pladis_processor_class(layer.runs_as)(pladis_scale, pladis_alpha, text_keys=layer.kind.text_keys)
+            for name, layer in text_attention_layers(model, family_of(model), False).items()}
+
+
+_LOCK = threading.Lock()  # guards every Installation and the table below (never held during a denoiser call)
+
+
+class Installation:
+    """The PLADIS processors (and the recording hook) on one denoiser while PLADIS calls on it are active."""
+
+    def __init__(self, model: torch.nn.Module, family: Family) -> None:
+        self.model, self.family = model, family
+        self.users = 0
+        self.processors: dict[str, PLADISProcessor] = {}
+        self._hook = None
+
+    def add(self, layers: dict[str, TextLayer]) -> None:
+        """Install PLADIS processors on the `layers` not yet covered (a call asking for more blocks adds them)."""
+        new = {
+            name: pladis_processor_class(layer.runs_as).installed(
+                layer.original, layer.kind.text_keys, layer.kind.optional, self,
+                *([layer.kind.image_context_calls] if layer.kind.image_context_calls else []),
+            )
+            for name, layer in layers.items() if name not in self.processors
+        }
+        _set_processors(self.model, new)
+        self.processors.update(new)
+        if self._hook is None and self.family.record is not None:
+            self._hook = self.model.register_forward_pre_hook(self._record, with_kwargs=True)
+
+    def _record(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        """Record the text layout of this denoiser call into the settings of the call it belongs to."""
+        calls = active_calls()
+        settings = None if calls is None else calls.for_owner(self)
+        if settings is not None:
+            settings.recorded = self.family.record(args, kwargs)
+
+    def remove(self) -> None:
+        """Give every layer still holding one of our processors its original back; remove the hook."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        modules = attention_modules(self.model)
+        _set_processors(self.model, {name: processor.original for name, processor in self.processors.items()
+                                     if modules[name].processor is processor})
+        self.processors = {}
+
+
+_INSTALLATIONS: dict[int, Installation] = {}
+
+
+@contextmanager
+def installed_pladis(model: torch.nn.Module, layers: dict[str, TextLayer]) -> Iterator[Installation]:
+    """PLADIS processors on `layers` of `model` for the body, shared with the other calls running on it;
+    the last call to leave restores the original processors."""
+    with _LOCK:
+        installation = _INSTALLATIONS.get(id(model))
+        if installation is None or installation.model is not model:
+            installation = Installation(model, family_of(model))
+        try:
+            installation.add(layers)
+        except BaseException:
+            if installation.users == 0:
+                installation.remove()
+            raise
+        installation.users += 1
+        _INSTALLATIONS[id(model)] = installation
+    try:
+        yield installation
+    finally:
+        with _LOCK:
+            installation.users -= 1
+            if installation.users == 0:
+                del _INSTALLATIONS[id(model)]
+                installation.remove()
+
+
+def denoisers(pipe_or_denoiser: object, pladis_controlnet: bool = False) -> list[torch.nn.Module]:
+    """The models PLADIS goes on: a denoiser given directly, else the pipeline's `unet` or `transformer`
+    (and, with `pladis_controlnet`, its ControlNet(s)); a clear error when there is none."""
+    if isinstance(getattr(pipe_or_denoiser, "_orig_mod", pipe_or_denoiser), torch.nn.Module):
+        if pladis_controlnet:
+            raise ValueError("pladis_controlnet=True needs a pipeline with a controlnet, got a bare "
+                             f"{type(pipe_or_denoiser).__name__}: pass the ControlNet to its own apply_pladis")
+        return [attention_model(pipe_or_denoiser)]
+    model = next((getattr(pipe_or_denoiser, attribute) for attribute in ("unet", "transformer")
+                  if getattr(pipe_or_denoiser, attribute, None) is not None), None)
+    if model is None:
+        raise TypeError(
+            f"apply_pladis needs a diffusers pipeline with a `unet` or `transformer`, or a denoiser model, got "
+            f"{type(pipe_or_denoiser).__name__}"
         )
-    return table
-
-
-def _denoiser(pipe: object) -> torch.nn.Module:
-    """The pipeline's denoiser (`unet` or `transformer`), with a clear error when there is none."""
-    for attribute in ("unet", "transformer"):
-        model = getattr(pipe, attribute, None)
-        if model is not None:
-            return attention_model(model)
-    raise TypeError(
-        f"apply_pladis needs a diffusers pipeline with a `unet` or `transformer`, got {type(pipe).__name__}"
-    )
+    models = [attention_model(model)]
+    if pladis_controlnet:
+        controlnet = getattr(pipe_or_denoiser, "controlnet", None)
+        if controlnet is None:
+            raise ValueError(f"pladis_controlnet=True but {type(pipe_or_denoiser).__name__} has no controlnet")
+        models += [attention_model(net) for net in getattr(controlnet, "nets", [controlnet])]
+    return models
 
 
 def check_pag_leaves_pladis_layers(pipe: object, model: torch.nn.Module, table: dict[str, object]) -> None:
@@ -216,49 +273,50 @@ def check_pag_leaves_pladis_layers(pipe: object, model: torch.nn.Module, table: 
 
 @contextmanager
 def apply_pladis(
-    pipe: object,
+    pipe_or_denoiser: object,
     pladis_scale: float,
     pladis_alpha: float = 1.5,
     *,
     pladis_controlnet: bool = False,
     pladis_single_blocks: bool = False,
 ) -> Iterator[None]:
-    """Run the body with PLADIS on every text-attention layer of `pipe`'s denoiser.
+    """Run the body with PLADIS on every text-attention layer of a pipeline's denoiser, or of a denoiser
+    given directly (`UNet2DConditionModel` or a transformer: modular pipelines, hand-written loops).
 
-    U-Nets, PixArt, SANA: every cross-attention layer (`attn2`). SD3 / SD3.5 and FLUX: the
-    image-query × text-key block of every joint attention (image tokens first in SD3, text first
-    in FLUX); with `pladis_single_blocks=True` also FLUX's single-stream blocks (their text length
-    is recorded from each transformer call). λ = 0 leaves the model untouched (stock attention,
-    bit-identical output). With `pladis_controlnet=True`, the pipeline's ControlNet(s) too.
-    Everything is checked before anything changes; the exact previous processors are restored (and
-    hooks removed) on exit, also when the body raises. A model without such layers, a layer holding
-    a processor PLADIS does not know (e.g. an IP-Adapter), or PAG layers on the layers PLADIS needs
-    (SD3's PAG pipelines) raise instead of running without PLADIS.
+    Which layers and which rule come from the denoiser's family record (`attention.families`):
+    cross-attention layers (U-Nets, PixArt, SANA, Wan, LTX-Video) get the cross-attention rule; joint
+    text+image attention (SD3, FLUX.1/.2, Chroma, Qwen-Image; Z-Image's packed unified blocks) gets the
+    text-block rule on the image-query × text-key block; `pladis_single_blocks=True` adds the
+    single-stream blocks of FLUX.1, FLUX.2 and Chroma. With `pladis_controlnet=True`, the pipeline's
+    ControlNet(s) too. λ = 0 leaves the model untouched (stock attention, bit-identical output).
+
+    The settings belong to this call: other calls sharing the denoiser in other threads (PLADIS with
+    their own λ/α, or stock pipelines) get exactly what they get alone. Everything is checked before
+    anything changes; once the last PLADIS call on the denoiser ends, its exact previous processors are
+    back and its hooks removed, also when the body raises. A model without text attention, a layer
+    holding a processor PLADIS does not know (e.g. an IP-Adapter), or PAG layers on the layers PLADIS
+    needs (SD3's PAG pipelines) raise instead of running without PLADIS.
     """
     pladis_scale = check_pladis_scale(pladis_scale)
     pladis_alpha = check_pladis_alpha(pladis_alpha)
     pladis_controlnet = check_flag("pladis_controlnet", pladis_controlnet)
     pladis_single_blocks = check_flag("pladis_single_blocks", pladis_single_blocks)
-    models = [_denoiser(pipe)]
-    if pladis_controlnet:
-        controlnet = getattr(pipe, "controlnet", None)
-        if controlnet is None:
-            raise ValueError(f"pladis_controlnet=True but {type(pipe).__name__} has no controlnet")
-        models += [attention_model(net) for net in getattr(controlnet, "nets", [controlnet])]
-    if pladis_single_blocks and not any(map(is_single_stream_flux_attention, attention_modules(models[0]).values())):
-        raise ValueError(f"pladis_single_blocks=True but {type(models[0]).__name__} has no FLUX single-stream block")
+    models = denoisers(pipe_or_denoiser, pladis_controlnet)
+    family = family_of(models[0])
+    if pladis_single_blocks and not any(kind.optional for kind in family.text_attention):
+        raise ValueError(f"pladis_single_blocks=True but {type(models[0]).__name__} has no single-stream block "
+                         "(FLUX.1, FLUX.2 and Chroma have them)")
     if pladis_scale == 0.0:
-        yield
+        # Off for this call, also where an enclosing call in this context turned PLADIS on for these models.
+        running = tuple(installation for installation in map(_INSTALLATIONS.get, map(id, models)) if installation)
+        with calls_in_context((), replacing=running):
+            yield
         return
-    text_lengths = [TextLength() for _ in models]
-    factories = [with_single_stream_blocks(length) if pladis_single_blocks else cross_attention_pladis
-                 for length in text_lengths]
-    tables = [pladis_processors(model, pladis_scale, pladis_alpha, factory)
-              for model, factory in zip(models, factories)]
-    check_pag_leaves_pladis_layers(pipe, models[0], tables[0])
+    layers = [text_attention_layers(model, family_of(model), pladis_single_blocks) for model in models]
+    check_pag_leaves_pladis_layers(pipe_or_denoiser, models[0], layers[0])
     with ExitStack() as stack:
-        for model, table, text_length in zip(models, tables, text_lengths):
-            if pladis_single_blocks:
-                stack.enter_context(recorded_text_length(model, text_length))
-            stack.enter_context(swapped_attn_processors(model, table))
+        installations = tuple(stack.enter_context(installed_pladis(model, table)) for model, table in zip(models, layers))
+        settings = tuple(CallSettings(installation, pladis_scale, pladis_alpha, pladis_single_blocks)
+                         for installation in installations)
+        stack.enter_context(calls_in_context(settings, replacing=installations))
         yield

@@ -1,8 +1,8 @@
-"""`PLADISAttnProcessor`: diffusers' `AttnProcessor2_0` with PLADIS weights instead of softmax.
+"""`AttnProcessor2_0`'s prologue and epilogue, for processors that change its attention product (SEG, the
+attention-map recorder), and the name under which the PLADIS processors call the cross-attention seam.
 
 Everything around the attention product (spatial/group norm, q/k norms, masks, residual, output
-rescale) follows `AttnProcessor2_0` line for line in `unet_attention_heads` / `unet_attention_output`,
-which every processor keeping that contract (PLADIS, SEG, the attention-map recorder) shares.
+rescale) follows `AttnProcessor2_0` line for line in `unet_attention_heads` / `unet_attention_output`.
 """
 
 from __future__ import annotations
@@ -13,19 +13,7 @@ from typing import Callable
 import torch
 from diffusers.models.attention_processor import Attention
 
-from .functional import pladis_scaled_dot_product_attention
-from .validation import check_pladis_alpha, check_pladis_scale
-
-
-class PLADISSettings:
-    """λ (`pladis_scale`) and α (`pladis_alpha`), checked once: the configuration every PLADIS processor shares."""
-
-    def __init__(self, pladis_scale: float, pladis_alpha: float = 1.5) -> None:
-        self.pladis_scale = check_pladis_scale(pladis_scale)
-        self.pladis_alpha = check_pladis_alpha(pladis_alpha)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(pladis_scale={self.pladis_scale}, pladis_alpha={self.pladis_alpha})"
+from .functional import pladis_scaled_dot_product_attention  # noqa: F401  (called by attention.rules)
 
 
 @dataclass
@@ -100,28 +88,3 @@ def unet_attention_output(attn: Attention, hidden_states: torch.Tensor, layout: 
     if attn.residual_connection:
         hidden_states = hidden_states + layout.residual
     return hidden_states / attn.rescale_output_factor
-
-
-class PLADISAttnProcessor(PLADISSettings):
-    """Attention processor computing `(softmax(z) + λ·(entmax_α(z) − softmax(z)))·V`, `z = QKᵀ/√d + mask`.
-
-    Installed on cross-attention layers (`attn2`) by `apply_pladis`; λ = `pladis_scale`,
-    α = `pladis_alpha` (1.5 = entmax15, 2 = sparsemax). Maps are float32 whatever the model dtype.
-    """
-
-    def __call__(
-        self,
-        attn: Attention,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        query, key, value, attention_mask, layout = unet_attention_heads(
-            attn, hidden_states, encoder_hidden_states, attention_mask, temb
-        )
-        # The one PLADIS change: sparse-extrapolated weights in place of SDPA's softmax.
-        hidden_states = pladis_scaled_dot_product_attention(
-            query, key, value, self.pladis_scale, self.pladis_alpha, attn_mask=attention_mask
-        )
-        return unet_attention_output(attn, hidden_states.to(query.dtype), layout)

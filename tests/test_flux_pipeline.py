@@ -93,8 +93,9 @@ def installed_processors(pipe, **options) -> tuple[dict, set]:
     def record(pipeline, step, timestep, callback_kwargs):
         seen.update(pipeline.transformer.attn_processors)
         single_stream_tokens.update(
-            processor.text_length.tokens for name, processor in seen.items()
+            processor.current_settings().recorded.tokens for name, processor in seen.items()
             if name.startswith("single_transformer_blocks.") and isinstance(processor, PLADISFluxAttnProcessor)
+            and processor.current_settings().single_blocks
         )
         return callback_kwargs
 
@@ -109,7 +110,7 @@ def test_pladis_goes_on_double_stream_blocks_only_by_default(pipe):
     seen, _ = installed_processors(pipe, pladis_scale=2.0)
     double = {name for name in seen if name.startswith("transformer_blocks.")}
     assert len(double) == 2 and len(seen) == 4
-    assert all(isinstance(seen[name], PLADISFluxAttnProcessor) and seen[name].pladis_scale == 2.0 for name in double)
+    assert all(isinstance(seen[name], PLADISFluxAttnProcessor) for name in double)
     assert all(type(processor) is FluxAttnProcessor for name, processor in seen.items() if name not in double)
 
 
@@ -120,7 +121,7 @@ def test_single_block_option_uses_the_text_length_of_the_call(pipe, max_sequence
     assert len(seen) == 4 and all(isinstance(processor, PLADISFluxAttnProcessor) for processor in seen.values())
     assert tokens == {max_sequence_length}
     single = [processor for name, processor in seen.items() if name.startswith("single_transformer_blocks.")]
-    assert len(single) == 2 and all(processor.text_length.tokens is None for processor in single)  # cleared
+    assert len(single) == 2 and all(processor.current_settings() is None for processor in single)  # per call
 
 
 def test_single_block_option_changes_the_image(pipe):
