@@ -1,0 +1,130 @@
+"""Overlapping calls on a shared denoiser (diffusers' server pattern: `from_pipe` with a fresh scheduler per
+request, run in threads): every call gives exactly the image it gives alone — PLADIS calls with their own
+λ/α and stock pipelines alike — whatever order the calls end in, and once the last one ends the denoiser
+holds its original processor objects and no hooks."""
+
+from __future__ import annotations
+
+import copy
+import threading
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionXLPipeline
+
+from attention import apply_pladis
+from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
+from scripts.build_tiny_assets import TINY_SDXL, tiny_flux_transformer
+from tests.families import one_thread  # noqa: F401
+from tests.test_install import flux_inputs
+from tests.tiny import processors_by_name, run_pipe, same_processor_objects
+
+TIMEOUT = 120  # seconds a thread waits for another before the test fails instead of hanging
+
+
+def run_threads(targets: dict) -> dict:
+    """Run each target in its own thread; return their results (re-raising the first error)."""
+    results, errors = {}, []
+
+    def call(name, target):
+        try:
+            results[name] = target()
+        except BaseException as error:  # noqa: BLE001 - reported in the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=call, args=item) for item in targets.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+    if errors:
+        raise errors[0]
+    assert not any(thread.is_alive() for thread in threads), "a thread did not finish"
+    return results
+
+
+def fresh(pipe, cls=None):
+    """A pipeline sharing `pipe`'s models, with its own scheduler (schedulers hold per-call state)."""
+    return (cls or type(pipe)).from_pipe(pipe, scheduler=copy.deepcopy(pipe.scheduler))
+
+
+def test_overlapping_pladis_and_stock_calls_give_their_solo_images_and_restore_the_unet():
+    a = PLADISStableDiffusionXLPipeline.from_pretrained(TINY_SDXL, local_files_only=True)
+    a.set_progress_bar_config(disable=True)
+    b, stock = fresh(a), fresh(a, StableDiffusionXLPipeline)
+    options = {"num_inference_steps": 3}
+    solo = {
+        "a": run_pipe(a, pladis_scale=2.0, **options),
+        "b": run_pipe(b, pladis_scale=1.0, pladis_alpha=2.0, **options),
+        "stock": run_pipe(stock, **options),
+    }
+    assert np.abs(solo["a"] - solo["stock"]).max() > 1e-3 and np.abs(solo["b"] - solo["a"]).max() > 1e-3
+    before, hooks = processors_by_name(a.unet), dict(a.unet._forward_pre_hooks)
+
+    # `a` starts first and ends first, while `b` and the stock call are still inside their denoising loops.
+    a_running, others_running, a_done = threading.Event(), threading.Barrier(3, timeout=TIMEOUT), threading.Event()
+
+    def in_loop(first: bool):
+        def callback(pipeline, step, timestep, callback_kwargs):
+            if step == 0:
+                if first:
+                    a_running.set()
+                others_running.wait()  # all three calls are between their first and last U-Net call
+                if not first:
+                    assert a_done.wait(TIMEOUT)
+            return callback_kwargs
+        return callback
+
+    def call_a():
+        try:
+            return run_pipe(a, pladis_scale=2.0, callback_on_step_end=in_loop(True), **options)
+        finally:
+            a_done.set()
+
+    def after_a(target):
+        def call():
+            assert a_running.wait(TIMEOUT)
+            return target()
+        return call
+
+    results = run_threads({
+        "a": call_a,
+        "b": after_a(lambda: run_pipe(b, pladis_scale=1.0, pladis_alpha=2.0, callback_on_step_end=in_loop(False),
+                                      **options)),
+        "stock": after_a(lambda: run_pipe(stock, callback_on_step_end=in_loop(False), **options)),
+    })
+    for name, image in solo.items():
+        np.testing.assert_array_equal(results[name], image, err_msg=name)
+    assert same_processor_objects(a.unet, before) and dict(a.unet._forward_pre_hooks) == hooks
+    np.testing.assert_array_equal(run_pipe(stock, **options), solo["stock"])
+
+
+def test_concurrent_calls_on_a_bare_transformer_keep_their_own_settings_and_text_lengths():
+    transformer = tiny_flux_transformer(guidance_embeds=False).eval()
+    short, long = flux_inputs(transformer, seed=1), flux_inputs(transformer, seed=2)
+    long["encoder_hidden_states"] = torch.cat([long["encoder_hidden_states"]] * 3, dim=1)  # 18 text tokens
+    long["txt_ids"] = torch.zeros(18, 3)
+    calls = {  # name: (apply_pladis options or None for stock, inputs)
+        "single blocks, λ=2": ({"pladis_scale": 2.0, "pladis_single_blocks": True}, short),
+        "double only, λ=1.5, α=2": ({"pladis_scale": 1.5, "pladis_alpha": 2.0}, long),
+        "stock": (None, long),
+    }
+    before, hooks = processors_by_name(transformer), dict(transformer._forward_pre_hooks)
+
+    def output(options, inputs):
+        with torch.no_grad():
+            if options is None:
+                return [transformer(**inputs).sample for _ in range(3)]
+            with apply_pladis(transformer, **options):
+                inside.wait()  # every PLADIS call is installed before any of them runs
+                return [transformer(**inputs).sample for _ in range(3)]
+
+    inside = threading.Barrier(1, timeout=TIMEOUT)
+    solo = {name: output(*call) for name, call in calls.items()}
+    inside = threading.Barrier(2, timeout=TIMEOUT)
+    results = run_threads({name: (lambda call=call: output(*call)) for name, call in calls.items()})
+    for name in calls:
+        for got, want in zip(results[name], solo[name]):
+            assert torch.equal(got, want), name
+    assert (solo["double only, λ=1.5, α=2"][0] - solo["stock"][0]).abs().max() > 1e-4
+    assert same_processor_objects(transformer, before) and dict(transformer._forward_pre_hooks) == hooks
