@@ -25,6 +25,7 @@ from diffusers.models.attention_processor import (
     XFormersAttnProcessor,
 )
 from diffusers.models.transformers.sana_transformer import SanaAttnProcessor2_0
+from diffusers.models.transformers.transformer_cogview4 import CogView4AttnProcessor
 from diffusers.models.transformers.transformer_flux import FluxAttention, FluxAttnProcessor
 from diffusers.models.transformers.transformer_flux2 import (
     Flux2Attention,
@@ -32,6 +33,7 @@ from diffusers.models.transformers.transformer_flux2 import (
     Flux2ParallelSelfAttention,
     Flux2ParallelSelfAttnProcessor,
 )
+from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 from diffusers.models.transformers.transformer_ltx import LTXAttention, LTXVideoAttnProcessor
 from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0
 from diffusers.models.transformers.transformer_wan import WanAttention, WanAttnProcessor
@@ -122,6 +124,10 @@ def _named(suffix: str, module_type: type = torch.nn.Module) -> Callable[[str, t
     return lambda name, module: isinstance(module, module_type) and name.endswith(suffix)
 
 
+def _in_blocks(prefix: str, module_type: type = torch.nn.Module) -> Callable[[str, torch.nn.Module], bool]:
+    return lambda name, module: isinstance(module, module_type) and name.startswith(prefix)
+
+
 def _wan_image_context(attn: torch.nn.Module) -> int:
     """Wan image-to-video cross-attention attends to the image context (`add_k_proj`) before the text."""
     return 0 if getattr(attn, "add_k_proj", None) is None else 1
@@ -160,6 +166,16 @@ FAMILIES: tuple[Family, ...] = (
         TextAttention("joint blocks", _named(".attn", Attention), LEADING,
                       {QwenDoubleStreamAttnProcessor2_0: QwenDoubleStreamAttnProcessor2_0}),
     )),
+    Family("HunyuanVideo", ("HunyuanVideoTransformer3DModel",), (  # its token refiner's text self-attention stays
+        TextAttention("double-stream blocks", _in_blocks("transformer_blocks.", Attention), TRAILING,
+                      {HunyuanVideoAttnProcessor2_0: HunyuanVideoAttnProcessor2_0}),
+        TextAttention("single-stream blocks", _in_blocks("single_transformer_blocks.", Attention), TRAILING,
+                      {HunyuanVideoAttnProcessor2_0: HunyuanVideoAttnProcessor2_0}, optional=True),
+    )),
+    Family("CogView4", ("CogView4Transformer2DModel",), (
+        TextAttention("joint blocks", _in_blocks("transformer_blocks.", Attention), LEADING,
+                      {CogView4AttnProcessor: CogView4AttnProcessor}),
+    )),
     Family("Wan 2.x", ("WanTransformer3DModel",), (
         TextAttention("every cross-attention (attn2)", _named(".attn2", WanAttention), CROSS,
                       {WanAttnProcessor: WanAttnProcessor}, image_context_calls=_wan_image_context),
@@ -169,8 +185,8 @@ FAMILIES: tuple[Family, ...] = (
                       {LTXVideoAttnProcessor: LTXVideoAttnProcessor}),
     )),
     Family("Z-Image", ("ZImageTransformer2DModel",), (
-        TextAttention("unified blocks (layers)", lambda name, module: isinstance(module, Attention)
-                      and name.startswith("layers."), PACKED, {ZSingleStreamAttnProcessor: ZSingleStreamAttnProcessor}),
+        TextAttention("unified blocks (layers)", _in_blocks("layers.", Attention), PACKED,
+                      {ZSingleStreamAttnProcessor: ZSingleStreamAttnProcessor}),
     ), z_image_segments),
 )
 

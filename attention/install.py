@@ -22,7 +22,7 @@ from diffusers.models.attention_processor import Attention
 from diffusers.pipelines.pag.pag_utils import PAGMixin
 
 from .call_context import CallSettings, active_calls, calls_in_context
-from .families import SUPPORTED, Family, TextAttention, family_of
+from .families import FAMILIES, SUPPORTED, Family, TextAttention, family_of
 from .processors import PLADISProcessor, pladis_processor_class
 from .validation import check_flag, check_pladis_alpha, check_pladis_scale
 
@@ -285,9 +285,9 @@ def apply_pladis(
 
     Which layers and which rule come from the denoiser's family record (`attention.families`):
     cross-attention layers (U-Nets, PixArt, SANA, Wan, LTX-Video) get the cross-attention rule; joint
-    text+image attention (SD3, FLUX.1/.2, Chroma, Qwen-Image; Z-Image's packed unified blocks) gets the
-    text-block rule on the image-query × text-key block; `pladis_single_blocks=True` adds the
-    single-stream blocks of FLUX.1, FLUX.2 and Chroma. With `pladis_controlnet=True`, the pipeline's
+    text+image attention (SD3, FLUX.1/.2, Chroma, Qwen-Image, HunyuanVideo, CogView4; Z-Image's packed
+    unified blocks) gets the text-block rule on the image-query × text-key block; `pladis_single_blocks=True`
+    adds the single-stream blocks of FLUX.1, FLUX.2, Chroma and HunyuanVideo. With `pladis_controlnet=True`, the pipeline's
     ControlNet(s) too. λ = 0 leaves the model untouched (stock attention, bit-identical output).
 
     The settings belong to this call: other calls sharing the denoiser in other threads (PLADIS with
@@ -304,8 +304,9 @@ def apply_pladis(
     models = denoisers(pipe_or_denoiser, pladis_controlnet)
     family = family_of(models[0])
     if pladis_single_blocks and not any(kind.optional for kind in family.text_attention):
+        with_single = ", ".join(f.name for f in FAMILIES if any(kind.optional for kind in f.text_attention))
         raise ValueError(f"pladis_single_blocks=True but {type(models[0]).__name__} has no single-stream block "
-                         "(FLUX.1, FLUX.2 and Chroma have them)")
+                         f"({with_single} have them)")
     if pladis_scale == 0.0:
         # Off for this call, also where an enclosing call in this context turned PLADIS on for these models.
         running = tuple(installation for installation in map(_INSTALLATIONS.get, map(id, models)) if installation)

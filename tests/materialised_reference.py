@@ -1,8 +1,8 @@
 """An independent float64 formulation of both PLADIS rules (materialised maps, the `entmax` package), and a
 way to run a stock denoiser with it in the attention calls of chosen layers.
 
-`materialised_pladis(model, module, layouts, λ, α)` replaces `module.dispatch_attention_fn` (the stock
-processors' attention function) while the body runs: calls inside the layers named in `layouts` use the
+`materialised_pladis(model, module, layouts, λ, α)` replaces the stock processors' attention function
+(`module.dispatch_attention_fn`, or torch's SDPA) while the body runs: calls inside the layers named in `layouts` use the
 rule their layout names, every other call dense softmax attention, all materialised in float64. Which layer
 is running is tracked with forward hooks on the attention modules, so nothing of `attention/` is used.
 """
@@ -111,16 +111,21 @@ def materialised_pladis(model, module, layouts: dict[str, tuple], pladis_scale: 
     """Run `model` with the float64 reference in every `dispatch_attention_fn` call of `module` (see above)."""
     running: list[str] = []
 
-    def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False,
-                  attention_kwargs=None, *, backend=None, parallel_config=None):
-        q, k, v = (t.transpose(1, 2) for t in (query, key, value))
+    def reference_call(q, k, v, attn_mask, scale):  # (B, H, N, D)
         if attn_mask is not None and attn_mask.ndim == 2:
             attn_mask = attn_mask[:, None, None, :]
         if running and running[-1] in layouts:
-            out = layout_rule(layouts[running[-1]], q, k, v, pladis_scale, alpha, attn_mask, scale)
-        else:
-            out = dense_reference(q, k, v, attn_mask, scale)
-        return out.to(query.dtype).transpose(1, 2)
+            return layout_rule(layouts[running[-1]], q, k, v, pladis_scale, alpha, attn_mask, scale)
+        return dense_reference(q, k, v, attn_mask, scale)
+
+    def dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                              enable_gqa=False, attention_kwargs=None, *, backend=None, parallel_config=None):
+        q, k, v = (t.transpose(1, 2) for t in (query, key, value))
+        return reference_call(q, k, v, attn_mask, scale).to(query.dtype).transpose(1, 2)
+
+    def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                                     enable_gqa=False):
+        return reference_call(query, key, value, attn_mask, scale).to(query.dtype)
 
     with ExitStack() as stack:
         for name, submodule in model.named_modules():
@@ -129,7 +134,12 @@ def materialised_pladis(model, module, layouts: dict[str, tuple], pladis_scale: 
                 leave = submodule.register_forward_hook(lambda m, args, output: running.pop() and None)
                 stack.callback(enter.remove)
                 stack.callback(leave.remove)
-        original = module.dispatch_attention_fn
-        module.dispatch_attention_fn = attention
-        stack.callback(setattr, module, "dispatch_attention_fn", original)
+        # Processors calling `dispatch_attention_fn` get it replaced in their module; those calling
+        # `F.scaled_dot_product_attention` (CogView4) get torch's replaced while the body runs.
+        target, name, replacement = (
+            (module, "dispatch_attention_fn", dispatch_attention_fn) if hasattr(module, "dispatch_attention_fn")
+            else (torch.nn.functional, "scaled_dot_product_attention", scaled_dot_product_attention)
+        )
+        stack.callback(setattr, target, name, getattr(target, name))
+        setattr(target, name, replacement)
         yield

@@ -116,3 +116,16 @@ def test_compiled_denoiser_is_unwrapped_not_refused(sd15):
         assert type(sd15.unet._orig_mod.mid_block.attentions[0].transformer_blocks[0].attn2.processor).__name__ == (
             "PLADISAttnProcessor"
         )
+
+
+def test_a_model_of_no_family_is_refused_by_class_name():
+    from diffusers import Lumina2Transformer2DModel
+
+    transformer = Lumina2Transformer2DModel(
+        sample_size=16, patch_size=2, in_channels=4, hidden_size=24, num_layers=2, num_refiner_layers=1,
+        num_attention_heads=3, num_kv_heads=1, multiple_of=16, axes_dim_rope=(4, 2, 2), axes_lens=(128, 128, 128),
+        cap_feat_dim=8,
+    )
+    processors = [module.processor for module in transformer.modules() if hasattr(module, "processor")]
+    pladis_error(transformer, TypeError, "Lumina2Transformer2DModel")
+    assert processors == [module.processor for module in transformer.modules() if hasattr(module, "processor")]

@@ -11,7 +11,9 @@ from typing import Callable
 import torch
 from diffusers import (
     ChromaTransformer2DModel,
+    CogView4Transformer2DModel,
     Flux2Transformer2DModel,
+    HunyuanVideoTransformer3DModel,
     LTXVideoTransformer3DModel,
     QwenImageTransformer2DModel,
     WanTransformer3DModel,
@@ -19,8 +21,10 @@ from diffusers import (
 )
 from diffusers.models.transformers import (
     transformer_chroma,
+    transformer_cogview4,
     transformer_flux,
     transformer_flux2,
+    transformer_hunyuan_video,
     transformer_ltx,
     transformer_qwenimage,
     transformer_wan,
@@ -132,6 +136,28 @@ def _ltx_inputs(seed: int) -> dict:
             "num_frames": 1, "height": 4, "width": 4}
 
 
+def _hunyuan_video_inputs(seed: int) -> dict:
+    generator = _generator(seed)
+    return {"hidden_states": torch.randn(2, 4, 1, 4, 4, generator=generator), "timestep": torch.tensor([500, 500]),
+            "encoder_hidden_states": torch.randn(2, TEXT, 16, generator=generator),
+            "encoder_attention_mask": _text_mask().long(), "pooled_projections": torch.randn(2, 8, generator=generator),
+            "guidance": torch.tensor([3500.0, 3500.0])}
+
+
+def _hunyuan_video_layouts(model, inputs, single_blocks):
+    return {name: ("trailing", TEXT) for name, module in model.named_modules()
+            if hasattr(module, "processor") and (name.startswith("transformer_blocks.")
+                                                 or single_blocks and name.startswith("single_transformer_blocks."))}
+
+
+def _cogview4_inputs(seed: int) -> dict:
+    generator = _generator(seed)
+    sizes = torch.tensor([[32.0, 32.0]] * 2)
+    return {"hidden_states": torch.randn(2, 4, 8, 8, generator=generator),
+            "encoder_hidden_states": torch.randn(2, TEXT, 8, generator=generator), "timestep": torch.tensor([500, 500]),
+            "original_size": sizes, "target_size": sizes, "crop_coords": torch.zeros(2, 2)}
+
+
 Z_IMAGE_CAPTIONS = (20, 40)  # caption tokens per sample: packed to 32 and 64, so the batch is padded
 
 
@@ -187,6 +213,21 @@ DENOISERS: dict[str, TinyDenoiser] = {
             in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16,
             num_layers=2, caption_channels=16)),
         _ltx_inputs, transformer_ltx, _cross_layouts(TEXT), has_text_mask=True),
+    "hunyuan-video": TinyDenoiser(
+        _seeded(lambda: HunyuanVideoTransformer3DModel(
+            in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=10, num_layers=2,
+            num_single_layers=2, num_refiner_layers=1, patch_size=1, patch_size_t=1, text_embed_dim=16,
+            pooled_projection_dim=8, rope_axes_dim=(2, 4, 4))),
+        _hunyuan_video_inputs, transformer_hunyuan_video, _hunyuan_video_layouts, has_text_mask=True,
+        has_single_blocks=True),
+    "cogview4": TinyDenoiser(  # its pipeline passes no text mask (and the processor's would not mask: 0/1 added)
+        _seeded(lambda: CogView4Transformer2DModel(
+            patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=2,
+            text_embed_dim=8, time_embed_dim=8, condition_dim=4, rope_axes_dim=(4, 4))),
+        _cogview4_inputs, transformer_cogview4,
+        lambda model, inputs, single: {f"transformer_blocks.{i}.attn1": ("leading", TEXT)
+                                       for i in range(len(model.transformer_blocks))},
+        has_text_mask=False),
     "z-image": TinyDenoiser(
         _seeded(lambda: ZImageTransformer2DModel(
             all_patch_size=(2,), all_f_patch_size=(1,), in_channels=4, dim=32, n_layers=2, n_refiner_layers=1,
