@@ -41,7 +41,7 @@ class PipelineChoice:
     class_name: str
     tiny_model: str  # relative to the repository root
     steps: int
-    guidance_scale: float
+    guidance_scale: float | None  # None: the pipeline's own default
 
 
 PIPELINES: dict[str, PipelineChoice] = {
@@ -53,6 +53,8 @@ PIPELINES: dict[str, PipelineChoice] = {
         "pipeline.pipeline_controlnet", "PLADISStableDiffusionXLControlNetPipeline", "asset/tiny-sdxl-controlnet", 25, 5.0
     ),
     "flux": PipelineChoice("pipeline.pipeline_flux_pladis", "PLADISFluxPipeline", "asset/tiny-flux-schnell", 28, 3.5),
+    # Any pipeline of a supported family, as its stock class (model_index.json), with PLADIS through apply_pladis.
+    "auto": PipelineChoice("diffusers", "DiffusionPipeline", "asset/tiny-sdxl", 28, None),
 }
 
 # Distilled SDXL recipes: DMD2 → LCM, SDXL-Lightning → Euler "trailing", Hyper-SDXL → DDIM "trailing".
@@ -313,6 +315,8 @@ def image_size(pipe: Any, args: argparse.Namespace) -> tuple[int, int]:
     if args.height and args.width:
         return args.height, args.width
     sample_size = getattr(pipe, "default_sample_size", None)  # the ControlNet pipelines have none
+    if sample_size is None and getattr(pipe, "unet", None) is None:
+        return args.height, args.width  # no known default (e.g. video pipelines): the pipeline's own
     if sample_size is None:
         sample_size = pipe.unet.config.sample_size
     default = sample_size * pipe.vae_scale_factor
@@ -343,9 +347,10 @@ def call_options(pipe: Any, args: argparse.Namespace, height: int, width: int) -
     raise a clear error when the chosen pipeline does not take them.
     """
     accepted = call_parameters(type(pipe))
-    options: dict[str, Any] = {
-        "height": height, "width": width, "guidance_scale": args.guidance_scale, "pladis_alpha": args.pladis_alpha,
-    }
+    given = {"height": height, "width": width, "guidance_scale": args.guidance_scale}
+    options: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
+    if "pladis_alpha" in accepted:  # a PLADIS pipeline; stock ones (--pipeline auto) get it via apply_pladis
+        options["pladis_alpha"] = args.pladis_alpha
     if args.timesteps is not None:
         options["timesteps"] = list(args.timesteps)
     else:

@@ -2,6 +2,8 @@
 
 With no arguments it compares λ = 0 and 2 on the embedded tiny SDXL pipeline (`asset/tiny-sdxl`) on CPU in
 seconds; `--pipeline sdxl|sdxl-seg|controlnet|flux`, `--model` and `--scales 0,1,1.5,2` choose the real job.
+`--pipeline auto --model <folder or hub id>` loads any pipeline of a supported family with
+`DiffusionPipeline.from_pretrained` (its stock class) and switches PLADIS on with `apply_pladis`.
 """
 
 from __future__ import annotations
@@ -10,12 +12,13 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from anywhere
 
-from attention import check_pladis_scale  # noqa: E402
+from attention import apply_pladis, check_pladis_scale  # noqa: E402
 from scripts.common import (  # noqa: E402
     add_generation_options,
     add_model_options,
@@ -70,17 +73,33 @@ def generate_panels(args: argparse.Namespace) -> tuple[list[Image.Image], list[s
     if "image" in options:
         images.append(options["image"])
         labels.append(f"control ({args.preprocess or 'as given'})")
-    with_callback = "callback_on_step_end" in call_parameters(type(pipe))
+    accepted = call_parameters(type(pipe))
+    if "pladis_scale" not in accepted:  # a stock pipeline: check PLADIS fits its denoiser before any generation
+        with apply_pladis(pipe, max(args.scales), args.pladis_alpha):
+            pass
     with tqdm(total=len(args.scales) * args.steps, desc="compare", unit="step") as bar:
         for scale in args.scales:
-            if with_callback:
+            if "callback_on_step_end" in accepted:
                 options["callback_on_step_end"] = step_progress(bar)
-            result = pipe(args.prompt, generator=seeded_generator(args.seed), pladis_scale=scale, **options)
-            if not with_callback:
+            generator = seeded_generator(args.seed)
+            if "pladis_scale" in accepted:
+                result = pipe(args.prompt, generator=generator, pladis_scale=scale, **options)
+            else:
+                with apply_pladis(pipe, scale, args.pladis_alpha):
+                    result = pipe(args.prompt, generator=generator, **options)
+            if "callback_on_step_end" not in accepted:
                 bar.update(args.steps)
-            images.append(result.images[0])
+            images.append(first_image(result))
             labels.append(panel_label(scale, args.pladis_alpha))
     return images, labels
+
+
+def first_image(result) -> Image.Image:
+    """The first image of a pipeline's output (of a video pipeline: the first frame of the first video)."""
+    if hasattr(result, "images"):
+        return result.images[0]
+    frame = result.frames[0][0]
+    return frame if isinstance(frame, Image.Image) else Image.fromarray((np.asarray(frame) * 255).round().astype("uint8"))
 
 
 def main(argv: list[str] | None = None) -> Path:

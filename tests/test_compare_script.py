@@ -40,3 +40,20 @@ def test_compare_rejects_bad_options(argument, named, capsys):
     with pytest.raises(SystemExit):
         compare.parse_args(argument)
     assert named in capsys.readouterr().err
+
+
+def test_auto_pipeline_loads_the_stock_class_and_gives_the_pladis_pipelines_grid(tmp_path):
+    auto = compare.main(["--pipeline", "auto", "--out", str(tmp_path / "auto.png")])  # asset/tiny-sdxl, stock class
+    sdxl = compare.main(["--pipeline", "sdxl", "--out", str(tmp_path / "sdxl.png")])
+    np.testing.assert_array_equal(np.asarray(Image.open(auto)), np.asarray(Image.open(sdxl)))
+
+
+def test_auto_pipeline_runs_a_newer_family_from_a_saved_folder(tmp_path):
+    from tests.tiny_pipelines import build_tiny_chroma
+
+    build_tiny_chroma().save_pretrained(tmp_path / "tiny-chroma")
+    path = compare.main(["--pipeline", "auto", "--model", str(tmp_path / "tiny-chroma"), "--height", "32",
+                         "--width", "32", "--steps", "2", "--out", str(tmp_path / "chroma.png")])
+    grid = np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
+    half = grid.shape[1] // 2
+    assert np.abs(grid[24:, :half] - grid[24:, half:]).max() > 0  # PLADIS changed the Chroma picture
