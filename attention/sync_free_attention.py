@@ -13,9 +13,9 @@ import torch
 from .masks import mask_for_rows
 from .sparse_maps import pladis_shift_, pladis_weights_
 
-# Scores per chunk: 2^25 float32 (128 MB a buffer, ~1 GB at the peak of the sort-based threshold).
-# SDXL's 2 × 10 × 4096 × 77 and FLUX's 24 × 4096 × 512 image×text block fit in one or two chunks.
-_CHUNK_ELEMENTS = 1 << 25
+# Scores per chunk: 2^26 float32 (256 MB a buffer, ~1.5 GB at the peak of the sort-based threshold),
+# so SDXL's 2 × 10 × 4096 × 77 and FLUX's 24 × 4096 × 512 image×text block at 1024² are one chunk each.
+_CHUNK_ELEMENTS = 1 << 26
 _HALF = (torch.float16, torch.bfloat16)
 
 

@@ -46,7 +46,9 @@ def _entmax_threshold(x, BLOCK_M: tl.constexpr, SPARSEMAX: tl.constexpr):
     while (passes < _MAX_PASSES) & (tl.min(done, 0) == 0):
         gap = tl.maximum(x - tau[:, None], 0.0)
         count = tl.sum((gap > 0.0).to(tl.float32), 1)
-        gap_sum = tl.sum(gap, 1)
+        empty = count == 0.0  # a row with no finite score: nothing to solve, its map is 0
+        count = tl.maximum(count, 1.0)  # (and no division by zero on such rows)
+        gap_sum = tl.maximum(tl.sum(gap, 1), 1e-30)
         if SPARSEMAX:
             step = (gap_sum - 1.0) / count
             settled = tl.abs(step) <= _THRESHOLD_TOL
@@ -60,7 +62,6 @@ def _entmax_threshold(x, BLOCK_M: tl.constexpr, SPARSEMAX: tl.constexpr):
             settled = tl.abs(step) <= _THRESHOLD_TOL
             settled = settled | ((passes < _SAFE_PASSES) & (count == last_count) & (below != last_below))
             last_below = below
-        empty = count == 0.0  # a row with no finite score: nothing to solve, its map is 0
         step = tl.where((done != 0) | empty | (step != step), 0.0, step)
         tau = tau + step
         done = done | (settled | empty).to(tl.int32)
@@ -83,10 +84,12 @@ def _row_scores(q_ptr, k_ptr, m_ptr, rows, cols, row_ok, col_ok, scale,
                     mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
         k = tl.load(k_ptr + cols[None, :] * stride_kn + dims[:, None] * stride_kd,
                     mask=col_ok[None, :] & dim_ok[:, None], other=0.0)
+        # float16/bfloat16 values are exact in TF32, so a TF32 dot with float32 accumulation gives
+        # the products a half-precision MMA would (and works in the interpreter, unlike bf16 dots).
         if IEEE:
             acc += tl.dot(q, k, input_precision="ieee")
         else:
-            acc += tl.dot(q, k)
+            acc += tl.dot(q.to(tl.float32), k.to(tl.float32), input_precision="tf32")
     z = acc * scale
     if HAS_MASK:
         z += tl.load(m_ptr + rows[:, None] * stride_mn + cols[None, :] * stride_mk,

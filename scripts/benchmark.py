@@ -27,6 +27,7 @@ import attention.flux_processor as flux_processor_module  # noqa: E402
 import attention.processor as processor_module  # noqa: E402
 from attention import PLADISAttnProcessor, PLADISFluxAttnProcessor, pladis_processors, swapped_attn_processors  # noqa: E402
 from attention.flux_processor import TextLength, recorded_text_length  # noqa: E402
+from attention.reference import reference_pladis_sdpa, reference_text_block  # noqa: E402
 
 VARIANTS = ("stock", "pladis", "reference")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -47,42 +48,7 @@ FLUX_TRANSFORMER_CONFIG = dict(
 )
 
 
-# ---- the reference formulation: materialised score maps and the `entmax` package --------------
-
-def _reference_sparse(scores: torch.Tensor, alpha: float) -> torch.Tensor:
-    from entmax import entmax15, entmax_bisect, sparsemax
-
-    if alpha == 1.5:
-        return entmax15(scores, dim=-1)
-    if alpha == 2.0:
-        return sparsemax(scores, dim=-1)
-    return entmax_bisect(scores, alpha, dim=-1)
-
-
-def reference_pladis_sdpa(query, key, value, pladis_scale, pladis_alpha=1.5, attn_mask=None, scale=None):
-    """The authors' formulation: full scores, softmax and the package's sort-based entmax, blended."""
-    scores = query.float() @ key.float().transpose(-1, -2) * (scale or query.shape[-1] ** -0.5)
-    if attn_mask is not None:
-        scores = scores + attn_mask
-    dense = torch.softmax(scores, dim=-1)
-    weights = dense + pladis_scale * (_reference_sparse(scores, pladis_alpha) - dense)
-    return (weights @ value.float()).to(query.dtype)
-
-
-def reference_text_block(query, key, value, text_length, pladis_scale, pladis_alpha=1.5, *, text_first=True,
-                         attn_mask=None, scale=None):
-    """The FLUX rule on the full materialised (N × N) joint map, as the reference computes it."""
-    scores = query.float() @ key.float().transpose(-1, -2) * (scale or query.shape[-1] ** -0.5)
-    n = scores.shape[-1]
-    text = slice(0, text_length) if text_first else slice(n - text_length, n)
-    image = slice(text_length, n) if text_first else slice(0, n - text_length)
-    weights = torch.softmax(scores, dim=-1)
-    block = scores[..., image, text]
-    mass = weights[..., image, text].sum(-1, keepdim=True)
-    dense_text = torch.softmax(block, dim=-1)
-    weights[..., image, text] = mass * (dense_text + pladis_scale * (_reference_sparse(block, pladis_alpha) - dense_text))
-    return (weights @ value.float()).to(query.dtype)
-
+# ---- the reference formulation (attention/reference.py), swapped into our processors ---------
 
 @contextlib.contextmanager
 def reference_attention() -> Iterator[None]:
