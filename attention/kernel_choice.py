@@ -62,7 +62,7 @@ def choose_kernel(rule: str, device: torch.device, uncovered: str | None) -> str
         if reason is None and not triton_device:
             reason = f"tensors are on {device.type} (Triton needs CUDA, or TRITON_INTERPRET=1 on CPU)"
         if reason is not None:
-            raise ValueError(f"{KERNEL_VARIABLE}=triton cannot run PLADIS {rule} attention here: {reason}; "
+            raise ValueError(f"{KERNEL_VARIABLE}=triton cannot run the PLADIS {rule} kernel here: {reason}; "
                              f"use {KERNEL_VARIABLE}=auto or torch")
         return "triton"
     if requested == "torch":
