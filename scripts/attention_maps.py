@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file
 
 from attention import check_pladis_scale  # noqa: E402
 from attention.attention_maps import LAYER_GROUPS, AttentionMapStore, recording_attention_maps  # noqa: E402
+from scripts import checks  # noqa: E402
 from scripts.common import (  # noqa: E402
     add_generation_options,
     add_model_options,
@@ -83,8 +84,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("attention maps are recorded on U-Net cross-attention: --pipeline sdxl, sdxl-seg or controlnet")
     if args.max_tokens < 1:
         parser.error(f"--max-tokens must be >= 1, got {args.max_tokens}")
+    if problem := checks.output_file_problem("--out", args.out, companions=[".json"]):
+        parser.error(problem)
     args.device = args.device or default_device()
-    return finish_common_options(parser, args)
+    args = finish_common_options(parser, args)
+    if args.record_steps is not None:
+        if not args.record_steps:
+            parser.error("--record-steps names no step; give steps like 0-3,7 or 'all'")
+        beyond = sorted(step for step in set(args.record_steps) if step >= args.steps)
+        if beyond:
+            parser.error(f"--record-steps {','.join(map(str, beyond))}: the run has {args.steps} steps, "
+                         f"numbered 0 to {args.steps - 1}")
+    return args
 
 
 def prompt_tokens(tokenizer: object, prompt: str) -> list[tuple[int, str]]:
