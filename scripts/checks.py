@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -78,7 +79,9 @@ def lora_problem(option: str, value: str | Path) -> str | None:
 def _model_config(model: str, subfolder: str, config_class: type) -> dict | None:
     """`subfolder/config.json` of a model folder or a cached hub model, or None when not on this machine."""
     try:
-        return config_class.load_config(model, subfolder=subfolder, local_files_only=True)
+        with warnings.catch_warnings():  # the hub client warns about deprecated arguments diffusers passes
+            warnings.simplefilter("ignore")
+            return config_class.load_config(model, subfolder=subfolder, local_files_only=True)
     except (OSError, ValueError):
         return None
 

@@ -106,11 +106,9 @@ def lora_spec_problem(spec: str) -> str | None:
     """`--lora` is an existing local file or `<owner>/<repo>/<file>` on the hub, or this says why not."""
     if Path(spec).is_file():
         return None
-    if looks_like_path(spec) and spec.count("/") != 2:
-        return f"--lora: no such file: {spec}"
-    repo_id, _, filename = str(spec).rpartition("/")
-    if repo_id.count("/") != 1 or not filename:
-        return f"--lora must be a local file or <owner>/<repo>/<file>, got {spec!r}"
+    spec = str(spec)
+    if spec.startswith(("/", ".", "~")) or "\\" in spec or spec.count("/") != 2 or spec.endswith("/"):
+        return f"--lora: no such file: {spec} (give a local .safetensors file or <owner>/<repo>/<file> on the hub)"
     return None
 
 
