@@ -30,6 +30,7 @@ from scripts.common import (  # noqa: E402
     finish_common_options,
     image_size,
     load_pipeline,
+    model_source,
     parse_with_settings,
     run_settings,
     seeded_generator,
@@ -95,7 +96,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if beyond:
             parser.error(f"--record-steps {','.join(map(str, beyond))}: the run has {args.steps} steps, "
                          f"numbered 0 to {args.steps - 1}")
+    tokenizer = prompt_tokenizer(args.model) if args.tokens is not None else None
+    if tokenizer is not None:
+        try:
+            chosen_tokens(tokenizer, args.prompt, args.tokens, args.max_tokens)
+        except ValueError as error:
+            parser.error(str(error))
     return args
+
+
+def prompt_tokenizer(model: str) -> object | None:
+    """The pipeline's first tokenizer, loaded alone (no weights) from a local or cached model, so `--tokens`
+    is checked while parsing; None when it is not on this machine (then it is checked after loading)."""
+    from transformers import CLIPTokenizer
+
+    try:
+        return CLIPTokenizer.from_pretrained(model_source(model), subfolder="tokenizer", local_files_only=True)
+    except (OSError, ValueError):
+        return None
 
 
 def prompt_tokens(tokenizer: object, prompt: str) -> list[tuple[int, str]]:

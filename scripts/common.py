@@ -174,20 +174,29 @@ def recorded_arguments(parser: argparse.ArgumentParser, path: Path, settings: di
     actions = {action.dest: action for action in parser._actions if action.dest != "settings"}
     recorded = {name: value for name, value in settings["arguments"].items() if name in actions}
     for name, value in recorded.items():
-        action, problem = actions[name], None
+        action = actions[name]
         if value is None:
             continue
-        if action.choices is not None and value not in action.choices:
-            problem = f"one of {', '.join(map(str, action.choices))}"
-        elif action.type is int and (isinstance(value, bool) or not isinstance(value, int)):
-            problem = "an integer"
-        elif action.type is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            problem = "a number"
-        elif action.type is Path and not isinstance(value, str):
-            problem = "a path (a string)"
-        if problem is not None:
-            parser.error(f"--settings {path}: '{name}' is {value!r}; expected {problem}")
+        several = action.nargs is not None and action.nargs != "?"  # e.g. --freeu's four numbers: a list
+        if several and not isinstance(value, list):
+            parser.error(f"--settings {path}: '{name}' is {value!r}; expected a list")
+        for item in value if several else [value]:
+            if problem := _recorded_value_problem(action, item):
+                parser.error(f"--settings {path}: '{name}' is {value!r}; expected {problem}")
     return recorded
+
+
+def _recorded_value_problem(action: argparse.Action, value: Any) -> str | None:
+    """What a recorded value of `action` should have been, when it is not (choices, integer, number, path)."""
+    if action.choices is not None and value not in action.choices:
+        return f"one of {', '.join(map(str, action.choices))}"
+    if action.type is int and (isinstance(value, bool) or not isinstance(value, int)):
+        return "an integer"
+    if action.type is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        return "a number"
+    if action.type is Path and not isinstance(value, str):
+        return "a path (a string)"
+    return None
 
 
 def parse_scales(text_or_values: str | list[float]) -> list[float]:

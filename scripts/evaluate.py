@@ -279,6 +279,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.json is not None and (problem := checks.output_file_problem("--json", args.json, image=False)):
         parser.error(problem)
+    for folder in args.folders:
+        if not folder.is_dir():
+            parser.error(f"no such folder: {folder} (give generate.py's folders, e.g. out/pladis_0 out/pladis_2)")
+    for option, path, kind in (("--prompts", args.prompts, "file"), ("--reference", args.reference, "folder"),
+                               ("--inception-weights", args.inception_weights, "file")):
+        if path is not None and not (path.is_dir() if kind == "folder" else path.is_file()):
+            parser.error(f"{option}: no such {kind}: {path}")
     args.device = args.device or default_device()
     return args
 

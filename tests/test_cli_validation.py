@@ -10,7 +10,7 @@ import sys
 import pytest
 from diffusers import DiffusionPipeline
 
-from scripts import attention_maps, checks, compare, generate
+from scripts import attention_maps, compare, generate
 from scripts.build_tiny_assets import TINY_CONTROL_IMAGE, TINY_SDXL
 
 
@@ -95,6 +95,8 @@ def test_options_only_the_pipeline_checked_are_usage_errors_before_loading(argv,
 
 
 def test_layer_ids_the_model_has_pass_the_early_check(no_model_loads):
+    from scripts import checks
+
     args = compare.parse_args(["--pipeline", "sdxl-seg", "--seg-scale", "3", "--seg-layers", "mid,up_blocks.0",
                                "--pag-layers", "down_blocks.2.attentions.1"])
     assert args.seg_layers == ["mid", "up_blocks.0"] and args.pag_layers == ["down_blocks.2.attentions.1"]

@@ -76,3 +76,18 @@ def test_generate_writes_the_prompt_field_evaluate_reads(tmp_path):
     image = Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8))
     generate.save_image(image, path, PromptEntry(0, "a cat, café, 猫"), seed=3, scale=2.0)
     assert evaluate.image_prompt(path) == "a cat, café, 猫"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["missing/pladis_0"], "no such folder: missing/pladis_0"),
+    (["{folder}", "--prompts", "missing.txt"], "--prompts: no such file: missing.txt"),
+    (["{folder}", "--reference", "missing-coco"], "--reference: no such folder: missing-coco"),
+    (["{folder}", "--inception-weights", "missing.pth"], "--inception-weights: no such file: missing.pth"),
+    (["{folder}", "--json", "{folder}"], "is an existing folder"),
+])
+def test_missing_inputs_and_bad_outputs_are_usage_errors(tmp_path, capsys, no_scoring, argv, message):
+    save_generated(tmp_path / "pladis_0", PROMPTS)
+    argv = [item.format(folder=tmp_path / "pladis_0") for item in argv]
+    with pytest.raises(SystemExit) as stop:
+        evaluate.main(argv)
+    assert stop.value.code == 2 and message.format(folder=tmp_path / "pladis_0") in capsys.readouterr().err

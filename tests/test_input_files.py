@@ -77,6 +77,8 @@ def test_broken_settings_json_names_the_line_and_column(tmp_path, capsys):
     ({"steps": "two"}, "'steps' is 'two'; expected an integer"),
     ({"guidance_scale": [5]}, "'guidance_scale' is [5]; expected a number"),
     ({"dtype": "float8"}, "'dtype' is 'float8'; expected one of"),
+    ({"freeu": 1.1}, "'freeu' is 1.1; expected a list"),
+    ({"freeu": [1.1, "a", 0.9, 0.2]}, "'freeu' is [1.1, 'a', 0.9, 0.2]; expected a number"),
 ])
 def test_settings_values_are_checked_like_the_command_line(tmp_path, capsys, recorded, message):
     settings = tmp_path / "grid.json"
@@ -85,6 +87,15 @@ def test_settings_values_are_checked_like_the_command_line(tmp_path, capsys, rec
         compare.parse_args(["--settings", str(settings)])
     assert stop.value.code == 2
     assert f"--settings {settings}: {message}" in capsys.readouterr().err
+
+
+def test_valid_recorded_values_are_taken(tmp_path):
+    settings = tmp_path / "grid.json"
+    recorded = {"prompt": "a cat", "freeu": [1.1, 1.2, 0.9, 0.2], "steps": 3, "guidance_scale": 4, "dtype": "float32",
+                "scales": [0.0, 1.5], "out": "grid.png", "pipeline": "sdxl"}
+    settings.write_text(json.dumps({"arguments": recorded}))
+    args = compare.parse_args(["--settings", str(settings)])
+    assert (args.freeu, args.steps, args.guidance_scale, args.scales) == ([1.1, 1.2, 0.9, 0.2], 3, 4, [0.0, 1.5])
 
 
 def test_evaluate_names_a_truncated_png(tmp_path):
