@@ -154,7 +154,10 @@ def claim_folder(out: Path, settings: dict, records: list[dict]) -> str | None:
     Path(out).mkdir(parents=True, exist_ok=True)
     with open(Path(out) / LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
-        problem = check_same_settings(out, settings, records)
+        try:
+            problem = check_same_settings(out, settings, records)
+        except ValueError as error:  # a damaged settings.json or prompts.jsonl: named, never overwritten
+            problem = f"{out} cannot be resumed: {error}"
         if problem is None:
             write_manifest(out, records)
             write_settings(Path(out) / SETTINGS, settings)

@@ -84,3 +84,12 @@ def test_an_explicit_empty_negative_prompt_is_kept(tmp_path):
     generate.main([*options, "--out", str(tmp_path / "option-applies"), "--negative-prompt", "a blue dog"])
     applied = np.asarray(Image.open(tmp_path / "option-applies" / "pladis_0" / "00000.png"))
     assert np.abs(applied.astype(int) - plain).max() > 0
+
+
+def test_a_damaged_settings_file_in_the_folder_is_named_not_overwritten(one_prompt, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "settings.json").write_text('{"arguments": {"steps": 1,')
+    with pytest.raises(SystemExit, match=r"out cannot be resumed: .*settings.json, line 1 column 27: not valid JSON"):
+        generate.main(["--prompts", str(one_prompt), "--out", str(out), "--scales", "0", "--steps", "1"])
+    assert (out / "settings.json").read_text() == '{"arguments": {"steps": 1,'
