@@ -7,6 +7,7 @@ folder or the Hugging Face cache, and are skipped when the config is not on this
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 import warnings
@@ -51,14 +52,25 @@ def output_file_problem(option: str, path: Path, *, image: bool = True, companio
         if candidate.is_dir():
             example = path / ("grid.png" if image else "results.json")
             return f"{option} {path}: {candidate} is an existing folder; give a file name such as {example}"
-    if image:
-        Image.init()
-        image_format = Image.registered_extensions().get(path.suffix.lower())
-        if image_format is None or image_format not in Image.SAVE:
-            return (f"{option} {path}: the name needs an image extension PIL can write "
-                    f"(e.g. {', '.join(COMMON_IMAGE_EXTENSIONS)})")
+    if image and not _writes_rgb(path.suffix):
+        return (f"{option} {path}: the name needs an image extension PIL can write an RGB image as "
+                f"(e.g. {', '.join(COMMON_IMAGE_EXTENSIONS)})")
     problem = folder_problem(path.parent)
     return None if problem is None else f"{option} {path}: {problem}"
+
+
+def _writes_rgb(suffix: str) -> bool:
+    """True when PIL saves an RGB image under this extension (tried on a 1×1 image in memory: some formats
+    PIL writes, such as .xbm, take other modes only)."""
+    Image.init()
+    image_format = Image.registered_extensions().get(suffix.lower())
+    if image_format is None or image_format not in Image.SAVE:
+        return False
+    try:
+        Image.new("RGB", (1, 1)).save(io.BytesIO(), format=image_format)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return True
 
 
 def output_folder_problem(option: str, folder: Path) -> str | None:

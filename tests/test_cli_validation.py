@@ -40,6 +40,7 @@ def output_cases(tmp_path):
     return [
         (tmp_path / "grid", "needs an image extension PIL can write"),
         (tmp_path / "grid.json", "needs an image extension PIL can write"),
+        (tmp_path / "grid.xbm", "needs an image extension PIL can write an RGB image as"),  # 1-bit only
         (tmp_path / "existing", "is an existing folder"),
         (tmp_path / "taken.png", "taken.json is an existing folder"),
         (tmp_path / "a-file" / "grid.png", "is a file, so the folder"),
@@ -102,7 +103,17 @@ def test_layer_ids_the_model_has_pass_the_early_check(no_model_loads):
     assert args.seg_layers == ["mid", "up_blocks.0"] and args.pag_layers == ["down_blocks.2.attentions.1"]
     names = checks.unet_self_attention_names(str(TINY_SDXL))
     assert len(names) == 22 and all(name.endswith("attn1") for name in names)  # the tiny U-Net's self-attention
-    assert checks.unet_self_attention_names("someone/not-downloaded") is None  # left to the pipeline's own check
+    assert checks.unet_self_attention_names("someone/not-downloaded") is None  # checked right after loading then
+
+
+def test_layer_ids_not_checkable_while_parsing_are_checked_right_after_loading(monkeypatch):
+    from scripts import checks, common
+
+    monkeypatch.setattr(checks, "unet_self_attention_names", lambda model: None)  # as for a hub id not downloaded
+    args = compare.parse_args(["--pipeline", "sdxl-seg", "--seg-scale", "3", "--seg-layers", "midd", "--steps", "1"])
+    pipe = common.load_pipeline(args)
+    with pytest.raises(ValueError, match="--seg-layers: 'midd' matches no self-attention layer"):
+        common.call_options(pipe, args, 64, 64)
 
 
 def test_record_steps_beyond_the_run_are_a_usage_error(tmp_path, capsys, no_model_loads):
