@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
-from .functional import additive_mask
+from .masks import additive_mask
 from .install import attention_modules, pladis_processors, swapped_attn_processors
 from .seg_blur import token_grid
 from .processor import unet_attention_heads

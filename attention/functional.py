@@ -9,29 +9,16 @@ from __future__ import annotations
 
 import torch
 
+from .kernel_choice import choose_kernel, run_triton, triton_gap
+from .masks import additive_mask, mask_for_rows
 from .query_chunks import query_chunks
 from .sparse_maps import differentiable_maps, pladis_weights_
+from .sync_free_attention import sync_free_pladis_attention
 from .validation import check_pladis_alpha, check_pladis_scale
 
 # Scores per query chunk (float32): ~4 MB, so the chunk and its workspace mostly stay in cache between
 # the passes of the threshold search while the matmuls stay efficient (2 and 8 MB measured slower).
 _CHUNK_ELEMENTS = 1 << 20
-
-
-def additive_mask(attn_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """SDPA mask semantics as an additive float mask: bool True = attend, float = added to scores."""
-    if attn_mask is None or attn_mask.dtype != torch.bool:
-        return attn_mask
-    return torch.zeros(attn_mask.shape, dtype=torch.float32, device=attn_mask.device).masked_fill_(
-        ~attn_mask, float("-inf")
-    )
-
-
-def mask_for_rows(mask: torch.Tensor | None, rows: slice) -> torch.Tensor | None:
-    """The part of an additive mask that applies to query `rows` (a mask without per-query rows as is)."""
-    if mask is None or mask.dim() < 2 or mask.shape[-2] == 1:
-        return mask
-    return mask[..., rows, :]
 
 
 def needs_autograd(*tensors: torch.Tensor | None) -> bool:
@@ -72,6 +59,8 @@ def pladis_scaled_dot_product_attention(
 
     `query` is (..., Nq, D), `key`/`value` (..., Nk, D/Dv); `attn_mask` broadcasts to (..., Nq, Nk).
     The maps are computed in float32; the result has `query`'s dtype. A fully masked row gives zeros.
+    `PLADIS_KERNEL` picks the implementation (`kernel_choice`): Triton on CUDA where it covers the
+    case, else the sync-free torch path on GPUs and the chunked path on CPU; all compute the same map.
     When autograd records the call (grad mode on, an input requiring grad) it takes a materialised,
     differentiable path with the same values (`differentiable_score_maps`) instead of the in-place chunks.
     """
@@ -83,6 +72,21 @@ def pladis_scaled_dot_product_attention(
         dense, sparse = differentiable_score_maps(query, key, scale, mask, pladis_alpha)
         weights = dense + pladis_scale * (sparse - dense)
         return (weights @ value.to(weights.dtype)).to(query.dtype)
+    kernel = choose_kernel("cross-attention", query.device,
+                           triton_gap(query, key.shape[-2], value.shape[-1], pladis_alpha, mask))
+    if kernel != "chunked":
+        arguments = (query, key, value, pladis_scale, pladis_alpha, mask, scale)
+        if kernel == "torch":
+            return sync_free_pladis_attention(*arguments)
+        from .triton_kernels import triton_pladis_attention
+
+        return run_triton("cross-attention", lambda: triton_pladis_attention(*arguments),
+                          lambda: sync_free_pladis_attention(*arguments))
+    return _chunked_pladis_attention(query, key, value, pladis_scale, pladis_alpha, mask, scale)
+
+
+def _chunked_pladis_attention(query, key, value, pladis_scale, pladis_alpha, mask, scale) -> torch.Tensor:
+    """The CPU path: float32 query chunks over one reused workspace, exact pass-solver thresholds."""
     # K and V in float32 and contiguous once (K scaled once), so no chunk's matmul copies them again.
     key_t = key.float().mul(scale).contiguous().transpose(-1, -2)
     value_f = value.float().contiguous()

@@ -11,9 +11,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .functional import additive_mask, differentiable_score_maps, mask_for_rows, needs_autograd
+from .functional import differentiable_score_maps, needs_autograd
+from .masks import additive_mask, mask_for_rows
+from .kernel_choice import choose_kernel, run_triton, triton_gap
 from .query_chunks import query_chunks
 from .sparse_maps import pladis_shift_
+from .sync_free_attention import sync_free_text_block_correction_
 from .validation import check_pladis_alpha, check_pladis_scale
 
 # Image×text scores per query chunk (float32): ~8 MB. At FLUX's 24 heads × 512 text tokens (~171 image
@@ -62,6 +65,37 @@ def dense_attention_and_text_mass(
     return output[..., :value_dim].contiguous(), output[..., value_dim]
 
 
+def dense_attention_and_log_normaliser(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`(softmax(z)·V, logsumexp(z))` from one fused SDPA op that returns the log-sum-exp, or None
+    where none serves the case (then `dense_attention_and_text_mass` does, with a padded channel).
+
+    On CPU the flash kernel takes any mask; on CUDA the flash kernel serves unmasked float16/bfloat16
+    inputs (FLUX, SD3), which is where nearly all joint-attention calls are.
+    """
+    if query.shape[-1] != value.shape[-1] or key.shape[-1] != query.shape[-1]:
+        return None  # the flash kernels take one head size
+    if query.device.type == "cpu" and query.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        if attn_mask is not None and attn_mask.dtype != query.dtype:  # the kernel takes masks in the query dtype
+            if attn_mask.dtype != torch.bool:
+                return None
+            attn_mask = additive_mask(attn_mask).to(query.dtype)  # 0 / −inf: exact in any float dtype
+        output, log_normaliser = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, key, value, attn_mask=attn_mask, scale=scale
+        )
+        return output, log_normaliser
+    if (query.is_cuda and attn_mask is None and query.dtype in (torch.float16, torch.bfloat16)
+            and query.shape[-1] % 8 == 0 and query.shape[-1] <= 256):
+        output, log_normaliser = torch.ops.aten._scaled_dot_product_flash_attention(query, key, value, scale=scale)[:2]
+        return output, log_normaliser
+    return None
+
+
 def text_block_pladis_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -99,11 +133,11 @@ def text_block_pladis_attention(
     if pladis_scale == 0.0 or text.start == text.stop or image.start == image.stop:
         return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, scale=scale)
 
-    output, text_mass = dense_attention_and_text_mass(query, key, value, text, attn_mask, scale)
     mask = additive_mask(attn_mask)
     if mask is not None and mask.shape[-1] != 1:
         mask = mask[..., text]
     if needs_autograd(query, key, value, mask):
+        output, text_mass = dense_attention_and_text_mass(query, key, value, text, attn_mask, scale)
         # The same correction, materialised and differentiable; zero rows for the text queries line
         # it up with the joint sequence.
         dense, sparse = differentiable_score_maps(
@@ -113,6 +147,29 @@ def text_block_pladis_attention(
         correction = shift @ value[..., text, :].to(dense.dtype)
         padding = (0, 0, text.stop - text.start, 0) if text_first else (0, 0, 0, text.stop - text.start)
         return output + F.pad(correction, padding).to(output.dtype)
+    kernel = choose_kernel("text-block", query.device,
+                           triton_gap(query, text.stop - text.start, value.shape[-1], pladis_alpha, mask))
+    dense = dense_attention_and_log_normaliser(query, key, value, attn_mask, scale)
+    log_normaliser = text_mass = None
+    if dense is None:
+        output, text_mass = dense_attention_and_text_mass(query, key, value, text, attn_mask, scale)
+    else:
+        output, log_normaliser = dense
+    arguments = (output, query, key, value, text, image, pladis_scale, pladis_alpha, mask, scale, log_normaliser,
+                 text_mass)
+    if kernel == "torch":
+        return sync_free_text_block_correction_(*arguments)
+    if kernel == "triton":
+        from .triton_kernels import triton_text_block_correction_
+
+        return run_triton("text-block", lambda: triton_text_block_correction_(*arguments),
+                          lambda: sync_free_text_block_correction_(*arguments))
+    return _chunked_text_block_correction_(*arguments)
+
+
+def _chunked_text_block_correction_(output, query, key, value, text, image, pladis_scale, pladis_alpha, mask,
+                                    scale, log_normaliser, text_mass) -> torch.Tensor:
+    """The CPU path of the correction: image-row chunks over one reused workspace (`query_chunks`)."""
     # Text keys scaled once and contiguous, so no chunk's matmul scales or copies them again.
     key_text_t = key[..., text, :].float().mul(scale).contiguous().transpose(-1, -2)
     value_text = value[..., text, :].float().contiguous()
@@ -122,8 +179,11 @@ def text_block_pladis_attention(
             scores.add_(mask_for_rows(mask, chunk.rows))
         # The correction m·λ·(entmax − softmax)·V_txt (m·λ folded into the map's row scale); the
         # dense part is already in `output`.
-        row_scale = text_mass[..., chunk.rows, None].float() * pladis_scale
-        shift = pladis_shift_(scores, row_scale, pladis_alpha, chunk.workspace)
+        if log_normaliser is not None:
+            shift = pladis_shift_(scores, pladis_scale, pladis_alpha, chunk.workspace,
+                                  log_normaliser=log_normaliser[..., chunk.rows, None])
+        else:
+            row_scale = text_mass[..., chunk.rows, None].float() * pladis_scale
+            shift = pladis_shift_(scores, row_scale, pladis_alpha, chunk.workspace)
         output[..., chunk.rows, :].add_(torch.matmul(shift, value_text, out=chunk.product))
     return output
-

@@ -31,11 +31,12 @@ def clipped_kernel_size(kernel_size: int, length: int) -> int:
 
 def gaussian_kernel_1d(kernel_size: int, sigma: float, dtype: torch.dtype = torch.float32,
                        device: torch.device | str | None = None) -> torch.Tensor:
-    """A normalised Gaussian of `kernel_size` taps (odd) centred on the middle tap."""
+    """A normalised Gaussian of `kernel_size` taps (odd) centred on the middle tap, built on `device`
+    in float32 (no host-to-device copy per call), then cast to `dtype`."""
     half = (kernel_size - 1) / 2
-    offsets = torch.linspace(-half, half, steps=kernel_size, dtype=torch.float64)
-    weights = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    return (weights / weights.sum()).to(dtype=dtype, device=device)
+    offsets = torch.arange(kernel_size, dtype=torch.float32, device=device).sub_(half).div_(sigma)
+    weights = offsets.square_().mul_(-0.5).exp_()
+    return weights.div_(weights.sum()).to(dtype)
 
 
 def _blur_along(grid: torch.Tensor, dim: int, sigma: float) -> torch.Tensor:

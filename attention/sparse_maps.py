@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 
+from .sorted_threshold import sorted_entmax_threshold
 from .validation import check_pladis_alpha, check_pladis_scale
 
 # A threshold has converged when no row moves by more than this (τ ∈ [−1, 0), so ~16 float32 ulps).
@@ -26,9 +27,9 @@ def _as_float(scores: torch.Tensor) -> torch.Tensor:
 
 
 def _finite_row_max(z: torch.Tensor) -> torch.Tensor:
-    """Row maximum, with 0 for rows that are entirely −inf (so they give all-zero maps, not NaN)."""
-    row_max = z.amax(dim=-1, keepdim=True)
-    return torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    """Row maximum, raised to the lowest finite float for rows that are entirely −inf (so they give
+    all-zero maps, not NaN: −inf minus a finite number stays −inf)."""
+    return z.amax(dim=-1, keepdim=True).clamp_min_(torch.finfo(z.dtype).min)
 
 
 def _support_sums(gap: torch.Tensor, work: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -135,51 +136,21 @@ def _newton_update(alpha: float) -> RowUpdate:
     return update
 
 
-def _traceable_threshold(shifted: torch.Tensor, alpha: float) -> torch.Tensor:
-    """τ as `entmax_threshold`, with no data-dependent control flow, for `torch.compile` graphs.
-
-    The pass loop above reads tensors back to Python (one graph break per pass per layer), so under
-    compilation α = 1.5 and α = 2 use the `entmax` package's exact sort-based roots, and other α a
-    fixed 30 bisection halvings of [−1, 0] (a lower bound within 1e-9) then 3 monotone Newton steps.
-    Entries ≤ −1 never reach the support (τ ≥ −1), so −inf is clamped to −2 to keep the sums finite.
-    """
-    x = shifted.clamp_min(-2.0)
-    if alpha in (1.5, 2.0):
-        ranks = torch.arange(1, x.shape[-1] + 1, device=x.device, dtype=x.dtype)
-        ordered = x.sort(dim=-1, descending=True).values
-        if alpha == 2.0:
-            roots = (ordered.cumsum(-1) - 1.0) / ranks
-        else:
-            mean = ordered.cumsum(-1) / ranks
-            spread = ranks * ((ordered * ordered).cumsum(-1) / ranks - mean * mean)
-            roots = mean - ((1.0 - spread) / ranks).clamp_min(0.0).sqrt()
-        support = (roots <= ordered).sum(dim=-1, keepdim=True)
-        return roots.gather(-1, support - 1)
-    exponent = 1.0 / (alpha - 1.0)
-    lower = x.new_full((*x.shape[:-1], 1), -1.0)
-    width = 1.0
-    for _ in range(30):
-        width /= 2
-        mass = (x - (lower + width)).clamp_min(0.0).pow(exponent).sum(-1, keepdim=True)
-        lower = torch.where(mass >= 1.0, lower + width, lower)
-    for _ in range(3):
-        gap = (x - lower).clamp_min(0.0)
-        slope = (gap.pow(exponent - 1.0) * (gap > 0)).sum(-1, keepdim=True) * exponent
-        lower = lower + ((gap.pow(exponent).sum(-1, keepdim=True) - 1.0) / slope).nan_to_num(0.0, 0.0, 0.0)
-    return lower
-
-
 def entmax_threshold(
-    shifted: torch.Tensor, alpha: float, scratch: tuple[torch.Tensor, torch.Tensor] | None = None
+    shifted: torch.Tensor,
+    alpha: float,
+    scratch: tuple[torch.Tensor, torch.Tensor] | None = None,
+    sync_free: bool = False,
 ) -> torch.Tensor:
     """Return τ (shape `shifted.shape[:-1] + (1,)`) with Σ [shifted − τ]_+^{1/(α−1)} = 1 per row.
 
     `shifted = (α−1)·(z − max z)` (so τ ∈ [−1, 0)); rows with no finite entry give an all-zero map.
     `scratch`: two buffers shaped like `shifted` to reuse across calls (allocated when omitted).
-    Inside `torch.compile` it takes `_traceable_threshold`, which gives the same τ without graph breaks.
+    With `sync_free` (GPU paths) and inside `torch.compile` it takes `sorted_entmax_threshold`, which
+    gives the same τ with no host sync and no graph break (the pass loop reads tensors back every pass).
     """
-    if torch.compiler.is_compiling():
-        return _traceable_threshold(shifted, alpha)
+    if sync_free or torch.compiler.is_compiling():
+        return sorted_entmax_threshold(shifted, alpha)
     if alpha == 2.0:
         update = _sparsemax_update
     elif alpha == 1.5:
@@ -190,16 +161,25 @@ def entmax_threshold(
 
 
 def _sparse_map_(
-    shifted: torch.Tensor, alpha: float, scratch: tuple[torch.Tensor, torch.Tensor] | None = None
+    shifted: torch.Tensor,
+    alpha: float,
+    scratch: tuple[torch.Tensor, torch.Tensor] | None = None,
+    sync_free: bool = False,
 ) -> torch.Tensor:
     """α-entmax from `shifted = (α−1)·(z − max z)`, overwriting `shifted` with the result."""
-    tau = entmax_threshold(shifted, alpha, scratch)
+    tau = entmax_threshold(shifted, alpha, scratch, sync_free)
     gap = shifted.sub_(tau).clamp_min_(0.0)
     if alpha == 2.0:
         return gap
     if alpha == 1.5:
         return gap.mul_(gap)
-    return gap.pow_(1.0 / (alpha - 1.0))
+    return renormalised_(gap.pow_(1.0 / (alpha - 1.0)))
+
+
+def renormalised_(weights: torch.Tensor) -> torch.Tensor:
+    """Rows divided by their sums (all-zero rows kept): for general α the threshold is exact to
+    ~1e-6, but near α = 1 the mass is so steep in τ (exponent 1/(α−1)) that rows drift from 1."""
+    return weights.div_(weights.sum(dim=-1, keepdim=True).clamp_min_(torch.finfo(weights.dtype).tiny))
 
 
 def entmax_attention(scores: torch.Tensor, alpha: float = 1.5) -> torch.Tensor:
@@ -213,8 +193,7 @@ def softmax_attention(scores: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dim in float32 (float64 kept); rows entirely −inf map to all zeros."""
     z = _as_float(scores)
     weights = (z - _finite_row_max(z)).exp_()
-    total = weights.sum(dim=-1, keepdim=True)
-    return weights.div_(total.clamp_min_(torch.finfo(total.dtype).tiny))
+    return weights.div_(weights.sum(dim=-1, keepdim=True).clamp_min_(1.0))  # ≥ 1 unless the row is all −inf
 
 
 def differentiable_maps(scores: torch.Tensor, alpha: float = 1.5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -246,18 +225,25 @@ Workspace = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def _dense_and_sparse_(
-    scores: torch.Tensor, alpha: float, workspace: Workspace | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`(exp(z − max z), its row sums, entmax_α(z))` from float `scores`, sharing one row max.
+    scores: torch.Tensor, alpha: float, workspace: Workspace | None, sync_free: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(exp(z − max z), its row sums, max z, entmax_α(z))` from float `scores`, sharing one row max.
 
     The softmax numerators go to `workspace[0]` (normalising is left to the caller, who folds it
-    into its own row scale), the sparse map overwrites `scores`, and `workspace[1:]` is the
-    threshold solver's scratch; the three buffers are shaped like `scores` (allocated when omitted).
+    into its own row scale), the sparse map overwrites `scores`, and `workspace[1:]` is the pass
+    solver's scratch; the buffers are shaped like `scores` (allocated when omitted). `sync_free`
+    picks the sort-based threshold, which needs no scratch and asks the host nothing.
     """
-    dense, *scratch = workspace if workspace is not None else (torch.empty_like(scores) for _ in range(3))
-    shifted = scores.sub_(_finite_row_max(scores))
-    row_sum = torch.exp(shifted, out=dense).sum(dim=-1, keepdim=True).clamp_min_(torch.finfo(dense.dtype).tiny)
-    return dense, row_sum, _sparse_map_(shifted.mul_(alpha - 1.0), alpha, tuple(scratch))
+    if workspace is None:
+        dense, scratch = torch.empty_like(scores), None
+    else:
+        dense, scratch = workspace[0], tuple(workspace[1:])
+    row_max = _finite_row_max(scores)
+    shifted = scores.sub_(row_max)
+    # Σ exp(z − max z) ≥ 1 on a row with a finite score (its max gives 1); all-−inf rows sum to 0 and are
+    # clamped to 1, so their maps stay 0 and (1 − λ)/sum cannot overflow to −inf at any λ.
+    row_sum = torch.exp(shifted, out=dense).sum(dim=-1, keepdim=True).clamp_min_(1.0)
+    return dense, row_sum, row_max, _sparse_map_(shifted.mul_(alpha - 1.0), alpha, scratch, sync_free)
 
 
 def pladis_weights_(
@@ -265,13 +251,15 @@ def pladis_weights_(
     pladis_scale: float,
     alpha: float = 1.5,
     workspace: Workspace | None = None,
+    *,
+    sync_free: bool = False,
 ) -> torch.Tensor:
     """In-place PLADIS map `(1 − λ)·softmax(z) + λ·entmax_α(z)` over the last dim of float `scores`.
 
     `scores` (float32/64) is overwritten with the sparse map; the result lives in `workspace[0]`
     (three buffers shaped like `scores`, reused across query chunks, allocated when omitted).
     """
-    dense, row_sum, sparse = _dense_and_sparse_(scores, alpha, workspace)
+    dense, row_sum, _, sparse = _dense_and_sparse_(scores, alpha, workspace, sync_free)
     return dense.mul_((1.0 - pladis_scale) / row_sum).add_(sparse, alpha=pladis_scale)
 
 
@@ -280,18 +268,26 @@ def pladis_shift_(
     pladis_scale: float | torch.Tensor,
     alpha: float = 1.5,
     workspace: Workspace | None = None,
+    *,
+    sync_free: bool = False,
+    log_normaliser: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """In-place PLADIS correction `λ·(entmax_α(z) − softmax(z))` over the last dim of float `scores`.
 
     It is what PLADIS adds to the dense map, for callers that already have `softmax(z)·V` (the joint
     text block). `pladis_scale` may be a tensor of per-row factors broadcasting to
-    `scores.shape[:-1] + (1,)`, so a row weight (FLUX's text mass `m·λ`) costs no extra pass.
+    `scores.shape[:-1] + (1,)`, so a row weight (FLUX's text mass `m·λ`) costs no extra pass. With
+    `log_normaliser` (the log-sum-exp of the row's full joint scores) the row weight is the text
+    mass `m = Σ exp(z − lse) = row_sum·exp(max z − lse)` times λ, computed here from the row's own sums.
     Buffers as in `pladis_weights_`: `scores` is overwritten, the result lives in `workspace[0]`.
     """
-    dense, row_sum, sparse = _dense_and_sparse_(scores, alpha, workspace)
-    dense.mul_(row_sum.reciprocal_().mul_(-pladis_scale))
+    dense, row_sum, row_max, sparse = _dense_and_sparse_(scores, alpha, workspace, sync_free)
+    if log_normaliser is not None:
+        pladis_scale = row_max.sub_(log_normaliser).exp_().mul_(row_sum).mul_(pladis_scale)
     if isinstance(pladis_scale, torch.Tensor):
+        dense.mul_(row_sum.reciprocal_().mul_(pladis_scale).neg_())
         return dense.addcmul_(sparse, pladis_scale)
+    dense.mul_(row_sum.reciprocal_().mul_(-pladis_scale))
     return dense.add_(sparse, alpha=pladis_scale)
 
 

@@ -35,6 +35,12 @@ _PAG_STATE = ("pag_applied_layers", "_pag_attn_processors", "_pag_scale", "_pag_
 _MISSING = object()
 
 
+def self_attention_layer_names(unet: Any) -> list[str]:
+    """Names of the self-attention (`attn1`) layers of `unet`: what PAG / SEG layer ids are matched against."""
+    return [name for name, module in unet.named_modules()
+            if isinstance(module, Attention) and not module.is_cross_attention]
+
+
 class PerturbedGuidanceMixin:
     """Per-call PAG / SEG / PLADIS set-up for diffusers' PAG pipelines (`PAGMixin` subclasses).
 
@@ -45,8 +51,7 @@ class PerturbedGuidanceMixin:
     """
 
     def _self_attention_layer_names(self) -> list[str]:
-        return [name for name, module in self.unet.named_modules()
-                if isinstance(module, Attention) and not module.is_cross_attention]
+        return self_attention_layer_names(self.unet)
 
     @contextmanager
     def _perturbed_guidance(
@@ -78,12 +83,16 @@ class PerturbedGuidanceMixin:
             )
         if seg_scale > 0 and pag_adaptive_scale > 0:
             raise ValueError("pag_adaptive_scale applies to PAG only; set it to 0 when seg_scale > 0")
+        # Layer ids are checked even when their guidance is off, so a typo never passes silently.
+        names = self._self_attention_layer_names()
+        if pag_applied_layers is not None:
+            pag_applied_layers = check_applied_layers("pag_applied_layers", pag_applied_layers, names)
+        if seg_applied_layers is not None:
+            seg_applied_layers = check_applied_layers("seg_applied_layers", seg_applied_layers, names)
         if pag_scale > 0:
-            layers = pag_applied_layers if pag_applied_layers is not None else self.pag_applied_layers
-            layers = check_applied_layers("pag_applied_layers", layers, self._self_attention_layer_names())
+            layers = pag_applied_layers or check_applied_layers("pag_applied_layers", self.pag_applied_layers, names)
         elif seg_scale > 0:
-            layers = seg_applied_layers if seg_applied_layers is not None else list(DEFAULT_SEG_LAYERS)
-            layers = check_applied_layers("seg_applied_layers", layers, self._self_attention_layer_names())
+            layers = seg_applied_layers or list(DEFAULT_SEG_LAYERS)
 
         saved_state = {name: getattr(self, name, _MISSING) for name in _PAG_STATE}
         with ExitStack() as stack:

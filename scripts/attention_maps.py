@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file
 
 from attention import check_pladis_scale  # noqa: E402
 from attention.attention_maps import LAYER_GROUPS, AttentionMapStore, recording_attention_maps  # noqa: E402
+from scripts import checks  # noqa: E402
 from scripts.common import (  # noqa: E402
     add_generation_options,
     add_model_options,
@@ -29,6 +30,7 @@ from scripts.common import (  # noqa: E402
     finish_common_options,
     image_size,
     load_pipeline,
+    model_source,
     parse_with_settings,
     run_settings,
     seeded_generator,
@@ -83,8 +85,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("attention maps are recorded on U-Net cross-attention: --pipeline sdxl, sdxl-seg or controlnet")
     if args.max_tokens < 1:
         parser.error(f"--max-tokens must be >= 1, got {args.max_tokens}")
+    if problem := checks.output_file_problem("--out", args.out, companions=[".json"]):
+        parser.error(problem)
     args.device = args.device or default_device()
-    return finish_common_options(parser, args)
+    args = finish_common_options(parser, args)
+    if args.record_steps is not None:
+        if not args.record_steps:
+            parser.error("--record-steps names no step; give steps like 0-3,7 or 'all'")
+        beyond = sorted(step for step in set(args.record_steps) if step >= args.steps)
+        if beyond:
+            parser.error(f"--record-steps {','.join(map(str, beyond))}: the run has {args.steps} steps, "
+                         f"numbered 0 to {args.steps - 1}")
+    tokenizer = prompt_tokenizer(args.model) if args.tokens is not None else None
+    if tokenizer is not None:
+        try:
+            chosen_tokens(tokenizer, args.prompt, args.tokens, args.max_tokens)
+        except ValueError as error:
+            parser.error(str(error))
+    return args
+
+
+def prompt_tokenizer(model: str) -> object | None:
+    """The pipeline's first tokenizer, loaded alone (no weights) from a local or cached model, so `--tokens`
+    is checked while parsing; None when it is not on this machine (then it is checked after loading)."""
+    from transformers import CLIPTokenizer
+
+    try:
+        return CLIPTokenizer.from_pretrained(model_source(model), subfolder="tokenizer", local_files_only=True)
+    except (OSError, ValueError):
+        return None
 
 
 def prompt_tokens(tokenizer: object, prompt: str) -> list[tuple[int, str]]:

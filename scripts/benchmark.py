@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -27,8 +28,10 @@ import attention.flux_processor as flux_processor_module  # noqa: E402
 import attention.processor as processor_module  # noqa: E402
 from attention import PLADISAttnProcessor, PLADISFluxAttnProcessor, pladis_processors, swapped_attn_processors  # noqa: E402
 from attention.flux_processor import TextLength, recorded_text_length  # noqa: E402
+from attention.kernel_choice import KERNEL_VARIABLE, KERNELS  # noqa: E402
+from attention.reference import reference_pladis_sdpa, reference_text_block  # noqa: E402
+from scripts.dispatch_counter import count_dispatch  # noqa: E402
 
-VARIANTS = ("stock", "pladis", "reference")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 # Published architecture configs (stabilityai/stable-diffusion-xl-base-1.0 unet, black-forest-labs/FLUX.1-dev transformer).
@@ -47,42 +50,7 @@ FLUX_TRANSFORMER_CONFIG = dict(
 )
 
 
-# ---- the reference formulation: materialised score maps and the `entmax` package --------------
-
-def _reference_sparse(scores: torch.Tensor, alpha: float) -> torch.Tensor:
-    from entmax import entmax15, entmax_bisect, sparsemax
-
-    if alpha == 1.5:
-        return entmax15(scores, dim=-1)
-    if alpha == 2.0:
-        return sparsemax(scores, dim=-1)
-    return entmax_bisect(scores, alpha, dim=-1)
-
-
-def reference_pladis_sdpa(query, key, value, pladis_scale, pladis_alpha=1.5, attn_mask=None, scale=None):
-    """The authors' formulation: full scores, softmax and the package's sort-based entmax, blended."""
-    scores = query.float() @ key.float().transpose(-1, -2) * (scale or query.shape[-1] ** -0.5)
-    if attn_mask is not None:
-        scores = scores + attn_mask
-    dense = torch.softmax(scores, dim=-1)
-    weights = dense + pladis_scale * (_reference_sparse(scores, pladis_alpha) - dense)
-    return (weights @ value.float()).to(query.dtype)
-
-
-def reference_text_block(query, key, value, text_length, pladis_scale, pladis_alpha=1.5, *, text_first=True,
-                         attn_mask=None, scale=None):
-    """The FLUX rule on the full materialised (N × N) joint map, as the reference computes it."""
-    scores = query.float() @ key.float().transpose(-1, -2) * (scale or query.shape[-1] ** -0.5)
-    n = scores.shape[-1]
-    text = slice(0, text_length) if text_first else slice(n - text_length, n)
-    image = slice(text_length, n) if text_first else slice(0, n - text_length)
-    weights = torch.softmax(scores, dim=-1)
-    block = scores[..., image, text]
-    mass = weights[..., image, text].sum(-1, keepdim=True)
-    dense_text = torch.softmax(block, dim=-1)
-    weights[..., image, text] = mass * (dense_text + pladis_scale * (_reference_sparse(block, pladis_alpha) - dense_text))
-    return (weights @ value.float()).to(query.dtype)
-
+# ---- the reference formulation (attention/reference.py), swapped into our processors ---------
 
 @contextlib.contextmanager
 def reference_attention() -> Iterator[None]:
@@ -94,6 +62,34 @@ def reference_attention() -> Iterator[None]:
         yield
     finally:
         processor_module.pladis_scaled_dot_product_attention, flux_processor_module.text_block_pladis_attention = saved
+
+
+@contextlib.contextmanager
+def kernel_selected(kernel: str) -> Iterator[None]:
+    """Run the body with `PLADIS_KERNEL=kernel` (the processors read it on every call)."""
+    saved = os.environ.get(KERNEL_VARIABLE)
+    os.environ[KERNEL_VARIABLE] = kernel
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(KERNEL_VARIABLE, None)
+        else:
+            os.environ[KERNEL_VARIABLE] = saved
+
+
+def per_kernel(runs: dict[str, Callable[[], object]], kernels: list[str]) -> dict[str, Callable[[], object]]:
+    """`runs` with its `pladis` variant run once per `PLADIS_KERNEL` value (`pladis` alone for `auto`)."""
+    def selected(kernel):
+        def call():
+            with kernel_selected(kernel):
+                return runs["pladis"]()
+        return call
+
+    variants = {"stock": runs["stock"]}
+    variants.update({"pladis" if kernel == "auto" else f"pladis-{kernel}": selected(kernel) for kernel in kernels})
+    variants["reference"] = runs["reference"]
+    return variants
 
 
 # ---- the cases: each builds (run function per variant) on a device ---------------------------
@@ -145,7 +141,8 @@ def sdxl_unet_case(args) -> dict[str, Callable[[], object]]:
     """One SDXL UNet step (published architecture, random weights) on a CFG batch at --resolution."""
     from diffusers import UNet2DConditionModel
 
-    unet = UNet2DConditionModel(**SDXL_UNET_CONFIG).to(args.device, args.dtype).eval()
+    with torch.device(args.device):  # random init on the device: seconds instead of minutes on a GPU
+        unet = UNet2DConditionModel(**SDXL_UNET_CONFIG).to(args.dtype).eval()
     latent = args.resolution // 8
     inputs = dict(
         sample=torch.randn(2, 4, latent, latent, device=args.device, dtype=args.dtype),
@@ -166,7 +163,8 @@ def flux_transformer_case(args) -> dict[str, Callable[[], object]]:
     from diffusers import FluxTransformer2DModel
 
     config = dict(FLUX_TRANSFORMER_CONFIG, num_layers=args.flux_blocks, num_single_layers=args.flux_blocks)
-    transformer = FluxTransformer2DModel(**config).to(args.device, args.dtype).eval()
+    with torch.device(args.device):
+        transformer = FluxTransformer2DModel(**config).to(args.dtype).eval()
     side = args.resolution // 16
     axis = torch.arange(side, dtype=torch.float32)
     ids = torch.stack(torch.meshgrid(torch.zeros(1), axis, axis, indexing="ij"), -1)
@@ -194,11 +192,6 @@ CASES = {
 
 # ---- measurement ------------------------------------------------------------------------------
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def median_times(runs: dict[str, Callable[[], object]], args) -> dict[str, float]:
     """Median seconds per variant; variants alternate within every round so drift hits all alike."""
     samples = {name: [] for name in runs}
@@ -208,12 +201,45 @@ def median_times(runs: dict[str, Callable[[], object]], args) -> dict[str, float
                 run()
         for _ in range(args.repeats):
             for name, run in runs.items():
-                _sync(args.device)
-                start = time.perf_counter()
-                run()
-                _sync(args.device)
-                samples[name].append(time.perf_counter() - start)
+                samples[name].append(_seconds(run, args.device))
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def _seconds(run: Callable[[], object], device: str) -> float:
+    """One call's time: CUDA events on a GPU (device time, launches included), the wall clock elsewhere."""
+    if device.startswith("cuda"):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        run()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / 1e3
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+_CUDA_SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+_CUDA_LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx")
+
+
+def launches_and_syncs(run: Callable[[], object], device: str) -> tuple[int, int]:
+    """(kernel launches, host–device syncs) of one call: from a `torch.profiler` trace on CUDA, from the
+    dispatched ops (a launch proxy) on other devices."""
+    with torch.inference_mode():
+        if not device.startswith("cuda"):
+            _, count = count_dispatch(run)
+            return count.ops, count.syncs
+        from torch.profiler import ProfilerActivity, profile
+
+        run()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as trace:
+            run()
+        names = [event.name for event in trace.events()]
+        return (sum(name.startswith(_CUDA_LAUNCHES) for name in names),
+                sum(name.startswith(_CUDA_SYNCS) for name in names))
 
 
 def _rss_bytes() -> int:
@@ -257,12 +283,26 @@ def memory_in_subprocess(case: str, variant: str, argv: list[str]) -> int:
     return json.loads(result.stdout.strip().splitlines()[-1])["extra_bytes"]
 
 
+GPU_CHECK_TESTS = ("tests/test_kernel_paths.py", "tests/test_device_pipelines.py", "tests/test_compat_offload.py")
+# (case, dtype) of `--gpu-check`: the attention modules and one denoiser step of SDXL (fp16) and FLUX (bf16).
+GPU_CHECK_RUNS = (("sdxl-attention", "float16"), ("flux-attention", "bfloat16"), ("sdxl-unet", "float16"),
+                  ("flux-transformer", "bfloat16"))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default="sdxl-attention,flux-attention",
                         help=f"comma-separated, from {', '.join(CASES)} (the whole-model cases are heavy on CPU)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--kernels", default="auto",
+                        help=f"comma-separated {KERNEL_VARIABLE} values to time PLADIS with, from {', '.join(KERNELS)}")
+    parser.add_argument("--counts", action="store_true",
+                        help="also count kernel launches and host syncs per call (profiler on CUDA, dispatched ops elsewhere)")
+    parser.add_argument("--gpu-check", action="store_true",
+                        help="the one-command GPU check: kernel and pipeline tests on the device, then SDXL (fp16) and "
+                             "FLUX (bf16) modules and denoiser steps with the torch and triton kernels, with counts")
+    parser.add_argument("--skip-tests", action="store_true", help="with --gpu-check: only the timing tables")
     parser.add_argument("--pladis-scale", type=float, default=2.0)
     parser.add_argument("--pladis-alpha", type=float, default=1.5)
     parser.add_argument("--resolution", type=int, default=1024, help="image side for the whole-model cases")
@@ -270,41 +310,85 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
-    parser.add_argument("--memory-of", choices=VARIANTS, help=argparse.SUPPRESS)  # internal: one CPU memory probe
+    parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # internal: one CPU memory probe
     args = parser.parse_args(argv)
     unknown = sorted(set(args.cases.split(",")) - set(CASES))
     if unknown:
         parser.error(f"--cases: unknown {unknown}; choose from {sorted(CASES)}")
+    args.kernels = args.kernels.split(",")
+    if set(args.kernels) - set(KERNELS) or len(set(args.kernels)) != len(args.kernels):
+        parser.error(f"--kernels: {','.join(args.kernels)!r} must list distinct values from {', '.join(KERNELS)}")
+    if args.skip_tests and not args.gpu_check:
+        parser.error("--skip-tests goes with --gpu-check")
     args.dtype_name, args.dtype = args.dtype, DTYPES[args.dtype]
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
+def run_table(args, argv: list[str]) -> None:
+    """One table row per case: times, ratios to stock and to the reference, peak memory, counts."""
+    print(f"# {time.strftime('%Y-%m-%d')}  device={_device_name(args.device)}  dtype={args.dtype_name}  "
+          f"torch={torch.__version__}  threads={torch.get_num_threads()}  λ={args.pladis_scale}  α={args.pladis_alpha}")
+    for case in args.cases.split(","):
+        runs = per_kernel(CASES[case](args), args.kernels)
+        names = list(runs)
+        times = median_times(runs, args)
+        stock, reference = times["stock"], times["reference"]
+        ours = [name for name in names if name.startswith("pladis")]
+        print(f"\n| {case} | " + " | ".join(f"{name} ms" for name in names) + " | "
+              + " | ".join(f"{name}/stock" for name in ours) + " | reference/stock | "
+              + " | ".join(f"{name}/reference" for name in ours) + " |")
+        print("|---" * (1 + len(names) + 2 * len(ours) + 1) + "|")
+        print(f"| time | " + " | ".join(f"{times[name] * 1e3:.2f}" for name in names) + " | "
+              + " | ".join(f"{times[name] / stock:.3f}×" for name in ours) + f" | {reference / stock:.2f}× | "
+              + " | ".join(f"{times[name] / reference:.2f}×" for name in ours) + " |", flush=True)
+        if args.counts:
+            counts = [launches_and_syncs(runs[name], args.device) for name in names]
+            print("| launches / syncs per call | " + " | ".join(f"{launches} / {syncs}" for launches, syncs in counts)
+                  + " |" * (2 * len(ours) + 1), flush=True)
+        if not args.no_memory:
+            if args.device.startswith("cuda"):
+                peaks = [extra_peak_memory(runs, name, args) for name in names]
+            else:
+                del runs
+                peaks = [memory_in_subprocess(case, name, _without_cases(argv)) for name in names]
+            print("| extra peak MiB | " + " | ".join(f"{peak / 2**20:.0f}" for peak in peaks)
+                  + " |" * (2 * len(ours) + 1), flush=True)
+
+
+def _device_name(device: str) -> str:
+    return torch.cuda.get_device_name(device) if device.startswith("cuda") else device
+
+
+def gpu_check(args, argv: list[str]) -> int:
+    """The GPU check in one command: device tests (kernels vs the `entmax` package, tiny pipelines,
+    sequential offload), then the timing tables with launch and sync counts. Returns an exit code."""
+    status = 0
+    if not args.skip_tests:
+        environment = dict(os.environ, PLADIS_TEST_DEVICE=args.device)
+        environment.pop("TRITON_INTERPRET", None)
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *GPU_CHECK_TESTS]
+        print(f"# device tests: PLADIS_TEST_DEVICE={args.device} {' '.join(command[1:])}", flush=True)
+        status = subprocess.run(command, env=environment, cwd=Path(__file__).resolve().parent.parent).returncode
+    for case, dtype in GPU_CHECK_RUNS:
+        case_args = parse_args([*_without_cases(argv), "--cases", case, "--dtype", dtype, "--kernels", "torch,triton",
+                                "--counts"])
+        case_args.flux_blocks = 1
+        run_table(case_args, [*_without_cases(argv), "--dtype", dtype, "--kernels", "torch,triton"])
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     torch.manual_seed(0)
     if args.memory_of:
-        runs = CASES[args.cases](args)
+        runs = per_kernel(CASES[args.cases](args), args.kernels)
         print(json.dumps({"extra_bytes": extra_peak_memory(runs, args.memory_of, args)}))
-        return
-    print(f"# {time.strftime('%Y-%m-%d')}  device={args.device}  dtype={args.dtype_name}  torch={torch.__version__}  "
-          f"threads={torch.get_num_threads()}  λ={args.pladis_scale}  α={args.pladis_alpha}")
-    print("| case | stock ms | PLADIS ms | reference ms | PLADIS/stock | reference/stock | PLADIS/reference "
-          "| extra peak MiB stock / PLADIS / reference |")
-    print("|---|---|---|---|---|---|---|---|")
-    for case in args.cases.split(","):
-        runs = CASES[case](args)
-        times = median_times(runs, args)
-        memory = "skipped"
-        if not args.no_memory:
-            if args.device.startswith("cuda"):
-                peaks = [extra_peak_memory(runs, variant, args) for variant in VARIANTS]
-            else:
-                del runs
-                peaks = [memory_in_subprocess(case, variant, _without_cases(argv)) for variant in VARIANTS]
-            memory = " / ".join(f"{peak / 2**20:.0f}" for peak in peaks)
-        s, p, r = (times[name] * 1e3 for name in VARIANTS)
-        print(f"| {case} | {s:.1f} | {p:.1f} | {r:.1f} | {p / s:.2f}× | {r / s:.2f}× | {p / r:.2f}× | {memory} |", flush=True)
+        return 0
+    if args.gpu_check:
+        return gpu_check(args, [item for item in argv if item not in ("--gpu-check", "--skip-tests")])
+    run_table(args, argv)
+    return 0
 
 
 def _without_cases(argv: list[str]) -> list[str]:
@@ -321,4 +405,4 @@ def _without_cases(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -26,7 +26,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # the scripts run as plain files from anywhere
 
-from attention import check_pladis_alpha, check_pladis_scale  # noqa: E402
+from attention import check_guidance_scale, check_pladis_alpha, check_pladis_scale, check_seg_blur_sigma  # noqa: E402
+from scripts import checks  # noqa: E402
 
 ASSET_DIR = REPO_ROOT / "asset"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -156,10 +157,48 @@ def parse_with_settings(parser: argparse.ArgumentParser, argv: list[str] | None)
     """Parse `argv`; when it names `--settings FILE`, that file's recorded arguments become the defaults."""
     known, _ = parser.parse_known_args(argv)
     if getattr(known, "settings", None) is not None:
-        recorded = read_settings(known.settings)["arguments"]
-        valid = {action.dest for action in parser._actions}
-        parser.set_defaults(**{name: value for name, value in recorded.items() if name in valid and name != "settings"})
+        try:
+            settings = read_settings(known.settings)
+        except ValueError as error:
+            parser.error(f"--settings: {error}")
+        recorded = recorded_arguments(parser, known.settings, settings)
+        parser.set_defaults(**recorded)
+        threads = settings.get("torch_threads")
+        if threads is not None and threads != torch.get_num_threads():
+            print(f"note: {known.settings} was made with {threads} torch threads, this run has "
+                  f"{torch.get_num_threads()}; CPU results can differ in the last bits", file=sys.stderr)
     return parser.parse_args(argv)
+
+
+def recorded_arguments(parser: argparse.ArgumentParser, path: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """The options a settings file records that `parser` knows, each checked like the command line would:
+    a value outside an option's choices or of the wrong kind is a usage error naming the file."""
+    actions = {action.dest: action for action in parser._actions if action.dest != "settings"}
+    recorded = {name: value for name, value in settings["arguments"].items() if name in actions}
+    for name, value in recorded.items():
+        action = actions[name]
+        if value is None:
+            continue
+        several = action.nargs is not None and action.nargs != "?"  # e.g. --freeu's four numbers: a list
+        if several and not isinstance(value, list):
+            parser.error(f"--settings {path}: '{name}' is {value!r}; expected a list")
+        for item in value if several else [value]:
+            if problem := _recorded_value_problem(action, item):
+                parser.error(f"--settings {path}: '{name}' is {value!r}; expected {problem}")
+    return recorded
+
+
+def _recorded_value_problem(action: argparse.Action, value: Any) -> str | None:
+    """What a recorded value of `action` should have been, when it is not (choices, integer, number, path)."""
+    if action.choices is not None and value not in action.choices:
+        return f"one of {', '.join(map(str, action.choices))}"
+    if action.type is int and (isinstance(value, bool) or not isinstance(value, int)):
+        return "an integer"
+    if action.type is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        return "a number"
+    if action.type is Path and not isinstance(value, str):
+        return "a path (a string)"
+    return None
 
 
 def parse_scales(text_or_values: str | list[float]) -> list[float]:
@@ -181,14 +220,14 @@ def model_source(model: str) -> str:
     return model
 
 
-def _looks_like_path(value: str) -> bool:
+def looks_like_path(value: str) -> bool:
     """Hub ids are `name` or `owner/name`; anything absolute, relative-dotted or deeper is a path."""
     return value.startswith(("/", ".", "~")) or value.count("/") > 1 or "\\" in value
 
 
 def _check_model_source(parser: argparse.ArgumentParser, value: str, option: str = "--model") -> None:
     """A value that is clearly a local path must exist (hub ids are left to the hub client)."""
-    if _looks_like_path(value) and not Path(model_source(value)).expanduser().exists():
+    if looks_like_path(value) and not Path(model_source(value)).expanduser().exists():
         parser.error(f"{option}: no such local folder: {value} (give an existing folder or a hub id like owner/name)")
 
 
@@ -209,15 +248,18 @@ def finish_common_options(parser: argparse.ArgumentParser, args: argparse.Namesp
         parser.error(f"--steps must be >= 1, got {args.steps}")
     if args.timesteps is not None and args.steps is not None and args.steps != len(args.timesteps):
         parser.error(f"--steps {args.steps} disagrees with {len(args.timesteps)} --timesteps; give one of them")
-    for name in ("height", "width"):
-        if getattr(args, name) is not None and getattr(args, name) < 8:
-            parser.error(f"--{name} must be >= 8, got {getattr(args, name)}")
     args.model = args.model or choice.tiny_model
     _check_model_source(parser, args.model)
     for option in ("lora", "control_image"):
         value = getattr(args, option)
         if value is not None and not Path(model_source(str(value))).exists():
             parser.error(f"--{option.replace('_', '-')}: no such file: {value}")
+    if args.lora is not None and (problem := checks.lora_problem("--lora", args.lora)):
+        parser.error(problem)
+    _check_guidance_options(parser, args)
+    source = model_source(args.model)
+    if problem := checks.size_problem(args.height, args.width, checks.size_multiple(source, args.pipeline == "flux")):
+        parser.error(problem)
     if args.depth_model is not None:
         _check_model_source(parser, str(args.depth_model), option="--depth-model")
     tiny = is_tiny_asset(args.model)
@@ -242,6 +284,39 @@ def finish_common_options(parser: argparse.ArgumentParser, args: argparse.Namesp
         args.height = args.height or 64
         args.width = args.width or 64
     return args
+
+
+def _check_guidance_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The guidance extras: only those the chosen pipeline takes, valid values, PAG or SEG (not both), and
+    layer ids that name self-attention layers of the model (from its U-Net config, before any weights load)."""
+    accepted = call_parameters(pipeline_class(args.pipeline))
+    given = {option: getattr(args, option) for option in GUIDANCE_OPTIONS if getattr(args, option) is not None}
+    if args.controlnet is not None:
+        given["controlnet"] = args.controlnet
+    if args.control_image is not None:
+        given["control_image"] = args.control_image
+    wanted = {**GUIDANCE_OPTIONS, "controlnet": "controlnet", "control_image": "image"}
+    for option in given:
+        if wanted[option] not in accepted:
+            takers = sorted(name for name in PIPELINES if wanted[option] in call_parameters(pipeline_class(name)))
+            parser.error(f"--{option.replace('_', '-')} is not an option of --pipeline {args.pipeline}; "
+                         f"it needs --pipeline {' or '.join(takers)}")
+    try:
+        for option in ("pag_scale", "seg_scale"):
+            if option in given:
+                check_guidance_scale(f"--{option.replace('_', '-')}", given[option])
+        if "seg_blur_sigma" in given:
+            check_seg_blur_sigma(given["seg_blur_sigma"])
+    except (TypeError, ValueError) as error:
+        parser.error(str(error))
+    if (args.pag_scale or 0) > 0 and (args.seg_scale or 0) > 0:
+        parser.error(f"--pag-scale {args.pag_scale:g} and --seg-scale {args.seg_scale:g}: PAG and SEG perturb the "
+                     "same extra batch chunk, so give one of them")
+    if args.pag_layers is not None or args.seg_layers is not None:
+        names = checks.unet_self_attention_names(model_source(args.model))
+        for option in ("pag_layers", "seg_layers"):
+            if problem := checks.layer_ids_problem(f"--{option.replace('_', '-')}", getattr(args, option), names):
+                parser.error(problem)
 
 
 def pipeline_class(name: str) -> type:
@@ -299,8 +374,7 @@ def load_pipeline(args: argparse.Namespace, device: str | torch.device | None = 
     pipe = pipe.to(device or args.device or default_device())
     pipe.set_progress_bar_config(disable=True)  # the scripts show one bar over the whole job
     if args.lora is not None:
-        pipe.load_lora_weights(str(args.lora))
-        pipe.fuse_lora(lora_scale=args.lora_scale)
+        fuse_lora_file(pipe, args.lora, args.lora_scale)
     if args.scheduler is not None:
         set_scheduler(pipe, args.scheduler)
     if args.freeu is not None:
@@ -308,6 +382,13 @@ def load_pipeline(args: argparse.Namespace, device: str | torch.device | None = 
             raise ValueError(f"--freeu needs a U-Net pipeline; {type(pipe).__name__} has no enable_freeu")
         pipe.enable_freeu(*args.freeu)
     return pipe
+
+
+def fuse_lora_file(pipe: Any, path: str | Path, scale: float = 1.0) -> None:
+    """Load LoRA weights from a local `.safetensors` file and fuse them at `scale`. `use_safetensors=True`
+    turns off diffusers' fallback to pickled weights (a pickle, whatever its name, is refused)."""
+    pipe.load_lora_weights(str(path), use_safetensors=True)
+    pipe.fuse_lora(lora_scale=scale)
 
 
 def image_size(pipe: Any, args: argparse.Namespace) -> tuple[int, int]:
@@ -366,6 +447,13 @@ def call_options(pipe: Any, args: argparse.Namespace, height: int, width: int) -
                 f"--{option.replace('_', '-')} is not an option of --pipeline {args.pipeline} ({type(pipe).__name__})"
             )
         options[parameter] = value
+    for option, parameter in (("pag_layers", "pag_applied_layers"), ("seg_layers", "seg_applied_layers")):
+        if parameter in options:  # checked while parsing when the U-Net config was on this machine; now surely
+            from pipeline.pipeline_sdxl_seg import self_attention_layer_names
+
+            names = self_attention_layer_names(pipe.unet)
+            if problem := checks.layer_ids_problem(f"--{option.replace('_', '-')}", options[parameter], names):
+                raise ValueError(problem)
     control = control_image(args, height, width)
     if control is not None:
         if "image" not in accepted:
@@ -419,6 +507,15 @@ def _json_value(value: Any) -> Any:
     return value
 
 
+def recorded_path(path: str) -> str:
+    """A path inside this repository as it is relative to the repository root (the same on every checkout);
+    other paths and hub ids unchanged."""
+    candidate = Path(path)
+    if candidate.is_absolute() and REPO_ROOT.resolve() in candidate.resolve().parents:
+        return candidate.resolve().relative_to(REPO_ROOT.resolve()).as_posix()
+    return path
+
+
 def run_settings(script: str, args: argparse.Namespace, argv: list[str] | None, **extra: Any) -> dict[str, Any]:
     """Everything that reproduces a run: the resolved arguments, the seed, package versions, commit, device.
 
@@ -431,10 +528,11 @@ def run_settings(script: str, args: argparse.Namespace, argv: list[str] | None, 
         "command": [f"scripts/{script}", *(sys.argv[1:] if argv is None else argv)],
         "arguments": arguments,
         "seed": getattr(args, "seed", None),
-        "model_source": model_source(args.model) if getattr(args, "model", None) else None,
+        "model_source": recorded_path(model_source(args.model)) if getattr(args, "model", None) else None,
         "versions": package_versions(),
         "repository_commit": repository_commit(),
         "device": str(getattr(args, "device", None) or default_device()),
+        "torch_threads": torch.get_num_threads(),  # CPU sums depend on it: bit-identical reruns need the same
         "rerun": f"python scripts/{script} --settings <this file>",
     }
     settings.update(extra)
@@ -452,9 +550,27 @@ def write_settings(path: Path, settings: dict[str, Any]) -> Path:
     return path
 
 
+def read_text_file(path: Path) -> str:
+    """The UTF-8 text of `path`, or a ValueError naming the file and the problem (missing, unreadable,
+    not UTF-8 with the line of the first bad byte)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise ValueError(f"{path}: cannot be read ({error.strerror or error})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise ValueError(f"{path}, line {line}: not UTF-8 text (byte {data[error.start]:#04x}); "
+                         "save the file as UTF-8") from None
+
+
 def read_settings(path: Path) -> dict[str, Any]:
-    """A settings JSON written by `write_settings`, with a clear error when it is not one."""
-    settings = json.loads(Path(path).read_text())
+    """A settings JSON written by `write_settings`, with a clear error (file, line, problem) when it is not one."""
+    try:
+        settings = json.loads(read_text_file(path))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}, line {error.lineno} column {error.colno}: not valid JSON ({error.msg})") from None
     if not isinstance(settings, dict) or not isinstance(settings.get("arguments"), dict):
         raise ValueError(f"{path} is not a settings file written by the PLADIS scripts (no 'arguments')")
     return settings
@@ -473,29 +589,38 @@ class PromptEntry:
 def read_prompts(path: Path) -> list[PromptEntry]:
     """Prompts from a text file (one a line) or JSON lines (`{"prompt": ..., "seed": ..., "negative_prompt": ...}`).
 
-    The format is JSON lines when the first non-empty line is a JSON object; blank lines are skipped
-    and do not count towards the indices, which name the output files.
+    The file is JSON lines when any line is a JSON object or the first line starts with `{` (so a broken
+    first line is an error, not a prompt); errors name the file and line. Blank lines are skipped and do not
+    count towards the indices, which name the output files.
     """
-    lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
-    lines = [line for line in lines if line]
-    if not lines:
+    numbered = [(number, line.strip()) for number, line in enumerate(read_text_file(path).splitlines(), start=1)]
+    numbered = [(number, line) for number, line in numbered if line]
+    if not numbered:
         raise ValueError(f"{path} has no prompts")
-    try:
-        first = json.loads(lines[0])
-    except json.JSONDecodeError:
-        first = None
-    if not isinstance(first, dict):
-        return [PromptEntry(index, line) for index, line in enumerate(lines)]
+    if not (numbered[0][1].startswith("{") or any(_is_json_object(line) for _, line in numbered)):
+        return [PromptEntry(index, line) for index, (_, line) in enumerate(numbered)]
     entries = []
-    for index, line in enumerate(lines):
+    for index, (number, line) in enumerate(numbered):
+        where = f"{path}, line {number}"
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: prompt {index} is not valid JSON: {error}") from None
+            raise ValueError(f"{where}: not valid JSON ({error.msg} at column {error.colno}); every line of a "
+                             'JSON-lines prompt file is an object like {"prompt": "...", "seed": 0}') from None
         if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-            raise ValueError(f"{path}: prompt {index} needs a string 'prompt' field, got {line[:80]!r}")
+            raise ValueError(f"{where}: needs a string 'prompt' field, got {line[:80]!r}")
         seed = record.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"{path}: prompt {index} has a non-integer seed {seed!r}")
-        entries.append(PromptEntry(index, record["prompt"], seed, record.get("negative_prompt")))
+            raise ValueError(f"{where}: non-integer seed {seed!r}")
+        negative = record.get("negative_prompt")
+        if negative is not None and not isinstance(negative, str):
+            raise ValueError(f"{where}: 'negative_prompt' must be a string, got {negative!r}")
+        entries.append(PromptEntry(index, record["prompt"], seed, negative))
     return entries
+
+
+def _is_json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except json.JSONDecodeError:
+        return False

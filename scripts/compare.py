@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from anywhere
 
 from attention import apply_pladis, check_pladis_scale  # noqa: E402
+from scripts import checks  # noqa: E402
 from scripts.common import (  # noqa: E402
     add_generation_options,
     add_model_options,
@@ -56,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.scales = parse_scales(args.scales) if args.scales is not None else [0.0, args.pladis_scale]
     except (TypeError, ValueError) as error:
         parser.error(str(error))
+    if problem := checks.output_file_problem("--out", args.out, companions=[".json"]):
+        parser.error(problem)
     args.device = args.device or default_device()  # recorded, so a rerun uses the same kind of device
     return finish_common_options(parser, args)
 

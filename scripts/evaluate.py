@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from anywhere
 
+from scripts import checks  # noqa: E402
 from scripts.common import PromptEntry, default_device, model_source, read_prompts  # noqa: E402
 
 GENERATED_NAME = re.compile(r"^(\d+)\.png$")  # generate.py's file names: the prompt index
@@ -171,13 +172,48 @@ def reference_images(folder: Path) -> list[Path]:
 
 
 def prompts_for(folders: Sequence[Path], prompts: Path | None) -> list[PromptEntry]:
-    """`--prompts`, else the `prompts.jsonl` generate.py wrote beside (or in) the first folder."""
-    if prompts is not None:
-        return read_prompts(prompts)
-    for candidate in (Path(folders[0]).parent / MANIFEST, Path(folders[0]) / MANIFEST):
+    """`--prompts`, else the `prompts.jsonl` generate.py wrote beside (or in) the first folder; a bad file
+    stops the job with its name and line."""
+    candidates = [prompts] if prompts is not None else [Path(folders[0]).parent / MANIFEST, Path(folders[0]) / MANIFEST]
+    for candidate in candidates:
         if candidate.exists():
-            return read_prompts(candidate)
+            try:
+                return read_prompts(candidate)
+            except ValueError as error:
+                raise SystemExit(f"evaluate.py: {error}") from None
+    if prompts is not None:
+        raise SystemExit(f"evaluate.py: --prompts: no such file: {prompts}")
     raise SystemExit(f"no --prompts given and no {MANIFEST} next to {folders[0]}")
+
+
+def image_prompt(path: Path) -> str | None:
+    """The prompt a generated PNG carries in its `prompt` text field (generate.py writes it), or None; the
+    file is verified on the way, so a truncated or broken image stops the job here, naming it."""
+    try:
+        with Image.open(path) as image:
+            prompt = image.info.get("prompt")  # text chunks before the image data: read without decoding
+            image.verify()
+    except (OSError, SyntaxError, ValueError) as error:  # PIL reports broken PNG chunks as SyntaxError
+        raise SystemExit(f"evaluate.py: {path} is not a readable image ({error}); regenerate or remove it") from None
+    return prompt if isinstance(prompt, str) else None
+
+
+def check_image_prompts(images: dict[Path, str]) -> None:
+    """Refuse to score images against prompts they were not made from: each image's own `prompt` field must
+    equal the prompt it is scored against (images without the field cannot be checked and are noted)."""
+    mismatches, unchecked = [], 0
+    for path, prompt in images.items():
+        carried = image_prompt(path)
+        if carried is None:
+            unchecked += 1
+        elif carried != prompt:
+            mismatches.append(f"{path}: made from {carried!r}, scored against {prompt!r}")
+    if mismatches:
+        shown = "\n  ".join(mismatches[:5]) + (f"\n  ... and {len(mismatches) - 5} more" if len(mismatches) > 5 else "")
+        raise SystemExit(f"evaluate.py: {len(mismatches)} images carry another prompt than the one they would be "
+                         f"scored against (wrong --prompts file, or folders of another prompt list):\n  {shown}")
+    if unchecked:
+        print(f"note: {unchecked} images carry no prompt text field; their prompts could not be checked", file=sys.stderr)
 
 
 def folder_label(folder: Path) -> str:
@@ -194,7 +230,15 @@ def in_batches(items: Sequence, size: int):
 
 
 def open_images(paths: Sequence[Path]) -> list[Image.Image]:
-    return [Image.open(path).convert("RGB") for path in paths]
+    """The images as RGB; an unreadable file stops the job, naming it."""
+    images = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                images.append(image.convert("RGB"))
+        except (OSError, SyntaxError, ValueError) as error:
+            raise SystemExit(f"evaluate.py: {path} is not a readable image ({error})") from None
+    return images
 
 
 def features_of(paths: Sequence[Path], extract: FeatureExtractor, batch_size: int) -> np.ndarray:
@@ -233,6 +277,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--labels has {len(args.labels)} labels for {len(args.folders)} folders")
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.json is not None and (problem := checks.output_file_problem("--json", args.json, image=False)):
+        parser.error(problem)
+    for folder in args.folders:
+        if not folder.is_dir():
+            parser.error(f"no such folder: {folder} (give generate.py's folders, e.g. out/pladis_0 out/pladis_2)")
+    for option, path, kind in (("--prompts", args.prompts, "file"), ("--reference", args.reference, "folder"),
+                               ("--inception-weights", args.inception_weights, "file")):
+        if path is not None and not (path.is_dir() if kind == "folder" else path.is_file()):
+            parser.error(f"{option}: no such {kind}: {path}")
     args.device = args.device or default_device()
     return args
 
@@ -252,6 +305,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         if len(found) != len(shared):
             print(f"note: {folder} has {len(found)} images; scoring the {len(shared)} all folders share", file=sys.stderr)
     prompts = [entries[index] for index in shared]
+    check_image_prompts({found[index]: entries[index] for found in images for index in shared})
     labels = args.labels or [folder_label(folder) for folder in args.folders]
     rows = [{"label": label, "folder": str(folder), "images": len(shared)} for label, folder in zip(labels, args.folders)]
 

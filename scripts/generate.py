@@ -7,6 +7,7 @@ It runs on one device as `python scripts/generate.py`, and unchanged on several 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import sys
@@ -15,13 +16,14 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
-from accelerate.utils import parse_flag_from_env
+from accelerate.utils import broadcast_object_list, parse_flag_from_env
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from anywhere
 
+from scripts import checks  # noqa: E402
 from scripts.common import (  # noqa: E402
     PromptEntry,
     add_generation_options,
@@ -35,6 +37,7 @@ from scripts.common import (  # noqa: E402
     parse_with_settings,
     read_prompts,
     read_settings,
+    read_text_file,
     run_settings,
     seeded_generator,
     write_settings,
@@ -42,6 +45,7 @@ from scripts.common import (  # noqa: E402
 
 MANIFEST = "prompts.jsonl"  # the prompts with their resolved seeds, in index order (evaluate.py reads it)
 SETTINGS = "settings.json"
+LOCK = ".generate.lock"  # held while a run checks the folder and records its settings
 # Options that may change between runs into the same folder without changing any existing image
 # (the prompts themselves are compared through the manifest, line by line).
 _RESUMABLE_OPTIONS = {"batch_size", "device", "out", "settings", "scales", "prompts"}
@@ -65,13 +69,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--prompts FILE is required")
     if not args.prompts.is_file():
         parser.error(f"--prompts: no such file: {args.prompts}")
+    try:
+        read_prompts(args.prompts)  # read again in main: here only so a bad file is a usage error
+    except ValueError as error:
+        parser.error(f"--prompts: {error}")
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     try:
         args.scales = parse_scales(args.scales)
     except (TypeError, ValueError) as error:
         parser.error(str(error))
+    if problem := shared_folder_problem(args.scales):
+        parser.error(problem)
+    if problem := checks.output_folder_problem("--out", args.out):
+        parser.error(problem)
     return finish_common_options(parser, args)
+
+
+def shared_folder_problem(scales: list[float]) -> str | None:
+    """λ values whose folders would be one (`2,2`, or `1,1.0000001`: names keep 6 significant digits), or None."""
+    by_folder: dict[str, list[float]] = {}
+    for scale in scales:
+        by_folder.setdefault(scale_folder(Path(), scale).name, []).append(scale)
+    clashes = {name: values for name, values in by_folder.items() if len(values) > 1}
+    if not clashes:
+        return None
+    details = "; ".join(f"{', '.join(repr(value) for value in values)} -> {name}" for name, values in clashes.items())
+    return f"--scales: these values would write into one folder ({details}); give each λ once, distinct in 6 digits"
 
 
 def scale_folder(out: Path, scale: float) -> Path:
@@ -101,9 +125,9 @@ def manifest_records(entries: list[PromptEntry], base_seed: int) -> list[dict]:
              "negative_prompt": entry.negative_prompt} for entry in entries]
 
 
-def check_same_settings(out: Path, settings: dict, records: list[dict]) -> None:
-    """Refuse to resume into a folder whose images were made with other settings or other prompts at
-    the same indices (they would mix); adding prompts at the end or adding scales is fine."""
+def check_same_settings(out: Path, settings: dict, records: list[dict]) -> str | None:
+    """Why this run may not write into `out`, or None: its images were made with other settings or other
+    prompts at the same indices (they would mix); adding prompts at the end or adding scales is fine."""
     path = Path(out) / SETTINGS
     if path.exists():
         before, now = read_settings(path)["arguments"], settings["arguments"]
@@ -111,15 +135,33 @@ def check_same_settings(out: Path, settings: dict, records: list[dict]) -> None:
                          if name not in _RESUMABLE_OPTIONS and before.get(name) != now.get(name))
         if changed:
             details = ", ".join(f"{name}: {before.get(name)!r} -> {now.get(name)!r}" for name in changed)
-            raise SystemExit(f"{out} holds images made with other settings ({details}); choose a new --out")
+            return f"{out} holds images made with other settings ({details}); choose a new --out"
     manifest = Path(out) / MANIFEST
     if manifest.exists():
-        earlier = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
+        earlier = [json.loads(line) for line in read_text_file(manifest).splitlines() if line.strip()]
         for old, new in zip(earlier, records):
             if old != new:
-                raise SystemExit(f"{out} holds images of other prompts or seeds (index {old['index']}: "
-                                 f"{old['prompt']!r} seed {old['seed']} -> {new['prompt']!r} seed {new['seed']}); "
-                                 "choose a new --out")
+                return (f"{out} holds images of other prompts or seeds (index {old['index']}: "
+                        f"{old['prompt']!r} seed {old['seed']} -> {new['prompt']!r} seed {new['seed']}); "
+                        "choose a new --out")
+    return None
+
+
+def claim_folder(out: Path, settings: dict, records: list[dict]) -> str | None:
+    """Check `out` and record this run's settings and manifest in it, as one step under an exclusive lock
+    on `out/.generate.lock`: of runs started together with different settings, only the first is accepted
+    (the others see its settings). Returns why this run is refused, or None."""
+    Path(out).mkdir(parents=True, exist_ok=True)
+    with open(Path(out) / LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        try:
+            problem = check_same_settings(out, settings, records)
+        except ValueError as error:  # a damaged settings.json or prompts.jsonl: named, never overwritten
+            problem = f"{out} cannot be resumed: {error}"
+        if problem is None:
+            write_manifest(out, records)
+            write_settings(Path(out) / SETTINGS, settings)
+    return problem
 
 
 def write_manifest(out: Path, records: list[dict]) -> Path:
@@ -172,11 +214,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
     settings = run_settings("generate.py", args, argv, device=str(device), num_processes=state.num_processes,
                             folders={f"{scale:g}": str(scale_folder(args.out, scale)) for scale in args.scales})
     records = manifest_records(entries, args.seed)
-    check_same_settings(args.out, settings, records)
-    state.wait_for_everyone()  # every process has checked before the main one rewrites the settings
-    if state.is_main_process:
-        write_manifest(args.out, records)
-        write_settings(Path(args.out) / SETTINGS, settings)
+    problem = claim_folder(args.out, settings, records) if state.is_main_process else None
+    problem = broadcast_object_list([problem])[0]  # every process stops, or none
+    if problem is not None:
+        raise SystemExit(problem)
     written: list[Path] = []
     with state.split_between_processes(entries) as share:
         jobs = {scale: [entry for entry in share if not image_path(args.out, entry.index, scale).exists()]
@@ -191,7 +232,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
             for scale, todo in jobs.items():
                 for batch in batches(todo, args.batch_size):
                     seeds = [prompt_seed(entry, args.seed) for entry in batch]
-                    negative = batch[0].negative_prompt or args.negative_prompt
+                    negative = batch[0].negative_prompt  # an explicit "" is kept, not replaced
+                    negative = args.negative_prompt if negative is None else negative
                     if negative is not None:
                         options["negative_prompt"] = [negative] * len(batch)
                     result = pipe([entry.prompt for entry in batch], generator=[seeded_generator(s) for s in seeds],

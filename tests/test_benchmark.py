@@ -42,3 +42,33 @@ def test_unknown_case_is_rejected(capsys):
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--cases", "sdxl-attention,nope"])
     assert "--cases" in capsys.readouterr().err
+
+
+def test_kernels_option_takes_distinct_pladis_kernel_values(capsys):
+    assert benchmark.parse_args(["--kernels", "torch,triton"]).kernels == ["torch", "triton"]
+    for bad in ("torch,torch", "cuda"):
+        with pytest.raises(SystemExit):
+            benchmark.parse_args(["--kernels", bad])
+        assert "--kernels" in capsys.readouterr().err
+
+
+def test_per_kernel_variants_run_pladis_under_each_kernel(monkeypatch):
+    import os
+
+    monkeypatch.delenv("PLADIS_KERNEL", raising=False)
+    seen = []
+    runs = {"stock": lambda: "s", "pladis": lambda: seen.append(os.environ.get("PLADIS_KERNEL")), "reference": lambda: "r"}
+    variants = benchmark.per_kernel(runs, ["auto", "torch"])
+    assert list(variants) == ["stock", "pladis", "pladis-torch", "reference"]
+    variants["pladis"](), variants["pladis-torch"]()
+    assert seen == ["auto", "torch"] and "PLADIS_KERNEL" not in os.environ
+
+
+def test_counts_show_the_torch_path_sync_free_and_the_cpu_path_syncing():
+    q, k, v = (torch.randn(1, 2, n, 16) for n in (64, 77, 77))
+    with benchmark.kernel_selected("torch"):
+        launches, syncs = benchmark.launches_and_syncs(lambda: pladis_scaled_dot_product_attention(q, k, v, 2.0), "cpu")
+    assert syncs == 0 and 0 < launches <= 40
+    with benchmark.kernel_selected("auto"):
+        _, syncs = benchmark.launches_and_syncs(lambda: pladis_scaled_dot_product_attention(q, k, v, 2.0), "cpu")
+    assert syncs > 0  # the CPU path's pass loop asks the host (free on a CPU)

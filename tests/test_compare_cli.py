@@ -102,10 +102,11 @@ def test_pipeline_table_imports_its_classes_lazily_and_errors_clearly():
         common.pipeline_class("sd15")
 
 
-def test_guidance_options_a_pipeline_does_not_take_are_refused():
-    args = compare.parse_args(["--seg-scale", "3", "--steps", "1"])
-    with pytest.raises(ValueError, match="--seg-scale is not an option of --pipeline sdxl"):
-        compare.generate_panels(args)
+def test_guidance_options_a_pipeline_does_not_take_are_refused(capsys):
+    with pytest.raises(SystemExit) as stop:  # while parsing: a usage error, before the model loads
+        compare.parse_args(["--seg-scale", "3", "--steps", "1"])
+    assert stop.value.code == 2
+    assert "--seg-scale is not an option of --pipeline sdxl; it needs --pipeline controlnet or sdxl-seg" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argument,named", [

@@ -78,3 +78,25 @@ def test_token_grid_follows_unet_downsampling(tokens, latent, grid):
 def test_token_grid_rejects_a_token_count_from_another_image():
     with pytest.raises(ValueError, match="32x48"):
         token_grid(64, 32, 48)
+
+
+def test_blur_builds_its_gaussian_on_the_input_device_with_no_host_copy():
+    """Every op of a finite-σ blur runs on the tokens' device (here `meta`): no CPU-built kernel is
+    copied over on each call (on a GPU such a copy is a stream sync)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    devices = set()
+
+    class OutputDevices(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            result = func(*args, **(kwargs or {}))
+            for tensor in result if isinstance(result, (tuple, list)) else (result,):
+                if isinstance(tensor, torch.Tensor):
+                    devices.add(tensor.device.type)
+            return result
+
+    tokens = torch.empty(2, 64, 8, device="meta", dtype=torch.float16)
+    with OutputDevices():
+        blurred = gaussian_blur_tokens(tokens, 8, 8, sigma=1.5)
+    assert blurred.device.type == "meta" and blurred.dtype == torch.float16
+    assert devices == {"meta"}

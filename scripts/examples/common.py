@@ -13,7 +13,8 @@ from typing import Any
 
 from attention import check_pladis_alpha, check_pladis_scale
 from scripts.build_tiny_assets import TINY_SDXL, TINY_SDXL_LORA
-from scripts.common import DTYPES, default_device, model_source, seeded_generator
+from scripts import checks
+from scripts.common import DTYPES, default_device, looks_like_path, model_source, seeded_generator
 from scripts.grid import save_grid
 
 SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -51,9 +52,10 @@ def example_parser(description: str, *, model: str, steps: int, guidance_scale: 
 
 
 def parse_example_args(parser: argparse.ArgumentParser, argv: list[str] | None, *, name: str,
-                       tiny: dict[str, Any] | None = None) -> argparse.Namespace:
+                       tiny: dict[str, Any] | None = None, flux: bool = False) -> argparse.Namespace:
     """Parse `argv`; with `--tiny`, `tiny` (option → value; the tiny SDXL and its LoRA by default) replaces
-    the defaults, with 2 steps at 64×64 (options given explicitly still win). Checks λ, α and steps."""
+    the defaults, with 2 steps at 64×64 (options given explicitly still win). Checks every option before
+    anything loads (`check_example_args`); `flux` selects FLUX's image-size rule."""
     known, _ = parser.parse_known_args(argv)
     if known.tiny:
         tiny_defaults = {"model": TINY_SDXL, "lora": TINY_SDXL_LORA, **(tiny or {})}
@@ -73,16 +75,50 @@ def parse_example_args(parser: argparse.ArgumentParser, argv: list[str] | None, 
     on_gpu = not args.tiny and not str(args.device).startswith("cpu")
     args.dtype = DTYPES[args.dtype or (args.gpu_dtype if on_gpu else "float32")]
     args.out = args.out or OUTPUT_DIR / f"{name}.png"
+    if problem := example_args_problem(args, flux):
+        parser.error(problem)
     return args
+
+
+def example_args_problem(args: argparse.Namespace, flux: bool) -> str | None:
+    """What is wrong with the example's options, found before any model loads, or None: the output name,
+    the image size, local files that do not exist, the LoRA (safetensors only) and PAG/SEG layer ids."""
+    problem = (checks.output_file_problem("--out", args.out)
+               or checks.size_problem(args.height, args.width, checks.size_multiple(args.model, flux)))
+    if problem:
+        return problem
+    for option in ("model", "controlnet", "depth_model", "image"):
+        value = str(getattr(args, option, None) or "")
+        if "://" not in value and looks_like_path(value) and not Path(model_source(value)).exists():
+            return f"--{option.replace('_', '-')}: no such file or folder: {value}"
+    if getattr(args, "lora", None) is not None:
+        if problem := checks.lora_problem("--lora", args.lora) or lora_spec_problem(args.lora):
+            return problem
+    layer_options = [option for option in ("pag_layers", "seg_layers") if getattr(args, option, None) is not None]
+    names = checks.unet_self_attention_names(args.model) if layer_options else None
+    for option in layer_options:
+        if problem := checks.layer_ids_problem(f"--{option.replace('_', '-')}", getattr(args, option), names):
+            return problem
+    return None
+
+
+def lora_spec_problem(spec: str) -> str | None:
+    """`--lora` is an existing local file or `<owner>/<repo>/<file>` on the hub, or this says why not."""
+    if Path(spec).is_file():
+        return None
+    spec = str(spec)
+    if spec.startswith(("/", ".", "~")) or "\\" in spec or spec.count("/") != 2 or spec.endswith("/"):
+        return f"--lora: no such file: {spec} (give a local .safetensors file or <owner>/<repo>/<file> on the hub)"
+    return None
 
 
 def lora_file(spec: str) -> str:
     """A local LoRA `.safetensors` path: `spec` if it is a file, else `<owner>/<repo>/<file>` fetched from the hub."""
     if Path(spec).is_file():
         return str(spec)
+    if problem := lora_spec_problem(spec):
+        raise ValueError(problem)
     repo_id, _, filename = str(spec).rpartition("/")
-    if repo_id.count("/") != 1 or not filename:
-        raise ValueError(f"--lora must be a local file or <owner>/<repo>/<file>, got {spec!r}")
     from huggingface_hub import hf_hub_download
 
     return hf_hub_download(repo_id, filename)

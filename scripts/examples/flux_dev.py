@@ -19,7 +19,7 @@ from scripts.examples.common import example_parser, parse_example_args, save_wit
 def main(argv: list[str] | None = None) -> Path:
     parser = example_parser(__doc__, model="black-forest-labs/FLUX.1-dev", steps=28, guidance_scale=3.5,
                             pladis_scale=2.0, dtype="bfloat16")
-    args = parse_example_args(parser, argv, name="flux_dev", tiny={"model": TINY_FLUX_DEV})
+    args = parse_example_args(parser, argv, name="flux_dev", tiny={"model": TINY_FLUX_DEV}, flux=True)
     pipe = PLADISFluxPipeline.from_pretrained(args.model, dtype=args.dtype, use_safetensors=True).to(args.device)
     return save_with_and_without(pipe, args, f"FLUX.1-dev (guidance {args.guidance_scale:g})",
                                  guidance_scale=args.guidance_scale, max_sequence_length=512)

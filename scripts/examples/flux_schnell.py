@@ -19,7 +19,7 @@ from scripts.examples.common import example_parser, parse_example_args, save_wit
 def main(argv: list[str] | None = None) -> Path:
     parser = example_parser(__doc__, model="black-forest-labs/FLUX.1-schnell", steps=4, guidance_scale=0.0,
                             pladis_scale=2.0, dtype="bfloat16")
-    args = parse_example_args(parser, argv, name="flux_schnell", tiny={"model": TINY_FLUX_SCHNELL})
+    args = parse_example_args(parser, argv, name="flux_schnell", tiny={"model": TINY_FLUX_SCHNELL}, flux=True)
     pipe = PLADISFluxPipeline.from_pretrained(args.model, dtype=args.dtype, use_safetensors=True).to(args.device)
     return save_with_and_without(pipe, args, "FLUX.1-schnell", guidance_scale=args.guidance_scale,
                                  max_sequence_length=256)

@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a file fr
 from diffusers import DDIMScheduler  # noqa: E402
 
 from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline  # noqa: E402
+from scripts.common import fuse_lora_file  # noqa: E402
 from scripts.examples.common import (  # noqa: E402
     SDXL_BASE, example_parser, lora_file, parse_example_args, save_with_and_without,
 )
@@ -25,8 +26,7 @@ def main(argv: list[str] | None = None) -> Path:
                             lora="ByteDance/Hyper-SD/Hyper-SDXL-4steps-lora.safetensors")
     args = parse_example_args(parser, argv, name="hyper_sdxl")
     pipe = PLADISStableDiffusionXLPipeline.from_pretrained(args.model, dtype=args.dtype, use_safetensors=True).to(args.device)
-    pipe.load_lora_weights(lora_file(args.lora))
-    pipe.fuse_lora()
+    fuse_lora_file(pipe, lora_file(args.lora))
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
     return save_with_and_without(pipe, args, "Hyper-SDXL", guidance_scale=args.guidance_scale)
 

@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a file fr
 from diffusers import LCMScheduler  # noqa: E402
 
 from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline  # noqa: E402
+from scripts.common import fuse_lora_file  # noqa: E402
 from scripts.examples.common import (  # noqa: E402
     SDXL_BASE, example_parser, lora_file, parse_example_args, save_with_and_without,
 )
@@ -27,8 +28,7 @@ def main(argv: list[str] | None = None) -> Path:
                             lora="tianweiy/DMD2/dmd2_sdxl_4step_lora_fp16.safetensors")
     args = parse_example_args(parser, argv, name="sdxl_dmd2")
     pipe = PLADISStableDiffusionXLPipeline.from_pretrained(args.model, dtype=args.dtype, use_safetensors=True).to(args.device)
-    pipe.load_lora_weights(lora_file(args.lora))
-    pipe.fuse_lora()
+    fuse_lora_file(pipe, lora_file(args.lora))
     pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
     four_steps = args.steps == len(DMD2_TIMESTEPS)
     schedule = {"timesteps": DMD2_TIMESTEPS} if four_steps else {"num_inference_steps": args.steps}

@@ -1,0 +1,21 @@
+"""Attention masks as the PLADIS paths read them: SDPA's semantics turned additive, sliced per query rows."""
+
+from __future__ import annotations
+
+import torch
+
+
+def additive_mask(attn_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """SDPA mask semantics as an additive float mask: bool True = attend, float = added to scores."""
+    if attn_mask is None or attn_mask.dtype != torch.bool:
+        return attn_mask
+    return torch.zeros(attn_mask.shape, dtype=torch.float32, device=attn_mask.device).masked_fill_(
+        ~attn_mask, float("-inf")
+    )
+
+
+def mask_for_rows(mask: torch.Tensor | None, rows: slice) -> torch.Tensor | None:
+    """The part of an additive mask that applies to query `rows` (a mask without per-query rows as is)."""
+    if mask is None or mask.dim() < 2 or mask.shape[-2] == 1:
+        return mask
+    return mask[..., rows, :]

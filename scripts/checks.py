@@ -1,0 +1,155 @@
+"""Checks the scripts run while parsing, so a bad option is a usage error before any model loads.
+
+Each function returns a problem sentence (naming the option and what it accepts) or None; the callers
+pass it to `parser.error`. Model-dependent checks read only config files (no weights), from a local
+folder or the Hugging Face cache, and are skipped when the config is not on this machine.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+from PIL import Image
+
+COMMON_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tiff")
+SDXL_SIZE_MULTIPLE = 8  # the SDXL pipelines' check_inputs refuse other sizes
+FLUX_DEFAULT_SIZE_MULTIPLE = 16  # 2 × the FLUX VAE's scale factor 8 (latents are packed in 2×2 patches)
+
+
+def _absolute(path: Path) -> Path:
+    return Path(os.path.abspath(Path(path).expanduser()))
+
+
+def folder_problem(folder: Path) -> str | None:
+    """Why files cannot be written in `folder` (created if missing), or None: the nearest existing folder on
+    its path must be a folder we can create files in (tried with a nameless temporary file)."""
+    existing = _absolute(folder)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, so the folder {folder} cannot be created"
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        return f"cannot write in {existing} ({error.strerror or error})"
+    return None
+
+
+def output_file_problem(option: str, path: Path, *, image: bool = True, companions: Sequence[str] = ()) -> str | None:
+    """Why `path` cannot be written as the output of `option`, or None.
+
+    With `image`, its extension must be one PIL can write; it must not be an existing folder (nor may the
+    `companions`, e.g. `.json` for the settings written next to it) and its folder must be writable.
+    """
+    path = Path(path)
+    for candidate in (path, *(path.with_suffix(suffix) for suffix in companions)):
+        if candidate.is_dir():
+            example = path / ("grid.png" if image else "results.json")
+            return f"{option} {path}: {candidate} is an existing folder; give a file name such as {example}"
+    if image and not _writes_rgb(path.suffix):
+        return (f"{option} {path}: the name needs an image extension PIL can write an RGB image as "
+                f"(e.g. {', '.join(COMMON_IMAGE_EXTENSIONS)})")
+    problem = folder_problem(path.parent)
+    return None if problem is None else f"{option} {path}: {problem}"
+
+
+def _writes_rgb(suffix: str) -> bool:
+    """True when PIL saves an RGB image under this extension (tried on a 1×1 image in memory: some formats
+    PIL writes, such as .xbm, take other modes only)."""
+    Image.init()
+    image_format = Image.registered_extensions().get(suffix.lower())
+    if image_format is None or image_format not in Image.SAVE:
+        return False
+    try:
+        Image.new("RGB", (1, 1)).save(io.BytesIO(), format=image_format)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return True
+
+
+def output_folder_problem(option: str, folder: Path) -> str | None:
+    """Why `folder` cannot be an output folder of `option` (an existing file, or not writable), or None."""
+    if Path(folder).exists() and not Path(folder).is_dir():
+        return f"{option} {folder}: is an existing file; give a folder"
+    problem = folder_problem(folder)
+    return None if problem is None else f"{option} {folder}: {problem}"
+
+
+def lora_problem(option: str, value: str | Path) -> str | None:
+    """LoRA weights are loaded from safetensors only (never pickles): the name must end in `.safetensors`."""
+    if not str(value).endswith(".safetensors"):
+        return f"{option} {value}: only .safetensors LoRA files are loaded (pickled .bin/.pt/.ckpt files are refused)"
+    return None
+
+
+def _model_config(model: str, subfolder: str, config_class: type) -> dict | None:
+    """`subfolder/config.json` of a model folder or a cached hub model, or None when not on this machine."""
+    try:
+        with warnings.catch_warnings():  # the hub client warns about deprecated arguments diffusers passes
+            warnings.simplefilter("ignore")
+            return config_class.load_config(model, subfolder=subfolder, local_files_only=True)
+    except (OSError, ValueError):
+        return None
+
+
+def size_multiple(model: str, flux: bool) -> int:
+    """What `--height` / `--width` must be a multiple of: 8 for the SDXL pipelines, 2 × the VAE scale factor
+    for FLUX (read from the VAE config when available; 16 for the real FLUX VAE)."""
+    if not flux:
+        return SDXL_SIZE_MULTIPLE
+    from diffusers import AutoencoderKL
+
+    config = _model_config(model, "vae", AutoencoderKL)
+    if config is None or "block_out_channels" not in config:
+        return FLUX_DEFAULT_SIZE_MULTIPLE
+    return 2 * 2 ** (len(config["block_out_channels"]) - 1)
+
+
+def size_problem(height: int | None, width: int | None, multiple: int) -> str | None:
+    """Why the image size is refused (below 8, or not a multiple of `multiple`), or None."""
+    for option, value in (("--height", height), ("--width", width)):
+        if value is None:
+            continue
+        if value < 8:
+            return f"{option} must be >= 8, got {value}"
+        if value % multiple:
+            below, above = value // multiple * multiple, (value // multiple + 1) * multiple
+            return (f"{option} must be a multiple of {multiple} for this pipeline and model, got {value} "
+                    f"(e.g. {max(below, multiple)} or {above})")
+    return None
+
+
+def unet_self_attention_names(model: str) -> list[str] | None:
+    """Names of the U-Net's self-attention layers (what PAG/SEG layer ids match), from its config alone: the
+    U-Net is built on the meta device (no weights, no memory). None when the config is not on this machine."""
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    from pipeline.pipeline_sdxl_seg import self_attention_layer_names
+
+    config = _model_config(model, "unet", UNet2DConditionModel)
+    if config is None:
+        return None
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(config)
+    return self_attention_layer_names(unet)
+
+
+def layer_ids_problem(option: str, layer_ids: Sequence[str] | None, layer_names: Sequence[str] | None) -> str | None:
+    """Why `layer_ids` (PAG/SEG layer ids) match no self-attention layer of the model, or None; the ids are
+    checked by the pipelines' own rule. `layer_names` None (config not available): left to the pipeline."""
+    if layer_ids is None or layer_names is None:
+        return None
+    from attention import check_applied_layers
+
+    try:
+        check_applied_layers(option, list(layer_ids), layer_names)
+    except (TypeError, ValueError) as error:
+        return str(error)
+    return None

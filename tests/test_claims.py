@@ -1,0 +1,86 @@
+"""What the README promises about the scripts holds: LoRA weights never come from pickles, a run's settings
+record the torch thread count its CPU results depend on, and recorded paths inside the repository are
+relative (the committed `asset/readme/*.json` name no folder of the machine that built them)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import safetensors
+import torch
+from diffusers import StableDiffusionXLPipeline
+from safetensors.torch import load_file
+
+from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
+from scripts import common, compare
+from scripts.build_tiny_assets import TINY_SDXL_LORA
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def pickled_lora(tmp_path):
+    """The tiny LoRA's tensors written by `torch.save` (a pickle), as diffusers' `.bin` LoRA files are."""
+    path = tmp_path / "pytorch_lora_weights.bin"
+    torch.save(load_file(TINY_SDXL_LORA), path)
+    return path
+
+
+def test_lora_loading_refuses_pickles(pickled_lora, tiny_sdxl_path, capsys):
+    state_dict = StableDiffusionXLPipeline.lora_state_dict(str(pickled_lora))[0]  # diffusers' default unpickles it
+    assert len(state_dict) > 0
+    pipe = PLADISStableDiffusionXLPipeline.from_pretrained(tiny_sdxl_path, local_files_only=True)
+    with pytest.raises(safetensors.SafetensorError):
+        common.fuse_lora_file(pipe, pickled_lora)
+    common.fuse_lora_file(pipe, TINY_SDXL_LORA)  # real safetensors load and fuse
+    with pytest.raises(SystemExit):  # and the scripts refuse the name while parsing
+        compare.parse_args(["--lora", str(pickled_lora)])
+    assert "only .safetensors LoRA files are loaded" in capsys.readouterr().err
+
+
+def test_every_lora_load_in_scripts_goes_through_the_safetensors_only_loader():
+    sources = {path: path.read_text() for path in (ROOT / "scripts").rglob("*.py")}
+    loads = [f"{path.relative_to(ROOT)}" for path, text in sources.items() if "load_lora_weights(" in text]
+    assert loads == ["scripts/common.py"]  # fuse_lora_file, with use_safetensors=True
+    assert "load_lora_weights(str(path), use_safetensors=True)" in sources[ROOT / "scripts" / "common.py"]
+
+
+def test_settings_record_the_thread_count_and_repository_relative_model_paths(tmp_path, capsys):
+    threads = torch.get_num_threads()
+    path = compare.main(["--scales", "0", "--steps", "1", "--out", str(tmp_path / "grid.png")])
+    settings = json.loads(path.with_suffix(".json").read_text())
+    assert settings["torch_threads"] == threads
+    assert settings["model_source"] == "asset/tiny-sdxl"
+    torch.set_num_threads(threads + 1)
+    try:
+        compare.parse_args(["--settings", str(path.with_suffix(".json"))])
+    finally:
+        torch.set_num_threads(threads)
+    assert f"made with {threads} torch threads, this run has {threads + 1}" in capsys.readouterr().err
+
+
+def test_recorded_paths_outside_the_repository_stay_as_given(tmp_path):
+    assert common.recorded_path(str(ROOT / "asset" / "tiny-sdxl")) == "asset/tiny-sdxl"
+    assert common.recorded_path(str(tmp_path)) == str(tmp_path)
+    assert common.recorded_path("stabilityai/stable-diffusion-xl-base-1.0") == "stabilityai/stable-diffusion-xl-base-1.0"
+
+
+def strings_in(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from strings_in(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from strings_in(item)
+
+
+@pytest.mark.parametrize("name", ["compare_sweep.json", "attention_maps.json"])
+def test_committed_readme_settings_name_no_absolute_path(name):
+    settings = json.loads((ROOT / "asset" / "readme" / name).read_text())
+    absolute = [text for text in strings_in(settings) if text.startswith("/") or Path(text).is_absolute()]
+    assert absolute == []
+    assert settings["model_source"] == "asset/tiny-sdxl"

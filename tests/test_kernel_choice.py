@@ -1,0 +1,129 @@
+"""`PLADIS_KERNEL` picks the implementation: auto / triton / torch, clear errors, one warning on fallback;
+and the sync-free torch path asks the host nothing and launches few kernels (counted on CPU)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from diffusers.models.attention_processor import Attention
+from diffusers.models.transformers.transformer_flux import FluxAttention
+
+from attention import PLADISAttnProcessor, PLADISFluxAttnProcessor, pladis_scaled_dot_product_attention
+from attention import kernel_choice
+from attention.kernel_choice import choose_kernel, run_triton
+from scripts.dispatch_counter import count_dispatch
+from tests.attention_cases import attention_case
+
+CUDA = torch.device("cuda")  # a device object only: nothing here runs on CUDA
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_fallbacks(monkeypatch):
+    monkeypatch.setattr(kernel_choice, "_failed_triton", set())
+
+
+def test_default_is_auto(monkeypatch):
+    monkeypatch.delenv("PLADIS_KERNEL", raising=False)
+    assert kernel_choice.requested_kernel() == "auto"
+
+
+def test_auto_picks_triton_on_cuda_when_covered_and_the_cpu_path_on_cpu(monkeypatch):
+    monkeypatch.setenv("PLADIS_KERNEL", "auto")
+    assert choose_kernel("cross-attention", CUDA, None) == "triton"
+    assert choose_kernel("cross-attention", CUDA, "600 keys") == "torch"
+    assert choose_kernel("cross-attention", CPU, None) == "chunked"
+
+
+def test_torch_is_the_sync_free_path_everywhere(monkeypatch):
+    monkeypatch.setenv("PLADIS_KERNEL", "torch")
+    assert choose_kernel("text-block", CUDA, None) == choose_kernel("text-block", CPU, None) == "torch"
+
+
+@pytest.mark.parametrize("value", ["cuda", "Triton2", "1"])
+def test_unknown_values_name_the_variable_and_the_accepted_values(monkeypatch, value):
+    monkeypatch.setenv("PLADIS_KERNEL", value)
+    with pytest.raises(ValueError, match=r"PLADIS_KERNEL must be one of auto, triton, torch"):
+        choose_kernel("cross-attention", CUDA, None)
+    q, k, v, _, _ = attention_case("random")
+    with pytest.raises(ValueError, match="PLADIS_KERNEL"):
+        pladis_scaled_dot_product_attention(q, k, v, 2.0)
+
+
+def test_explicit_triton_that_cannot_run_raises_instead_of_falling_back(monkeypatch):
+    monkeypatch.setenv("PLADIS_KERNEL", "triton")
+    with pytest.raises(ValueError, match=r"PLADIS_KERNEL=triton cannot run .*600 keys"):
+        choose_kernel("cross-attention", CUDA, "600 keys")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match=r"PLADIS_KERNEL=triton .*tensors are on cpu"):
+        choose_kernel("cross-attention", CPU, None)
+    q, k, v, _, _ = attention_case("random")
+    with pytest.raises(ValueError, match="PLADIS_KERNEL=triton .*pladis_alpha=1.3"):
+        pladis_scaled_dot_product_attention(q, k, v, 2.0, 1.3)
+
+
+def test_auto_falls_back_once_with_one_warning_when_the_kernel_fails_to_compile(monkeypatch):
+    monkeypatch.setenv("PLADIS_KERNEL", "auto")
+
+    def broken():
+        raise RuntimeError("out of resource: shared memory")
+
+    with pytest.warns(RuntimeWarning, match="Triton cross-attention kernel failed"):
+        assert run_triton("cross-attention", broken, lambda: "torch result") == "torch result"
+    assert choose_kernel("cross-attention", CUDA, None) == "torch"  # not tried again in this process
+    assert choose_kernel("text-block", CUDA, None) == "triton"  # the other kernel still is
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert choose_kernel("cross-attention", CUDA, None) == "torch"
+
+
+def test_explicit_triton_lets_a_compile_failure_through(monkeypatch):
+    monkeypatch.setenv("PLADIS_KERNEL", "triton")
+
+    def broken():
+        raise RuntimeError("out of resource: shared memory")
+
+    with pytest.raises(RuntimeError, match="out of resource"):
+        run_triton("cross-attention", broken, lambda: None)
+
+
+@pytest.mark.parametrize("kernel", ["torch", "triton"])
+@pytest.mark.parametrize("alpha", [1.5, 2.0])
+def test_every_kernel_gives_the_cpu_path_result_through_the_seam(monkeypatch, kernel, alpha):
+    q, k, v, mask, scale = attention_case("masked")
+    monkeypatch.setenv("PLADIS_KERNEL", "auto")
+    expected = pladis_scaled_dot_product_attention(q, k, v, 2.0, alpha, attn_mask=mask, scale=scale)
+    monkeypatch.setenv("PLADIS_KERNEL", kernel)
+    ours = pladis_scaled_dot_product_attention(q, k, v, 2.0, alpha, attn_mask=mask, scale=scale)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+
+
+def _sdxl_attn2():
+    """SDXL's widest `attn2` call: 2 × 4096 queries of 640 channels (10 heads × 64), 77 text keys."""
+    torch.manual_seed(0)
+    attn = Attention(640, cross_attention_dim=2048, heads=10, dim_head=64).eval()
+    return attn, (torch.randn(2, 4096, 640), torch.randn(2, 77, 2048))
+
+
+def _flux_double_block_attn():
+    """A FLUX.1 double-stream attention at 1024²: 24 heads × 128, 512 text + 4096 image tokens."""
+    torch.manual_seed(0)
+    attn = FluxAttention(query_dim=3072, heads=24, dim_head=128, added_kv_proj_dim=3072, out_dim=3072,
+                         context_pre_only=False, bias=True, added_proj_bias=True).eval()
+    return attn, (torch.randn(1, 4096, 3072), torch.randn(1, 512, 3072))
+
+
+@pytest.mark.parametrize("build, processor, budget", [
+    (_sdxl_attn2, PLADISAttnProcessor(2.0), 80),
+    (_flux_double_block_attn, PLADISFluxAttnProcessor(2.0), 120),
+], ids=["sdxl-attn2", "flux-double-block"])
+def test_torch_path_has_no_host_sync_and_few_launches_per_processor_call(monkeypatch, build, processor, budget):
+    monkeypatch.setenv("PLADIS_KERNEL", "torch")
+    attn, inputs = build()
+    attn.set_processor(processor)
+    with torch.no_grad():
+        _, count = count_dispatch(lambda: attn(*inputs))
+    assert count.syncs == 0, count.by_name
+    assert count.ops <= budget, count.by_name
