@@ -27,6 +27,7 @@ from .processors import PLADISProcessor, pladis_processor_class
 from .validation import check_flag, check_pladis_alpha, check_pladis_scale
 
 _PROCESSOR_SUFFIX = ".processor"
+_LOCK = threading.Lock()  # guards every Installation and their table (never held during a denoiser call)
 
 
 def attention_model(model: object) -> torch.nn.Module:
@@ -87,7 +88,15 @@ def swapped_attn_processors(model: torch.nn.Module, replacements: dict[str, obje
     try:
         yield
     finally:
-        _set_processors(model, original)
+        _set_processors(model, _without_ended_installations(original))
+
+
+def _without_ended_installations(processors: dict[str, object]) -> dict[str, object]:
+    """`processors` with the PLADIS processors of installations that have ended (a snapshot taken while
+    another call's PLADIS was installed, restored after that call ended) replaced by their originals."""
+    with _LOCK:
+        return {name: processor.original if isinstance(processor, PLADISProcessor) and processor.installed_by is not None
+                and processor.installed_by.users == 0 else processor for name, processor in processors.items()}
 
 
 @dataclass(frozen=True)
@@ -104,7 +113,7 @@ class TextLayer:
 def _original_processor(module: torch.nn.Module) -> object:
     """The layer's processor, seen through a PLADIS processor installed by a call still running."""
     processor = module.processor
-    if isinstance(processor, PLADISProcessor) and processor.pladis_scale is None:
+    if isinstance(processor, PLADISProcessor) and processor.installed_by is not None:
         return processor.original
     return processor
 
@@ -147,9 +156,6 @@ def pladis_processors(model: torch.nn.Module, pladis_scale: float, pladis_alpha:
     model = attention_model(model)
     return {name: pladis_processor_class(layer.runs_as)(pladis_scale, pladis_alpha, text_keys=layer.kind.text_keys)
             for name, layer in text_attention_layers(model, family_of(model), False).items()}
-
-
-_LOCK = threading.Lock()  # guards every Installation and the table below (never held during a denoiser call)
 
 
 class Installation:

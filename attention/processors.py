@@ -99,6 +99,11 @@ class PLADISProcessor:
         self._owner, self._fixed = owner, settings
 
     @property
+    def installed_by(self) -> object | None:
+        """The installation (`apply_pladis`) that set this processor, None for one with fixed settings."""
+        return self._owner if self._fixed is None else None
+
+    @property
     def pladis_scale(self) -> float | None:
         """λ of a processor with fixed settings (None for one following the current call)."""
         return None if self._fixed is None else self._fixed.pladis_scale

@@ -128,3 +128,21 @@ def test_concurrent_calls_on_a_bare_transformer_keep_their_own_settings_and_text
             assert torch.equal(got, want), name
     assert (solo["double only, λ=1.5, α=2"][0] - solo["stock"][0]).abs().max() > 1e-4
     assert same_processor_objects(transformer, before) and dict(transformer._forward_pre_hooks) == hooks
+
+
+def test_a_processor_snapshot_taken_during_another_call_never_brings_its_pladis_back():
+    """`swapped_attn_processors` (SEG, the map recorder, the SEG pipeline's snapshot) saving the table while
+    another call's PLADIS is installed, and restoring it after that call ended, gives the originals back."""
+    from contextlib import ExitStack
+
+    from attention import swapped_attn_processors
+    from tests.families import build
+
+    pipe = build("sd15")
+    before = processors_by_name(pipe.unet)
+    with ExitStack() as other_call:
+        other_call.enter_context(apply_pladis(pipe, 2.0))
+        snapshot = swapped_attn_processors(pipe.unet, {})
+        snapshot.__enter__()
+    snapshot.__exit__(None, None, None)  # the snapshot ends after the PLADIS call it saw
+    assert same_processor_objects(pipe.unet, before)
