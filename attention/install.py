@@ -171,8 +171,7 @@ class Installation:
         """Install PLADIS processors on the `layers` not yet covered (a call asking for more blocks adds them)."""
         new = {
             name: pladis_processor_class(layer.runs_as).installed(
-                layer.original, layer.kind.text_keys, layer.kind.optional, self,
-                *([layer.kind.image_context_calls] if layer.kind.image_context_calls else []),
+                layer.original, layer.kind.text_keys, layer.kind.optional, self, layer.kind.image_context_calls
             )
             for name, layer in layers.items() if name not in self.processors
         }

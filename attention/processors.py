@@ -80,12 +80,12 @@ class PLADISProcessor:
 
     @classmethod
     def installed(cls, original: object, text_keys: str, optional: bool, owner: object,
-                  image_context_calls: Callable[[torch.nn.Module], int] = _no_image_context) -> "PLADISProcessor":
+                  image_context_calls: Callable[[torch.nn.Module], int] | None = None) -> "PLADISProcessor":
         """The processor `apply_pladis` sets on a layer whose processor was `original`: PLADIS with the
         settings `owner`'s current call has in this context (optional layers: only with single blocks on),
-        else exactly `original`."""
+        else exactly `original`. `image_context_calls(attn)` counts leading attention calls not on text."""
         processor = cls.__new__(cls)
-        processor._setup(original, text_keys, optional, image_context_calls, owner, None)
+        processor._setup(original, text_keys, optional, image_context_calls or _no_image_context, owner, None)
         return processor
 
     def _setup(self, original, text_keys, optional, image_context_calls, owner, settings) -> None:

@@ -33,6 +33,9 @@ def _packed_attention(layer: LayerCall, query, key, value, attn_mask, scale) -> 
     output = torch.empty_like(query, dtype=query.dtype)
     for sample, (image_tokens, text_tokens) in enumerate(layer.segments):
         tokens = image_tokens + text_tokens
+        if tokens > query.shape[2]:
+            raise RuntimeError(f"sample {sample} was recorded with {tokens} tokens, but the packed sequence has "
+                               f"{query.shape[2]}")
         q, k, v = (t[sample : sample + 1, :, :tokens] for t in (query, key, value))
         output[sample : sample + 1, :, :tokens] = joint_seam.text_block_pladis_attention(
             q, k, v, text_tokens, layer.pladis_scale, layer.pladis_alpha, text_first=False, scale=scale
