@@ -34,8 +34,10 @@ from diffusers.models.transformers.transformer_flux2 import (
     Flux2ParallelSelfAttnProcessor,
 )
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
+from diffusers.models.transformers.transformer_hunyuanimage import HunyuanImageAttnProcessor
 from diffusers.models.transformers.transformer_ltx import LTXAttention, LTXVideoAttnProcessor
 from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0
+from diffusers.models.transformers.transformer_sana_video import SanaAttnProcessor2_0 as SanaVideoAttnProcessor2_0
 from diffusers.models.transformers.transformer_wan import WanAttention, WanAttnProcessor
 from diffusers.models.transformers.transformer_z_image import SEQ_MULTI_OF, ZSingleStreamAttnProcessor
 
@@ -171,6 +173,16 @@ FAMILIES: tuple[Family, ...] = (
                       {HunyuanVideoAttnProcessor2_0: HunyuanVideoAttnProcessor2_0}),
         TextAttention("single-stream blocks", _in_blocks("single_transformer_blocks.", Attention), TRAILING,
                       {HunyuanVideoAttnProcessor2_0: HunyuanVideoAttnProcessor2_0}, optional=True),
+    )),
+    Family("HunyuanImage 2.1", ("HunyuanImageTransformer2DModel",), (  # as HunyuanVideo
+        TextAttention("double-stream blocks", _in_blocks("transformer_blocks.", Attention), TRAILING,
+                      {HunyuanImageAttnProcessor: HunyuanImageAttnProcessor}),
+        TextAttention("single-stream blocks", _in_blocks("single_transformer_blocks.", Attention), TRAILING,
+                      {HunyuanImageAttnProcessor: HunyuanImageAttnProcessor}, optional=True),
+    )),
+    Family("SANA-Video", ("SanaVideoTransformer3DModel",), (  # its linear self-attention has no softmax
+        TextAttention("every cross-attention (attn2)", _is_cross_attention, CROSS,
+                      {SanaVideoAttnProcessor2_0: SanaVideoAttnProcessor2_0}),
     )),
     Family("CogView4", ("CogView4Transformer2DModel",), (
         TextAttention("joint blocks", _in_blocks("transformer_blocks.", Attention), LEADING,

@@ -289,10 +289,10 @@ def apply_pladis(
     given directly (`UNet2DConditionModel` or a transformer: modular pipelines, hand-written loops).
 
     Which layers and which rule come from the denoiser's family record (`attention.families`):
-    cross-attention layers (U-Nets, PixArt, SANA, Wan, LTX-Video) get the cross-attention rule; joint
-    text+image attention (SD3, FLUX.1/.2, Chroma, Qwen-Image, HunyuanVideo, CogView4; Z-Image's packed
-    unified blocks) gets the text-block rule on the image-query × text-key block; `pladis_single_blocks=True`
-    adds the single-stream blocks of FLUX.1, FLUX.2, Chroma and HunyuanVideo. With `pladis_controlnet=True`, the pipeline's
+    cross-attention layers (U-Nets, PixArt, SANA, SANA-Video, Wan, LTX-Video) get the cross-attention rule;
+    joint text+image attention (SD3, FLUX.1/.2, Chroma, Qwen-Image, HunyuanVideo, HunyuanImage, CogView4;
+    Z-Image's packed unified blocks) gets the text-block rule on the image-query × text-key block;
+    `pladis_single_blocks=True` adds the single-stream blocks of FLUX.1/.2, Chroma and the Hunyuan models. With `pladis_controlnet=True`, the pipeline's
     ControlNet(s) too. λ = 0 leaves the model untouched (stock attention, bit-identical output).
 
     The settings belong to this call: other calls sharing the denoiser in other threads (PLADIS with

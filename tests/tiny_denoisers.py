@@ -13,9 +13,11 @@ from diffusers import (
     ChromaTransformer2DModel,
     CogView4Transformer2DModel,
     Flux2Transformer2DModel,
+    HunyuanImageTransformer2DModel,
     HunyuanVideoTransformer3DModel,
     LTXVideoTransformer3DModel,
     QwenImageTransformer2DModel,
+    SanaVideoTransformer3DModel,
     WanTransformer3DModel,
     ZImageTransformer2DModel,
 )
@@ -25,8 +27,10 @@ from diffusers.models.transformers import (
     transformer_flux,
     transformer_flux2,
     transformer_hunyuan_video,
+    transformer_hunyuanimage,
     transformer_ltx,
     transformer_qwenimage,
+    transformer_sana_video,
     transformer_wan,
     transformer_z_image,
 )
@@ -150,6 +154,20 @@ def _hunyuan_video_layouts(model, inputs, single_blocks):
                                                  or single_blocks and name.startswith("single_transformer_blocks."))}
 
 
+def _hunyuan_image_inputs(seed: int) -> dict:
+    generator = _generator(seed)
+    return {"hidden_states": torch.randn(2, 4, 4, 4, generator=generator), "timestep": torch.tensor([500.0, 500.0]),
+            "encoder_hidden_states": torch.randn(2, TEXT, 16, generator=generator),
+            "encoder_attention_mask": _text_mask().long()}
+
+
+def _sana_video_inputs(seed: int) -> dict:
+    generator = _generator(seed)
+    return {"hidden_states": torch.randn(2, 4, 1, 8, 8, generator=generator),
+            "encoder_hidden_states": torch.randn(2, TEXT, 16, generator=generator), "timestep": torch.tensor([500, 500]),
+            "encoder_attention_mask": _text_mask().long()}
+
+
 def _cogview4_inputs(seed: int) -> dict:
     generator = _generator(seed)
     sizes = torch.tensor([[32.0, 32.0]] * 2)
@@ -220,6 +238,18 @@ DENOISERS: dict[str, TinyDenoiser] = {
             pooled_projection_dim=8, rope_axes_dim=(2, 4, 4))),
         _hunyuan_video_inputs, transformer_hunyuan_video, _hunyuan_video_layouts, has_text_mask=True,
         has_single_blocks=True),
+    "hunyuan-image": TinyDenoiser(
+        _seeded(lambda: HunyuanImageTransformer2DModel(
+            in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=2,
+            num_single_layers=2, num_refiner_layers=1, patch_size=(1, 1), text_embed_dim=16, rope_axes_dim=(4, 4))),
+        _hunyuan_image_inputs, transformer_hunyuanimage, _hunyuan_video_layouts, has_text_mask=True,
+        has_single_blocks=True),
+    "sana-video": TinyDenoiser(
+        _seeded(lambda: SanaVideoTransformer3DModel(
+            in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=2,
+            num_cross_attention_heads=2, cross_attention_head_dim=8, cross_attention_dim=16, caption_channels=16,
+            sample_size=8, rope_max_seq_len=32)),
+        _sana_video_inputs, transformer_sana_video, _cross_layouts(TEXT), has_text_mask=True),
     "cogview4": TinyDenoiser(  # its pipeline passes no text mask (and the processor's would not mask: 0/1 added)
         _seeded(lambda: CogView4Transformer2DModel(
             patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=2,
