@@ -1,8 +1,8 @@
 """PLADIS on the newer families (FLUX.2, Chroma, Qwen-Image, Wan 2.x text- and image-to-video, LTX-Video,
 Z-Image), on tiny denoisers of the real classes: the whole denoiser output against an independent float64
 materialised formulation (the `entmax` package) with a batch whose second sample has padded text, λ = 0
-bit-identical, PLADIS on exactly the layers the family record names, masked text keys weighing nothing, and
-every module ending as it started after a normal exit and after an exception."""
+bit-identical, PLADIS on exactly the layers the family record names, masked text keys weighing nothing, finite
+bfloat16 runs, and every module ending as it started after a normal exit and after an exception."""
 
 from __future__ import annotations
 
@@ -144,3 +144,20 @@ def test_every_module_ends_as_it_started(family, model, raise_inside):
     assert now.keys() == before.keys() and all(now[name] is before[name] for name in before)
     assert dict(model._forward_pre_hooks) == hooks
     assert torch.equal(run(family, model, inputs), stock)
+
+
+def as_dtype(value, dtype):
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, list):
+        return [as_dtype(item, dtype) for item in value]
+    return value
+
+
+def test_bfloat16_output_is_finite_and_drifts_from_float32_no_more_than_stock(family, model):
+    inputs = DENOISERS[family].inputs(6)
+    half, half_inputs = copy.deepcopy(model).to(torch.bfloat16), {n: as_dtype(v, torch.bfloat16) for n, v in inputs.items()}
+    ours = run(family, half, half_inputs, pladis_scale=2.0)
+    assert ours.dtype == torch.bfloat16 and torch.isfinite(ours).all()
+    stock_drift = relative_error(run(family, half, half_inputs), run(family, model, inputs))  # the model's own
+    assert relative_error(ours, run(family, model, inputs, pladis_scale=2.0)) < stock_drift + 2e-2
