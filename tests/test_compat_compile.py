@@ -67,3 +67,21 @@ def test_compiled_unet_gives_the_eager_pladis_image_in_one_graph():
     with apply_pladis(pipe, 2.0):  # fresh processor objects, same λ and α: the graph is reused
         np.testing.assert_allclose(run_family(pipe, "sd15"), eager, atol=1e-5)
     assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_compiled_flux_transformer_with_recorded_text_length_has_no_graph_break():
+    """The per-call settings (a ContextVar read) and the denoiser's text-length recorder trace into the graph."""
+    from scripts.build_tiny_assets import tiny_flux_transformer
+    from tests.test_install import flux_inputs
+
+    transformer = tiny_flux_transformer(guidance_embeds=False).eval()
+    inputs = flux_inputs(transformer)
+    with torch.no_grad():
+        with apply_pladis(transformer, 2.0, pladis_single_blocks=True):
+            eager = transformer(**inputs).sample
+        compiled = torch.compile(transformer, backend="eager")
+        counters.clear()
+        with apply_pladis(compiled, 2.0, pladis_single_blocks=True):
+            output = compiled(**inputs).sample
+    assert sum(counters["graph_break"].values()) == 0
+    torch.testing.assert_close(output, eager, atol=1e-5, rtol=1e-5)
