@@ -232,16 +232,17 @@ def _pow2(n: int) -> int:
 
 
 def _launch_config(keys: int, head_dim: int, value_dim: int) -> dict:
-    """Tile sizes: each score-sized tile holds ≤ 32 floats per thread (≤ 4K per 4 warps, 8K per 8), so
-    the half-dozen live tiles fit in registers, and each K/V slice is ≤ 8K elements."""
+    """Tile sizes, chosen from ptxas' register reports for sm_80/sm_90 (`scripts/compile_kernels.py`):
+    8 warps, 32 query rows for ≤ 128 keys (no spill), 16 for longer rows (the least spill measured),
+    and K/V slices of ≤ 16K elements for the products."""
     block_n = _pow2(keys)
     block_d, block_dv = _pow2(head_dim), _pow2(value_dim)
-    slice_dims = max(16, 8192 // block_n)
+    slice_dims = max(16, 16384 // block_n)
     return dict(
-        BLOCK_M=max(16, min(64, (4096 if block_n <= 128 else 8192) // block_n)), BLOCK_N=block_n,
+        BLOCK_M=32 if block_n <= 128 else 16, BLOCK_N=block_n,
         BLOCK_D=block_d, BLOCK_DK=min(block_d, slice_dims),
         BLOCK_DV=block_dv, BLOCK_DVK=min(block_dv, slice_dims),
-        num_warps=4 if block_n <= 128 else 8,
+        num_warps=8,
     )
 
 
