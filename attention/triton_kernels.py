@@ -19,11 +19,11 @@ flash attention rounds its softmax weights).
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
+
+from .kernel_choice import interpreting
 
 _FLOAT32_MIN = tl.constexpr(-3.4028234663852886e38)  # jit code reads only constexpr globals
 # The pass solver's constants, as in `sparse_maps` (τ ∈ [−1, 0): 1e-6 is ~16 float32 ulps).
@@ -223,8 +223,7 @@ def _text_block_kernel(
 def _dot_kind(dtype: torch.dtype) -> int:
     if dtype == torch.float32:
         return _DOT_IEEE.value
-    interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-    return _DOT_WIDENED.value if interpreting and dtype == torch.bfloat16 else _DOT_HALF.value
+    return _DOT_WIDENED.value if interpreting() and dtype == torch.bfloat16 else _DOT_HALF.value
 
 
 def _pow2(n: int) -> int:
