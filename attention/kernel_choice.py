@@ -8,6 +8,7 @@ The variable is read on every call, so it can be changed between calls.
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from typing import Callable, TypeVar
@@ -32,8 +33,9 @@ def requested_kernel() -> str:
     return value
 
 
+@functools.cache
 def triton_available() -> bool:
-    """Whether Triton imports and can launch here: a CUDA device, or the CPU interpreter (TRITON_INTERPRET=1)."""
+    """Whether Triton imports (checked once per process)."""
     try:
         import triton  # noqa: F401
     except ImportError:
@@ -41,7 +43,8 @@ def triton_available() -> bool:
     return True
 
 
-def _interpreting() -> bool:
+def interpreting() -> bool:
+    """Whether Triton kernels run in Triton's CPU interpreter (`TRITON_INTERPRET=1`, tests)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
@@ -54,7 +57,7 @@ def choose_kernel(rule: str, device: torch.device, uncovered: str | None) -> str
     requested = requested_kernel()
     if torch.compiler.is_compiling():
         return "torch"  # a compiled graph traces the sync-free ops; a Triton launch would break it
-    triton_device = device.type == "cuda" or (device.type == "cpu" and _interpreting())
+    triton_device = device.type == "cuda" or (device.type == "cpu" and interpreting())
     if requested == "triton":
         reason = uncovered
         if reason is None and not triton_available():

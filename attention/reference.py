@@ -22,7 +22,7 @@ def reference_sparse_map(scores: torch.Tensor, alpha: float) -> torch.Tensor:
     """
     from entmax import entmax15, entmax_bisect, sparsemax
 
-    row_max = scores.amax(dim=-1, keepdim=True)
+    row_max = scores.detach().amax(dim=-1, keepdim=True)  # a bound only: no gradient through it
     finite_rows = torch.isfinite(row_max)
     floor = torch.where(finite_rows, row_max, torch.zeros_like(row_max)) - 1e6
     safe = torch.where(finite_rows, torch.maximum(scores, floor), torch.zeros_like(scores))
@@ -37,7 +37,7 @@ def reference_sparse_map(scores: torch.Tensor, alpha: float) -> torch.Tensor:
 
 def reference_softmax(scores: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dim, zeros on rows with no finite score."""
-    finite_rows = torch.isfinite(scores.amax(dim=-1, keepdim=True))
+    finite_rows = torch.isfinite(scores.detach().amax(dim=-1, keepdim=True))
     return torch.softmax(torch.where(finite_rows, scores, torch.zeros_like(scores)), dim=-1) * finite_rows
 
 

@@ -199,26 +199,14 @@ def softmax_attention(scores: torch.Tensor) -> torch.Tensor:
 def differentiable_maps(scores: torch.Tensor, alpha: float = 1.5) -> tuple[torch.Tensor, torch.Tensor]:
     """`(softmax(z), entmax_α(z))` over the last dim with autograd, for calls that need gradients.
 
-    The fast paths overwrite reused buffers, which autograd cannot follow; here softmax is
-    `torch.softmax` and the sparse map the `entmax` package's exact maps, which carry their own
-    backward. Scores more than the support can reach below the row max (−inf from masks included)
-    are raised to that bound, which changes neither map, and rows with no finite score map to zeros.
+    The fast paths overwrite reused buffers, which autograd cannot follow; here the maps are the
+    reference formulation's (`torch.softmax` and the `entmax` package's exact maps, which carry their
+    own backward), in float32 (float64 kept); rows with no finite score map to zeros.
     """
-    from entmax import entmax15, entmax_bisect, sparsemax
+    from .reference import reference_softmax, reference_sparse_map
 
     z = _as_float(scores)
-    row_max = z.detach().amax(dim=-1, keepdim=True)
-    finite_rows = torch.isfinite(row_max)
-    floor = torch.where(finite_rows, row_max, torch.zeros_like(row_max)) - max(1e4, 10.0 / (alpha - 1.0))
-    z = torch.where(finite_rows, torch.maximum(z, floor), torch.zeros_like(z))
-    if alpha == 1.5:
-        sparse = entmax15(z, dim=-1)
-    elif alpha == 2.0:
-        sparse = sparsemax(z, dim=-1)
-    else:
-        sparse = entmax_bisect(z, alpha, dim=-1)
-    dense = torch.softmax(z, dim=-1)
-    return dense * finite_rows, sparse * finite_rows
+    return reference_softmax(z), reference_sparse_map(z, alpha)
 
 
 Workspace = tuple[torch.Tensor, torch.Tensor, torch.Tensor]

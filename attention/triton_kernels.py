@@ -12,7 +12,9 @@ memory as is), in float16, bfloat16 or float32; outputs are written in the input
   log-sum-exp (or given, where no fused op returned one).
 
 Developed and tested on CPU with Triton's interpreter (`TRITON_INTERPRET=1`); there `tl.dot` is
-exact float32, on a GPU float32 inputs use `input_precision="ieee"` for the same result.
+exact float32, on a GPU float32 inputs use `input_precision="ieee"` for the same result, and half
+inputs use half MMAs with float32 accumulation (the weights rounded to the value dtype for `A·V`, as
+flash attention rounds its softmax weights).
 """
 
 from __future__ import annotations
@@ -21,9 +23,17 @@ import torch
 import triton
 import triton.language as tl
 
-_FLOAT32_MIN = -3.4028234663852886e38
+from .kernel_choice import interpreting
+
+_FLOAT32_MIN = tl.constexpr(-3.4028234663852886e38)  # jit code reads only constexpr globals
 # The pass solver's constants, as in `sparse_maps` (τ ∈ [−1, 0): 1e-6 is ~16 float32 ulps).
 _THRESHOLD_TOL = tl.constexpr(1e-6)
+# How the two products are computed: float32 inputs exactly ("ieee"), half inputs on half MMAs with
+# float32 accumulation; Triton's interpreter cannot run bfloat16 dots, so there half inputs are
+# widened to float32 first (exact: half values are exact in TF32).
+_DOT_IEEE = tl.constexpr(0)
+_DOT_HALF = tl.constexpr(1)
+_DOT_WIDENED = tl.constexpr(2)
 _MAX_PASSES = tl.constexpr(50)
 _SAFE_PASSES = tl.constexpr(8)
 
@@ -74,7 +84,7 @@ def _entmax_threshold(x, BLOCK_M: tl.constexpr, SPARSEMAX: tl.constexpr):
 def _row_scores(q_ptr, k_ptr, m_ptr, rows, cols, row_ok, col_ok, scale,
                 stride_qn, stride_qd, stride_kn, stride_kd, stride_mn, stride_mk, D,
                 HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                BLOCK_D: tl.constexpr, BLOCK_DK: tl.constexpr, IEEE: tl.constexpr):
+                BLOCK_D: tl.constexpr, BLOCK_DK: tl.constexpr, DOT: tl.constexpr):
     """`scale·QKᵀ + mask` for one tile of rows × all keys, float32, −inf on padded keys."""
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for d0 in tl.static_range(0, BLOCK_D, BLOCK_DK):
@@ -84,11 +94,11 @@ def _row_scores(q_ptr, k_ptr, m_ptr, rows, cols, row_ok, col_ok, scale,
                     mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
         k = tl.load(k_ptr + cols[None, :] * stride_kn + dims[:, None] * stride_kd,
                     mask=col_ok[None, :] & dim_ok[:, None], other=0.0)
-        # float16/bfloat16 values are exact in TF32, so a TF32 dot with float32 accumulation gives
-        # the products a half-precision MMA would (and works in the interpreter, unlike bf16 dots).
-        if IEEE:
+        if DOT == _DOT_IEEE:
             acc += tl.dot(q, k, input_precision="ieee")
-        else:
+        elif DOT == _DOT_HALF:  # a half-precision MMA, float32 accumulation (as SDPA's)
+            acc += tl.dot(q, k)
+        else:  # half values are exact in TF32: the same products, where half dots are unavailable
             acc += tl.dot(q.to(tl.float32), k.to(tl.float32), input_precision="tf32")
     z = acc * scale
     if HAS_MASK:
@@ -100,18 +110,20 @@ def _row_scores(q_ptr, k_ptr, m_ptr, rows, cols, row_ok, col_ok, scale,
 @triton.jit
 def _weighted_values(w, v_ptr, o_ptr, rows, cols, row_ok, col_ok,
                      stride_vn, stride_vd, stride_on, stride_od, DV,
-                     ACCUMULATE: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr,
+                     ACCUMULATE: tl.constexpr, DOT: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_DV: tl.constexpr, BLOCK_DVK: tl.constexpr):
     """Write (or add) `w·V` for one tile of rows, accumulated in float32, stored in the output's dtype."""
     for d0 in tl.static_range(0, BLOCK_DV, BLOCK_DVK):
         dims = d0 + tl.arange(0, BLOCK_DVK)
         dim_ok = dims < DV
         v = tl.load(v_ptr + cols[:, None] * stride_vn + dims[None, :] * stride_vd,
-                    mask=col_ok[:, None] & dim_ok[None, :], other=0.0).to(tl.float32)
-        if IEEE:
+                    mask=col_ok[:, None] & dim_ok[None, :], other=0.0)
+        if DOT == _DOT_IEEE:
             out = tl.dot(w, v, input_precision="ieee")
-        else:  # half inputs: V is exact in TF32, and P's TF32 rounding is below the output's
-            out = tl.dot(w, v, input_precision="tf32")
+        elif DOT == _DOT_HALF:  # the weights in V's dtype, as flash attention does, float32 accumulation
+            out = tl.dot(w.to(v.dtype), v)
+        else:
+            out = tl.dot(w, v.to(tl.float32), input_precision="tf32")
         pointers = o_ptr + rows[:, None] * stride_on + dims[None, :] * stride_od
         store_ok = row_ok[:, None] & dim_ok[None, :]
         if ACCUMULATE:
@@ -121,20 +133,23 @@ def _weighted_values(w, v_ptr, o_ptr, rows, cols, row_ok, col_ok,
 
 @triton.jit
 def _dense_and_sparse(z, BLOCK_M: tl.constexpr, SPARSEMAX: tl.constexpr):
-    """(exp(z − max z), row sums ≥ 1 (0-rows clamped), max z, entmax_α(z)) for a score tile."""
+    """(exp(z − max z), row sums ≥ 1 (0-rows clamped), max z, entmax_α(z)) for a score tile.
+
+    Only `x = (α−1)·(z − max z)` stays live through the threshold loop; the softmax numerators are
+    recomputed from it afterwards (`exp(x/(α−1))`, bit-identical: the factors are powers of two),
+    which keeps one fewer score tile in registers.
+    """
     row_max = tl.maximum(tl.max(z, 1), _FLOAT32_MIN)
-    shifted = z - row_max[:, None]
-    dense = tl.exp(shifted)
-    row_sum = tl.maximum(tl.sum(dense, 1), 1.0)
     if SPARSEMAX:
-        tau = _entmax_threshold(shifted, BLOCK_M, True)
-        sparse = tl.maximum(shifted - tau[:, None], 0.0)
+        x = z - row_max[:, None]
     else:
-        half = shifted * 0.5
-        tau = _entmax_threshold(half, BLOCK_M, False)
-        gap = tl.maximum(half - tau[:, None], 0.0)
-        sparse = gap * gap
-    return dense, row_sum, row_max, sparse
+        x = (z - row_max[:, None]) * 0.5
+    row_sum = tl.maximum(tl.sum(tl.exp(x) if SPARSEMAX else tl.exp(x * 2.0), 1), 1.0)
+    tau = _entmax_threshold(x, BLOCK_M, SPARSEMAX)
+    gap = tl.maximum(x - tau[:, None], 0.0)
+    if SPARSEMAX:
+        return tl.exp(x), row_sum, row_max, gap
+    return tl.exp(x * 2.0), row_sum, row_max, gap * gap
 
 
 @triton.jit
@@ -146,7 +161,7 @@ def _cross_attention_kernel(
     stride_mb, stride_mh, stride_mn, stride_mk,
     stride_ob, stride_oh, stride_on, stride_od,
     H, N, L, D, DV,
-    HAS_MASK: tl.constexpr, SPARSEMAX: tl.constexpr, IEEE: tl.constexpr,
+    HAS_MASK: tl.constexpr, SPARSEMAX: tl.constexpr, DOT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DK: tl.constexpr,
     BLOCK_DV: tl.constexpr, BLOCK_DVK: tl.constexpr,
 ):
@@ -158,12 +173,12 @@ def _cross_attention_kernel(
     z = _row_scores(q_ptr + b * stride_qb + h * stride_qh, k_ptr + b * stride_kb + h * stride_kh,
                     m_ptr + b * stride_mb + h * stride_mh, rows, cols, row_ok, col_ok, scale,
                     stride_qn, stride_qd, stride_kn, stride_kd, stride_mn, stride_mk, D,
-                    HAS_MASK, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DK, IEEE)
+                    HAS_MASK, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DK, DOT)
     dense, row_sum, _, sparse = _dense_and_sparse(z, BLOCK_M, SPARSEMAX)
     w = sparse * pladis_scale + dense * ((1.0 - pladis_scale) / row_sum)[:, None]
     _weighted_values(w, v_ptr + b * stride_vb + h * stride_vh, o_ptr + b * stride_ob + h * stride_oh,
                      rows, cols, row_ok, col_ok, stride_vn, stride_vd, stride_on, stride_od, DV,
-                     False, IEEE, BLOCK_N, BLOCK_DV, BLOCK_DVK)
+                     False, DOT, BLOCK_N, BLOCK_DV, BLOCK_DVK)
 
 
 @triton.jit
@@ -176,7 +191,7 @@ def _text_block_kernel(
     stride_ob, stride_oh, stride_on, stride_od,
     stride_rb, stride_rh, stride_rn,
     H, ROW0, N, L, D, DV,
-    HAS_MASK: tl.constexpr, SPARSEMAX: tl.constexpr, IEEE: tl.constexpr, ROW_IS_LSE: tl.constexpr,
+    HAS_MASK: tl.constexpr, SPARSEMAX: tl.constexpr, DOT: tl.constexpr, ROW_IS_LSE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DK: tl.constexpr,
     BLOCK_DV: tl.constexpr, BLOCK_DVK: tl.constexpr,
 ):
@@ -190,7 +205,7 @@ def _text_block_kernel(
     z = _row_scores(q_ptr + b * stride_qb + h * stride_qh, k_ptr + b * stride_kb + h * stride_kh,
                     m_ptr + b * stride_mb + h * stride_mh, rows, cols, row_ok, col_ok, scale,
                     stride_qn, stride_qd, stride_kn, stride_kd, stride_mn, stride_mk, D,
-                    HAS_MASK, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DK, IEEE)
+                    HAS_MASK, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DK, DOT)
     dense, row_sum, row_max, sparse = _dense_and_sparse(z, BLOCK_M, SPARSEMAX)
     row_value = tl.load(r_ptr + b * stride_rb + h * stride_rh + rows * stride_rn, mask=row_ok, other=0.0)
     if ROW_IS_LSE:  # exp(z − lse) = e·exp(max − lse): the joint softmax on the text keys; m its sum
@@ -201,10 +216,14 @@ def _text_block_kernel(
     w = pladis_scale * (sparse * mass[:, None] - dense * factor[:, None])
     _weighted_values(w, v_ptr + b * stride_vb + h * stride_vh, o_ptr + b * stride_ob + h * stride_oh,
                      rows, cols, row_ok, col_ok, stride_vn, stride_vd, stride_on, stride_od, DV,
-                     True, IEEE, BLOCK_N, BLOCK_DV, BLOCK_DVK)
+                     True, DOT, BLOCK_N, BLOCK_DV, BLOCK_DVK)
 
 
-MAX_KEYS = 512
+
+def _dot_kind(dtype: torch.dtype) -> int:
+    if dtype == torch.float32:
+        return _DOT_IEEE.value
+    return _DOT_WIDENED.value if interpreting() and dtype == torch.bfloat16 else _DOT_HALF.value
 
 
 def _pow2(n: int) -> int:
@@ -212,15 +231,17 @@ def _pow2(n: int) -> int:
 
 
 def _launch_config(keys: int, head_dim: int, value_dim: int) -> dict:
-    """Tile sizes: the score tile stays ≤ 8K floats per program and each K/V slice ≤ 16K elements."""
+    """Tile sizes, chosen from ptxas' register reports for sm_80/sm_90 (`scripts/compile_kernels.py`):
+    8 warps, 32 query rows for ≤ 128 keys (no spill), 16 for longer rows (the least spill measured),
+    and K/V slices of ≤ 16K elements for the products."""
     block_n = _pow2(keys)
     block_d, block_dv = _pow2(head_dim), _pow2(value_dim)
     slice_dims = max(16, 16384 // block_n)
     return dict(
-        BLOCK_M=max(16, min(64, 8192 // block_n)), BLOCK_N=block_n,
+        BLOCK_M=32 if block_n <= 128 else 16, BLOCK_N=block_n,
         BLOCK_D=block_d, BLOCK_DK=min(block_d, slice_dims),
         BLOCK_DV=block_dv, BLOCK_DVK=min(block_dv, slice_dims),
-        num_warps=4 if block_n <= 128 else 8,
+        num_warps=8,
     )
 
 
@@ -261,7 +282,7 @@ def triton_pladis_attention(
         query, key, value, query if mask is None else mask, output, float(pladis_scale), float(scale),
         *query.stride(), *key.stride(), *value.stride(), *_strides4(mask, (batch, heads, rows, keys)),
         *output.stride(), heads, rows, keys, head_dim, value_dim,
-        HAS_MASK=mask is not None, SPARSEMAX=pladis_alpha == 2.0, IEEE=query.dtype == torch.float32, **config,
+        HAS_MASK=mask is not None, SPARSEMAX=pladis_alpha == 2.0, DOT=_dot_kind(query.dtype), **config,
     )
     return output
 
@@ -297,7 +318,7 @@ def triton_text_block_correction_(
         float(pladis_scale), float(scale),
         *query.stride(), *key_text.stride(), *value_text.stride(), *_strides4(mask, (batch, heads, joint, keys)),
         *output.stride(), *row_values.stride(), heads, image.start, rows, keys, head_dim, value_dim,
-        HAS_MASK=mask is not None, SPARSEMAX=pladis_alpha == 2.0, IEEE=query.dtype == torch.float32,
+        HAS_MASK=mask is not None, SPARSEMAX=pladis_alpha == 2.0, DOT=_dot_kind(query.dtype),
         ROW_IS_LSE=log_normaliser is not None, **config,
     )
     return output

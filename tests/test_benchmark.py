@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -72,3 +74,13 @@ def test_counts_show_the_torch_path_sync_free_and_the_cpu_path_syncing():
     with benchmark.kernel_selected("auto"):
         _, syncs = benchmark.launches_and_syncs(lambda: pladis_scaled_dot_product_attention(q, k, v, 2.0), "cpu")
     assert syncs > 0  # the CPU path's pass loop asks the host (free on a CPU)
+
+
+def test_gpu_check_options_parse_and_skip_tests_needs_gpu_check(capsys):
+    args = benchmark.parse_args(["--device", "cuda", "--gpu-check", "--skip-tests"])
+    assert args.gpu_check and args.skip_tests and args.device == "cuda"
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--skip-tests"])
+    assert "--gpu-check" in capsys.readouterr().err
+    assert {case for case, _ in benchmark.GPU_CHECK_RUNS} == set(benchmark.CASES)
+    assert all(Path(benchmark.__file__).parent.parent.joinpath(path).is_file() for path in benchmark.GPU_CHECK_TESTS)

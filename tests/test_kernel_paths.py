@@ -99,3 +99,14 @@ def test_text_block_correction_honours_masked_text_keys_and_padding(kernel, devi
     ours = TEXT_BLOCK[kernel](output, query, key, value, slice(0, 20), slice(20, 60), 2.0, 1.5,
                               mask[..., 0:20], 0.25, text_mass=text_mass)
     torch.testing.assert_close(ours.cpu().double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("alpha", [1.25, 1.75])
+@pytest.mark.parametrize("case", ["random", "masked", "fully_masked"])
+def test_torch_path_covers_every_alpha(alpha, case, device):
+    """Other α take a fixed number of bisection and Newton steps (no sync), to the same map."""
+    query, key, value, mask, scale = attention_case(case)
+    expected = reference_pladis_sdpa(query.double(), key.double(), value.double(), 2.0, alpha,
+                                     attn_mask=None if mask is None else mask.double(), scale=scale)
+    ours = sync_free_pladis_attention(*_on(device, query, key, value), 2.0, alpha, *_on(device, mask), scale)
+    torch.testing.assert_close(ours.cpu().double(), expected, rtol=1e-5, atol=2e-5)

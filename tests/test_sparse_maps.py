@@ -108,3 +108,23 @@ def test_pladis_weights_blend_dense_and_sparse(scale):
     torch.testing.assert_close(pladis_weights(z.float(), scale).double(), expected, atol=2e-6, rtol=1e-5)
     # Rows of the extrapolated map still sum to one.
     torch.testing.assert_close(pladis_weights(z, scale).sum(-1), torch.ones(5, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("pladis_scale", [5.0, 50.0, 1e4])
+@pytest.mark.parametrize("alpha", [1.5, 2.0, 1.25])
+def test_fully_masked_rows_stay_zero_at_large_lambda(pladis_scale, alpha):
+    """A row with no finite score maps to zeros at any λ: (1 − λ) is never divided by a tiny row sum."""
+    z = torch.randn(4, 77, generator=torch.Generator().manual_seed(1))
+    z[1] = float("-inf")
+    weights = pladis_weights(z, pladis_scale, alpha)
+    assert not weights.isnan().any() and not weights.isinf().any()
+    assert weights[1].abs().max() == 0
+    torch.testing.assert_close(weights[[0, 2, 3]].sum(-1), torch.ones(3), atol=1e-4 * pladis_scale, rtol=0)
+
+
+@pytest.mark.parametrize("alpha", [1.001, 1.01])
+def test_rows_sum_to_one_for_alpha_close_to_one(alpha):
+    z = torch.randn(8, 77, generator=torch.Generator().manual_seed(2)) * 3
+    sparse = entmax_attention(z, alpha)
+    torch.testing.assert_close(sparse.sum(-1), torch.ones(8), atol=1e-6, rtol=0)
+    torch.testing.assert_close(sparse.double(), reference_entmax(z, alpha), atol=1e-4, rtol=0)
