@@ -86,10 +86,10 @@ def generate_panels(args: argparse.Namespace) -> tuple[list[Image.Image], list[s
                 options["callback_on_step_end"] = step_progress(bar)
             generator = seeded_generator(args.seed)
             if "pladis_scale" in accepted:
-                result = pipe(args.prompt, generator=generator, pladis_scale=scale, **options)
+                result = pipe(prompt=args.prompt, generator=generator, pladis_scale=scale, **options)
             else:
                 with apply_pladis(pipe, scale, args.pladis_alpha):
-                    result = pipe(args.prompt, generator=generator, **options)
+                    result = pipe(prompt=args.prompt, generator=generator, **options)
             if "callback_on_step_end" not in accepted:
                 bar.update(args.steps)
             images.append(first_image(result))
