@@ -24,6 +24,7 @@ from diffusers.pipelines.pag.pag_utils import PAGMixin
 from .call_context import CallSettings, active_calls, calls_in_context
 from .families import FAMILIES, SUPPORTED, Family, TextAttention, family_of
 from .processors import PLADISProcessor, pladis_processor_class
+from .kernel_choice import requested_kernel
 from .validation import check_flag, check_pladis_alpha, check_pladis_scale
 
 _PROCESSOR_SUFFIX = ".processor"
@@ -304,6 +305,7 @@ def apply_pladis(
     """
     pladis_scale = check_pladis_scale(pladis_scale)
     pladis_alpha = check_pladis_alpha(pladis_alpha)
+    requested_kernel()  # a bad PLADIS_KERNEL raises before the first denoising step, not inside it
     pladis_controlnet = check_flag("pladis_controlnet", pladis_controlnet)
     pladis_single_blocks = check_flag("pladis_single_blocks", pladis_single_blocks)
     models = denoisers(pipe_or_denoiser, pladis_controlnet)

@@ -27,6 +27,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # the scripts run as plain files from anywhere
 
 from attention import check_guidance_scale, check_pladis_alpha, check_pladis_scale, check_seg_blur_sigma  # noqa: E402
+from attention.kernel_choice import requested_kernel  # noqa: E402
 from scripts import checks  # noqa: E402
 
 ASSET_DIR = REPO_ROOT / "asset"
@@ -242,6 +243,7 @@ def finish_common_options(parser: argparse.ArgumentParser, args: argparse.Namesp
     choice = PIPELINES[args.pipeline]
     try:
         check_pladis_alpha(args.pladis_alpha)
+        requested_kernel()  # a bad PLADIS_KERNEL fails here, not after the model loaded
     except (TypeError, ValueError) as error:
         parser.error(str(error))
     if args.steps is not None and args.steps < 1:

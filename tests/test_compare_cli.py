@@ -179,3 +179,12 @@ def test_missing_files_are_named_before_any_loading(argument, message, capsys, t
         compare.main([*argument, "--out", str(tmp_path / "grid.png")])
     assert message in capsys.readouterr().err
     assert not (tmp_path / "grid.png").exists()
+
+
+def test_a_bad_pladis_kernel_is_a_usage_error_before_anything_loads(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("PLADIS_KERNEL", "fastest")
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main(["--out", str(tmp_path / "grid.png")])
+    assert exit_info.value.code == 2
+    assert "PLADIS_KERNEL must be one of auto, triton, torch" in capsys.readouterr().err
+    assert not (tmp_path / "grid.png").exists()

@@ -127,3 +127,17 @@ def test_torch_path_has_no_host_sync_and_few_launches_per_processor_call(monkeyp
         _, count = count_dispatch(lambda: attn(*inputs))
     assert count.syncs == 0, count.by_name
     assert count.ops <= budget, count.by_name
+
+
+def test_apply_pladis_refuses_a_bad_pladis_kernel_before_the_call_starts(monkeypatch, tiny_sdxl_path):
+    from diffusers import StableDiffusionXLPipeline
+
+    from attention import apply_pladis
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_path, local_files_only=True)
+    before = dict(pipe.unet.attn_processors)
+    monkeypatch.setenv("PLADIS_KERNEL", "gpu")
+    with pytest.raises(ValueError, match="PLADIS_KERNEL"):
+        with apply_pladis(pipe, 2.0):
+            raise AssertionError("the body must not run")
+    assert all(pipe.unet.attn_processors[name] is processor for name, processor in before.items())
