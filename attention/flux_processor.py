@@ -1,5 +1,4 @@
-"""The text length of FLUX-style joint sequences, recorded from each transformer call, and the name under
-which the PLADIS processors call the joint text-block seam.
+"""The text length of FLUX-style joint sequences, recorded from each transformer call.
 
 FLUX single-stream blocks get `[txt ; img]` already concatenated and are never told the text length;
 `recorded_text_length` keeps a `TextLength` up to date from the transformer's `encoder_hidden_states`
@@ -15,7 +14,6 @@ import torch
 
 from .call_context import TextLength
 from .families import joint_text_tokens
-from .joint_text_block import text_block_pladis_attention  # noqa: F401  (called by attention.rules)
 
 
 @contextmanager

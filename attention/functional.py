@@ -12,6 +12,7 @@ import torch
 from .kernel_choice import choose_kernel, run_triton, triton_gap
 from .masks import additive_mask, mask_for_rows
 from .query_chunks import query_chunks
+from .reference import computing_reference, reference_pladis_sdpa
 from .sparse_maps import differentiable_maps, pladis_weights_
 from .sync_free_attention import sync_free_pladis_attention
 from .validation import check_pladis_alpha, check_pladis_scale
@@ -67,6 +68,8 @@ def pladis_scaled_dot_product_attention(
     pladis_scale = check_pladis_scale(pladis_scale)
     check_pladis_alpha(pladis_alpha)
     scale = query.shape[-1] ** -0.5 if scale is None else scale
+    if computing_reference():
+        return reference_pladis_sdpa(query, key, value, pladis_scale, pladis_alpha, attn_mask, scale)
     mask = additive_mask(attn_mask)
     if needs_autograd(query, key, value, mask):
         dense, sparse = differentiable_score_maps(query, key, scale, mask, pladis_alpha)

@@ -15,6 +15,7 @@ from .functional import differentiable_score_maps, needs_autograd
 from .masks import additive_mask, mask_for_rows
 from .kernel_choice import choose_kernel, run_triton, triton_gap
 from .query_chunks import query_chunks
+from .reference import computing_reference, reference_text_block
 from .sparse_maps import pladis_shift_
 from .sync_free_attention import sync_free_text_block_correction_
 from .validation import check_pladis_alpha, check_pladis_scale
@@ -130,6 +131,9 @@ def text_block_pladis_attention(
         )
     text, image = joint_token_slices(query.shape[-2], text_length, text_first)
     scale = query.shape[-1] ** -0.5 if scale is None else scale
+    if computing_reference():
+        return reference_text_block(query, key, value, text_length, pladis_scale, pladis_alpha,
+                                    text_first=text_first, attn_mask=attn_mask, scale=scale)
     if pladis_scale == 0.0 or text.start == text.stop or image.start == image.stop:
         return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, scale=scale)
 

@@ -1,5 +1,5 @@
 """`AttnProcessor2_0`'s prologue and epilogue, for processors that change its attention product (SEG, the
-attention-map recorder), and the name under which the PLADIS processors call the cross-attention seam.
+attention-map recorder).
 
 Everything around the attention product (spatial/group norm, q/k norms, masks, residual, output
 rescale) follows `AttnProcessor2_0` line for line in `unet_attention_heads` / `unet_attention_output`.
@@ -13,7 +13,6 @@ from typing import Callable
 import torch
 from diffusers.models.attention_processor import Attention
 
-from .functional import pladis_scaled_dot_product_attention  # noqa: F401  (called by attention.rules)
 
 
 @dataclass

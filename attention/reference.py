@@ -2,12 +2,36 @@
 
 Full materialised score maps, `torch.softmax` and the `entmax` package's sort-based maps, exactly as
 the paper writes them: independent of every fast path here, so tests and the benchmark check those
-against it. Float64 inputs are computed in float64 (tests), anything else in float32.
+against it. Float64 inputs are computed in float64 (tests), anything else in float32. Under
+`reference_formulation()` the two seams compute it in place of their kernels.
 """
 
 from __future__ import annotations
 
+import contextvars
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
+
+_computing_reference = contextvars.ContextVar("pladis_reference_formulation", default=False)
+
+
+@contextmanager
+def reference_formulation() -> Iterator[None]:
+    """Inside, both PLADIS seams compute this module's reference formulation instead of a fast kernel
+    (same processors, projections, norms and RoPE): the benchmark's "reference" variant. Per thread
+    and task (a `ContextVar`), so a concurrent call elsewhere is not affected."""
+    token = _computing_reference.set(True)
+    try:
+        yield
+    finally:
+        _computing_reference.reset(token)
+
+
+def computing_reference() -> bool:
+    """Whether the current context asked for the reference formulation (`reference_formulation`)."""
+    return _computing_reference.get()
 
 
 def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:

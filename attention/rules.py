@@ -14,12 +14,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import flux_processor as joint_seam, processor as cross_seam
+from .functional import pladis_scaled_dot_product_attention
+from .joint_text_block import text_block_pladis_attention
 from .call_context import CROSS, LEADING, PACKED, LayerCall, active_calls
 
 _sdpa = F.scaled_dot_product_attention  # the real one, for the calls that stay dense
-# The seams are looked up on `attention.processor` / `attention.flux_processor` at call time:
-# scripts/benchmark.py swaps them there for its reference variant.
 
 
 def _packed_attention(layer: LayerCall, query, key, value, attn_mask, scale) -> torch.Tensor:
@@ -37,7 +36,7 @@ def _packed_attention(layer: LayerCall, query, key, value, attn_mask, scale) -> 
             raise RuntimeError(f"sample {sample} was recorded with {tokens} tokens, but the packed sequence has "
                                f"{query.shape[2]}")
         q, k, v = (t[sample : sample + 1, :, :tokens] for t in (query, key, value))
-        output[sample : sample + 1, :, :tokens] = joint_seam.text_block_pladis_attention(
+        output[sample : sample + 1, :, :tokens] = text_block_pladis_attention(
             q, k, v, text_tokens, layer.pladis_scale, layer.pladis_alpha, text_first=False, scale=scale
         )
         if tokens < query.shape[2]:
@@ -51,12 +50,12 @@ def pladis_attention(layer: LayerCall, query, key, value, attn_mask=None, scale=
         layer.dense_calls -= 1
         return _sdpa(query, key, value, attn_mask=attn_mask, scale=scale)
     if layer.text_keys == CROSS:
-        return cross_seam.pladis_scaled_dot_product_attention(
+        return pladis_scaled_dot_product_attention(
             query, key, value, layer.pladis_scale, layer.pladis_alpha, attn_mask=attn_mask, scale=scale
         )
     if layer.text_keys == PACKED:
         return _packed_attention(layer, query, key, value, attn_mask, scale)
-    return joint_seam.text_block_pladis_attention(
+    return text_block_pladis_attention(
         query, key, value, layer.text_tokens, layer.pladis_scale, layer.pladis_alpha,
         text_first=layer.text_keys == LEADING, attn_mask=attn_mask, scale=scale,
     )

@@ -24,12 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from anywhere
 
-import attention.flux_processor as flux_processor_module  # noqa: E402
-import attention.processor as processor_module  # noqa: E402
 from attention import PLADISAttnProcessor, PLADISFluxAttnProcessor, pladis_processors, swapped_attn_processors  # noqa: E402
 from attention.flux_processor import TextLength, recorded_text_length  # noqa: E402
 from attention.kernel_choice import KERNEL_VARIABLE, KERNELS  # noqa: E402
-from attention.reference import reference_pladis_sdpa, reference_text_block  # noqa: E402
+from attention.reference import reference_formulation  # noqa: E402
 from scripts.dispatch_counter import count_dispatch  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -48,20 +46,6 @@ FLUX_TRANSFORMER_CONFIG = dict(
     num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
     axes_dims_rope=(16, 56, 56),
 )
-
-
-# ---- the reference formulation (attention/reference.py), swapped into our processors ---------
-
-@contextlib.contextmanager
-def reference_attention() -> Iterator[None]:
-    """Make our processors compute attention the reference way (same projections, norms, RoPE)."""
-    saved = processor_module.pladis_scaled_dot_product_attention, flux_processor_module.text_block_pladis_attention
-    processor_module.pladis_scaled_dot_product_attention = reference_pladis_sdpa
-    flux_processor_module.text_block_pladis_attention = reference_text_block
-    try:
-        yield
-    finally:
-        processor_module.pladis_scaled_dot_product_attention, flux_processor_module.text_block_pladis_attention = saved
 
 
 @contextlib.contextmanager
@@ -99,7 +83,7 @@ def _module_variants(attn, stock, ours, *inputs) -> dict[str, Callable[[], objec
     `inputs`, and `ours` with its attention function swapped for the reference formulation."""
     def run(processor, reference=False):
         def call():
-            with reference_attention() if reference else contextlib.nullcontext():
+            with reference_formulation() if reference else contextlib.nullcontext():
                 return processor(attn, *inputs)
         return call
 
@@ -132,7 +116,7 @@ def flux_attention_case(args) -> dict[str, Callable[[], object]]:
 def _with_processors(model, table_builder, call, reference=False):
     def run():
         with swapped_attn_processors(model, table_builder()) if table_builder else contextlib.nullcontext():
-            with reference_attention() if reference else contextlib.nullcontext():
+            with reference_formulation() if reference else contextlib.nullcontext():
                 return call()
     return run
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from attention import pladis_scaled_dot_product_attention, text_block_pladis_attention
+from attention.reference import computing_reference, reference_pladis_sdpa, reference_text_block
 from scripts import benchmark
 
 
@@ -16,7 +17,7 @@ from scripts import benchmark
 def test_reference_sdpa_matches_fast_path(alpha):
     q, k, v = (torch.randn(2, 3, n, 16, generator=torch.Generator().manual_seed(n)) for n in (50, 77, 77))
     torch.testing.assert_close(
-        benchmark.reference_pladis_sdpa(q, k, v, 2.0, alpha), pladis_scaled_dot_product_attention(q, k, v, 2.0, alpha),
+        reference_pladis_sdpa(q, k, v, 2.0, alpha), pladis_scaled_dot_product_attention(q, k, v, 2.0, alpha),
         atol=2e-5, rtol=1e-4,
     )
 
@@ -24,20 +25,25 @@ def test_reference_sdpa_matches_fast_path(alpha):
 @pytest.mark.parametrize("text_first", [True, False])
 def test_reference_text_block_matches_fast_path(text_first):
     q, k, v = (torch.randn(1, 2, 40, 16, generator=torch.Generator().manual_seed(i)) for i in range(3))
-    expected = benchmark.reference_text_block(q, k, v, 12, 2.0, 1.5, text_first=text_first)
+    expected = reference_text_block(q, k, v, 12, 2.0, 1.5, text_first=text_first)
     ours = text_block_pladis_attention(q, k, v, 12, 2.0, 1.5, text_first=text_first)
     torch.testing.assert_close(ours, expected, atol=2e-5, rtol=1e-4)
 
 
-def test_reference_attention_swaps_back_even_on_error():
-    from attention import processor
-
-    original = processor.pladis_scaled_dot_product_attention
+def test_reference_formulation_is_an_explicit_per_context_seam():
+    """Inside `reference_formulation()` both seams compute the reference itself (bit for bit), and the
+    context ends on exit, also on errors: nothing is patched."""
+    q, k, v = (torch.randn(1, 2, 40, 16, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    fast_joint, fast_cross = text_block_pladis_attention(q, k, v, 12, 2.0), pladis_scaled_dot_product_attention(q, k, v, 2.0)
     with pytest.raises(RuntimeError):
-        with benchmark.reference_attention():
-            assert processor.pladis_scaled_dot_product_attention is benchmark.reference_pladis_sdpa
+        with benchmark.reference_formulation():
+            assert torch.equal(text_block_pladis_attention(q, k, v, 12, 2.0), reference_text_block(q, k, v, 12, 2.0))
+            assert torch.equal(pladis_scaled_dot_product_attention(q, k, v, 2.0), reference_pladis_sdpa(q, k, v, 2.0))
             raise RuntimeError("inside")
-    assert processor.pladis_scaled_dot_product_attention is original
+    assert not computing_reference()
+    assert torch.equal(text_block_pladis_attention(q, k, v, 12, 2.0), fast_joint)
+    assert torch.equal(pladis_scaled_dot_product_attention(q, k, v, 2.0), fast_cross)
+    assert not torch.equal(fast_joint, reference_text_block(q, k, v, 12, 2.0))  # so the checks above can tell
 
 
 def test_unknown_case_is_rejected(capsys):
