@@ -60,7 +60,9 @@ def check_seg_blur_sigma(seg_blur_sigma: object) -> float:
 
 
 def _names_layer(layer_id: str, module_name: str) -> bool:
-    """PAGMixin's matching rule: a regex search, except that "blocks.1" must not match "blocks.10"."""
+    """PAGMixin's matching rule: a regex search of the id in the module name, except where both end in
+    the same number (diffusers' "fake integral match": "blocks.1" names the container `…blocks.1` itself,
+    which is no attention layer), so only layers inside the named block match."""
     last_id, last_name = layer_id.split(".")[-1], module_name.split(".")[-1]
     fake_integral_match = last_id.isnumeric() and last_name.isnumeric() and last_id == last_name
     return re.search(layer_id, module_name) is not None and not fake_integral_match
