@@ -365,9 +365,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     budget.add_argument("--minutes", type=float, default=None,
                         help="UNet training time budget: the step count is fixed from the warm-up's speed")
     parser.add_argument("--images", type=int, default=48_000, help="training images drawn (default 48000)")
-    parser.add_argument("--vae-steps", type=int, default=450)
-    parser.add_argument("--clip-steps", type=int, default=500)
-    parser.add_argument("--batch", type=int, default=64, help="VAE and UNet batch")
+    parser.add_argument("--vae-steps", type=int, default=400)
+    parser.add_argument("--vae-batch", type=int, default=32)
+    parser.add_argument("--clip-steps", type=int, default=400)
+    parser.add_argument("--batch", type=int, default=64, help="UNet batch")
     parser.add_argument("--clip-batch", type=int, default=256, help="tiny-CLIP batch (more in-batch negatives)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=THREADS, help="torch threads (results depend on it)")
@@ -375,7 +376,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.unet_steps is None and args.minutes is None:
         parser.error("give --unet-steps N (exact rebuild) or --minutes M (time budget)")
-    for name in ("unet_steps", "images", "vae_steps", "clip_steps", "batch", "clip_batch", "threads"):
+    for name in ("unet_steps", "images", "vae_steps", "vae_batch", "clip_steps", "batch", "clip_batch", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -394,7 +395,7 @@ def main(argv: list[str] | None = None) -> Path:
     tokenizer = toy_tokenizer()
     images, caption_ids, captions = render_dataset(args.images, args.seed)
     log(f"drew {len(images)} training images ({time.time() - started:.0f} s)")
-    vae, vae_stats = train_vae(images, args.vae_steps, args.batch, args.seed + 1)
+    vae, vae_stats = train_vae(images, args.vae_steps, args.vae_batch, args.seed + 1)
     mean, std = torch.tensor(vae_stats["latents_mean"]), torch.tensor(vae_stats["latents_std"])
     vae.register_to_config(latents_mean=vae_stats["latents_mean"], latents_std=vae_stats["latents_std"], scaling_factor=1.0)
     te1, te2, clip_stats = pretrain_text_encoders(tokenizer, images, caption_ids, captions, args.clip_steps,
@@ -408,7 +409,7 @@ def main(argv: list[str] | None = None) -> Path:
                                   args.batch, args.seed + 3)
     record = {
         "rebuild": f"python scripts/train_toy.py --unet-steps {unet_stats['steps']} --images {args.images} "
-                   f"--vae-steps {args.vae_steps} --clip-steps {args.clip_steps} --batch {args.batch} "
+                   f"--vae-steps {args.vae_steps} --vae-batch {args.vae_batch} --clip-steps {args.clip_steps} --batch {args.batch} "
                    f"--clip-batch {args.clip_batch} "
                    f"--seed {args.seed} --threads {args.threads}",
         "arguments": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
