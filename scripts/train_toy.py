@@ -12,8 +12,8 @@ stock `StableDiffusionXLPipeline` and the PLADIS pipelines load it offline. Stag
 4. train the UNet (ε-prediction, SDXL noise schedule, min-SNR-5, EMA) on the frozen text embeddings.
 
 `python scripts/train_toy.py --unet-steps N` rebuilds the committed model exactly (same thread count and
-package versions); `--minutes M` instead fixes the UNet step count from the speed measured over the
-warm-up steps (the warm-up does not depend on the total, so the run equals `--unet-steps <chosen>`).
+package versions); `--minutes M` trains the UNet for M minutes of wall time instead and records the steps
+it reached (the UNet learning rate is constant after warm-up, so that run equals `--unet-steps <reached>`).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ TIME_EMBED_DIM = 8
 TEXT_HIDDEN = (64, 64)  # hidden sizes of text_encoder and text_encoder_2 (context = 128 dims)
 POOLED_DIM = 64  # text_encoder_2's projection (the pooled vector)
 THREADS = 2
+UNET_LR = 5e-4
 
 
 def log(message: str) -> None:
@@ -278,8 +279,15 @@ def encode_latents(vae: nn.Module, images: torch.Tensor, mean: torch.Tensor, std
 
 
 def train_unet(latents: torch.Tensor, caption_ids: torch.Tensor, context_table: torch.Tensor, pooled_table: torch.Tensor,
-               steps: int | None, minutes: float | None, batch: int, seed: int, warmup: int = 100) -> tuple[nn.Module, dict]:
-    """ε-prediction with min-SNR-5 weights, 10 % caption dropout (context and pooled zeroed), AdamW, EMA 0.999."""
+               steps: int | None, minutes: float | None, batch: int, seed: int,
+               snapshot: Callable[[nn.Module, dict], None] | None = None, snapshot_every: int = 500,
+               warmup: int = 100) -> tuple[nn.Module, dict]:
+    """ε-prediction with min-SNR-5 weights, 10 % caption dropout (context and pooled zeroed), AdamW, EMA 0.999.
+
+    The learning rate is constant after a linear warm-up (the EMA does the annealing), so the weights after
+    N steps do not depend on when training stops: a `minutes` run equals `steps=<the steps it reached>`.
+    `snapshot(ema, stats)` is called every `snapshot_every` steps (a usable model while training goes on).
+    """
     from diffusers import DDPMScheduler
 
     torch.manual_seed(seed)
@@ -291,21 +299,20 @@ def train_unet(latents: torch.Tensor, caption_ids: torch.Tensor, context_table: 
                                    num_train_timesteps=1000)
     alphas = noise_schedule.alphas_cumprod
     snr = alphas / (1 - alphas)
-    optimiser = torch.optim.AdamW(unet.parameters(), lr=6e-4, weight_decay=0.01)
+    optimiser = torch.optim.AdamW(unet.parameters(), lr=UNET_LR, weight_decay=0.01)
     time_ids = torch.tensor([TIME_IDS], dtype=torch.float32).repeat(batch, 1)
     generator = torch.Generator().manual_seed(seed)
     params, ema_params = list(unet.parameters()), list(ema.parameters())
-    total = steps
     start = time.time()
-    running = []
+    running: list[float] = []
     step = 0
-    while total is None or step < total:
-        if total is None and step == warmup:
-            per_step = (time.time() - start) / warmup
-            total = max(warmup + 1, int(minutes * 60 / per_step))
-            log(f"unet: {per_step:.2f} s/step over the warm-up → {total} steps for {minutes:g} minutes")
+
+    def stats() -> dict:
+        return {"steps": step, "loss_mean_last_200": float(np.mean(running[-200:])), "seconds": time.time() - start}
+
+    while (step < steps) if steps is not None else (time.time() - start < minutes * 60):
         for group in optimiser.param_groups:
-            group["lr"] = 6e-4 * warmup_cosine(step, warmup, total or warmup)
+            group["lr"] = UNET_LR * min(1.0, (step + 1) / warmup)
         pick = torch.randint(len(latents), (batch,), generator=generator)
         x0 = latents[pick]
         context, pooled = context_table[caption_ids[pick]], pooled_table[caption_ids[pick]]
@@ -327,13 +334,14 @@ def train_unet(latents: torch.Tensor, caption_ids: torch.Tensor, context_table: 
             torch._foreach_lerp_(ema_params, params, 1 - decay)
         running.append(loss.item())
         step += 1
-        if step % 50 == 0 or step == total:
+        if step % 50 == 0:
             elapsed = time.time() - start
-            eta = (total - step) * elapsed / step / 60 if total else float("nan")
-            log(f"unet step {step}/{total or '?'} loss {np.mean(running[-50:]):.4f} "
-                f"({elapsed / step:.2f} s/step, {eta:.1f} min left)")
+            log(f"unet step {step}{f'/{steps}' if steps else ''} loss {np.mean(running[-50:]):.4f} "
+                f"({elapsed / step:.2f} s/step, {elapsed / 60:.1f} min)")
+        if snapshot is not None and step % snapshot_every == 0:
+            snapshot(ema, stats())
     ema.eval()
-    return ema, {"steps": step, "final_loss_mean_last_200": float(np.mean(running[-200:])), "seconds": time.time() - start}
+    return ema, stats()
 
 
 # --- saving -----------------------------------------------------------------------------------------------
@@ -363,20 +371,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--unet-steps", type=int, default=None, help="UNet training steps (exact rebuild)")
     budget.add_argument("--minutes", type=float, default=None,
-                        help="UNet training time budget: the step count is fixed from the warm-up's speed")
+                        help="UNet training wall-time budget; the steps reached are recorded for the exact rebuild")
+    parser.add_argument("--snapshot-every", type=int, default=500,
+                        help="save the model every N UNet steps while training (default 500)")
     parser.add_argument("--images", type=int, default=48_000, help="training images drawn (default 48000)")
     parser.add_argument("--vae-steps", type=int, default=400)
     parser.add_argument("--vae-batch", type=int, default=32)
-    parser.add_argument("--clip-steps", type=int, default=400)
+    parser.add_argument("--clip-steps", type=int, default=500)
     parser.add_argument("--batch", type=int, default=64, help="UNet batch")
-    parser.add_argument("--clip-batch", type=int, default=256, help="tiny-CLIP batch (more in-batch negatives)")
+    parser.add_argument("--clip-batch", type=int, default=128, help="tiny-CLIP batch (more in-batch negatives)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=THREADS, help="torch threads (results depend on it)")
     parser.add_argument("--out", type=Path, default=TOY_DIR)
     args = parser.parse_args(argv)
     if args.unet_steps is None and args.minutes is None:
         parser.error("give --unet-steps N (exact rebuild) or --minutes M (time budget)")
-    for name in ("unet_steps", "images", "vae_steps", "vae_batch", "clip_steps", "batch", "clip_batch", "threads"):
+    for name in ("unet_steps", "images", "vae_steps", "vae_batch", "clip_steps", "batch", "clip_batch", "threads", "snapshot_every"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -405,19 +415,28 @@ def main(argv: list[str] | None = None) -> Path:
     with torch.no_grad():
         context_table, pooled_table, _ = text_features(te1, te2, ids)
     log(f"encoded latents and {len(captions)} caption embeddings ({time.time() - started:.0f} s)")
+
+    def training_record(unet_stats: dict) -> dict:
+        return {
+            "rebuild": f"python scripts/train_toy.py --unet-steps {unet_stats['steps']} --images {args.images} "
+                       f"--vae-steps {args.vae_steps} --vae-batch {args.vae_batch} --clip-steps {args.clip_steps} "
+                       f"--clip-batch {args.clip_batch} --batch {args.batch} --seed {args.seed} --threads {args.threads}",
+            "arguments": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
+            "unet_steps": unet_stats["steps"], "vae": vae_stats, "text_encoders": clip_stats, "unet": unet_stats,
+            "total_minutes": (time.time() - started) / 60, "torch_threads": torch.get_num_threads(),
+            "versions": package_versions(), "repository_commit": repository_commit(),
+        }
+
+    def snapshot(ema: nn.Module, unet_stats: dict) -> None:
+        copy = toy_unet()
+        copy.load_state_dict(ema.state_dict())
+        save_toy(args.out, vae, te1, te2, tokenizer, copy.eval(), {**training_record(unet_stats), "snapshot": True})
+        log(f"snapshot at UNet step {unet_stats['steps']} saved to {args.out}")
+
     unet, unet_stats = train_unet(latents, caption_ids, context_table, pooled_table, args.unet_steps, args.minutes,
-                                  args.batch, args.seed + 3)
-    record = {
-        "rebuild": f"python scripts/train_toy.py --unet-steps {unet_stats['steps']} --images {args.images} "
-                   f"--vae-steps {args.vae_steps} --vae-batch {args.vae_batch} --clip-steps {args.clip_steps} --batch {args.batch} "
-                   f"--clip-batch {args.clip_batch} "
-                   f"--seed {args.seed} --threads {args.threads}",
-        "arguments": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
-        "unet_steps": unet_stats["steps"], "vae": vae_stats, "text_encoders": clip_stats, "unet": unet_stats,
-        "unet_parameters": sum(p.numel() for p in unet.parameters()),
-        "total_minutes": (time.time() - started) / 60, "torch_threads": torch.get_num_threads(),
-        "versions": package_versions(), "repository_commit": repository_commit(),
-    }
+                                  args.batch, args.seed + 3, snapshot, args.snapshot_every)
+    record = training_record(unet_stats)
+    record["unet_parameters"] = sum(p.numel() for p in unet.parameters())
     out = save_toy(args.out, vae, te1, te2, tokenizer, unet, record)
     log(f"saved {out} ({record['total_minutes']:.1f} min); rebuild: {record['rebuild']}")
     return out
