@@ -57,18 +57,26 @@ def log(message: str) -> None:
 
 
 def toy_tokenizer():
-    """A CLIP BPE tokenizer whose vocabulary makes each toy word one token (trained by `tokenizers`' BpeTrainer)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    """A CLIP BPE tokenizer whose vocabulary makes each toy word one token, built deterministically.
+
+    Each word is merged left to right by its own chain of merges; longer words' chains rank first, so a
+    shorter word's merge (e.g. "r"+"e" of "red") never splits a longer word containing it ("green"),
+    which is checked. (`tokenizers`' BpeTrainer would find such merges too, but its ids vary between runs.)
+    """
     from transformers import CLIPTokenizer
 
-    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=["<|startoftext|>", "<|endoftext|>"],
-                                  end_of_word_suffix="</w>", show_progress=False)
-    bpe.train_from_iterator([" ".join(WORDS)] * 4, trainer)
-    model = json.loads(bpe.to_str())["model"]
-    merges = [tuple(merge) if isinstance(merge, list) else tuple(merge.split()) for merge in model["merges"]]
-    tokenizer = CLIPTokenizer(vocab=model["vocab"], merges=merges, model_max_length=MAX_TOKENS)
+    words = sorted(set(WORDS), key=lambda word: (-len(word), word))
+    letters = sorted({letter for word in words for letter in word})
+    vocab_list = ["<|startoftext|>", "<|endoftext|>", *letters, *(letter + "</w>" for letter in letters)]
+    merges: list[tuple[str, str]] = []
+    for word in words:
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(pieces) > 1:
+            merges.append((pieces[0], pieces[1]))
+            vocab_list.append(pieces[0] + pieces[1])
+            pieces = [pieces[0] + pieces[1]] + pieces[2:]
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(vocab_list))}
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=list(dict.fromkeys(merges)), model_max_length=MAX_TOKENS)
     for word in WORDS:  # each word must be exactly one token, or the attention statistics mean nothing
         if len(tokenizer(word, add_special_tokens=False).input_ids) != 1:
             raise RuntimeError(f"toy tokenizer splits {word!r}")
