@@ -2,7 +2,7 @@
 
 No learned weights: foreground pixels are those far from the background colour, the colour is the palette
 colour nearest to their mean, the shape comes from where the object's mass sits in its bounding box
-(triangles point up) and how much of the box it fills. `tests/test_toy_scorer.py` checks it on drawn images.
+(triangles point up) and how much of the box and of its corners it fills. `tests/test_toy_scorer.py` checks it on drawn images.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from scripts.toy_data import BACKGROUND, COLOURS, SIDES, ToyObject, ToyScene
 
 FOREGROUND_DISTANCE = 70.0  # RGB distance from the background above which a pixel belongs to an object
 CORE_DISTANCE = 120.0  # pixels this far from the background set the colour (anti-aliased edges blend)
-TRIANGLE_CENTROID = 0.58  # relative height of the mass centre (0.5 symmetric, 0.67 an upward triangle)
-SQUARE_FILL = 0.92  # bounding-box fill above which an untapered object is a square (a disc fills π/4)
+TRIANGLE_CENTROID = 0.56  # relative height of the mass centre (0.5 symmetric, 0.67 an upward triangle)
+SQUARENESS = 1.38  # box fill + corner fill above which a symmetric object is a square (disc ≈ 0.8 + 0.3, square ≈ 2)
 MIN_PIXELS = 8  # fewer foreground pixels than this in a half: the half is empty
 _PALETTE_NAMES = tuple(COLOURS)
 _PALETTE = np.array([COLOURS[name] for name in _PALETTE_NAMES], dtype=np.float64)
@@ -46,18 +46,24 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 def shape_of(mask: np.ndarray) -> str:
-    """"circle", "square" or "triangle" from a foreground mask: where its mass sits, then its bounding-box fill.
+    """"circle", "square" or "triangle" from a foreground mask: where its mass sits, then how square it is.
 
-    An upward triangle's centroid lies 2/3 of the way down its bounding box, a circle's and a square's halfway.
+    An upward triangle's centroid lies 2/3 of the way down its bounding box, a circle's and a square's
+    halfway. A square fills its bounding box and its corners; a disc fills π/4 of the box and about a
+    third of its corner cells (the outer quarter of each side). Their sum separates the two even when
+    the VAE rounds the square's corners.
     """
     rows = np.nonzero(mask.any(axis=1))[0]
     cols = np.nonzero(mask.any(axis=0))[0]
-    height, width = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
-    centroid = (np.nonzero(mask)[0].mean() - rows[0] + 0.5) / height
+    box = mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].astype(np.float64)
+    height, width = box.shape
+    centroid = (np.nonzero(box)[0].mean() + 0.5) / height
     if centroid > TRIANGLE_CENTROID:
         return "triangle"
-    fill = mask.sum() / float(height * width)
-    return "square" if fill > SQUARE_FILL else "circle"
+    cell_h, cell_w = max(1, round(height / 4)), max(1, round(width / 4))
+    corners = np.mean([box[:cell_h, :cell_w].mean(), box[:cell_h, -cell_w:].mean(),
+                       box[-cell_h:, :cell_w].mean(), box[-cell_h:, -cell_w:].mean()])
+    return "square" if box.mean() + corners > SQUARENESS else "circle"
 
 
 def classify_half(pixels: np.ndarray) -> ToyObject | None:

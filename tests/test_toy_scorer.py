@@ -51,3 +51,23 @@ def test_score_counts_attributes_only_on_the_named_side() -> None:
 def test_non_toy_captions_are_refused(caption: str) -> None:
     with pytest.raises(ValueError):
         scene_of_caption(caption)
+
+
+def test_reads_at_least_97_percent_of_objects_after_the_toy_vae_round_trip() -> None:
+    """The scorer reads generated images, which pass through the VAE decoder: its blur must not fool it."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    from scripts.common import REPO_ROOT, TOY_MODEL
+    from scripts.toy_data import to_array
+
+    vae = AutoencoderKL.from_pretrained(str(REPO_ROOT / TOY_MODEL / "vae"), dtype=torch.float32)
+    rng = random.Random(7)
+    scenes = [ToyScene(rng.choice(ALL_OBJECTS), rng.choice(ALL_OBJECTS)) for _ in range(200)]
+    pixels = torch.from_numpy(to_array([draw_scene(scene, rng) for scene in scenes])).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        decoded = vae.decode(vae.encode(pixels.float() / 127.5 - 1).latent_dist.mean).sample
+    images = ((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    right = sum(getattr(read_scene(image), side) == getattr(scene, side) for scene, image in zip(scenes, images)
+                for side in SIDES)
+    assert right / (2 * len(scenes)) >= 0.97
