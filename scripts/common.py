@@ -33,6 +33,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 TINY_STEPS = 2  # the tiny assets are random weights: two steps show the plumbing in a second
 TOY_MODEL = "asset/toy-sdxl"  # trained by scripts/train_toy.py: compare.py's and attention_maps.py's default
 TOY_PROMPT = "a red circle on the left and a blue square on the right"
+TOY_STEPS = 20  # as in the toy's evaluation (scripts/toy_eval.py)
 
 
 @dataclass(frozen=True)
@@ -203,12 +204,15 @@ def is_tiny_asset(model: str) -> bool:
 
 def prefer_toy(args: argparse.Namespace, fallback_prompt: str) -> bool:
     """No `--model` with `--pipeline sdxl`: use the trained toy; no `--prompt`: a toy caption on the toy, else
-    `fallback_prompt`. Returns whether the toy is the model (in place, before `finish_common_options`)."""
+    `fallback_prompt`; no `--steps` on the toy: TOY_STEPS. Returns whether the toy is the model (in place,
+    before `finish_common_options`)."""
     if args.model is None and args.pipeline == "sdxl" and (REPO_ROOT / TOY_MODEL / "model_index.json").exists():
         args.model = TOY_MODEL
     toy = args.model is not None and Path(model_source(args.model)).resolve() == (REPO_ROOT / TOY_MODEL).resolve()
     if args.prompt is None:
         args.prompt = TOY_PROMPT if toy else fallback_prompt
+    if toy and args.steps is None and args.timesteps is None:
+        args.steps = TOY_STEPS
     return toy
 
 

@@ -69,3 +69,15 @@ def test_trainer_is_deterministic(two_tiny_runs):
     first, second = two_tiny_runs
     for part in ("unet/diffusion_pytorch_model.safetensors", "text_encoder_2/model.safetensors"):
         assert (first / part).read_bytes() == (second / part).read_bytes(), part
+
+
+def test_compare_and_attention_maps_default_to_the_toy_and_its_prompt():
+    from scripts import attention_maps, compare
+
+    args = compare.parse_args([])
+    assert (args.model, args.prompt, args.steps, args.height) == (TOY_MODEL, TOY_PROMPT, 20, None)
+    assert compare.parse_args(["--model", "asset/tiny-sdxl"]).prompt.startswith("a photo of an astronaut")
+    assert compare.parse_args(["--pipeline", "flux"]).model == "asset/tiny-flux-schnell"
+    maps = attention_maps.parse_args([])
+    assert maps.model == TOY_MODEL and maps.tokens == ["red", "circle", "left", "blue", "square", "right"]
+    assert attention_maps.parse_args(["--prompt", "a green triangle on the left"]).tokens is None
