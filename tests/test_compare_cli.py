@@ -145,7 +145,8 @@ def test_controlnet_choice_shows_the_preprocessed_control_image_first(tmp_path):
     np.testing.assert_array_equal(control, np.asarray(expected_control.convert("RGB")))
     pipe = PLADISStableDiffusionXLControlNetPipeline.from_pretrained(
         str(common.ASSET_DIR / "tiny-sdxl-controlnet"), local_files_only=True)
-    expected = pipe(compare.parse_args([]).prompt, image=expected_control, num_inference_steps=1, height=64, width=64,
+    prompt = compare.parse_args(["--pipeline", "controlnet"]).prompt
+    expected = pipe(prompt, image=expected_control, num_inference_steps=1, height=64, width=64,
                     generator=common.seeded_generator(0)).images[0]
     np.testing.assert_array_equal(plain, np.asarray(expected))
     assert np.abs(plain.astype(int) - boosted).max() > 0
