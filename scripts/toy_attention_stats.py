@@ -11,7 +11,6 @@ tokens, the end token and the padding after it, and the number of keys entmax15 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path

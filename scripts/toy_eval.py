@@ -30,7 +30,6 @@ from scripts.toy_scorer import read_scene, score_scene  # noqa: E402
 
 TOY_MODEL = "asset/toy-sdxl"
 METRICS = ("colour", "shape", "object", "image")
-CHANCE = {"colour": 1 / 6, "shape": 1 / 3, "object": 1 / 18, "image": 1 / 18**2}
 
 
 def setting_key(guidance: float, scale: float, alpha: float) -> str:
