@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from scripts import evaluate
 from scripts.toy_data import HELD_OUT_PAIRS, evaluation_scenes, held_out_pairs
@@ -36,7 +37,15 @@ def test_evaluation_prompts_cover_every_held_out_pair_once_at_the_default_share(
     assert all((scene.left, scene.right) not in held_out_pairs() for scene, is_held, _ in chosen if not is_held)
 
 
-def test_one_command_generates_scores_and_resumes(tmp_path, capsys):
+@pytest.fixture
+def restores_threads():
+    """toy_eval fixes torch's thread count (the images depend on it); give later tests theirs back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_one_command_generates_scores_and_resumes(tmp_path, restores_threads):
     options = ["--toy", "--count", "4", "--steps", "1", "--scales", "0,2", "--alphas", "1.5", "--guidance", "1",
                "--batch-size", "4", "--resamples", "50", "--out", str(tmp_path)]
     results = evaluate.main(options)

@@ -52,14 +52,18 @@ def test_toy_tokenizer_makes_every_word_one_token_and_fits_the_longest_caption()
 def two_tiny_runs(tmp_path_factory):
     options = ["--images", "64", "--vae-steps", "2", "--vae-batch", "8", "--clip-steps", "2", "--clip-batch", "16",
                "--unet-steps", "3", "--batch", "4", "--snapshot-every", "2"]
-    return [train_toy.main([*options, "--out", str(tmp_path_factory.mktemp("toy") / "run")]) for _ in range(2)]
+    threads = torch.get_num_threads()
+    try:  # the trainer fixes its thread count (results depend on it); later tests get theirs back
+        return [train_toy.main([*options, "--out", str(tmp_path_factory.mktemp("toy") / "run")]) for _ in range(2)]
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_trainer_saves_a_loadable_pipeline_and_records_the_rebuild_command(two_tiny_runs):
     out = two_tiny_runs[0]
     record = json.loads((out / "training.json").read_text())
     assert record["unet_steps"] == 3 and "snapshot" not in record
-    assert "--unet-steps 3 " in record["rebuild"] and record["torch_threads"] == torch.get_num_threads()
+    assert "--unet-steps 3 " in record["rebuild"] and record["torch_threads"] == train_toy.THREADS
     pipe = StableDiffusionXLPipeline.from_pretrained(str(out), dtype=torch.float32, local_files_only=True)
     assert pipe.vae.config.scaling_factor == 1.0 and len(pipe.vae.config.latents_mean) == 4
     assert pipe("a red circle on the left", num_inference_steps=1).images[0].size == (32, 32)
