@@ -32,6 +32,7 @@ from scripts.common import (  # noqa: E402
     load_pipeline,
     model_source,
     parse_with_settings,
+    prefer_toy,
     run_settings,
     seeded_generator,
     step_progress,
@@ -40,6 +41,7 @@ from scripts.common import (  # noqa: E402
 from scripts.grid import save_grid  # noqa: E402
 
 HEAT_OPACITY = 0.6
+TOY_TOKENS = ("red", "circle", "left", "blue", "square", "right")  # the toy prompt's content words
 
 
 def step_indices(text: str) -> list[int] | None:
@@ -59,7 +61,7 @@ def step_indices(text: str) -> list[int] | None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and check the options (`--settings FILE` starts from a recorded run)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompt", default="a photo of a red cube on a blue ball")
+    parser.add_argument("--prompt", default=None, help="default: a toy caption on the toy, else a red cube on a blue ball")
     parser.add_argument("--pladis-scale", type=float, default=2.0, help="λ of the generation and of the PLADIS maps")
     parser.add_argument("--layer-groups", type=comma_words, default=list(LAYER_GROUPS),
                         help="U-Net layer groups whose maps are averaged: any of down,mid,up (default all)")
@@ -88,6 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if problem := checks.output_file_problem("--out", args.out, companions=[".json"]):
         parser.error(problem)
     args.device = args.device or default_device()
+    prompt_given = args.prompt is not None
+    if prefer_toy(args, "a photo of a red cube on a blue ball") and not prompt_given and args.tokens is None:
+        args.tokens = list(TOY_TOKENS)
     args = finish_common_options(parser, args)
     if args.record_steps is not None:
         if not args.record_steps:

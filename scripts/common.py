@@ -33,6 +33,9 @@ from scripts import checks  # noqa: E402
 ASSET_DIR = REPO_ROOT / "asset"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 TINY_STEPS = 2  # the tiny assets are random weights: two steps show the plumbing in a second
+TOY_MODEL = "asset/toy-sdxl"  # trained by scripts/train_toy.py: compare.py's and attention_maps.py's default
+TOY_PROMPT = "a red circle on the left and a blue square on the right"
+TOY_STEPS = 20  # as in the toy's evaluation (scripts/toy_eval.py)
 
 
 @dataclass(frozen=True)
@@ -233,9 +236,26 @@ def _check_model_source(parser: argparse.ArgumentParser, value: str, option: str
 
 
 def is_tiny_asset(model: str) -> bool:
-    """True for the random-weight pipelines in `asset/` (they get few steps and 64×64 by default)."""
+    """True for the random-weight pipelines in `asset/` (they get few steps and 64×64 by default); the
+    trained toy is not one: it gets its pipeline's usual steps and its own 32×32 resolution."""
     source = Path(model_source(model))
-    return source.exists() and ASSET_DIR.resolve() in source.resolve().parents
+    if not source.exists() or source.resolve() == (REPO_ROOT / TOY_MODEL).resolve():
+        return False
+    return ASSET_DIR.resolve() in source.resolve().parents
+
+
+def prefer_toy(args: argparse.Namespace, fallback_prompt: str) -> bool:
+    """No `--model` with `--pipeline sdxl`: use the trained toy; no `--prompt`: a toy caption on the toy, else
+    `fallback_prompt`; no `--steps` on the toy: TOY_STEPS. Returns whether the toy is the model (in place,
+    before `finish_common_options`)."""
+    if args.model is None and args.pipeline == "sdxl" and (REPO_ROOT / TOY_MODEL / "model_index.json").exists():
+        args.model = TOY_MODEL
+    toy = args.model is not None and Path(model_source(args.model)).resolve() == (REPO_ROOT / TOY_MODEL).resolve()
+    if args.prompt is None:
+        args.prompt = TOY_PROMPT if toy else fallback_prompt
+    if toy and args.steps is None and args.timesteps is None:
+        args.steps = TOY_STEPS
+    return toy
 
 
 def finish_common_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:

@@ -1,9 +1,9 @@
 """Generate one prompt from the same seed at several PLADIS scales and write one labelled grid plus its settings.
 
-With no arguments it compares λ = 0 and 2 on the embedded tiny SDXL pipeline (`asset/tiny-sdxl`) on CPU in
-seconds; `--pipeline sdxl|sdxl-seg|controlnet|flux`, `--model` and `--scales 0,1,1.5,2` choose the real job.
-`--pipeline auto --model <folder or hub id>` loads any pipeline of a supported family with
-`DiffusionPipeline.from_pretrained` (its stock class) and switches PLADIS on with `apply_pladis`.
+With no arguments it compares λ = 0 and 2 on the embedded toy SDXL model (`asset/toy-sdxl`, trained on coloured
+shapes by `train_toy.py`) on CPU in seconds; `--pipeline sdxl|sdxl-seg|controlnet|flux`, `--model` and
+`--scales 0,1,1.5,2` choose the real job. `--pipeline auto --model <folder or hub id>` loads any pipeline of a
+supported family with `DiffusionPipeline.from_pretrained` (its stock class) and switches PLADIS on with `apply_pladis`.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from scripts.common import (  # noqa: E402
     load_pipeline,
     parse_scales,
     parse_with_settings,
+    prefer_toy,
     run_settings,
     seeded_generator,
     step_progress,
@@ -43,7 +44,7 @@ from scripts.grid import save_grid  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and check the options; `--settings FILE` starts from the arguments a grid's JSON recorded."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompt", default="a photo of an astronaut riding a horse on the moon")
+    parser.add_argument("--prompt", default=None, help="default: a toy caption on the toy, else an astronaut")
     parser.add_argument("--pladis-scale", type=float, default=2.0, help="λ of the PLADIS panel (default 2.0)")
     parser.add_argument("--scales", default=None, help="λ sweep, e.g. 0,1,1.5,2 (default: 0 and --pladis-scale)")
     parser.add_argument("--out", type=Path, default=Path("outputs/compare.png"),
@@ -60,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if problem := checks.output_file_problem("--out", args.out, companions=[".json"]):
         parser.error(problem)
     args.device = args.device or default_device()  # recorded, so a rerun uses the same kind of device
+    prefer_toy(args, "a photo of an astronaut riding a horse on the moon")
     return finish_common_options(parser, args)
 
 

@@ -2,6 +2,8 @@
 
 It prints one table row per folder (e.g. without and with PLADIS, as in the paper's tables); a metric whose
 model or weights are not available reads "n/a" with the reason, and FID is named after the features it used.
+`evaluate.py --toy` instead generates and scores the embedded toy model with its deterministic scorer
+(`scripts/toy_eval.py`).
 """
 
 from __future__ import annotations
@@ -388,7 +390,13 @@ def format_table(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Print the table (and write `--json`); return the results."""
+    """Print the table (and write `--json`); return the results. `evaluate.py --toy [options]` runs the toy
+    evaluation instead (`scripts/toy_eval.py`: generation and the toy scorer, no downloaded models)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--toy"]:
+        from scripts.toy_eval import main as toy_main
+
+        return toy_main(argv[1:])
     args = parse_args(argv)
     results = evaluate(args)
     print(format_table(results))

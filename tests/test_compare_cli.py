@@ -15,6 +15,7 @@ from scripts import common, compare
 from scripts.build_tiny_assets import TINY_SDXL_LORA
 
 CELL, LABEL = 256, 24  # 64×64 panels are shown ×4 under a 24 px label strip
+TINY = ["--model", "asset/tiny-sdxl"]  # the random-weight SDXL (the default model is the trained toy)
 
 
 def panels_of(path, count):
@@ -25,7 +26,7 @@ def panels_of(path, count):
 
 
 def test_sweep_has_one_labelled_panel_per_scale_and_json_records_every_setting(tmp_path, capsys):
-    path = compare.main(["--scales", "0,1,2", "--steps", "1", "--seed", "3", "--out", str(tmp_path / "sweep.png")])
+    path = compare.main([*TINY, "--scales", "0,1,2", "--steps", "1", "--seed", "3", "--out", str(tmp_path / "sweep.png")])
     panels = panels_of(path, 3)
     assert all(np.abs(panels[0].astype(int) - panel).max() > 0 for panel in panels[1:])  # λ changes the picture
     settings = json.loads(path.with_suffix(".json").read_text())
@@ -52,7 +53,7 @@ def test_rerunning_from_the_json_reproduces_the_grid_bit_for_bit(tmp_path):
 
 
 def test_scale_zero_panel_is_the_stock_pipeline_image(tmp_path):
-    args = compare.parse_args(["--scales", "0", "--steps", "1", "--seed", "2"])
+    args = compare.parse_args([*TINY, "--scales", "0", "--steps", "1", "--seed", "2"])
     images, labels = compare.generate_panels(args)
     stock = StableDiffusionXLPipeline.from_pretrained(str(common.ASSET_DIR / "tiny-sdxl"), local_files_only=True)
     expected = stock(args.prompt, num_inference_steps=1, guidance_scale=5.0, height=64, width=64,
@@ -67,7 +68,7 @@ def test_scale_zero_panel_is_the_stock_pipeline_image(tmp_path):
     ("ddim-trailing", {"num_inference_steps": 2}),
 ])
 def test_lora_and_distilled_scheduler_options_match_the_manual_recipe(scheduler, call):
-    options = ["--lora", str(TINY_SDXL_LORA), "--scheduler", scheduler, "--guidance-scale", "0", "--scales", "0"]
+    options = [*TINY, "--lora", str(TINY_SDXL_LORA), "--scheduler", scheduler, "--guidance-scale", "0", "--scales", "0"]
     options += ["--timesteps", "999,499"] if "timesteps" in call else ["--steps", "2"]
     args = compare.parse_args(options)
     images, _ = compare.generate_panels(args)
@@ -146,7 +147,8 @@ def test_controlnet_choice_shows_the_preprocessed_control_image_first(tmp_path):
     np.testing.assert_array_equal(control, np.asarray(expected_control.convert("RGB")))
     pipe = PLADISStableDiffusionXLControlNetPipeline.from_pretrained(
         str(common.ASSET_DIR / "tiny-sdxl-controlnet"), local_files_only=True)
-    expected = pipe(compare.parse_args([]).prompt, image=expected_control, num_inference_steps=1, height=64, width=64,
+    prompt = compare.parse_args(["--pipeline", "controlnet"]).prompt
+    expected = pipe(prompt, image=expected_control, num_inference_steps=1, height=64, width=64,
                     generator=common.seeded_generator(0)).images[0]
     np.testing.assert_array_equal(plain, np.asarray(expected))
     assert np.abs(plain.astype(int) - boosted).max() > 0

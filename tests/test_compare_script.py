@@ -1,4 +1,4 @@
-"""The main job: `scripts/compare.py` writes a labelled with/without grid from the tiny asset."""
+"""The main job: `scripts/compare.py` writes a labelled with/without grid from the embedded toy model."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_compare_writes_a_two_panel_grid_whose_panels_differ(tmp_path):
-    path = compare.main(["--out", str(tmp_path / "grid.png"), "--pladis-scale", "2.5"])
+    path = compare.main(["--out", str(tmp_path / "grid.png"), "--pladis-scale", "2.5", "--steps", "3"])
     grid = np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
-    assert grid.shape == (24 + 256, 2 * 256, 3)  # two 64×64 images shown ×4, under a 24 px label strip
+    assert grid.shape == (24 + 256, 2 * 256, 3)  # two 32×32 toy images shown ×8, under a 24 px label strip
     left, right = grid[24:, :256], grid[24:, 256:]
     assert np.abs(left - right).max() > 0  # PLADIS changed the picture
 

@@ -1,0 +1,87 @@
+"""The trained toy (`asset/toy-sdxl`) loads offline in the stock and PLADIS pipelines and generates; the trainer
+that made it runs end to end, deterministically, on a few images and steps."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionXLPipeline
+from safetensors import safe_open
+
+from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
+from scripts import train_toy
+from scripts.common import REPO_ROOT, TOY_MODEL, TOY_PROMPT, is_tiny_asset
+
+TOY = REPO_ROOT / TOY_MODEL
+
+
+def test_toy_is_small_fp16_safetensors_with_a_16_token_tokenizer():
+    weights = sorted(TOY.rglob("*.safetensors"))
+    assert {path.parent.name for path in weights} == {"unet", "vae", "text_encoder", "text_encoder_2"}
+    assert sum(path.stat().st_size for path in TOY.rglob("*") if path.is_file()) <= 20 * 2**20
+    for path in weights:
+        with safe_open(str(path), "pt") as handle:
+            assert {handle.get_slice(name).get_dtype() for name in handle.keys()} == {"F16"}, path
+    assert json.loads((TOY / "tokenizer" / "tokenizer_config.json").read_text())["model_max_length"] == 16
+    assert "rebuild" in json.loads((TOY / "training.json").read_text())
+    assert not is_tiny_asset(TOY_MODEL)  # it gets real steps and its own 32×32 size in the scripts
+
+
+def test_toy_generates_with_the_stock_and_the_pladis_pipeline():
+    call = {"num_inference_steps": 2, "guidance_scale": 5.0}
+    stock = StableDiffusionXLPipeline.from_pretrained(str(TOY), dtype=torch.float32, local_files_only=True)
+    image = stock(TOY_PROMPT, generator=torch.Generator().manual_seed(0), **call).images[0]
+    assert image.size == (32, 32)
+    pipe = PLADISStableDiffusionXLPipeline.from_pretrained(str(TOY), dtype=torch.float32, local_files_only=True)
+    plain = pipe(TOY_PROMPT, generator=torch.Generator().manual_seed(0), pladis_scale=0.0, **call).images[0]
+    boosted = pipe(TOY_PROMPT, generator=torch.Generator().manual_seed(0), pladis_scale=2.0, **call).images[0]
+    np.testing.assert_array_equal(np.asarray(plain), np.asarray(image))
+    assert np.abs(np.asarray(plain).astype(int) - np.asarray(boosted)).max() > 0
+
+
+def test_toy_tokenizer_makes_every_word_one_token_and_fits_the_longest_caption():
+    tokenizer = train_toy.toy_tokenizer()
+    ids = tokenizer(TOY_PROMPT).input_ids
+    assert len(ids) == len(TOY_PROMPT.split()) + 2 <= tokenizer.model_max_length == 16
+
+
+@pytest.fixture(scope="module")
+def two_tiny_runs(tmp_path_factory):
+    options = ["--images", "64", "--vae-steps", "2", "--vae-batch", "8", "--clip-steps", "2", "--clip-batch", "16",
+               "--unet-steps", "3", "--batch", "4", "--snapshot-every", "2"]
+    threads = torch.get_num_threads()
+    try:  # the trainer fixes its thread count (results depend on it); later tests get theirs back
+        return [train_toy.main([*options, "--out", str(tmp_path_factory.mktemp("toy") / "run")]) for _ in range(2)]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_trainer_saves_a_loadable_pipeline_and_records_the_rebuild_command(two_tiny_runs):
+    out = two_tiny_runs[0]
+    record = json.loads((out / "training.json").read_text())
+    assert record["unet_steps"] == 3 and "snapshot" not in record
+    assert "--unet-steps 3 " in record["rebuild"] and record["torch_threads"] == train_toy.THREADS
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(out), dtype=torch.float32, local_files_only=True)
+    assert pipe.vae.config.scaling_factor == 1.0 and len(pipe.vae.config.latents_mean) == 4
+    assert pipe("a red circle on the left", num_inference_steps=1).images[0].size == (32, 32)
+
+
+def test_trainer_is_deterministic(two_tiny_runs):
+    first, second = two_tiny_runs
+    for part in ("unet/diffusion_pytorch_model.safetensors", "text_encoder_2/model.safetensors"):
+        assert (first / part).read_bytes() == (second / part).read_bytes(), part
+
+
+def test_compare_and_attention_maps_default_to_the_toy_and_its_prompt():
+    from scripts import attention_maps, compare
+
+    args = compare.parse_args([])
+    assert (args.model, args.prompt, args.steps, args.height) == (TOY_MODEL, TOY_PROMPT, 20, None)
+    assert compare.parse_args(["--model", "asset/tiny-sdxl"]).prompt.startswith("a photo of an astronaut")
+    assert compare.parse_args(["--pipeline", "flux"]).model == "asset/tiny-flux-schnell"
+    maps = attention_maps.parse_args([])
+    assert maps.model == TOY_MODEL and maps.tokens == ["red", "circle", "left", "blue", "square", "right"]
+    assert attention_maps.parse_args(["--prompt", "a green triangle on the left"]).tokens is None
