@@ -49,10 +49,11 @@ def test_every_lora_load_in_scripts_goes_through_the_safetensors_only_loader():
 
 def test_settings_record_the_thread_count_and_repository_relative_model_paths(tmp_path, capsys):
     threads = torch.get_num_threads()
-    path = compare.main(["--scales", "0", "--steps", "1", "--out", str(tmp_path / "grid.png")])
+    path = compare.main(["--model", str(ROOT / "asset" / "tiny-sdxl"), "--scales", "0", "--steps", "1",
+                         "--out", str(tmp_path / "grid.png")])
     settings = json.loads(path.with_suffix(".json").read_text())
     assert settings["torch_threads"] == threads
-    assert settings["model_source"] == "asset/tiny-sdxl"
+    assert settings["model_source"] == "asset/tiny-sdxl"  # given absolute, recorded relative to the repository
     torch.set_num_threads(threads + 1)
     try:
         compare.parse_args(["--settings", str(path.with_suffix(".json"))])
@@ -83,4 +84,4 @@ def test_committed_readme_settings_name_no_absolute_path(name):
     settings = json.loads((ROOT / "asset" / "readme" / name).read_text())
     absolute = [text for text in strings_in(settings) if text.startswith("/") or Path(text).is_absolute()]
     assert absolute == []
-    assert settings["model_source"] == "asset/tiny-sdxl"
+    assert settings["model_source"] == "asset/toy-sdxl"  # the README's pictures come from the embedded toy

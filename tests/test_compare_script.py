@@ -43,8 +43,9 @@ def test_compare_rejects_bad_options(argument, named, capsys):
 
 
 def test_auto_pipeline_loads_the_stock_class_and_gives_the_pladis_pipelines_grid(tmp_path):
-    auto = compare.main(["--pipeline", "auto", "--out", str(tmp_path / "auto.png")])  # asset/tiny-sdxl, stock class
-    sdxl = compare.main(["--pipeline", "sdxl", "--out", str(tmp_path / "sdxl.png")])
+    same = ["--model", "asset/tiny-sdxl", "--prompt", "a photo of a red cube"]
+    auto = compare.main(["--pipeline", "auto", *same, "--out", str(tmp_path / "auto.png")])  # the stock class
+    sdxl = compare.main(["--pipeline", "sdxl", *same, "--out", str(tmp_path / "sdxl.png")])
     np.testing.assert_array_equal(np.asarray(Image.open(auto)), np.asarray(Image.open(sdxl)))
 
 
