@@ -92,9 +92,17 @@ def dense_attention_and_log_normaliser(
         return output, log_normaliser
     if (query.is_cuda and attn_mask is None and query.dtype in (torch.float16, torch.bfloat16)
             and query.shape[-1] % 8 == 0 and query.shape[-1] <= 256):
-        output, log_normaliser = torch.ops.aten._scaled_dot_product_flash_attention(query, key, value, scale=scale)[:2]
-        return output, log_normaliser
+        return cuda_flash_attention_with_log_normaliser(query, key, value, scale)
     return None
+
+
+def cuda_flash_attention_with_log_normaliser(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                                             scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """CUDA's flash SDPA (float16/bfloat16, no mask): `(softmax(z)·V, logsumexp(z))`, the log-sum-exp
+    float32 (B, H, N) — the same kernel `F.scaled_dot_product_attention` would pick, so the dense part
+    is the stock one."""
+    output, log_normaliser = torch.ops.aten._scaled_dot_product_flash_attention(query, key, value, scale=scale)[:2]
+    return output, log_normaliser
 
 
 def text_block_pladis_attention(
