@@ -98,6 +98,16 @@ def _model_config(model: str, subfolder: str, config_class: type) -> dict | None
         return None
 
 
+def flux_is_timestep_distilled(model: str) -> bool | None:
+    """Whether a FLUX model is timestep-distilled like FLUX.1-schnell (its transformer has no guidance
+    embedding, so it is meant for ~4 steps), read from the transformer config; None when the config is
+    not on this machine (a hub model not downloaded yet)."""
+    from diffusers import FluxTransformer2DModel
+
+    config = _model_config(model, "transformer", FluxTransformer2DModel)
+    return None if config is None else not config.get("guidance_embeds", False)
+
+
 def size_multiple(model: str, flux: bool) -> int:
     """What `--height` / `--width` must be a multiple of: 8 for the SDXL pipelines, 2 × the VAE scale factor
     for FLUX (read from the VAE config when available; 16 for the real FLUX VAE)."""

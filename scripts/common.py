@@ -235,6 +235,16 @@ def _check_model_source(parser: argparse.ArgumentParser, value: str, option: str
         parser.error(f"{option}: no such local folder: {value} (give an existing folder or a hub id like owner/name)")
 
 
+FLUX_DISTILLED_STEPS = 4  # FLUX.1-schnell and other timestep-distilled FLUX models
+
+
+def _timestep_distilled(model: str) -> bool:
+    """A FLUX model without guidance embedding (schnell-like), from its config; only where the config
+    is not on this machine yet does the name decide ("schnell" in it)."""
+    distilled = checks.flux_is_timestep_distilled(model)
+    return "schnell" in model.lower() if distilled is None else distilled
+
+
 def is_tiny_asset(model: str) -> bool:
     """True for the random-weight pipelines in `asset/` (they get few steps and 64×64 by default); the
     trained toy is not one: it gets its pipeline's usual steps and its own 32×32 resolution."""
@@ -299,7 +309,7 @@ def finish_common_options(parser: argparse.ArgumentParser, args: argparse.Namesp
         elif tiny:
             args.steps = TINY_STEPS
         else:
-            args.steps = 4 if "schnell" in args.model.lower() else choice.steps
+            args.steps = FLUX_DISTILLED_STEPS if args.pipeline == "flux" and _timestep_distilled(args.model) else choice.steps
     if args.guidance_scale is None:
         args.guidance_scale = choice.guidance_scale
     if tiny:

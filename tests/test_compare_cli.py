@@ -190,3 +190,16 @@ def test_a_bad_pladis_kernel_is_a_usage_error_before_anything_loads(monkeypatch,
     assert exit_info.value.code == 2
     assert "PLADIS_KERNEL must be one of auto, triton, torch" in capsys.readouterr().err
     assert not (tmp_path / "grid.png").exists()
+
+
+@pytest.mark.parametrize("asset, folder_name, steps", [
+    ("tiny-flux-schnell", "my-flux", 4),  # no guidance embedding: timestep-distilled, whatever the name
+    ("tiny-flux-dev", "flux-schnell-finetune", 28),  # guidance embedding: the dev step count, whatever the name
+])
+def test_flux_default_steps_come_from_the_transformer_config_not_the_name(tmp_path, asset, folder_name, steps):
+    import shutil
+
+    model = tmp_path / folder_name
+    shutil.copytree(common.ASSET_DIR / asset, model)
+    args = compare.parse_args(["--pipeline", "flux", "--model", str(model), "--out", str(tmp_path / "grid.png")])
+    assert args.steps == steps
