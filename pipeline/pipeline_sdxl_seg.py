@@ -99,17 +99,19 @@ class PerturbedGuidanceMixin:
             stack.callback(self._restore_pag_state, saved_state)
             # The stock PAG loop swaps self-attention processors without a `finally`: snapshot them all.
             stack.enter_context(swapped_attn_processors(self.unet, {}))
-            stack.enter_context(apply_pladis(self, pladis_scale, pladis_alpha, pladis_controlnet=pladis_controlnet))
             if pag_scale > 0:
                 self.set_pag_applied_layers(layers, pag_attn_processors=self._pag_attn_processors)
-                yield {"pag_scale": pag_scale, "pag_adaptive_scale": pag_adaptive_scale}
+                guidance = {"pag_scale": pag_scale, "pag_adaptive_scale": pag_adaptive_scale}
             elif seg_scale > 0:
                 latent_size = stack.enter_context(recording_latent_size(self.unet))
                 seg_processors = seg_attn_processors(seg_blur_sigma, latent_size)
                 self.set_pag_applied_layers(layers, pag_attn_processors=seg_processors)
-                yield {"pag_scale": seg_scale, "pag_adaptive_scale": 0.0}
+                guidance = {"pag_scale": seg_scale, "pag_adaptive_scale": 0.0}
             else:
-                yield {"pag_scale": 0.0, "pag_adaptive_scale": 0.0}
+                guidance = {"pag_scale": 0.0, "pag_adaptive_scale": 0.0}
+            # After this call's PAG/SEG layers are set, so apply_pladis checks them, not the last call's.
+            stack.enter_context(apply_pladis(self, pladis_scale, pladis_alpha, pladis_controlnet=pladis_controlnet))
+            yield guidance
 
     def _restore_pag_state(self, saved_state: dict[str, object]) -> None:
         for name, value in saved_state.items():

@@ -148,3 +148,17 @@ def test_bad_arguments_fail_naming_the_argument(pipe, options, error, name):
 
 def test_reference_name_is_the_same_pipeline():
     assert pipeline_sdxl_seg.PLADISStableDiffusionXLPipeline is PLADISStableDiffusionXLSEGPipeline
+
+
+def test_the_pag_overlap_check_sees_this_calls_layers_not_the_last_calls(pipe, monkeypatch):
+    """apply_pladis checks PAG's layers against the PLADIS layers: it must see the layers of the call
+    it is part of (here "mid" after a call on "down_blocks.2"), not what an earlier call left."""
+    from attention import install
+
+    seen = []
+    check = install.check_pag_leaves_pladis_layers
+    monkeypatch.setattr(install, "check_pag_leaves_pladis_layers",
+                        lambda pipeline, *rest: seen.append(list(pipeline.pag_applied_layers)) or check(pipeline, *rest))
+    run_pipe(pipe, pag_scale=1.0, pag_applied_layers=["down_blocks.2"], pladis_scale=2.0, num_inference_steps=1)
+    run_pipe(pipe, pag_scale=1.0, pag_applied_layers=["mid"], pladis_scale=2.0, num_inference_steps=1)
+    assert seen == [["down_blocks.2"], ["mid"]]
