@@ -13,6 +13,8 @@ import torch.nn.functional as F
 
 # SEG's convention: a sigma above this means "infinite blur", i.e. every token gets the mean query.
 INFINITE_BLUR_SIGMA = 9999.0
+# The σ that asks for infinite blur: the SEG reference's default (any value above the threshold would do).
+SEG_INFINITE_BLUR = 9999999.0
 
 
 def seg_kernel_size(sigma: float) -> int:

@@ -11,6 +11,8 @@ import numbers
 import re
 from typing import Iterable
 
+from .seg_blur import INFINITE_BLUR_SIGMA
+
 
 def _check_real(name: str, value: object, accepted: str) -> float:
     """Return `value` as a float, or raise TypeError if it is not a real number (bools excluded)."""
@@ -52,10 +54,12 @@ def check_guidance_scale(name: str, value: object) -> float:
 
 
 def check_seg_blur_sigma(seg_blur_sigma: object) -> float:
-    """Validate SEG's blur σ: > 0 (a σ above 9999, `inf` included, means infinite blur: the mean query)."""
+    """Validate SEG's blur σ: > 0 (a σ above `INFINITE_BLUR_SIGMA`, `inf` included, means infinite blur:
+    the mean query)."""
     sigma = _check_real("seg_blur_sigma", seg_blur_sigma, "> 0")
     if math.isnan(sigma) or sigma <= 0:
-        raise ValueError(f"seg_blur_sigma must be > 0 (above 9999 means infinite blur), got {seg_blur_sigma!r}")
+        raise ValueError(f"seg_blur_sigma must be > 0 (above {INFINITE_BLUR_SIGMA:g} means infinite blur), "
+                         f"got {seg_blur_sigma!r}")
     return sigma
 
 

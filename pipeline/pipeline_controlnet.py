@@ -11,7 +11,7 @@ from typing import Any
 
 from diffusers import StableDiffusionXLControlNetPAGPipeline
 
-from .pipeline_sdxl_seg import SEG_INFINITE_BLUR, PerturbedGuidanceMixin
+from .guidance import SEG_INFINITE_BLUR, PerturbedGuidanceMixin
 from .saving import SavesAsStockPipeline
 
 

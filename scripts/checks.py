@@ -141,7 +141,7 @@ def unet_self_attention_names(model: str) -> list[str] | None:
     from accelerate import init_empty_weights
     from diffusers import UNet2DConditionModel
 
-    from pipeline.pipeline_sdxl_seg import self_attention_layer_names
+    from pipeline.guidance import self_attention_layer_names
 
     config = _model_config(model, "unet", UNet2DConditionModel)
     if config is None:

@@ -481,7 +481,7 @@ def call_options(pipe: Any, args: argparse.Namespace, height: int, width: int) -
         options[parameter] = value
     for option, parameter in (("pag_layers", "pag_applied_layers"), ("seg_layers", "seg_applied_layers")):
         if parameter in options:  # checked while parsing when the U-Net config was on this machine; now surely
-            from pipeline.pipeline_sdxl_seg import self_attention_layer_names
+            from pipeline.guidance import self_attention_layer_names
 
             names = self_attention_layer_names(pipe.unet)
             if problem := checks.layer_ids_problem(f"--{option.replace('_', '-')}", options[parameter], names):

@@ -1,7 +1,7 @@
 """SDXL depth ControlNet with SEG (no CFG), without and with PLADIS (the reference README's ControlNet section).
 
 The depth map comes from DPT (`scripts/preprocess.py`); the call is the reference's
-`guidance_scale=1.0, seg_scale=3.0, seg_blur_sigma=1e10, seg_applied_layers=['mid'], pladis_scale=3.0`.
+`guidance_scale=1.0, seg_scale=3.0, seg_blur_sigma=1e10` (infinite blur: `SEG_INFINITE_BLUR` here), `seg_applied_layers=['mid'], pladis_scale=3.0`.
 `--pladis-controlnet` puts PLADIS on the ControlNet's cross-attention too. Tiny assets on CPU: `--tiny`.
 """
 
@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a file fr
 from diffusers import ControlNetModel  # noqa: E402
 from diffusers.utils import load_image  # noqa: E402
 
+from pipeline.guidance import SEG_INFINITE_BLUR  # noqa: E402
 from pipeline.pipeline_controlnet import PLADISStableDiffusionXLControlNetPipeline  # noqa: E402
 from scripts.build_tiny_assets import TINY_CONTROL_IMAGE, TINY_DPT, TINY_SDXL_CONTROLNET  # noqa: E402
 from scripts.common import model_source  # noqa: E402
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> Path:
     depth = depth_map(load_image(str(args.image)), model=model_source(args.depth_model), device=args.device, size=size)
     return save_with_and_without(
         pipe, args, "ControlNet depth + SEG", image=depth, controlnet_conditioning_scale=args.controlnet_scale,
-        guidance_scale=args.guidance_scale, seg_scale=3.0, seg_blur_sigma=1e10, seg_applied_layers=["mid"],
+        guidance_scale=args.guidance_scale, seg_scale=3.0, seg_blur_sigma=SEG_INFINITE_BLUR, seg_applied_layers=["mid"],
         pladis_controlnet=args.pladis_controlnet,
     )
 
