@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .functional import differentiable_score_maps, needs_autograd
-from .masks import additive_mask, mask_for_rows
+from .masks import additive_mask, mask_for_rows, row_values
 from .kernel_choice import choose_kernel, run_triton, triton_gap
 from .query_chunks import query_chunks
 from .reference import computing_reference, reference_text_block
@@ -191,11 +191,8 @@ def _chunked_text_block_correction_(output, query, key, value, text, image, plad
             scores.add_(mask_for_rows(mask, chunk.rows))
         # The correction m·λ·(entmax − softmax)·V_txt (m·λ folded into the map's row scale); the
         # dense part is already in `output`.
-        if log_normaliser is not None:
-            shift = pladis_shift_(scores, pladis_scale, pladis_alpha, chunk.workspace,
-                                  log_normaliser=log_normaliser[..., chunk.rows, None])
-        else:
-            row_scale = text_mass[..., chunk.rows, None].float() * pladis_scale
-            shift = pladis_shift_(scores, row_scale, pladis_alpha, chunk.workspace)
+        shift = pladis_shift_(scores, pladis_scale, pladis_alpha, chunk.workspace,
+                              log_normaliser=row_values(log_normaliser, chunk.rows),
+                              text_mass=row_values(text_mass, chunk.rows))
         output[..., chunk.rows, :].add_(torch.matmul(shift, value_text, out=chunk.product))
     return output

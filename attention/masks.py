@@ -1,4 +1,5 @@
-"""Attention masks as the PLADIS paths read them: SDPA's semantics turned additive, sliced per query rows."""
+"""Attention masks as the PLADIS paths read them: SDPA's semantics turned additive, sliced per query rows
+(and per-row values, such as the text mass, sliced the same way)."""
 
 from __future__ import annotations
 
@@ -19,3 +20,8 @@ def mask_for_rows(mask: torch.Tensor | None, rows: slice) -> torch.Tensor | None
     if mask is None or mask.dim() < 2 or mask.shape[-2] == 1:
         return mask
     return mask[..., rows, :]
+
+
+def row_values(values: torch.Tensor | None, rows: slice) -> torch.Tensor | None:
+    """Per-query-row values (…, N) for query `rows`, shaped (…, rows, 1) to scale score rows; None as is."""
+    return None if values is None else values[..., rows, None]

@@ -253,30 +253,33 @@ def pladis_weights_(
 
 def pladis_shift_(
     scores: torch.Tensor,
-    pladis_scale: float | torch.Tensor,
+    pladis_scale: float,
     alpha: float = 1.5,
     workspace: Workspace | None = None,
     *,
     sync_free: bool = False,
     log_normaliser: torch.Tensor | None = None,
+    text_mass: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """In-place PLADIS correction `λ·(entmax_α(z) − softmax(z))` over the last dim of float `scores`.
+    """In-place PLADIS correction `m·λ·(entmax_α(z) − softmax(z))` over the last dim of float `scores`.
 
     It is what PLADIS adds to the dense map, for callers that already have `softmax(z)·V` (the joint
-    text block). `pladis_scale` may be a tensor of per-row factors broadcasting to
-    `scores.shape[:-1] + (1,)`, so a row weight (FLUX's text mass `m·λ`) costs no extra pass. With
-    `log_normaliser` (the log-sum-exp of the row's full joint scores) the row weight is the text
-    mass `m = Σ exp(z − lse) = row_sum·exp(max z − lse)` times λ, computed here from the row's own sums.
-    Buffers as in `pladis_weights_`: `scores` is overwritten, the result lives in `workspace[0]`.
+    text block), weighted per row by the text mass `m` (shape `scores.shape[:-1] + (1,)`): given as
+    `text_mass`, or from `log_normaliser` (the log-sum-exp of the row's full joint scores) as
+    `m = Σ exp(z − lse) = row_sum·exp(max z − lse)`, from the row's own sums; `m = 1` with neither.
+    The row weight is folded into the map's row scale, so it costs no extra pass. Buffers as in
+    `pladis_weights_`: `scores` is overwritten, the result lives in `workspace[0]`.
     """
     dense, row_sum, row_max, sparse = _dense_and_sparse_(scores, alpha, workspace, sync_free)
+    if log_normaliser is None and text_mass is None:
+        dense.mul_(row_sum.reciprocal_().mul_(-pladis_scale))
+        return dense.add_(sparse, alpha=pladis_scale)
     if log_normaliser is not None:
-        pladis_scale = row_max.sub_(log_normaliser).exp_().mul_(row_sum).mul_(pladis_scale)
-    if isinstance(pladis_scale, torch.Tensor):
-        dense.mul_(row_sum.reciprocal_().mul_(pladis_scale).neg_())
-        return dense.addcmul_(sparse, pladis_scale)
-    dense.mul_(row_sum.reciprocal_().mul_(-pladis_scale))
-    return dense.add_(sparse, alpha=pladis_scale)
+        row_scale = row_max.sub_(log_normaliser).exp_().mul_(row_sum).mul_(pladis_scale)
+    else:
+        row_scale = text_mass.float() * pladis_scale
+    dense.mul_(row_sum.reciprocal_().mul_(row_scale).neg_())
+    return dense.addcmul_(sparse, row_scale)
 
 
 def pladis_weights(scores: torch.Tensor, pladis_scale: float, alpha: float = 1.5) -> torch.Tensor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .masks import mask_for_rows
+from .masks import mask_for_rows, row_values
 from .sparse_maps import pladis_shift_, pladis_weights_
 
 # Scores per chunk: 2^26 float32 (256 MB a buffer, ~1.5 GB at the peak of the sort-based threshold),
@@ -95,11 +95,7 @@ def sync_free_text_block_correction_(
     batch_heads = query.shape[:-2].numel()
     for rows in _row_chunks(image, batch_heads, text.stop - text.start):
         scores = _scores(query[..., rows, :], key_t, scale, mask_for_rows(mask, rows), half_gemm)
-        if log_normaliser is not None:
-            shift = pladis_shift_(scores, pladis_scale, pladis_alpha, sync_free=True,
-                                  log_normaliser=log_normaliser[..., rows, None])
-        else:
-            row_scale = text_mass[..., rows, None].float() * pladis_scale
-            shift = pladis_shift_(scores, row_scale, pladis_alpha, sync_free=True)
+        shift = pladis_shift_(scores, pladis_scale, pladis_alpha, sync_free=True,
+                              log_normaliser=row_values(log_normaliser, rows), text_mass=row_values(text_mass, rows))
         output[..., rows, :].add_(torch.matmul(shift.to(value_in.dtype), value_in))
     return output
