@@ -1,0 +1,69 @@
+"""The package definition: pyproject.toml admits the versions requirements.txt pins, names the packages
+that exist, its console commands resolve to callables, and no module edits `sys.path` to find the others."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11; the definition itself admits 3.10
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+TOOLS = {"pytest", "ruff"}  # pinned in requirements.txt for CI, dev extras in pyproject.toml
+
+
+def pinned_requirements() -> dict[str, Requirement]:
+    """requirements.txt's lines as requirements, by canonical name."""
+    lines = (line.split("#")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines())
+    return {canonicalize_name(req.name): req for req in map(Requirement, filter(None, lines))}
+
+
+def declared_requirements() -> dict[str, Requirement]:
+    """pyproject.toml's dependencies and optional dependencies, by canonical name."""
+    project = PROJECT["project"]
+    specs = list(project["dependencies"]) + [s for extra in project["optional-dependencies"].values() for s in extra]
+    return {canonicalize_name(req.name): req for req in map(Requirement, specs)}
+
+
+def test_every_pin_is_declared_and_admitted():
+    pinned, declared = pinned_requirements(), declared_requirements()
+    assert set(pinned) == set(declared), "requirements.txt and pyproject.toml name different packages"
+    for name, pin in pinned.items():
+        versions = [spec.version for spec in pin.specifier if spec.operator == "=="]
+        for version in versions:
+            assert declared[name].specifier.contains(version), f"{name}=={version} is outside {declared[name]}"
+
+
+def test_runtime_dependencies_leave_tools_to_extras():
+    runtime = {canonicalize_name(Requirement(s).name) for s in PROJECT["project"]["dependencies"]}
+    assert not runtime & TOOLS
+    assert PROJECT["project"]["requires-python"] == ">=3.10"
+
+
+def test_console_commands_resolve_to_callables():
+    scripts = PROJECT["project"]["scripts"]
+    assert "pladis-compare" in scripts
+    for command, target in scripts.items():
+        module_name, _, attribute = target.partition(":")
+        function = getattr(importlib.import_module(module_name), attribute)
+        assert callable(function), command
+
+
+def test_packages_found_are_the_top_level_folders():
+    patterns = PROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
+    for pattern in patterns:
+        folder = ROOT / pattern.rstrip("*")
+        assert (folder / "__init__.py").is_file(), pattern
+
+
+def test_no_module_edits_sys_path():
+    sources = [p for folder in ("attention", "pipeline", "scripts", "tests") for p in (ROOT / folder).rglob("*.py")]
+    offenders = [str(p.relative_to(ROOT)) for p in sources
+                 if p.name != Path(__file__).name and re.search(r"sys\.path\.(insert|append)", p.read_text())]
+    assert offenders == []
