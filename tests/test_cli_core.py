@@ -99,3 +99,26 @@ def test_no_script_edits_sys_path_and_one_module_replaces_files():
     sources = {path.relative_to(ROOT).as_posix(): path.read_text() for path in (ROOT / "scripts").rglob("*.py")}
     assert [name for name, text in sources.items() if "sys.path" in text] == []
     assert [name for name, text in sources.items() if "os.replace(" in text] == ["scripts/cli/records.py"]
+
+
+def test_console_entry_points_run_each_scripts_main_and_exit_zero_on_success():
+    import importlib
+
+    from scripts.cli import entry_points
+
+    runners = [value for value in vars(entry_points).values() if callable(value) and hasattr(value, "module")]
+    assert len(runners) == 11
+    for runner in runners:
+        main = importlib.import_module(runner.module).main
+        assert list(inspect.signature(main).parameters) == ["argv"] and inspect.signature(main).parameters["argv"].default is None
+    assert entry_points.exit_code(Path("grid.png")) is None and entry_points.exit_code({"rows": []}) is None
+    assert entry_points.exit_code(2) == 2 and entry_points.exit_code(0) == 0 and entry_points.exit_code(True) is None
+
+
+@pytest.mark.parametrize("name", sorted(path.stem for path in (ROOT / "scripts" / "examples").glob("*.py")
+                                        if path.stem != "__init__"))
+def test_each_example_is_a_recipe_over_the_core(name):
+    text = (ROOT / "scripts" / "examples" / f"{name}.py").read_text()
+    assert "scripts.cli.recipes" in text and "load_pipeline" in text
+    for own in ("argparse", "DTYPES", "TINY_STEPS", "load_lora_weights", "from_config", "ASSET_DIR", "from_pretrained"):
+        assert own not in text, own
