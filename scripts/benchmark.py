@@ -21,7 +21,8 @@ from typing import Callable, Iterator
 
 import torch
 
-from attention import PLADISAttnProcessor, PLADISFluxAttnProcessor, pladis_processors, swapped_attn_processors
+from attention.install import pladis_processors, swapped_attn_processors
+from attention.processors import PLADISAttnProcessor, PLADISFluxAttnProcessor
 from attention.flux_processor import TextLength, recorded_text_length
 from attention.kernel_choice import KERNEL_VARIABLE, KERNELS
 from attention.reference import reference_formulation

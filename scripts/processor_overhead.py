@@ -21,7 +21,8 @@ from torch.overrides import TorchFunctionMode
 
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from attention import apply_pladis, pladis_scaled_dot_product_attention
+from attention.functional import pladis_scaled_dot_product_attention
+from attention.install import apply_pladis
 from attention.processor import unet_attention_heads, unet_attention_output
 
 
