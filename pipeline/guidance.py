@@ -2,28 +2,122 @@
 
 `PerturbedGuidanceMixin` is shared by the SEG/PAG and ControlNet pipelines (diffusers' `PAGMixin`
 subclasses): it checks the PAG / SEG / PLADIS arguments, installs the processors for one call and
-puts everything back afterwards, also when the call raises.
+puts everything back afterwards, also when the call raises. `GUIDANCE_ARGUMENTS` defines those
+arguments once: both pipelines' keywords, defaults and docstrings, and the scripts' options, come from it.
 """
 
 from __future__ import annotations
 
+import inspect
 from contextlib import ExitStack, contextmanager
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from diffusers.models.attention_processor import Attention
 
-from attention import (
-    apply_pladis,
+from attention.install import apply_pladis, swapped_attn_processors
+from attention.seg_blur import SEG_INFINITE_BLUR
+from attention.seg_processor import recording_latent_size, seg_attn_processors
+from attention.validation import (
     check_applied_layers,
     check_guidance_scale,
     check_pladis_alpha,
     check_pladis_scale,
     check_seg_blur_sigma,
-    recording_latent_size,
-    seg_attn_processors,
-    swapped_attn_processors,
 )
-from attention.seg_blur import SEG_INFINITE_BLUR  # noqa: F401  (the pipelines' default σ, re-exported)
+
+
+def _check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class GuidanceArgument:
+    """One per-call guidance argument of the PAG/SEG pipelines, defined once: the keyword, its default and
+    type, the line that documents it, the check of its value (given the name to report), and the option
+    the scripts offer for it (None: the scripts set it their own way, as for λ sweeps)."""
+
+    name: str
+    default: Any
+    annotation: str
+    help: str
+    check: Callable[[str, Any], Any] | None  # None: layer ids, checked against the model's layers
+    option: str | None = None  # `pag_layers` → `--pag-layers`
+    kind: type = float  # how the scripts parse it: float, bool, or list (layer ids)
+
+
+GUIDANCE_ARGUMENTS: tuple[GuidanceArgument, ...] = (
+    GuidanceArgument("pag_scale", 0.0, "float", "PAG strength s (0 = off); the perturbed self-attention is the identity.",
+                     check_guidance_scale, "pag_scale"),
+    GuidanceArgument("pag_adaptive_scale", 0.0, "float", "PAG's timestep-adaptive decay (PAG only).",
+                     check_guidance_scale, "pag_adaptive_scale"),
+    GuidanceArgument("pag_applied_layers", None, "str | list[str] | None",
+                     'PAG layer ids (regexes on module names: "mid", "down_blocks.2", "up_blocks.0.attentions.1"); '
+                     'None = the pipeline\'s own, ["mid"] unless set otherwise.', None, "pag_layers", list),
+    GuidanceArgument("seg_scale", 0.0, "float", "SEG strength s (0 = off); cannot be combined with pag_scale > 0.",
+                     check_guidance_scale, "seg_scale"),
+    GuidanceArgument("seg_blur_sigma", SEG_INFINITE_BLUR, "float",
+                     "σ of SEG's query blur; above 9999 (the default) the query becomes its mean.",
+                     lambda name, value: check_seg_blur_sigma(value), "seg_blur_sigma"),
+    GuidanceArgument("seg_applied_layers", None, "str | list[str] | None",
+                     'SEG layer ids, same syntax as pag_applied_layers; None = ["mid"].', None, "seg_layers", list),
+    GuidanceArgument("pladis_scale", 0.0, "float",
+                     "λ in softmax + λ·(entmax_α − softmax) on every cross-attention layer; 0 = off.",
+                     lambda name, value: check_pladis_scale(value)),
+    GuidanceArgument("pladis_alpha", 1.5, "float", "α of the sparse map, in (1, 2]; 1.5 = entmax15 (default), 2.0 = sparsemax.",
+                     lambda name, value: check_pladis_alpha(value)),
+    GuidanceArgument("pladis_controlnet", False, "bool",
+                     "also put PLADIS on every cross-attention layer of the ControlNet(s) (ControlNet pipeline).",
+                     _check_bool, "pladis_controlnet", bool),
+)
+GUIDANCE_BY_NAME = {argument.name: argument for argument in GUIDANCE_ARGUMENTS}
+# The SEG/PAG pipeline takes all but pladis_controlnet; the ControlNet pipeline takes them all.
+SEG_PIPELINE_ARGUMENTS = tuple(argument for argument in GUIDANCE_ARGUMENTS if argument.name != "pladis_controlnet")
+CONTROLNET_PIPELINE_ARGUMENTS = GUIDANCE_ARGUMENTS
+
+
+def guidance_signature(arguments: Sequence[GuidanceArgument]) -> inspect.Signature:
+    """`(self, *args, <each argument>=<default>, **kwargs)`: what a pipeline's `__call__` taking `arguments`
+    by keyword shows to `inspect.signature` (and so to the scripts' `call_parameters`)."""
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    return inspect.Signature([
+        inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL, annotation="Any"),
+        *(inspect.Parameter(a.name, keyword, default=a.default, annotation=a.annotation) for a in arguments),
+        inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD, annotation="Any"),
+    ])
+
+
+def accepts_guidance(arguments: Sequence[GuidanceArgument]) -> Callable[[Callable], Callable]:
+    """Decorate a pipeline's `__call__(self, guidance, *args, **kwargs)`: callers pass `arguments` by keyword
+    (unset ones take their defaults) and the method gets them as the dict `guidance`; every other keyword
+    goes on to the parent pipeline, which refuses unknown ones. The signature and docstring list them."""
+
+    def decorate(call: Callable) -> Callable:
+        def __call__(self, *args: Any, **kwargs: Any):
+            guidance = {argument.name: kwargs.pop(argument.name, argument.default) for argument in arguments}
+            return call(self, guidance, *args, **kwargs)
+
+        __call__.__name__, __call__.__qualname__, __call__.__module__ = call.__name__, call.__qualname__, call.__module__
+        lines = "\n".join(f"        {argument.name}: {argument.help}" for argument in arguments)
+        __call__.__doc__ = f"{(call.__doc__ or '').rstrip()}\n\n{lines}\n        "
+        __call__.__signature__ = guidance_signature(arguments)
+        return __call__
+
+    return decorate
+
+
+def checked_guidance(guidance: Mapping[str, Any]) -> dict[str, Any]:
+    """Every guidance argument (the table's default where `guidance` has none), checked in the table's order
+    and normalised (scales as floats); layer ids are left to the model's check."""
+    values = {}
+    for argument in GUIDANCE_ARGUMENTS:
+        value = guidance.get(argument.name, argument.default)
+        values[argument.name] = value if argument.check is None else argument.check(argument.name, value)
+    return values
+
 
 DEFAULT_SEG_LAYERS = ("mid",)
 # PAGMixin keeps these on the pipeline object; a call must leave them as it found them.
@@ -50,28 +144,14 @@ class PerturbedGuidanceMixin:
         return self_attention_layer_names(self.unet)
 
     @contextmanager
-    def _perturbed_guidance(
-        self,
-        *,
-        pag_scale: float,
-        pag_adaptive_scale: float,
-        pag_applied_layers: str | list[str] | None,
-        seg_scale: float,
-        seg_blur_sigma: float,
-        seg_applied_layers: str | list[str] | None,
-        pladis_scale: float,
-        pladis_alpha: float,
-        pladis_controlnet: bool = False,
-    ) -> Iterator[dict[str, float]]:
-        """Set up one call; yields the `pag_scale` / `pag_adaptive_scale` to pass to the parent's `__call__`."""
-        pag_scale = check_guidance_scale("pag_scale", pag_scale)
-        pag_adaptive_scale = check_guidance_scale("pag_adaptive_scale", pag_adaptive_scale)
-        seg_scale = check_guidance_scale("seg_scale", seg_scale)
-        seg_blur_sigma = check_seg_blur_sigma(seg_blur_sigma)
-        check_pladis_scale(pladis_scale)
-        check_pladis_alpha(pladis_alpha)
-        if not isinstance(pladis_controlnet, bool):
-            raise TypeError(f"pladis_controlnet must be a bool, got {pladis_controlnet!r}")
+    def _perturbed_guidance(self, arguments: Mapping[str, Any]) -> Iterator[dict[str, float]]:
+        """Set up one call from its guidance arguments (names of `GUIDANCE_ARGUMENTS`; missing ones take their
+        defaults); yields the `pag_scale` / `pag_adaptive_scale` to pass to the parent's `__call__`."""
+        values = checked_guidance(arguments)
+        pag_scale, pag_adaptive_scale, seg_scale = values["pag_scale"], values["pag_adaptive_scale"], values["seg_scale"]
+        pag_applied_layers, seg_applied_layers = values["pag_applied_layers"], values["seg_applied_layers"]
+        seg_blur_sigma, pladis_scale, pladis_alpha = values["seg_blur_sigma"], values["pladis_scale"], values["pladis_alpha"]
+        pladis_controlnet = values["pladis_controlnet"]
         if pag_scale > 0 and seg_scale > 0:
             raise ValueError(
                 f"pag_scale={pag_scale:g} and seg_scale={seg_scale:g}: PAG and SEG both perturb self-attention "

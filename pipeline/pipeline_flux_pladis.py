@@ -11,7 +11,7 @@ from typing import Any
 
 from diffusers import FluxPipeline
 
-from attention import apply_pladis
+from attention.install import apply_pladis
 
 from .saving import SavesAsStockPipeline
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from diffusers import StableDiffusionXLPipeline
 
-from attention import apply_pladis
+from attention.install import apply_pladis
 
 from .saving import SavesAsStockPipeline
 

@@ -7,7 +7,6 @@ and steps) through recording processors, and writes one labelled grid: a row per
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,30 +14,22 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from anywhere
-
-from attention import check_pladis_scale  # noqa: E402
-from attention.attention_maps import LAYER_GROUPS, AttentionMapStore, recording_attention_maps  # noqa: E402
-from scripts import checks  # noqa: E402
-from scripts.common import (  # noqa: E402
+from attention.attention_maps import LAYER_GROUPS, AttentionMapStore, recording_attention_maps
+from attention.validation import check_pladis_scale
+from scripts.cli import checks
+from scripts.cli.assets import model_source
+from scripts.cli.loading import call_options, default_device, image_size, load_pipeline, seeded_generator, step_progress
+from scripts.cli.options import (
     add_generation_options,
     add_model_options,
     add_settings_option,
-    call_options,
     comma_words,
-    default_device,
     finish_common_options,
-    image_size,
-    load_pipeline,
-    model_source,
     parse_with_settings,
     prefer_toy,
-    run_settings,
-    seeded_generator,
-    step_progress,
-    write_settings,
 )
-from scripts.grid import save_grid  # noqa: E402
+from scripts.cli.records import run_settings, write_json
+from scripts.grid import save_grid
 
 HEAT_OPACITY = 0.6
 TOY_TOKENS = ("red", "circle", "left", "blue", "square", "right")  # the toy prompt's content words
@@ -203,9 +194,9 @@ def main(argv: list[str] | None = None) -> Path:
               f"maps: {where}", *(f"PLADIS {args.pladis_scale:g}: {text}" for _, text in tokens)]
     path = save_grid(images, labels, args.out, columns=len(tokens) + 1)
     recorded_steps = sorted(store.steps) if store.steps is not None else "all"
-    settings = run_settings("attention_maps.py", args, argv, tokens=[text for _, text in tokens],
+    settings = run_settings("scripts.attention_maps", args, argv, tokens=[text for _, text in tokens],
                             recorded_steps=recorded_steps, recorded_layer_calls=store.counts)
-    write_settings(path.with_suffix(".json"), settings)
+    write_json(path.with_suffix(".json"), settings)
     print(f"wrote {path}")
     return path
 

@@ -17,18 +17,17 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from anywhere
-
-from attention import PLADISAttnProcessor, PLADISFluxAttnProcessor, pladis_processors, swapped_attn_processors  # noqa: E402
-from attention.flux_processor import TextLength, recorded_text_length  # noqa: E402
-from attention.kernel_choice import KERNEL_VARIABLE, KERNELS  # noqa: E402
-from attention.reference import reference_formulation  # noqa: E402
-from scripts.dispatch_counter import count_dispatch  # noqa: E402
+from attention.install import pladis_processors, swapped_attn_processors
+from attention.processors import PLADISAttnProcessor, PLADISFluxAttnProcessor
+from attention.flux_processor import TextLength, recorded_text_length
+from attention.kernel_choice import KERNEL_VARIABLE, KERNELS
+from attention.reference import reference_formulation
+from scripts.cli.assets import REPO_ROOT
+from scripts.dispatch_counter import count_dispatch
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -262,8 +261,8 @@ def extra_peak_memory(runs: dict[str, Callable[[], object]], variant: str, args)
 
 def memory_in_subprocess(case: str, variant: str, argv: list[str]) -> int:
     """CPU peaks need a fresh process per variant (RSS high-water marks never go down)."""
-    command = [sys.executable, __file__, "--cases", case, "--memory-of", variant, *argv]
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    command = [sys.executable, "-m", "scripts.benchmark", "--cases", case, "--memory-of", variant, *argv]
+    result = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO_ROOT)
     return json.loads(result.stdout.strip().splitlines()[-1])["extra_bytes"]
 
 
@@ -352,7 +351,7 @@ def gpu_check(args, argv: list[str]) -> int:
         environment.pop("TRITON_INTERPRET", None)
         command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *GPU_CHECK_TESTS]
         print(f"# device tests: PLADIS_TEST_DEVICE={args.device} {' '.join(command[1:])}", flush=True)
-        status = subprocess.run(command, env=environment, cwd=Path(__file__).resolve().parent.parent).returncode
+        status = subprocess.run(command, env=environment, cwd=REPO_ROOT).returncode
     for case, dtype in GPU_CHECK_RUNS:
         case_args = parse_args([*_without_cases(argv), "--cases", case, "--dtype", dtype, "--kernels", "torch,triton",
                                 "--counts"])

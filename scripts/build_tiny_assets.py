@@ -24,15 +24,18 @@ from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
 from transformers import T5Config, T5EncoderModel, T5Tokenizer
 from transformers import Gemma2Config, Gemma2Model, GemmaTokenizer
 
-ASSET_DIR = Path(__file__).resolve().parent.parent / "asset"
-TINY_SDXL = ASSET_DIR / "tiny-sdxl"
-TINY_SDXL_LORA = ASSET_DIR / "tiny-sdxl-lora" / "pytorch_lora_weights.safetensors"
-TINY_SDXL_CONTROLNET = ASSET_DIR / "tiny-sdxl-controlnet"  # the tiny SDXL + a ControlNet (in controlnet/)
-TINY_DPT = ASSET_DIR / "tiny-dpt"  # DPTForDepthEstimation + DPTImageProcessor, like Intel/dpt-hybrid-midas
-TINY_CONTROL_IMAGE = ASSET_DIR / "tiny-control-image.png"  # 64×64 input picture for ControlNet examples
-TINY_FLUX_SCHNELL = ASSET_DIR / "tiny-flux-schnell"  # no guidance embedding, like FLUX.1-schnell
-TINY_FLUX_DEV = ASSET_DIR / "tiny-flux-dev"  # guidance embedding, like FLUX.1-dev
-TINY_FLUX_LORA = ASSET_DIR / "tiny-flux-lora" / "pytorch_lora_weights.safetensors"
+from scripts.cli.assets import (
+    ASSET_DIR,
+    TINY_CONTROL_IMAGE,
+    TINY_DPT,
+    TINY_FLUX_DEV,
+    TINY_FLUX_LORA,
+    TINY_FLUX_SCHNELL,
+    TINY_SDXL,
+    TINY_SDXL_CONTROLNET,
+    TINY_SDXL_LORA,
+)
+
 # Tiny prompt words get their own tokens, so prompts that differ in a word give different embeddings.
 _WORDS = ["a", "an", "photo", "of", "cat", "dog", "red", "blue", "green", "cube", "ball", "on", "the", "table",
           "astronaut", "riding", "horse", "in", "space", "mountains", "lake", "with", "and", "two", "three"]
@@ -339,10 +342,11 @@ def build_tiny_sana(seed: int = 0) -> SanaPipeline:
                         transformer=transformer.eval(), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Write every tiny asset into `--out` (default `asset/`)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ASSET_DIR, help="folder to write the pipelines into")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     build_tiny_sdxl().save_pretrained(args.out / TINY_SDXL.name, safe_serialization=True)
     print(f"wrote {args.out / TINY_SDXL.name}")
     print(f"wrote {save_tiny_sdxl_lora(args.out / TINY_SDXL_LORA.parent.name)}")

@@ -9,36 +9,28 @@ supported family with `DiffusionPipeline.from_pretrained` (its stock class) and 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from anywhere
-
-from attention import apply_pladis, check_pladis_scale  # noqa: E402
-from scripts import checks  # noqa: E402
-from scripts.common import (  # noqa: E402
+from attention.install import apply_pladis
+from attention.validation import check_pladis_scale
+from scripts.cli import checks
+from scripts.cli.loading import call_options, default_device, image_size, load_pipeline, seeded_generator, step_progress
+from scripts.cli.options import (
     add_generation_options,
     add_model_options,
     add_settings_option,
-    call_options,
-    call_parameters,
-    default_device,
     finish_common_options,
-    image_size,
-    load_pipeline,
     parse_scales,
     parse_with_settings,
     prefer_toy,
-    run_settings,
-    seeded_generator,
-    step_progress,
-    write_settings,
 )
-from scripts.grid import save_grid  # noqa: E402
+from scripts.cli.records import run_settings, write_json
+from scripts.cli.registry import call_parameters
+from scripts.grid import save_grid
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -112,7 +104,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     images, labels = generate_panels(args)
     path = save_grid(images, labels, args.out)
-    settings = write_settings(path.with_suffix(".json"), run_settings("compare.py", args, argv, panels=labels))
+    settings = write_json(path.with_suffix(".json"), run_settings("scripts.compare", args, argv, panels=labels))
     print(f"wrote {path} and {settings}")
     return path
 

@@ -11,17 +11,14 @@ import argparse
 import inspect
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from anywhere
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
 
-import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
-
-from attention import triton_kernels  # noqa: E402
+from attention import triton_kernels
 
 KERNELS = {"cross-attention": triton_kernels._cross_attention_kernel, "text-block": triton_kernels._text_block_kernel}
 _TYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}

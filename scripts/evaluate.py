@@ -2,16 +2,14 @@
 
 It prints one table row per folder (e.g. without and with PLADIS, as in the paper's tables); a metric whose
 model or weights are not available reads "n/a" with the reason, and FID is named after the features it used.
-`evaluate.py --toy` instead generates and scores the embedded toy model with its deterministic scorer
+`python -m scripts.evaluate --toy` instead generates and scores the embedded toy model with its deterministic scorer
 (`scripts/toy_eval.py`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,14 +20,13 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from anywhere
+from scripts.cli import checks
+from scripts.cli.assets import model_source
+from scripts.cli.loading import default_device
+from scripts.cli.prompts import IMAGE_NAME, MANIFEST, PromptEntry, folder_label, read_prompts
+from scripts.cli.records import write_json
 
-from scripts import checks  # noqa: E402
-from scripts.common import PromptEntry, default_device, model_source, read_prompts  # noqa: E402
-
-GENERATED_NAME = re.compile(r"^(\d+)\.png$")  # generate.py's file names: the prompt index
 REFERENCE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
-MANIFEST = "prompts.jsonl"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 INCEPTION_SIZE = 299
 
@@ -159,7 +156,7 @@ def generated_images(folder: Path) -> dict[int, Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no folder {folder}")
-    found = {int(match.group(1)): path for path in folder.iterdir() if (match := GENERATED_NAME.match(path.name))}
+    found = {int(match.group(1)): path for path in folder.iterdir() if (match := IMAGE_NAME.match(path.name))}
     if not found:
         raise ValueError(f"{folder} has no images named like 00000.png (the names generate.py writes)")
     return dict(sorted(found.items()))
@@ -216,14 +213,6 @@ def check_image_prompts(images: dict[Path, str]) -> None:
                          f"scored against (wrong --prompts file, or folders of another prompt list):\n  {shown}")
     if unchecked:
         print(f"note: {unchecked} images carry no prompt text field; their prompts could not be checked", file=sys.stderr)
-
-
-def folder_label(folder: Path) -> str:
-    """`pladis_0` → "without PLADIS", `pladis_2` → "PLADIS 2" (generate.py's names), else the folder name."""
-    match = re.fullmatch(r"pladis_([0-9.]+)", Path(folder).name)
-    if match is None:
-        return Path(folder).name
-    return "without PLADIS" if float(match.group(1)) == 0 else f"PLADIS {match.group(1)}"
 
 
 def in_batches(items: Sequence, size: int):
@@ -401,8 +390,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = evaluate(args)
     print(format_table(results))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        write_json(args.json, results)
     return results
 
 

@@ -1,7 +1,7 @@
 """Generate every prompt of a file at each PLADIS scale into one folder per scale, skipping images already there.
 
-It runs on one device as `python scripts/generate.py`, and unchanged on several GPUs or machines under
-`accelerate launch`, which splits the prompts between processes; each image depends only on its prompt and seed.
+It runs on one device as `python -m scripts.generate`, and unchanged on several GPUs or machines under
+`accelerate launch -m scripts.generate`, which splits the prompts between processes; each image depends only on its prompt and seed.
 """
 
 from __future__ import annotations
@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
-import os
-import sys
 from itertools import groupby
 from pathlib import Path
 
@@ -21,30 +19,19 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from anywhere
-
-from scripts import checks  # noqa: E402
-from scripts.common import (  # noqa: E402
-    PromptEntry,
+from scripts.cli import checks
+from scripts.cli.loading import call_options, image_size, load_pipeline, seeded_generator
+from scripts.cli.options import (
     add_generation_options,
     add_model_options,
     add_settings_option,
-    call_options,
     finish_common_options,
-    image_size,
-    load_pipeline,
     parse_scales,
     parse_with_settings,
-    read_prompts,
-    read_settings,
-    read_text_file,
-    run_settings,
-    seeded_generator,
-    write_settings,
 )
+from scripts.cli.prompts import MANIFEST, SETTINGS, PromptEntry, image_path, read_prompts, scale_folder
+from scripts.cli.records import read_settings, read_text_file, run_settings, write_image, write_json, write_text
 
-MANIFEST = "prompts.jsonl"  # the prompts with their resolved seeds, in index order (evaluate.py reads it)
-SETTINGS = "settings.json"
 LOCK = ".generate.lock"  # held while a run checks the folder and records its settings
 # Options that may change between runs into the same folder without changing any existing image
 # (the prompts themselves are compared through the manifest, line by line).
@@ -96,16 +83,6 @@ def shared_folder_problem(scales: list[float]) -> str | None:
         return None
     details = "; ".join(f"{', '.join(repr(value) for value in values)} -> {name}" for name, values in clashes.items())
     return f"--scales: these values would write into one folder ({details}); give each λ once, distinct in 6 digits"
-
-
-def scale_folder(out: Path, scale: float) -> Path:
-    """`out/pladis_0` for λ = 0 (the baseline), `out/pladis_2`, `out/pladis_1.5`, ..."""
-    return Path(out) / f"pladis_{scale:g}"
-
-
-def image_path(out: Path, index: int, scale: float) -> Path:
-    """The image of prompt `index` at λ = `scale`: named by both, so resuming works image by image."""
-    return scale_folder(out, scale) / f"{index:05d}.png"
 
 
 def prompt_seed(entry: PromptEntry, base_seed: int) -> int:
@@ -160,36 +137,23 @@ def claim_folder(out: Path, settings: dict, records: list[dict]) -> str | None:
             problem = f"{out} cannot be resumed: {error}"
         if problem is None:
             write_manifest(out, records)
-            write_settings(Path(out) / SETTINGS, settings)
+            write_json(Path(out) / SETTINGS, settings)
     return problem
 
 
 def write_manifest(out: Path, records: list[dict]) -> Path:
     """`prompts.jsonl` from `manifest_records` (evaluate.py reads the prompts from it)."""
-    path = Path(out) / MANIFEST
-    _replace_text(path, "".join(json.dumps(record) + "\n" for record in records))
-    return path
-
-
-def _replace_text(path: Path, text: str) -> None:
-    """Write through a temporary file, so a reader (or a kill) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_text(text)
-    os.replace(partial, path)
+    return write_text(Path(out) / MANIFEST, "".join(json.dumps(record) + "\n" for record in records))
 
 
 def save_image(image: Image.Image, path: Path, entry: PromptEntry, seed: int, scale: float) -> None:
-    """Save through a temporary file (an interrupted run leaves no truncated PNG to skip later),
-    with the prompt, seed and λ in the PNG's text fields."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Save atomically (an interrupted run leaves no truncated PNG to skip later), with the prompt, seed
+    and λ in the PNG's text fields."""
     info = PngInfo()
     info.add_text("prompt", entry.prompt)
     info.add_text("seed", str(seed))
     info.add_text("pladis_scale", f"{scale:g}")
-    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial.png")
-    image.save(partial, pnginfo=info)
-    os.replace(partial, path)
+    write_image(path, image, pnginfo=info)
 
 
 def batches(entries: list[PromptEntry], batch_size: int) -> list[list[PromptEntry]]:
@@ -211,7 +175,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         raise SystemExit("leave --device out under `accelerate launch`: each process uses its own device")
     # accelerate names CPU processes' device `cpu:0`; diffusers computes differently on `cpu:0` than on `cpu`
     device = args.device or (torch.device("cpu") if state.device.type == "cpu" else state.device)
-    settings = run_settings("generate.py", args, argv, device=str(device), num_processes=state.num_processes,
+    settings = run_settings("scripts.generate", args, argv, device=str(device), num_processes=state.num_processes,
                             folders={f"{scale:g}": str(scale_folder(args.out, scale)) for scale in args.scales})
     records = manifest_records(entries, args.seed)
     problem = claim_folder(args.out, settings, records) if state.is_main_process else None

@@ -7,6 +7,8 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
+from scripts.cli.records import write_image
+
 _LABEL_HEIGHT = 24
 _MIN_CELL = 256  # tiny test images are upscaled (nearest) to stay readable next to their labels
 
@@ -38,8 +40,5 @@ def labelled_grid(images: Sequence[Image.Image], labels: Sequence[str], columns:
 
 
 def save_grid(images: Sequence[Image.Image], labels: Sequence[str], path: Path, columns: int | None = None) -> Path:
-    """Write `labelled_grid(images, labels)` to `path` (folders created) and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    labelled_grid(images, labels, columns).save(path)
-    return path
+    """Write `labelled_grid(images, labels)` to `path` (folders created, atomically) and return the path."""
+    return write_image(Path(path), labelled_grid(images, labels, columns))

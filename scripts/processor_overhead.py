@@ -12,21 +12,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from diffusers.models.attention_processor import Attention, AttnProcessor2_0  # noqa: E402
-
-from attention import apply_pladis, pladis_scaled_dot_product_attention  # noqa: E402
-from attention.processor import unet_attention_heads, unet_attention_output  # noqa: E402
+from attention.functional import pladis_scaled_dot_product_attention
+from attention.install import apply_pladis
+from attention.processor import unet_attention_heads, unet_attention_output
 
 
 class CopiedProcessor:

@@ -5,25 +5,23 @@ dense softmax maps of every cross-attention layer (conditional batch rows, all h
 of a stock generation) are summarised per layer, with the mass split over the start token, the word
 tokens, the end token and the padding after it, and the number of keys entmax15 keeps:
 
-    python scripts/toy_attention_stats.py --out outputs/toy_attention_stats.json
+    python -m scripts.toy_attention_stats --out outputs/toy_attention_stats.json
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from anywhere
-
-from attention import entmax_attention, softmax_attention, swapped_attn_processors  # noqa: E402
-from attention.attention_maps import attention_logits  # noqa: E402
-from attention.install import attention_modules  # noqa: E402
-from scripts.common import model_source, write_settings  # noqa: E402
-from scripts.toy_data import evaluation_scenes  # noqa: E402
+from attention.attention_maps import attention_logits
+from attention.install import attention_modules, swapped_attn_processors
+from attention.sparse_maps import entmax_attention, softmax_attention
+from scripts.cli.assets import TOY_MODEL, model_source, repository_relative
+from scripts.cli.records import write_json
+from scripts.toy_data import evaluation_scenes
 
 KEY_KINDS = ("start", "words", "end", "padding")
 
@@ -112,7 +110,7 @@ def summary_lines(stats: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="asset/toy-sdxl")
+    parser.add_argument("--model", default=repository_relative(TOY_MODEL))
     parser.add_argument("--count", type=int, default=32, help="two-object toy prompts (default 32)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance-scale", type=float, default=5.0)
@@ -128,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
     prompts = [scene.caption(swap=swap) for scene, _, swap in evaluation_scenes(args.count)]
     stats = attention_statistics(pipe, prompts, args.steps, args.guidance_scale, args.seed)
     stats["settings"] = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
-    write_settings(args.out, {"arguments": stats["settings"], **stats})
+    write_json(args.out, {"arguments": stats["settings"], **stats})
     print("\n".join(summary_lines(stats)))
     return stats
 

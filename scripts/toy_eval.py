@@ -4,7 +4,7 @@ One command generates the same two-object prompts from the same seeds for every 
 reads each image half with `scripts/toy_scorer.py`, and writes a table of colour / shape / object / image
 accuracy (95 % bootstrap intervals) and of the paired change against λ = 0 at the same guidance:
 
-    python scripts/toy_eval.py --out outputs/toy-eval
+    python -m scripts.toy_eval --out outputs/toy-eval
 
 Settings already in `OUT/results.json` (same model, prompts and steps) are reused, so an interrupted run resumes.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -21,14 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from anywhere
+from attention.validation import check_pladis_alpha, check_pladis_scale
+from scripts.cli.assets import TOY_MODEL, model_source, repository_relative
+from scripts.cli.options import comma_floats
+from scripts.cli.records import package_versions, repository_commit, write_json, write_text
+from scripts.toy_data import evaluation_scenes
+from scripts.toy_scorer import read_scene, score_scene
 
-from attention import check_pladis_alpha, check_pladis_scale  # noqa: E402
-from scripts.common import comma_floats, model_source, package_versions, repository_commit, write_settings  # noqa: E402
-from scripts.toy_data import evaluation_scenes  # noqa: E402
-from scripts.toy_scorer import read_scene, score_scene  # noqa: E402
-
-TOY_MODEL = "asset/toy-sdxl"
 METRICS = ("colour", "shape", "object", "image")
 
 
@@ -107,7 +105,7 @@ def format_table(results: dict, resamples: int, seed: int) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=TOY_MODEL, help="toy pipeline folder (default asset/toy-sdxl)")
+    parser.add_argument("--model", default=repository_relative(TOY_MODEL), help="toy pipeline folder (default asset/toy-sdxl)")
     parser.add_argument("--out", type=Path, default=Path("outputs/toy-eval"), help="folder for results.json and table.md")
     parser.add_argument("--count", type=int, default=200, help="prompts (one image each) per setting (default 200)")
     parser.add_argument("--held-out-share", type=float, default=0.3,
@@ -160,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
     if results.get("identity") != identity:
         results = {"identity": identity, "held_out": [held for _, held, _ in chosen], "settings": {}}
     results.update(versions=package_versions(), repository_commit=repository_commit(),
-                   command=["scripts/toy_eval.py", *(sys.argv[1:] if argv is None else argv)])
+                   command=["python", "-m", "scripts.toy_eval", *(sys.argv[1:] if argv is None else argv)])
     grid = settings_grid(args.guidance, args.scales, args.alphas)
     began = time.time()
     for number, (guidance, scale, alpha) in enumerate(grid, 1):
@@ -175,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
         scores = score_images(images, scenes)
         results["settings"][key] = {"guidance": guidance, "pladis_scale": scale, "pladis_alpha": alpha,
                                     "scores": scores, "seconds": time.time() - started}
-        write_settings(results_path, results)
+        write_json(results_path, results)
         print(f"[{number}/{len(grid)}] {key}: image accuracy {np.mean(scores['image']):.3f} "
               f"({time.time() - started:.0f} s)", flush=True)
     done = [setting_key(*setting) for setting in grid if setting_key(*setting) in results["settings"]]
@@ -184,10 +182,8 @@ def main(argv: list[str] | None = None) -> dict:
     table = format_table(results, args.resamples, args.seed)
     if not results["complete"]:
         table += f"\n\nReduced: {len(done)} of the {len(grid)} settings ran; the same command resumes the rest."
-    write_settings(results_path, results)
-    partial = args.out / f".table.md.{os.getpid()}.partial"
-    partial.write_text(table + "\n")
-    os.replace(partial, args.out / "table.md")
+    write_json(results_path, results)
+    write_text(args.out / "table.md", table + "\n")
     print(table)
     return results
 

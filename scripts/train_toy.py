@@ -11,7 +11,7 @@ stock `StableDiffusionXLPipeline` and the PLADIS pipelines load it offline. Stag
    so padding cannot carry the sentence;
 4. train the UNet (ε-prediction, SDXL noise schedule, min-SNR-5, EMA) on the frozen text embeddings.
 
-`python scripts/train_toy.py --unet-steps N` rebuilds the committed model exactly (same thread count and
+`python -m scripts.train_toy --unet-steps N` rebuilds the committed model exactly (same thread count and
 package versions); `--minutes M` trains the UNet for M minutes of wall time instead and records the steps
 it reached (the UNet learning rate is constant after warm-up, so that run equals `--unet-steps <reached>`).
 """
@@ -21,11 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
-import shutil
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -35,11 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from anywhere
+from scripts.cli.assets import TOY_MODEL
+from scripts.cli.records import package_versions, repository_commit, write_atomically
+from scripts.toy_data import SIZE, WORDS, all_captions, training_samples
 
-from scripts.toy_data import SIZE, WORDS, all_captions, training_samples  # noqa: E402
-
-TOY_DIR = Path(__file__).resolve().parent.parent / "asset" / "toy-sdxl"
 MAX_TOKENS = 16  # BOS + 13 words + EOS fit; SDXL's 77 would leave 62 padding keys
 TIME_IDS = (SIZE, SIZE, 0, 0, SIZE, SIZE)  # original size, crop top-left, target size
 TIME_EMBED_DIM = 8
@@ -363,15 +358,12 @@ def save_toy(out: Path, vae, te1, te2, tokenizer, unet, record: dict) -> Path:
                                      tokenizer_2=tokenizer, unet=unet, scheduler=toy_scheduler(),
                                      force_zeros_for_empty_prompt=True, add_watermarker=False)
     pipe.to(torch.float16)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    pipe.save_pretrained(staging, safe_serialization=True)
-    (staging / "training.json").write_text(json.dumps(record, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(staging, out)
-    return out
+
+    def write(staging: Path) -> None:
+        pipe.save_pretrained(staging, safe_serialization=True)
+        (staging / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+
+    return write_atomically(Path(out), write, folder=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -390,7 +382,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clip-batch", type=int, default=128, help="tiny-CLIP batch (more in-batch negatives)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=THREADS, help="torch threads (results depend on it)")
-    parser.add_argument("--out", type=Path, default=TOY_DIR)
+    parser.add_argument("--out", type=Path, default=TOY_MODEL)
     args = parser.parse_args(argv)
     if args.unet_steps is None and args.minutes is None:
         parser.error("give --unet-steps N (exact rebuild) or --minutes M (time budget)")
@@ -408,8 +400,6 @@ def main(argv: list[str] | None = None) -> Path:
     torch.set_num_threads(args.threads)
     random.seed(args.seed)
     started = time.time()
-    from scripts.common import package_versions, repository_commit
-
     tokenizer = toy_tokenizer()
     images, caption_ids, captions = render_dataset(args.images, args.seed)
     log(f"drew {len(images)} training images ({time.time() - started:.0f} s)")
@@ -426,7 +416,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     def training_record(unet_stats: dict) -> dict:
         return {
-            "rebuild": f"python scripts/train_toy.py --unet-steps {unet_stats['steps']} --images {args.images} "
+            "rebuild": f"python -m scripts.train_toy --unet-steps {unet_stats['steps']} --images {args.images} "
                        f"--vae-steps {args.vae_steps} --vae-batch {args.vae_batch} --clip-steps {args.clip_steps} "
                        f"--clip-batch {args.clip_batch} --batch {args.batch} --seed {args.seed} --threads {args.threads}",
             "arguments": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},

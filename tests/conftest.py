@@ -14,7 +14,7 @@ import pytest
 import torch
 from diffusers.utils import logging as diffusers_logging
 
-from scripts.build_tiny_assets import TINY_SDXL
+from scripts.cli.assets import TINY_SDXL
 
 diffusers_logging.disable_progress_bar()
 TEST_DEVICE = torch.device(TEST_DEVICE_NAME)

@@ -14,8 +14,9 @@ from diffusers import StableDiffusionXLPipeline
 from safetensors.torch import load_file
 
 from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
-from scripts import common, compare
-from scripts.build_tiny_assets import TINY_SDXL_LORA
+from scripts import compare
+from scripts.cli import loading, records
+from scripts.cli.assets import TINY_SDXL_LORA
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,8 +34,8 @@ def test_lora_loading_refuses_pickles(pickled_lora, tiny_sdxl_path, capsys):
     assert len(state_dict) > 0
     pipe = PLADISStableDiffusionXLPipeline.from_pretrained(tiny_sdxl_path, local_files_only=True)
     with pytest.raises(safetensors.SafetensorError):
-        common.fuse_lora_file(pipe, pickled_lora)
-    common.fuse_lora_file(pipe, TINY_SDXL_LORA)  # real safetensors load and fuse
+        loading.fuse_lora_file(pipe, pickled_lora)
+    loading.fuse_lora_file(pipe, TINY_SDXL_LORA)  # real safetensors load and fuse
     with pytest.raises(SystemExit):  # and the scripts refuse the name while parsing
         compare.parse_args(["--lora", str(pickled_lora)])
     assert "only .safetensors LoRA files are loaded" in capsys.readouterr().err
@@ -43,8 +44,8 @@ def test_lora_loading_refuses_pickles(pickled_lora, tiny_sdxl_path, capsys):
 def test_every_lora_load_in_scripts_goes_through_the_safetensors_only_loader():
     sources = {path: path.read_text() for path in (ROOT / "scripts").rglob("*.py")}
     loads = [f"{path.relative_to(ROOT)}" for path, text in sources.items() if "load_lora_weights(" in text]
-    assert loads == ["scripts/common.py"]  # fuse_lora_file, with use_safetensors=True
-    assert "load_lora_weights(str(path), use_safetensors=True)" in sources[ROOT / "scripts" / "common.py"]
+    assert loads == ["scripts/cli/loading.py"]  # fuse_lora_file, with use_safetensors=True
+    assert "load_lora_weights(str(path), use_safetensors=True)" in sources[ROOT / "scripts" / "cli" / "loading.py"]
 
 
 def test_settings_record_the_thread_count_and_repository_relative_model_paths(tmp_path, capsys):
@@ -63,9 +64,9 @@ def test_settings_record_the_thread_count_and_repository_relative_model_paths(tm
 
 
 def test_recorded_paths_outside_the_repository_stay_as_given(tmp_path):
-    assert common.recorded_path(str(ROOT / "asset" / "tiny-sdxl")) == "asset/tiny-sdxl"
-    assert common.recorded_path(str(tmp_path)) == str(tmp_path)
-    assert common.recorded_path("stabilityai/stable-diffusion-xl-base-1.0") == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert records.recorded_path(str(ROOT / "asset" / "tiny-sdxl")) == "asset/tiny-sdxl"
+    assert records.recorded_path(str(tmp_path)) == str(tmp_path)
+    assert records.recorded_path("stabilityai/stable-diffusion-xl-base-1.0") == "stabilityai/stable-diffusion-xl-base-1.0"
 
 
 def strings_in(value):

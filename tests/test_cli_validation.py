@@ -11,7 +11,7 @@ import pytest
 from diffusers import DiffusionPipeline
 
 from scripts import attention_maps, compare, generate
-from scripts.build_tiny_assets import TINY_CONTROL_IMAGE, TINY_SDXL
+from scripts.cli.assets import TINY_CONTROL_IMAGE, TINY_SDXL
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ def test_options_only_the_pipeline_checked_are_usage_errors_before_loading(argv,
 
 
 def test_layer_ids_the_model_has_pass_the_early_check(no_model_loads):
-    from scripts import checks
+    from scripts.cli import checks
 
     args = compare.parse_args(["--pipeline", "sdxl-seg", "--seg-scale", "3", "--seg-layers", "mid,up_blocks.0",
                                "--pag-layers", "down_blocks.2.attentions.1"])
@@ -107,13 +107,13 @@ def test_layer_ids_the_model_has_pass_the_early_check(no_model_loads):
 
 
 def test_layer_ids_not_checkable_while_parsing_are_checked_right_after_loading(monkeypatch):
-    from scripts import checks, common
+    from scripts.cli import checks, loading
 
     monkeypatch.setattr(checks, "unet_self_attention_names", lambda model: None)  # as for a hub id not downloaded
     args = compare.parse_args(["--pipeline", "sdxl-seg", "--seg-scale", "3", "--seg-layers", "midd", "--steps", "1"])
-    pipe = common.load_pipeline(args)
+    pipe = loading.load_pipeline(args)
     with pytest.raises(ValueError, match="--seg-layers: 'midd' matches no self-attention layer"):
-        common.call_options(pipe, args, 64, 64)
+        loading.call_options(pipe, args, 64, 64)
 
 
 def test_record_steps_beyond_the_run_are_a_usage_error(tmp_path, capsys, no_model_loads):

@@ -11,8 +11,9 @@ import pytest
 from diffusers import StableDiffusionXLPipeline
 from PIL import Image
 
-from scripts import common, compare
-from scripts.build_tiny_assets import TINY_SDXL_LORA
+from scripts import compare
+from scripts.cli import assets, loading, registry
+from scripts.cli.assets import TINY_SDXL_LORA
 
 CELL, LABEL = 256, 24  # 64×64 panels are shown ×4 under a 24 px label strip
 TINY = ["--model", "asset/tiny-sdxl"]  # the random-weight SDXL (the default model is the trained toy)
@@ -55,9 +56,9 @@ def test_rerunning_from_the_json_reproduces_the_grid_bit_for_bit(tmp_path):
 def test_scale_zero_panel_is_the_stock_pipeline_image(tmp_path):
     args = compare.parse_args([*TINY, "--scales", "0", "--steps", "1", "--seed", "2"])
     images, labels = compare.generate_panels(args)
-    stock = StableDiffusionXLPipeline.from_pretrained(str(common.ASSET_DIR / "tiny-sdxl"), local_files_only=True)
+    stock = StableDiffusionXLPipeline.from_pretrained(str(assets.ASSET_DIR / "tiny-sdxl"), local_files_only=True)
     expected = stock(args.prompt, num_inference_steps=1, guidance_scale=5.0, height=64, width=64,
-                     generator=common.seeded_generator(2)).images[0]
+                     generator=loading.seeded_generator(2)).images[0]
     assert labels == ["without PLADIS"]
     np.testing.assert_array_equal(np.asarray(images[0]), np.asarray(expected))
 
@@ -72,19 +73,19 @@ def test_lora_and_distilled_scheduler_options_match_the_manual_recipe(scheduler,
     options += ["--timesteps", "999,499"] if "timesteps" in call else ["--steps", "2"]
     args = compare.parse_args(options)
     images, _ = compare.generate_panels(args)
-    stock = StableDiffusionXLPipeline.from_pretrained(str(common.ASSET_DIR / "tiny-sdxl"), local_files_only=True)
+    stock = StableDiffusionXLPipeline.from_pretrained(str(assets.ASSET_DIR / "tiny-sdxl"), local_files_only=True)
     stock.load_lora_weights(str(TINY_SDXL_LORA))
     stock.fuse_lora()
-    scheduler_class, scheduler_options = common.SCHEDULERS[scheduler]
+    scheduler_class, scheduler_options = registry.SCHEDULERS[scheduler]
     stock.scheduler = getattr(__import__("diffusers"), scheduler_class).from_config(stock.scheduler.config, **scheduler_options)
     assert type(stock.scheduler).__name__ == scheduler_class
-    expected = stock(args.prompt, guidance_scale=0.0, height=64, width=64, generator=common.seeded_generator(0), **call)
+    expected = stock(args.prompt, guidance_scale=0.0, height=64, width=64, generator=loading.seeded_generator(0), **call)
     np.testing.assert_array_equal(np.asarray(images[0]), np.asarray(expected.images[0]))
 
 
 def test_unknown_scheduler_names_the_accepted_ones(capsys):
     with pytest.raises(ValueError, match="accepted: ddim-trailing, euler-trailing, lcm"):
-        common.set_scheduler(object(), "dpm")
+        registry.set_scheduler(object(), "dpm")
     with pytest.raises(SystemExit):
         compare.parse_args(["--scheduler", "dpm"])
     assert "lcm" in capsys.readouterr().err
@@ -93,14 +94,14 @@ def test_unknown_scheduler_names_the_accepted_ones(capsys):
 def test_pipeline_table_imports_its_classes_lazily_and_errors_clearly():
     from diffusers import DiffusionPipeline
 
-    for name, choice in common.PIPELINES.items():
-        cls = common.pipeline_class(name)
+    for name, choice in registry.PIPELINES.items():
+        cls = registry.pipeline_class(name)
         assert cls.__name__ == choice.class_name and issubclass(cls, DiffusionPipeline)
         if name != "auto":  # auto loads the stock class, which PLADIS reaches through apply_pladis
-            assert {"pladis_scale", "pladis_alpha"} <= common.call_parameters(cls)
-        assert (common.REPO_ROOT / choice.tiny_model / "model_index.json").exists()
+            assert {"pladis_scale", "pladis_alpha"} <= registry.call_parameters(cls)
+        assert (assets.REPO_ROOT / choice.tiny_model / "model_index.json").exists()
     with pytest.raises(ValueError, match="accepted: auto, controlnet, flux, sdxl, sdxl-seg"):
-        common.pipeline_class("sd15")
+        registry.pipeline_class("sd15")
 
 
 def test_guidance_options_a_pipeline_does_not_take_are_refused(capsys):
@@ -127,11 +128,11 @@ def test_sdxl_seg_choice_forwards_the_seg_options_to_its_pipeline():
     args = compare.parse_args(["--pipeline", "sdxl-seg", "--seg-scale", "3", "--seg-blur-sigma", "100",
                                "--seg-layers", "mid", "--scales", "2", "--steps", "1"])
     images, labels = compare.generate_panels(args)
-    pipe = PLADISStableDiffusionXLSEGPipeline.from_pretrained(str(common.ASSET_DIR / "tiny-sdxl"), local_files_only=True)
+    pipe = PLADISStableDiffusionXLSEGPipeline.from_pretrained(str(assets.ASSET_DIR / "tiny-sdxl"), local_files_only=True)
     call = {"num_inference_steps": 1, "height": 64, "width": 64, "pladis_scale": 2.0}
     with_seg = pipe(args.prompt, seg_scale=3.0, seg_blur_sigma=100.0, seg_applied_layers=["mid"],
-                    generator=common.seeded_generator(0), **call).images[0]
-    without_seg = pipe(args.prompt, generator=common.seeded_generator(0), **call).images[0]
+                    generator=loading.seeded_generator(0), **call).images[0]
+    without_seg = pipe(args.prompt, generator=loading.seeded_generator(0), **call).images[0]
     np.testing.assert_array_equal(np.asarray(images[0]), np.asarray(with_seg))
     assert not np.array_equal(np.asarray(with_seg), np.asarray(without_seg))  # SEG really acted
 
@@ -143,17 +144,17 @@ def test_controlnet_choice_shows_the_preprocessed_control_image_first(tmp_path):
     path = compare.main(["--pipeline", "controlnet", "--preprocess", "canny", "--steps", "1",
                          "--out", str(tmp_path / "controlnet.png")])
     control, plain, boosted = panels_of(path, 3)
-    expected_control = PREPROCESSORS["canny"](Image.open(common.REPO_ROOT / common.TINY_CONTROL_IMAGE).convert("RGB"))
+    expected_control = PREPROCESSORS["canny"](Image.open(assets.REPO_ROOT / assets.TINY_CONTROL_IMAGE).convert("RGB"))
     np.testing.assert_array_equal(control, np.asarray(expected_control.convert("RGB")))
     pipe = PLADISStableDiffusionXLControlNetPipeline.from_pretrained(
-        str(common.ASSET_DIR / "tiny-sdxl-controlnet"), local_files_only=True)
+        str(assets.ASSET_DIR / "tiny-sdxl-controlnet"), local_files_only=True)
     prompt = compare.parse_args(["--pipeline", "controlnet"]).prompt
     expected = pipe(prompt, image=expected_control, num_inference_steps=1, height=64, width=64,
-                    generator=common.seeded_generator(0)).images[0]
+                    generator=loading.seeded_generator(0)).images[0]
     np.testing.assert_array_equal(plain, np.asarray(expected))
     assert np.abs(plain.astype(int) - boosted).max() > 0
     settings = json.loads(path.with_suffix(".json").read_text())
-    assert settings["arguments"]["control_image"] == common.TINY_CONTROL_IMAGE
+    assert settings["arguments"]["control_image"] == assets.repository_relative(assets.TINY_CONTROL_IMAGE)
     assert settings["panels"][0] == "control (canny)"
 
 
@@ -163,9 +164,9 @@ def test_flux_choice_runs_the_tiny_flux_and_scale_zero_is_stock_flux():
     args = compare.parse_args(["--pipeline", "flux", "--steps", "1"])
     images, labels = compare.generate_panels(args)
     assert labels == ["without PLADIS", "PLADIS scale=2 alpha=1.5"]
-    stock = FluxPipeline.from_pretrained(str(common.ASSET_DIR / "tiny-flux-schnell"), local_files_only=True)
+    stock = FluxPipeline.from_pretrained(str(assets.ASSET_DIR / "tiny-flux-schnell"), local_files_only=True)
     expected = stock(args.prompt, num_inference_steps=1, guidance_scale=3.5, height=64, width=64,
-                     generator=common.seeded_generator(0)).images[0]
+                     generator=loading.seeded_generator(0)).images[0]
     np.testing.assert_array_equal(np.asarray(images[0]), np.asarray(expected))
     assert np.abs(np.asarray(images[0]).astype(int) - np.asarray(images[1])).max() > 0
 
@@ -200,6 +201,6 @@ def test_flux_default_steps_come_from_the_transformer_config_not_the_name(tmp_pa
     import shutil
 
     model = tmp_path / folder_name
-    shutil.copytree(common.ASSET_DIR / asset, model)
+    shutil.copytree(assets.ASSET_DIR / asset, model)
     args = compare.parse_args(["--pipeline", "flux", "--model", str(model), "--out", str(tmp_path / "grid.png")])
     assert args.steps == steps

@@ -1,7 +1,8 @@
-"""The main job: `scripts/compare.py` writes a labelled with/without grid from the embedded toy model."""
+"""The main job: `python -m scripts.compare` writes a labelled with/without grid from the embedded toy model."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,11 +24,11 @@ def test_compare_writes_a_two_panel_grid_whose_panels_differ(tmp_path):
     assert np.abs(left - right).max() > 0  # PLADIS changed the picture
 
 
-def test_compare_runs_as_a_plain_script_from_another_folder(tmp_path):
+def test_compare_runs_as_a_module_from_another_folder(tmp_path):
     out = tmp_path / "cli.png"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "compare.py"), "--out", str(out), "--steps", "1"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "scripts.compare", "--out", str(out), "--steps", "1"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert Image.open(out).size[0] >= 2 * 64

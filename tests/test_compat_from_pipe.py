@@ -10,7 +10,7 @@ from diffusers import FluxPipeline, StableDiffusionImg2ImgPipeline, StableDiffus
 from attention import apply_pladis
 from pipeline.pipeline_flux_pladis import PLADISFluxPipeline
 from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
-from scripts.build_tiny_assets import TINY_FLUX_SCHNELL, TINY_SDXL
+from scripts.cli.assets import TINY_FLUX_SCHNELL, TINY_SDXL
 from tests.families import build, one_thread, run_family  # noqa: F401
 from tests.tiny import processors_by_name, run_pipe, same_processor_objects
 

@@ -10,7 +10,7 @@ from diffusers import StableDiffusionXLPipeline
 
 from attention import apply_pladis
 from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
-from scripts.build_tiny_assets import TINY_SDXL, TINY_SDXL_LORA
+from scripts.cli.assets import TINY_SDXL, TINY_SDXL_LORA
 from tests.families import one_thread  # noqa: F401
 from tests.tiny import processors_by_name, run_pipe, same_processor_objects
 

@@ -10,7 +10,7 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 
 from attention import PLADISAttnProcessor, apply_pladis
-from scripts.build_tiny_assets import TINY_SDXL
+from scripts.cli.assets import TINY_SDXL
 from tests.families import one_thread  # noqa: F401
 from tests.tiny import CallCounter, processors_by_name, run_pipe, same_processor_objects
 

@@ -14,7 +14,7 @@ from pipeline.pipeline_flux_pladis import PLADISFluxPipeline
 from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
 from pipeline.pipeline_sdxl_seg import PLADISStableDiffusionXLSEGPipeline
 from pipeline.saving import stock_pipeline_class
-from scripts.build_tiny_assets import TINY_FLUX_DEV, TINY_SDXL
+from scripts.cli.assets import TINY_FLUX_DEV, TINY_SDXL
 from tests.families import one_thread  # noqa: F401
 from tests.tiny import run_pipe
 

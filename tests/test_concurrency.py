@@ -14,7 +14,8 @@ from diffusers import StableDiffusionXLPipeline
 
 from attention import apply_pladis
 from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
-from scripts.build_tiny_assets import TINY_SDXL, tiny_flux_transformer
+from scripts.cli.assets import TINY_SDXL
+from scripts.build_tiny_assets import tiny_flux_transformer
 from tests.families import one_thread  # noqa: F401
 from tests.test_install import flux_inputs
 from tests.tiny import processors_by_name, run_pipe, same_processor_objects

@@ -10,7 +10,7 @@ from diffusers import FluxPipeline, StableDiffusionXLPipeline
 
 from pipeline.pipeline_flux_pladis import PLADISFluxPipeline
 from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
-from scripts.build_tiny_assets import TINY_FLUX_DEV, TINY_SDXL
+from scripts.cli.assets import TINY_FLUX_DEV, TINY_SDXL
 from tests.tiny import CallCounter, run_pipe
 
 FAMILIES = {

@@ -70,7 +70,7 @@ def test_images_without_a_prompt_field_are_noted_not_refused(tmp_path, no_scorin
 
 def test_generate_writes_the_prompt_field_evaluate_reads(tmp_path):
     from scripts import generate
-    from scripts.common import PromptEntry
+    from scripts.cli.prompts import PromptEntry
 
     path = tmp_path / "00000.png"
     image = Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8))

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 EXAMPLES = sorted(path.stem for path in (Path(__file__).resolve().parent.parent / "scripts" / "examples").glob("*.py")
-                  if path.stem not in ("__init__", "common"))
+                  if path.stem != "__init__")
 REFERENCE_SECTIONS = {"sdxl_cfg", "sdxl_pag", "sdxl_seg", "sdxl_freeu", "sdxl_dmd2", "sdxl_lightning", "hyper_sdxl",
                       "flux_schnell", "flux_dev", "controlnet_depth"}
 LABEL_HEIGHT, PANEL = 24, 256  # scripts/grid.py: a label strip, tiny images enlarged to 256 px
@@ -34,7 +34,7 @@ def test_example_runs_on_tiny_assets_and_writes_its_grid(name, tmp_path):
 
 
 def test_tiny_switch_keeps_explicit_options(tmp_path):
-    from scripts.examples.common import example_parser, parse_example_args
+    from scripts.cli.recipes import example_parser, parse_example_args
 
     parser = example_parser("test", model="some/model", steps=25, guidance_scale=5.0, lora="a/b/c.safetensors")
     args = parse_example_args(parser, ["--tiny", "--steps", "3"], name="test")

@@ -8,14 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.pipeline_flux_pladis import PLADISFluxPipeline
-from scripts.build_tiny_assets import (
-    T5_MAX_LENGTH,
-    TINY_FLUX_DEV,
-    TINY_FLUX_LORA,
-    TINY_FLUX_SCHNELL,
-    build_tiny_flux,
-    save_tiny_flux_lora,
-)
+from scripts.build_tiny_assets import T5_MAX_LENGTH, build_tiny_flux, save_tiny_flux_lora
+from scripts.cli.assets import TINY_FLUX_DEV, TINY_FLUX_LORA, TINY_FLUX_SCHNELL
 
 VARIANTS = {"schnell": (TINY_FLUX_SCHNELL, False), "dev": (TINY_FLUX_DEV, True)}
 

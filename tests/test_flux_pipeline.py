@@ -12,7 +12,7 @@ from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, Fl
 
 from attention import PLADISFluxAttnProcessor, apply_pladis
 from pipeline.pipeline_flux_pladis import PLADISFluxPipeline
-from scripts.build_tiny_assets import TINY_FLUX_DEV, TINY_FLUX_LORA, TINY_FLUX_SCHNELL, TINY_SDXL
+from scripts.cli.assets import TINY_FLUX_DEV, TINY_FLUX_LORA, TINY_FLUX_SCHNELL, TINY_SDXL
 from tests.tiny import CallCounter, processors_by_name, run_pipe, same_processor_objects
 
 VARIANTS = {"schnell": TINY_FLUX_SCHNELL, "dev": TINY_FLUX_DEV}

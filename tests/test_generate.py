@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from scripts import generate
-from scripts.common import PromptEntry, read_prompts
+from scripts.cli.prompts import PromptEntry, read_prompts
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = [
@@ -122,7 +122,7 @@ def test_two_processes_split_the_prompts_and_write_each_image_once_as_one_proces
         generate.main([*options, "--out", str(tmp_path / "single")])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",  # torchrun
-              str(ROOT / "scripts" / "generate.py"), *options, "--out", str(tmp_path / "multi")]
+              "-m", "scripts.generate", *options, "--out", str(tmp_path / "multi")]
     result = subprocess.run(launch, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     reports = re.findall(r"process (\d)/2: wrote (\d+) images, 0 already there \((\d) of 3 prompts\)", result.stdout)

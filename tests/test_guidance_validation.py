@@ -10,7 +10,7 @@ from diffusers import StableDiffusionXLPAGPipeline
 
 from attention import check_applied_layers, check_guidance_scale, check_seg_blur_sigma, swapped_attn_processors
 from pipeline.pipeline_sdxl_seg import PLADISStableDiffusionXLSEGPipeline
-from scripts.build_tiny_assets import TINY_SDXL
+from scripts.cli.assets import TINY_SDXL
 
 
 @pytest.fixture(scope="module")

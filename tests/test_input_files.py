@@ -12,7 +12,8 @@ from PIL import Image
 
 from pipeline.pipeline_sdxl_seg import PLADISStableDiffusionXLSEGPipeline
 from scripts import compare, evaluate, generate
-from scripts.common import PromptEntry, read_prompts, read_settings
+from scripts.cli.prompts import PromptEntry, read_prompts
+from scripts.cli.records import read_settings
 from tests.tiny import processors_by_name, same_processor_objects
 
 

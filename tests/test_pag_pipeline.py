@@ -14,7 +14,7 @@ from diffusers.models.attention_processor import PAGCFGIdentitySelfAttnProcessor
 from attention import PLADISAttnProcessor, apply_pladis
 from pipeline import pipeline_sdxl_seg
 from pipeline.pipeline_sdxl_seg import PLADISStableDiffusionXLSEGPipeline
-from scripts.build_tiny_assets import TINY_SDXL
+from scripts.cli.assets import TINY_SDXL
 from tests.guidance_reference import run_latents
 from tests.tiny import processors_by_name, run_pipe, same_processor_objects
 

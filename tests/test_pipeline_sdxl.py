@@ -11,7 +11,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 
 from attention import PLADISAttnProcessor, apply_pladis
 from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
-from scripts.build_tiny_assets import TINY_SDXL_LORA
+from scripts.cli.assets import TINY_SDXL_LORA
 from tests.tiny import CallCounter, processors_by_name, run_pipe, same_processor_objects
 
 

@@ -10,7 +10,7 @@ from diffusers import StableDiffusionXLPAGPipeline, StableDiffusionXLPipeline
 
 from attention import PLADISAttnProcessor, SmoothedEnergyAttnProcessor, apply_pladis
 from pipeline.pipeline_sdxl_seg import PLADISStableDiffusionXLSEGPipeline
-from scripts.build_tiny_assets import TINY_SDXL
+from scripts.cli.assets import TINY_SDXL
 from tests.guidance_reference import (
     perturbed_projection, run_latents, self_attention_names, stock_pag_as_plain_attention,
 )

@@ -9,7 +9,7 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 
 from scripts import train_toy
-from scripts.common import REPO_ROOT, TOY_MODEL
+from scripts.cli.assets import REPO_ROOT, TOY_MODEL
 from scripts.toy_attention_stats import KEY_KINDS, attention_statistics, key_kinds, summary_lines
 
 

@@ -13,7 +13,7 @@ from safetensors import safe_open
 
 from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
 from scripts import train_toy
-from scripts.common import REPO_ROOT, TOY_MODEL, TOY_PROMPT, is_tiny_asset
+from scripts.cli.assets import REPO_ROOT, TOY_MODEL, TOY_PROMPT, is_tiny_asset, repository_relative
 
 TOY = REPO_ROOT / TOY_MODEL
 
@@ -79,9 +79,9 @@ def test_compare_and_attention_maps_default_to_the_toy_and_its_prompt():
     from scripts import attention_maps, compare
 
     args = compare.parse_args([])
-    assert (args.model, args.prompt, args.steps, args.height) == (TOY_MODEL, TOY_PROMPT, 20, None)
+    assert (args.model, args.prompt, args.steps, args.height) == (repository_relative(TOY_MODEL), TOY_PROMPT, 20, None)
     assert compare.parse_args(["--model", "asset/tiny-sdxl"]).prompt.startswith("a photo of an astronaut")
     assert compare.parse_args(["--pipeline", "flux"]).model == "asset/tiny-flux-schnell"
     maps = attention_maps.parse_args([])
-    assert maps.model == TOY_MODEL and maps.tokens == ["red", "circle", "left", "blue", "square", "right"]
+    assert maps.model == repository_relative(TOY_MODEL) and maps.tokens == ["red", "circle", "left", "blue", "square", "right"]
     assert attention_maps.parse_args(["--prompt", "a green triangle on the left"]).tokens is None

@@ -58,7 +58,7 @@ def test_reads_at_least_97_percent_of_objects_after_the_toy_vae_round_trip() -> 
     import torch
     from diffusers import AutoencoderKL
 
-    from scripts.common import REPO_ROOT, TOY_MODEL
+    from scripts.cli.assets import REPO_ROOT, TOY_MODEL
     from scripts.toy_data import to_array
 
     vae = AutoencoderKL.from_pretrained(str(REPO_ROOT / TOY_MODEL / "vae"), dtype=torch.float32)

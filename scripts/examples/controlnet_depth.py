@@ -1,52 +1,43 @@
 """SDXL depth ControlNet with SEG (no CFG), without and with PLADIS (the reference README's ControlNet section).
 
 The depth map comes from DPT (`scripts/preprocess.py`); the call is the reference's
-`guidance_scale=1.0, seg_scale=3.0, seg_blur_sigma=1e10` (infinite blur: `SEG_INFINITE_BLUR` here), `seg_applied_layers=['mid'], pladis_scale=3.0`.
-`--pladis-controlnet` puts PLADIS on the ControlNet's cross-attention too. Tiny assets on CPU: `--tiny`.
+`guidance_scale=1.0, seg_scale=3.0, seg_blur_sigma=1e10` (infinite blur: `SEG_INFINITE_BLUR` here),
+`seg_applied_layers=['mid'], pladis_scale=3.0`. `--pladis-controlnet` puts PLADIS on the ControlNet's
+cross-attention too. Tiny assets on CPU: `--tiny`.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a file from anywhere
+from diffusers.utils import load_image
 
-from diffusers import ControlNetModel  # noqa: E402
-from diffusers.utils import load_image  # noqa: E402
-
-from pipeline.guidance import SEG_INFINITE_BLUR  # noqa: E402
-from pipeline.pipeline_controlnet import PLADISStableDiffusionXLControlNetPipeline  # noqa: E402
-from scripts.build_tiny_assets import TINY_CONTROL_IMAGE, TINY_DPT, TINY_SDXL_CONTROLNET  # noqa: E402
-from scripts.common import model_source  # noqa: E402
-from scripts.examples.common import SDXL_BASE, example_parser, parse_example_args, save_with_and_without  # noqa: E402
-from scripts.preprocess import DEFAULT_DEPTH_MODEL, depth_map  # noqa: E402
+from attention.seg_blur import SEG_INFINITE_BLUR
+from scripts.cli.assets import TINY_CONTROL_IMAGE, TINY_DPT, TINY_SDXL_CONTROLNET, model_source
+from scripts.cli.loading import load_pipeline
+from scripts.cli.recipes import SDXL_BASE, example_parser, parse_example_args, save_with_and_without
+from scripts.preprocess import DEFAULT_DEPTH_MODEL, depth_map
 
 STORMTROOPER = "https://huggingface.co/lllyasviel/sd-controlnet-depth/resolve/main/images/stormtrooper.png"
+SEG = {"seg_scale": 3.0, "seg_blur_sigma": SEG_INFINITE_BLUR, "seg_applied_layers": ["mid"], "pladis_controlnet": False}
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = example_parser(__doc__, model=SDXL_BASE, steps=25, guidance_scale=1.0, pladis_scale=3.0)
+    parser = example_parser(__doc__, pipeline="controlnet", model=SDXL_BASE, steps=25, guidance_scale=1.0,
+                            pladis_scale=3.0, guidance=SEG)
     parser.set_defaults(prompt="stormtrooper lecture, photorealistic")
     parser.add_argument("--controlnet", default="diffusers/controlnet-depth-sdxl-1.0", help="depth ControlNet")
     parser.add_argument("--depth-model", default=DEFAULT_DEPTH_MODEL, help="DPT depth estimator (hub id or folder)")
     parser.add_argument("--image", default=STORMTROOPER, help="picture whose depth steers the image (file or URL)")
     parser.add_argument("--controlnet-scale", type=float, default=0.5, help="controlnet_conditioning_scale")
-    parser.add_argument("--pladis-controlnet", action="store_true", help="PLADIS on the ControlNet too")
     args = parse_example_args(parser, argv, name="controlnet_depth", tiny={
         "model": TINY_SDXL_CONTROLNET, "controlnet": TINY_SDXL_CONTROLNET / "controlnet",
         "depth_model": TINY_DPT, "image": TINY_CONTROL_IMAGE,
     })
-    controlnet = ControlNetModel.from_pretrained(model_source(args.controlnet), dtype=args.dtype, use_safetensors=True)
-    pipe = PLADISStableDiffusionXLControlNetPipeline.from_pretrained(
-        args.model, controlnet=controlnet, dtype=args.dtype, use_safetensors=True).to(args.device)
+    pipe = load_pipeline(args)
     size = (args.width or 1024, args.height or 1024)
     depth = depth_map(load_image(str(args.image)), model=model_source(args.depth_model), device=args.device, size=size)
-    return save_with_and_without(
-        pipe, args, "ControlNet depth + SEG", image=depth, controlnet_conditioning_scale=args.controlnet_scale,
-        guidance_scale=args.guidance_scale, seg_scale=3.0, seg_blur_sigma=SEG_INFINITE_BLUR, seg_applied_layers=["mid"],
-        pladis_controlnet=args.pladis_controlnet,
-    )
+    return save_with_and_without(pipe, args, "ControlNet depth + SEG", image=depth)
 
 
 if __name__ == "__main__":

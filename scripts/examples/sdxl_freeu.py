@@ -6,23 +6,18 @@ it unchanged. Tiny assets on CPU: `--tiny`.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a file from anywhere
+from scripts.cli.loading import load_pipeline
+from scripts.cli.recipes import SDXL_BASE, example_parser, parse_example_args, save_with_and_without
 
-from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline  # noqa: E402
-from scripts.examples.common import SDXL_BASE, example_parser, parse_example_args, save_with_and_without  # noqa: E402
-
-SDXL_FREEU = {"s1": 0.9, "s2": 0.2, "b1": 1.3, "b2": 1.4}  # FreeU's recommended SDXL factors
+SDXL_FREEU = (0.9, 0.2, 1.3, 1.4)  # FreeU's recommended SDXL factors s1, s2, b1, b2
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = example_parser(__doc__, model=SDXL_BASE, steps=25, guidance_scale=5.0, pladis_scale=2.0)
+    parser = example_parser(__doc__, model=SDXL_BASE, steps=25, guidance_scale=5.0, pladis_scale=2.0, freeu=SDXL_FREEU)
     args = parse_example_args(parser, argv, name="sdxl_freeu")
-    pipe = PLADISStableDiffusionXLPipeline.from_pretrained(args.model, dtype=args.dtype, use_safetensors=True).to(args.device)
-    pipe.enable_freeu(**SDXL_FREEU)
-    return save_with_and_without(pipe, args, "FreeU + CFG", guidance_scale=args.guidance_scale)
+    return save_with_and_without(load_pipeline(args), args, "FreeU + CFG")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,124 @@
+"""The guidance arguments are defined once (pipeline/guidance.py) and everything else is derived from that table:
+the pipelines' signatures, defaults and docstrings, and the scripts' options. The CLI core writes every file
+through one atomic writer, and no script edits `sys.path`."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.guidance import GUIDANCE_ARGUMENTS
+from pipeline.pipeline_controlnet import PLADISStableDiffusionXLControlNetPipeline
+from pipeline.pipeline_sdxl_seg import PLADISStableDiffusionXLSEGPipeline
+from scripts import compare
+from scripts.cli.assets import TINY_SDXL
+from scripts.cli.loading import CALL_OPTIONS, guidance_call_arguments
+from scripts.cli.options import add_guidance_options
+from scripts.cli.records import write_atomically, write_image, write_json
+from scripts.cli.registry import call_parameters
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("cls,names", [
+    (PLADISStableDiffusionXLSEGPipeline, [a.name for a in GUIDANCE_ARGUMENTS if a.name != "pladis_controlnet"]),
+    (PLADISStableDiffusionXLControlNetPipeline, [a.name for a in GUIDANCE_ARGUMENTS]),
+])
+def test_pipeline_signatures_list_the_guidance_arguments_with_the_tables_defaults(cls, names):
+    parameters = inspect.signature(cls.__call__).parameters
+    keywords = [name for name, parameter in parameters.items() if parameter.kind is parameter.KEYWORD_ONLY]
+    assert keywords == names
+    defaults = {argument.name: argument.default for argument in GUIDANCE_ARGUMENTS}
+    assert all(parameters[name].default == defaults[name] for name in names)
+    assert set(names) <= call_parameters(cls)  # what the scripts read to know which options a pipeline takes
+    assert ("pladis_controlnet" in call_parameters(cls)) == (cls is PLADISStableDiffusionXLControlNetPipeline)
+    doc = inspect.getdoc(cls.__call__)
+    assert all(f"{argument.name}: {argument.help}" in doc for argument in GUIDANCE_ARGUMENTS if argument.name in names)
+
+
+def test_unknown_keywords_still_fail_as_in_diffusers():
+    pipe = PLADISStableDiffusionXLSEGPipeline.from_pretrained(TINY_SDXL, local_files_only=True)
+    with pytest.raises(TypeError, match="seg_scal"):
+        pipe("a cat", seg_scal=3.0, num_inference_steps=1, height=64, width=64)
+
+
+def test_every_guidance_option_of_the_scripts_comes_from_the_table():
+    parser = argparse.ArgumentParser()
+    add_guidance_options(parser, pag_scale=3.0)
+    offered = [a for a in GUIDANCE_ARGUMENTS if a.option is not None]
+    actions = {action.dest: action for action in parser._actions if action.dest != "help"}
+    assert sorted(actions) == sorted(a.option for a in offered)
+    for argument in offered:
+        action = actions[argument.option]
+        assert action.option_strings == [f"--{argument.option.replace('_', '-')}"]
+        assert action.help.startswith(argument.help) and CALL_OPTIONS[argument.option] == argument.name
+    assert actions["pag_scale"].default == 3.0 and actions["seg_scale"].default is None
+    args = parser.parse_args(["--seg-layers", "mid,up_blocks.0", "down_blocks.2", "--pladis-controlnet"])
+    assert args.seg_layers == ["mid", "up_blocks.0", "down_blocks.2"]  # commas, spaces or both
+    assert guidance_call_arguments(args) == {"pag_scale": 3.0, "seg_applied_layers": args.seg_layers,
+                                             "pladis_controlnet": True}
+
+
+def test_a_guidance_option_new_to_the_command_line_is_checked_and_forwarded(capsys):
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--pipeline", "sdxl-seg", "--pag-adaptive-scale", "-1"])
+    assert "--pag-adaptive-scale must be finite and >= 0" in capsys.readouterr().err
+    args = compare.parse_args(["--pipeline", "sdxl-seg", "--pag-scale", "2", "--pag-adaptive-scale", "0.5"])
+    assert guidance_call_arguments(args) == {"pag_scale": 2.0, "pag_adaptive_scale": 0.5}
+
+
+def test_the_atomic_writer_leaves_nothing_behind_when_writing_fails(tmp_path):
+    target = tmp_path / "out" / "results.json"
+    write_json(target, {"a": 1})
+
+    def fail(partial: Path) -> None:
+        (partial / "model.json" if partial.is_dir() else partial).write_text("half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        write_atomically(target, fail)
+    assert target.read_text() == '{\n  "a": 1\n}\n' and sorted(p.name for p in target.parent.iterdir()) == ["results.json"]
+    with pytest.raises(RuntimeError):
+        write_atomically(tmp_path / "folder", fail, folder=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_the_atomic_writer_saves_images_in_the_format_of_their_name(tmp_path):
+    image = Image.fromarray(np.arange(48, dtype=np.uint8).reshape(4, 4, 3))
+    for name, image_format in (("grid.png", "PNG"), ("grid.jpg", "JPEG"), ("grid.webp", "WEBP")):
+        with Image.open(write_image(tmp_path / name, image)) as saved:
+            assert saved.format == image_format
+
+
+def test_no_script_edits_sys_path_and_one_module_replaces_files():
+    sources = {path.relative_to(ROOT).as_posix(): path.read_text() for path in (ROOT / "scripts").rglob("*.py")}
+    assert [name for name, text in sources.items() if "sys.path" in text] == []
+    assert [name for name, text in sources.items() if "os.replace(" in text] == ["scripts/cli/records.py"]
+
+
+def test_console_entry_points_run_each_scripts_main_and_exit_zero_on_success():
+    import importlib
+
+    from scripts.cli import entry_points
+
+    runners = [value for value in vars(entry_points).values() if callable(value) and hasattr(value, "module")]
+    assert len(runners) == 11
+    for runner in runners:
+        main = importlib.import_module(runner.module).main
+        assert list(inspect.signature(main).parameters) == ["argv"] and inspect.signature(main).parameters["argv"].default is None
+    assert entry_points.exit_code(Path("grid.png")) is None and entry_points.exit_code({"rows": []}) is None
+    assert entry_points.exit_code(2) == 2 and entry_points.exit_code(0) == 0 and entry_points.exit_code(True) is None
+
+
+@pytest.mark.parametrize("name", sorted(path.stem for path in (ROOT / "scripts" / "examples").glob("*.py")
+                                        if path.stem != "__init__"))
+def test_each_example_is_a_recipe_over_the_core(name):
+    text = (ROOT / "scripts" / "examples" / f"{name}.py").read_text()
+    assert "scripts.cli.recipes" in text and "load_pipeline" in text
+    for own in ("argparse", "DTYPES", "TINY_STEPS", "load_lora_weights", "from_config", "ASSET_DIR", "from_pretrained"):
+        assert own not in text, own
