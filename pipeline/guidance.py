@@ -12,17 +12,10 @@ from typing import Any, Iterator
 
 from diffusers.models.attention_processor import Attention
 
-from attention import (
-    apply_pladis,
-    check_applied_layers,
-    check_guidance_scale,
-    check_pladis_alpha,
-    check_pladis_scale,
-    check_seg_blur_sigma,
-    recording_latent_size,
-    seg_attn_processors,
-    swapped_attn_processors,
-)
+from attention.install import apply_pladis_settings, swapped_attn_processors
+from attention.seg_processor import recording_latent_size, seg_attn_processors
+from attention.settings import PLADISSettings
+from attention.validation import check_applied_layers, check_guidance_scale, check_seg_blur_sigma
 from attention.seg_blur import SEG_INFINITE_BLUR  # noqa: F401  (the pipelines' default σ, re-exported)
 
 DEFAULT_SEG_LAYERS = ("mid",)
@@ -68,10 +61,7 @@ class PerturbedGuidanceMixin:
         pag_adaptive_scale = check_guidance_scale("pag_adaptive_scale", pag_adaptive_scale)
         seg_scale = check_guidance_scale("seg_scale", seg_scale)
         seg_blur_sigma = check_seg_blur_sigma(seg_blur_sigma)
-        check_pladis_scale(pladis_scale)
-        check_pladis_alpha(pladis_alpha)
-        if not isinstance(pladis_controlnet, bool):
-            raise TypeError(f"pladis_controlnet must be a bool, got {pladis_controlnet!r}")
+        pladis = PLADISSettings(pladis_scale, pladis_alpha, pladis_controlnet)  # checked once for the whole call
         if pag_scale > 0 and seg_scale > 0:
             raise ValueError(
                 f"pag_scale={pag_scale:g} and seg_scale={seg_scale:g}: PAG and SEG both perturb self-attention "
@@ -106,7 +96,7 @@ class PerturbedGuidanceMixin:
             else:
                 guidance = {"pag_scale": 0.0, "pag_adaptive_scale": 0.0}
             # After this call's PAG/SEG layers are set, so apply_pladis checks them, not the last call's.
-            stack.enter_context(apply_pladis(self, pladis_scale, pladis_alpha, pladis_controlnet=pladis_controlnet))
+            stack.enter_context(apply_pladis_settings(self, pladis))
             yield guidance
 
     def _restore_pag_state(self, saved_state: dict[str, object]) -> None:

@@ -14,6 +14,7 @@ from PIL import Image
 
 from attention import PLADISAttnProcessor
 from attention.attention_maps import AttentionMapRecorder, AttentionMapStore, recording_attention_maps
+from attention.settings import PLADISSettings
 from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
 from scripts import attention_maps
 from tests.tiny import processors_by_name, run_pipe, same_processor_objects
@@ -42,7 +43,7 @@ def record_once(attn, hidden, text, processor, pladis_scale):
     store = AttentionMapStore()
     store.latent_size.height = store.latent_size.width = GRID
     store.start_step()
-    recorder = AttentionMapRecorder(processor, store, "mid", pladis_scale, condition_rows=slice(1, 2))
+    recorder = AttentionMapRecorder(processor, store, "mid", PLADISSettings(pladis_scale), condition_rows=slice(1, 2))
     with torch.no_grad():
         output = recorder(attn, hidden, text)
     return store, output
