@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from anywhere
 
-from attention import check_pladis_scale  # noqa: E402
+from attention.validation import check_pladis_scale  # noqa: E402
 from attention.attention_maps import LAYER_GROUPS, AttentionMapStore, recording_attention_maps  # noqa: E402
 from scripts import checks  # noqa: E402
 from scripts.common import (  # noqa: E402

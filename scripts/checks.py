@@ -156,7 +156,7 @@ def layer_ids_problem(option: str, layer_ids: Sequence[str] | None, layer_names:
     checked by the pipelines' own rule. `layer_names` None (config not available): left to the pipeline."""
     if layer_ids is None or layer_names is None:
         return None
-    from attention import check_applied_layers
+    from attention.validation import check_applied_layers
 
     try:
         check_applied_layers(option, list(layer_ids), layer_names)

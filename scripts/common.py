@@ -26,7 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # the scripts run as plain files from anywhere
 
-from attention import check_guidance_scale, check_pladis_alpha, check_pladis_scale, check_seg_blur_sigma  # noqa: E402
+from attention.validation import check_guidance_scale, check_pladis_alpha, check_pladis_scale, check_seg_blur_sigma  # noqa: E402
 from attention.kernel_choice import requested_kernel  # noqa: E402
 from scripts import checks  # noqa: E402
 

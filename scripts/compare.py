@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from anywhere
 
-from attention import apply_pladis, check_pladis_scale  # noqa: E402
+from attention import apply_pladis  # noqa: E402
+from attention.validation import check_pladis_scale  # noqa: E402
 from scripts import checks  # noqa: E402
 from scripts.common import (  # noqa: E402
     add_generation_options,

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from anywhere
 
-from attention import check_pladis_alpha, check_pladis_scale  # noqa: E402
+from attention.validation import check_pladis_alpha, check_pladis_scale  # noqa: E402
 from scripts.common import comma_floats, model_source, package_versions, repository_commit, write_settings  # noqa: E402
 from scripts.toy_data import evaluation_scenes  # noqa: E402
 from scripts.toy_scorer import read_scene, score_scene  # noqa: E402

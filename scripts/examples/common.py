@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from attention import check_pladis_alpha, check_pladis_scale
+from attention.validation import check_pladis_alpha, check_pladis_scale
 from scripts.build_tiny_assets import TINY_SDXL, TINY_SDXL_LORA
 from scripts import checks
 from scripts.common import DTYPES, default_device, looks_like_path, model_source, seeded_generator
