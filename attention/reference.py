@@ -90,7 +90,8 @@ def reference_text_block_weights(scores: torch.Tensor, text_length: int, pladis_
                                  pladis_alpha: float = 1.5, *, text_first: bool = True) -> torch.Tensor:
     """The joint text-block map on the full (N × N) scores of one joint sequence whose `text_length` text
     tokens come first (FLUX) or last (SD3): dense softmax rows, except the image-query × text-key block,
-    which becomes `m·[λ·entmax_α(z_txt) + (1 − λ)·softmax(z_txt)]`, `m` the row's dense mass on the text keys."""
+    which becomes `m·[λ·entmax_α(z_txt) + (1 − λ)·softmax(z_txt)]`, `m` the row's dense mass on the text
+    keys."""
     n = scores.shape[-1]
     text = slice(0, text_length) if text_first else slice(n - text_length, n)
     image = slice(text_length, n) if text_first else slice(0, n - text_length)

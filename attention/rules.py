@@ -5,8 +5,9 @@ A PLADIS processor runs the stock processor's own code with its attention functi
 here. They read the running layer (`ActiveCalls.running`) and hand the call to one of the two kernel
 seams: the cross-attention rule (`cross_attention_rule`, every key is text) or the joint text-block rule
 (`text_block_rule`, the text keys a leading or trailing slice of a joint sequence). λ/α were checked
-where the settings were made (`PLADISSettings`), so they are trusted here. Per-sample packed sequences (Z-Image: `[img ; txt ; pad]` per sample) are cut into
-samples and each handed to the joint seam with its text last.
+where the settings were made (`PLADISSettings`), so they are trusted here. Per-sample packed
+sequences (Z-Image: `[img ; txt ; pad]` per sample) are cut into samples and each handed to the joint
+seam with its text last.
 """
 
 from __future__ import annotations

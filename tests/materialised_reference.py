@@ -41,8 +41,9 @@ def cross_reference(query, key, value, pladis_scale, alpha, mask=None, scale=Non
 
 def joint_reference(query, key, value, text_length, pladis_scale, alpha, mask=None, scale=None, *,
                     text_first: bool) -> torch.Tensor:
-    """Joint attention over one sequence whose `text_length` text tokens come first or last and whose image-query ×
-    text-key block is `m·[λ·entmax_α(z_txt) + (1 − λ)·softmax(z_txt)]`, `m` the dense mass of the row on the text keys."""
+    """Joint attention over one sequence whose `text_length` text tokens come first or last and whose
+    image-query × text-key block is `m·[λ·entmax_α(z_txt) + (1 − λ)·softmax(z_txt)]`, `m` the dense mass of
+    the row on the text keys."""
     z = scores_of(query, key, mask, scale)
     z = z.expand(*query.shape[:2], query.shape[2], key.shape[2])
     weights = reference_text_block_weights(z, text_length, pladis_scale, alpha, text_first=text_first)

@@ -15,7 +15,8 @@ from attention.reference import reference_pladis_sdpa
 
 
 def reference_sdpa(scale: float, alpha: float):
-    """Float64 `(softmax + λ(entmax − softmax))·V` (`attention.reference`) with SDPA's signature and mask semantics."""
+    """Float64 `(softmax + λ(entmax − softmax))·V` (`attention.reference`) with SDPA's signature and
+    mask semantics."""
 
     def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, **unused):
         return reference_pladis_sdpa(query, key, value, scale, alpha, attn_mask, float64=True)

@@ -12,7 +12,12 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 
 import attention.validation
-from attention import PLADISAttnProcessor, apply_pladis, pladis_scaled_dot_product_attention, text_block_pladis_attention
+from attention import (
+    PLADISAttnProcessor,
+    apply_pladis,
+    pladis_scaled_dot_product_attention,
+    text_block_pladis_attention,
+)
 from attention.settings import PLADISSettings
 from pipeline.pipeline_flux_pladis import PLADISFluxPipeline
 from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
