@@ -16,12 +16,12 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
 from .masks import additive_mask
-from .install import attention_modules, pladis_processors, swapped_attn_processors
+from .install import attention_modules, fixed_pladis_processors, swapped_attn_processors
 from .seg_blur import token_grid
 from .processor import unet_attention_heads
 from .seg_processor import LatentSize, recording_latent_size
-from .sparse_maps import pladis_weights, softmax_attention
-from .validation import check_pladis_alpha, check_pladis_scale
+from .settings import PLADISSettings
+from .sparse_maps import pladis_weights_, softmax_attention
 
 LAYER_GROUPS = ("down", "mid", "up")
 MAP_KINDS = ("dense", "pladis")
@@ -113,15 +113,15 @@ class AttentionMapRecorder:
         processor: object,
         store: AttentionMapStore,
         group: str,
-        pladis_scale: float,
-        pladis_alpha: float = 1.5,
+        settings: PLADISSettings,
         condition_rows: slice = slice(None),
     ) -> None:
+        if not isinstance(settings, PLADISSettings):
+            raise TypeError(f"settings must be a PLADISSettings, got {type(settings).__name__}")
         self.processor = processor
         self.store = store
         self.group = group
-        self.pladis_scale = check_pladis_scale(pladis_scale)
-        self.pladis_alpha = check_pladis_alpha(pladis_alpha)
+        self.settings = settings  # checked where it was made, trusted by every record
         self.condition_rows = condition_rows
 
     def __repr__(self) -> str:
@@ -161,7 +161,7 @@ class AttentionMapRecorder:
             attn, hidden_states[rows], pick(encoder_hidden_states), pick(attention_mask), pick(temb)
         )
         dense = softmax_attention(logits)
-        pladis = pladis_weights(logits, self.pladis_scale, self.pladis_alpha)
+        pladis = pladis_weights_(logits.clone(), self.settings.pladis_scale, self.settings.pladis_alpha)
         self.store.add(self.group, dense.mean(dim=(0, 1)), pladis.mean(dim=(0, 1)))
 
 
@@ -185,14 +185,14 @@ def recording_attention_maps(
     unknown = sorted(set(groups) - set(LAYER_GROUPS))
     if unknown:
         raise ValueError(f"unknown layer groups {unknown}; accepted: {', '.join(LAYER_GROUPS)}")
-    pladis_scale = check_pladis_scale(pladis_scale)
+    settings = PLADISSettings(pladis_scale, pladis_alpha)
     current = {name[: -len(".processor")]: processor for name, processor in unet.attn_processors.items()}
-    table = pladis_processors(unet, pladis_scale, pladis_alpha) if pladis_scale > 0 else {}
+    table = fixed_pladis_processors(unet, settings) if settings.pladis_scale > 0 else {}
     for name, module in attention_modules(unet).items():
         group = layer_group(name)
         if isinstance(module, Attention) and module.is_cross_attention and group in groups:
             table[name] = AttentionMapRecorder(
-                table.get(name, current[name]), store, group, pladis_scale, pladis_alpha, condition_rows
+                table.get(name, current[name]), store, group, settings, condition_rows
             )
     if not any(isinstance(processor, AttentionMapRecorder) for processor in table.values()):
         raise ValueError(f"{type(unet).__name__} has no cross-attention layer in the groups {groups}")

@@ -34,7 +34,8 @@ class TextLength:
 @dataclass
 class CallSettings:
     """One PLADIS call on one denoiser: λ, α, whether optional (single-stream) blocks are on, and what
-    its denoiser calls recorded. `owner` is the installation (or processor) these settings are for."""
+    its denoiser calls recorded. `owner` is the installation (or processor) these settings are for.
+    The values come from a `PLADISSettings` (checked where it was made) and are trusted here."""
 
     owner: object
     pladis_scale: float

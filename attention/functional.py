@@ -14,8 +14,8 @@ from .masks import additive_mask, mask_for_rows
 from .query_chunks import query_chunks
 from .reference import computing_reference, reference_pladis_sdpa
 from .sparse_maps import differentiable_maps, pladis_weights_
+from .settings import PLADISSettings
 from .sync_free_attention import sync_free_pladis_attention
-from .validation import check_pladis_alpha, check_pladis_scale
 
 # Scores per query chunk (float32): ~4 MB, so the chunk and its workspace mostly stay in cache between
 # the passes of the threshold search while the matmuls stay efficient (2 and 8 MB measured slower).
@@ -64,9 +64,23 @@ def pladis_scaled_dot_product_attention(
     case, else the sync-free torch path on GPUs and the chunked path on CPU; all compute the same map.
     When autograd records the call (grad mode on, an input requiring grad) it takes a materialised,
     differentiable path with the same values (`differentiable_score_maps`) instead of the in-place chunks.
+    λ and α are checked here, once (`PLADISSettings`); the processors call `cross_attention_rule` directly.
     """
-    pladis_scale = check_pladis_scale(pladis_scale)
-    check_pladis_alpha(pladis_alpha)
+    settings = PLADISSettings(pladis_scale, pladis_alpha)
+    return cross_attention_rule(query, key, value, settings.pladis_scale, settings.pladis_alpha, attn_mask, scale)
+
+
+def cross_attention_rule(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    pladis_scale: float,
+    pladis_alpha: float,
+    attn_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """The cross-attention seam (`pladis_scaled_dot_product_attention`) on λ/α already checked by a
+    `PLADISSettings`: it picks the kernel and trusts its settings (the processors' attention call)."""
     scale = query.shape[-1] ** -0.5 if scale is None else scale
     if computing_reference():
         return reference_pladis_sdpa(query, key, value, pladis_scale, pladis_alpha, attn_mask, scale)

@@ -25,7 +25,7 @@ from .call_context import CallSettings, active_calls, calls_in_context
 from .families import FAMILIES, SUPPORTED, Family, TextAttention, family_of
 from .processors import PLADISProcessor, pladis_processor_class
 from .kernel_choice import requested_kernel
-from .validation import check_flag, check_pladis_alpha, check_pladis_scale
+from .settings import PLADISSettings
 
 _PROCESSOR_SUFFIX = ".processor"
 _LOCK = threading.Lock()  # guards every Installation and their table (never held during a denoiser call)
@@ -152,10 +152,13 @@ def text_attention_layers(model: torch.nn.Module, family: Family, single_blocks:
 def pladis_processors(model: torch.nn.Module, pladis_scale: float, pladis_alpha: float) -> dict[str, object]:
     """One PLADIS processor with fixed settings per default text-attention layer of `model` (for
     `swapped_attn_processors`); a model with none raises, naming its class."""
-    pladis_scale = check_pladis_scale(pladis_scale)
-    pladis_alpha = check_pladis_alpha(pladis_alpha)
+    return fixed_pladis_processors(model, PLADISSettings(pladis_scale, pladis_alpha))
+
+
+def fixed_pladis_processors(model: torch.nn.Module, settings: PLADISSettings) -> dict[str, object]:
+    """`pladis_processors` with λ/α already checked (`PLADISSettings`)."""
     model = attention_model(model)
-    return {name: pladis_processor_class(layer.runs_as)(pladis_scale, pladis_alpha, text_keys=layer.kind.text_keys)
+    return {name: pladis_processor_class(layer.runs_as).with_settings(settings, text_keys=layer.kind.text_keys)
             for name, layer in text_attention_layers(model, family_of(model), False).items()}
 
 
@@ -303,18 +306,26 @@ def apply_pladis(
     holding a processor PLADIS does not know (e.g. an IP-Adapter), or PAG layers on the layers PLADIS
     needs (SD3's PAG pipelines) raise instead of running without PLADIS.
     """
-    pladis_scale = check_pladis_scale(pladis_scale)
-    pladis_alpha = check_pladis_alpha(pladis_alpha)
+    settings = PLADISSettings(pladis_scale, pladis_alpha, pladis_controlnet, pladis_single_blocks)
+    with apply_pladis_settings(pipe_or_denoiser, settings):
+        yield
+
+
+@contextmanager
+def apply_pladis_settings(pipe_or_denoiser: object, settings: PLADISSettings) -> Iterator[None]:
+    """`apply_pladis` with its arguments already checked (`PLADISSettings`), for pipelines that check them
+    before their own set-up: nothing below checks λ/α again."""
+    if not isinstance(settings, PLADISSettings):
+        raise TypeError(f"settings must be a PLADISSettings, got {type(settings).__name__}")
+    pladis_single_blocks = settings.pladis_single_blocks
     requested_kernel()  # a bad PLADIS_KERNEL raises before the first denoising step, not inside it
-    pladis_controlnet = check_flag("pladis_controlnet", pladis_controlnet)
-    pladis_single_blocks = check_flag("pladis_single_blocks", pladis_single_blocks)
-    models = denoisers(pipe_or_denoiser, pladis_controlnet)
+    models = denoisers(pipe_or_denoiser, settings.pladis_controlnet)
     family = family_of(models[0])
     if pladis_single_blocks and not any(kind.optional for kind in family.text_attention):
         with_single = ", ".join(f.name for f in FAMILIES if any(kind.optional for kind in f.text_attention))
         raise ValueError(f"pladis_single_blocks=True but {type(models[0]).__name__} has no single-stream block "
                          f"({with_single} have them)")
-    if pladis_scale == 0.0:
+    if settings.pladis_scale == 0.0:
         # Off for this call, also where an enclosing call in this context turned PLADIS on for these models.
         running = tuple(installation for installation in map(_INSTALLATIONS.get, map(id, models)) if installation)
         with calls_in_context((), replacing=running):
@@ -324,7 +335,7 @@ def apply_pladis(
     check_pag_leaves_pladis_layers(pipe_or_denoiser, models[0], layers[0])
     with ExitStack() as stack:
         installations = tuple(stack.enter_context(installed_pladis(model, table)) for model, table in zip(models, layers))
-        settings = tuple(CallSettings(installation, pladis_scale, pladis_alpha, pladis_single_blocks)
-                         for installation in installations)
-        stack.enter_context(calls_in_context(settings, replacing=installations))
+        calls = tuple(CallSettings(installation, settings.pladis_scale, settings.pladis_alpha, pladis_single_blocks)
+                      for installation in installations)
+        stack.enter_context(calls_in_context(calls, replacing=installations))
         yield

@@ -17,8 +17,8 @@ from .kernel_choice import choose_kernel, run_triton, triton_gap
 from .query_chunks import query_chunks
 from .reference import computing_reference, reference_text_block
 from .sparse_maps import pladis_shift_
+from .settings import PLADISSettings
 from .sync_free_attention import sync_free_text_block_correction_
-from .validation import check_pladis_alpha, check_pladis_scale
 
 # Image×text scores per query chunk (float32): ~8 MB. At FLUX's 24 heads × 512 text tokens (~171 image
 # rows a chunk) 2, 4 and 16 MB measured no faster on 2 CPU threads (the 77-key U-Net rows prefer 4 MB).
@@ -129,9 +129,27 @@ def text_block_pladis_attention(
     columns only), its image block and the text-query rows stay dense, and every row sums to 1.
     The maps are float32; the result has `query`'s dtype. λ = 0 is plain SDPA. When autograd records
     the call, the correction is computed materialised and differentiable (same values, N·L_txt scores).
+    λ and α are checked here, once (`PLADISSettings`); the processors call `text_block_rule` directly.
     """
-    pladis_scale = check_pladis_scale(pladis_scale)
-    pladis_alpha = check_pladis_alpha(pladis_alpha)
+    settings = PLADISSettings(pladis_scale, pladis_alpha)
+    return text_block_rule(query, key, value, text_length, settings.pladis_scale, settings.pladis_alpha,
+                           text_first=text_first, attn_mask=attn_mask, scale=scale)
+
+
+def text_block_rule(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    text_length: int,
+    pladis_scale: float,
+    pladis_alpha: float,
+    *,
+    text_first: bool = True,
+    attn_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """The joint text-block seam (`text_block_pladis_attention`) on λ/α already checked by a
+    `PLADISSettings`: it checks the tensors and text length, picks the kernel and trusts its settings."""
     if query.dim() != 4 or key.shape[-2] != query.shape[-2] or value.shape[-2] != query.shape[-2]:
         raise ValueError(
             "text_block_pladis_attention needs (B, H, N, D) query/key/value over one joint sequence, "

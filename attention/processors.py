@@ -24,7 +24,7 @@ from . import rules
 from .call_context import (
     CROSS, LEADING, PACKED, TEXT_KEYS, TRAILING, CallSettings, LayerCall, TextLength, active_calls, calls_in_context,
 )
-from .validation import check_pladis_alpha, check_pladis_scale
+from .settings import PLADISSettings
 
 # `torch.nn.functional` as the stock processors see it, except that its SDPA is the PLADIS one.
 _FUNCTIONAL = types.ModuleType(F.__name__, F.__doc__)
@@ -59,7 +59,8 @@ class PLADISProcessor:
     """A stock processor (`stock_type`) whose attention call computes PLADIS on the layer's text keys.
 
     Use a class from `pladis_processor_class`. `Cls(pladis_scale, pladis_alpha, text_length=None)` has
-    fixed settings; `Cls.installed(...)` (what `apply_pladis` sets) follows the current call's settings.
+    fixed settings, checked once here (`PLADISSettings`), never per call; `Cls.installed(...)` (what
+    `apply_pladis` sets) follows the current call's settings, checked by `apply_pladis`.
     `text_keys` (see `attention.rules`) says where the text keys sit; joint layers read the text length
     from `encoder_hidden_states`, or, where the processor is not given it (single-stream blocks), from
     `text_length` / the length recorded from the denoiser call.
@@ -72,11 +73,22 @@ class PLADISProcessor:
 
     def __init__(self, pladis_scale: float, pladis_alpha: float = 1.5, text_length: TextLength | None = None,
                  *, text_keys: str | None = None) -> None:
+        self._set_fixed(PLADISSettings(pladis_scale, pladis_alpha), text_length, text_keys)
+
+    @classmethod
+    def with_settings(cls, settings: PLADISSettings, text_length: TextLength | None = None,
+                      *, text_keys: str | None = None) -> "PLADISProcessor":
+        """A processor with fixed, already checked `settings` (as `Cls(λ, α, ...)` without checking λ/α again)."""
+        processor = cls.__new__(cls)
+        processor._set_fixed(settings, text_length, text_keys)
+        return processor
+
+    def _set_fixed(self, settings: PLADISSettings, text_length: TextLength | None, text_keys: str | None) -> None:
         if text_length is not None and not isinstance(text_length, TextLength):
             raise TypeError(f"text_length must be a TextLength (see recorded_text_length), got {text_length!r}")
-        settings = CallSettings(self, check_pladis_scale(pladis_scale), check_pladis_alpha(pladis_alpha),
-                                recorded=text_length if text_length is not None else TextLength())
-        self._setup(self.stock_type(), text_keys or self.default_text_keys, False, _no_image_context, self, settings)
+        fixed = CallSettings(self, settings.pladis_scale, settings.pladis_alpha,
+                             recorded=text_length if text_length is not None else TextLength())
+        self._setup(self.stock_type(), text_keys or self.default_text_keys, False, _no_image_context, self, fixed)
 
     @classmethod
     def installed(cls, original: object, text_keys: str, optional: bool, owner: object,

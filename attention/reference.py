@@ -2,8 +2,10 @@
 
 Full materialised score maps, `torch.softmax` and the `entmax` package's sort-based maps, exactly as
 the paper writes them: independent of every fast path here, so tests and the benchmark check those
-against it. Float64 inputs are computed in float64 (tests), anything else in float32. Under
-`reference_formulation()` the two seams compute it in place of their kernels.
+against it. It imports nothing of the fast paths (no `sparse_maps`, sync-free or Triton code), so a bug
+there cannot hide in it. Float64 inputs, or `float64=True` (the tests), are computed in float64, anything
+else in float32. Under `reference_formulation()` the two seams compute it in place of their kernels; the
+tests compare the seams, the processors and whole denoisers with it (`tests/materialised_reference.py`).
 """
 
 from __future__ import annotations
@@ -65,9 +67,12 @@ def reference_softmax(scores: torch.Tensor) -> torch.Tensor:
     return torch.softmax(torch.where(finite_rows, scores, torch.zeros_like(scores)), dim=-1) * finite_rows
 
 
-def _scores(query, key, attn_mask, scale) -> torch.Tensor:
-    dtype = _compute_dtype(query)
-    scores = query.to(dtype) @ key.to(dtype).transpose(-1, -2) * (scale or query.shape[-1] ** -0.5)
+def reference_scores(query, key, attn_mask=None, scale=None, *, float64: bool = False) -> torch.Tensor:
+    """`z = scale·QKᵀ + mask` materialised (SDPA's mask semantics: bool True = attend, float = added), in
+    float64 for float64 inputs or with `float64=True` (the tests' reference), else in float32."""
+    dtype = torch.float64 if float64 else _compute_dtype(query)
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    scores = query.to(dtype) @ key.to(dtype).transpose(-1, -2) * scale
     if attn_mask is not None:
         mask = attn_mask if attn_mask.dtype != torch.bool else torch.zeros(
             attn_mask.shape, dtype=dtype, device=attn_mask.device).masked_fill_(~attn_mask, float("-inf"))
@@ -75,25 +80,40 @@ def _scores(query, key, attn_mask, scale) -> torch.Tensor:
     return scores
 
 
-def reference_pladis_sdpa(query, key, value, pladis_scale, pladis_alpha=1.5, attn_mask=None, scale=None):
-    """The cross-attention rule: `(softmax(z) + λ·(entmax_α(z) − softmax(z)))·V`, `z = scale·QKᵀ + mask`."""
-    scores = _scores(query, key, attn_mask, scale)
+def reference_pladis_weights(scores: torch.Tensor, pladis_scale: float, pladis_alpha: float = 1.5) -> torch.Tensor:
+    """The paper's map over the last dim, `softmax(z) + λ·(entmax_α(z) − softmax(z))`, in the scores' dtype."""
     dense = reference_softmax(scores)
-    weights = dense + pladis_scale * (reference_sparse_map(scores, pladis_alpha) - dense)
-    return (weights @ value.to(weights.dtype)).to(query.dtype)
+    return dense + pladis_scale * (reference_sparse_map(scores, pladis_alpha) - dense)
 
 
-def reference_text_block(query, key, value, text_length, pladis_scale, pladis_alpha=1.5, *, text_first=True,
-                         attn_mask=None, scale=None):
-    """The joint text-block rule on the full (N × N) map: the image-query × text-key block becomes
-    `m·[λ·entmax_α(z_txt) + (1 − λ)·softmax(z_txt)]`, `m` the dense mass on the text keys."""
-    scores = _scores(query, key, attn_mask, scale)
+def reference_text_block_weights(scores: torch.Tensor, text_length: int, pladis_scale: float,
+                                 pladis_alpha: float = 1.5, *, text_first: bool = True) -> torch.Tensor:
+    """The joint text-block map on the full (N × N) scores of one joint sequence whose `text_length` text
+    tokens come first (FLUX) or last (SD3): dense softmax rows, except the image-query × text-key block,
+    which becomes `m·[λ·entmax_α(z_txt) + (1 − λ)·softmax(z_txt)]`, `m` the row's dense mass on the text
+    keys."""
     n = scores.shape[-1]
     text = slice(0, text_length) if text_first else slice(n - text_length, n)
     image = slice(text_length, n) if text_first else slice(0, n - text_length)
     weights = reference_softmax(scores)
-    block = scores[..., image, text]
     mass = weights[..., image, text].sum(-1, keepdim=True)
-    dense_text = reference_softmax(block)
-    weights[..., image, text] = mass * (dense_text + pladis_scale * (reference_sparse_map(block, pladis_alpha) - dense_text))
+    weights[..., image, text] = mass * reference_pladis_weights(scores[..., image, text], pladis_scale, pladis_alpha)
+    return weights
+
+
+def reference_pladis_sdpa(query, key, value, pladis_scale, pladis_alpha=1.5, attn_mask=None, scale=None, *,
+                          float64: bool = False):
+    """The cross-attention rule: `(softmax(z) + λ·(entmax_α(z) − softmax(z)))·V`, `z = scale·QKᵀ + mask`,
+    returned in `query`'s dtype (computed as `reference_scores` says)."""
+    weights = reference_pladis_weights(reference_scores(query, key, attn_mask, scale, float64=float64),
+                                       pladis_scale, pladis_alpha)
+    return (weights @ value.to(weights.dtype)).to(query.dtype)
+
+
+def reference_text_block(query, key, value, text_length, pladis_scale, pladis_alpha=1.5, *, text_first=True,
+                         attn_mask=None, scale=None, float64: bool = False):
+    """The joint text-block rule on the full (N × N) map (`reference_text_block_weights`) times V, returned
+    in `query`'s dtype."""
+    weights = reference_text_block_weights(reference_scores(query, key, attn_mask, scale, float64=float64),
+                                           text_length, pladis_scale, pladis_alpha, text_first=text_first)
     return (weights @ value.to(weights.dtype)).to(query.dtype)

@@ -3,10 +3,11 @@
 A PLADIS processor runs the stock processor's own code with its attention function
 (`F.scaled_dot_product_attention` or diffusers' `dispatch_attention_fn`) bound to the replacements
 here. They read the running layer (`ActiveCalls.running`) and hand the call to one of the two kernel
-seams: the cross-attention rule (`pladis_scaled_dot_product_attention`, every key is text) or the
-joint text-block rule (`text_block_pladis_attention`, the text keys a leading or trailing slice of a
-joint sequence). Per-sample packed sequences (Z-Image: `[img ; txt ; pad]` per sample) are cut into
-samples and each handed to the joint seam with its text last.
+seams: the cross-attention rule (`cross_attention_rule`, every key is text) or the joint text-block rule
+(`text_block_rule`, the text keys a leading or trailing slice of a joint sequence). λ/α were checked
+where the settings were made (`PLADISSettings`), so they are trusted here. Per-sample packed
+sequences (Z-Image: `[img ; txt ; pad]` per sample) are cut into samples and each handed to the joint
+seam with its text last.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .functional import pladis_scaled_dot_product_attention
-from .joint_text_block import text_block_pladis_attention
+from .functional import cross_attention_rule
+from .joint_text_block import text_block_rule
 from .call_context import CROSS, LEADING, PACKED, LayerCall, active_calls
 
 _sdpa = F.scaled_dot_product_attention  # the real one, for the calls that stay dense
@@ -36,7 +37,7 @@ def _packed_attention(layer: LayerCall, query, key, value, attn_mask, scale) -> 
             raise RuntimeError(f"sample {sample} was recorded with {tokens} tokens, but the packed sequence has "
                                f"{query.shape[2]}")
         q, k, v = (t[sample : sample + 1, :, :tokens] for t in (query, key, value))
-        output[sample : sample + 1, :, :tokens] = text_block_pladis_attention(
+        output[sample : sample + 1, :, :tokens] = text_block_rule(
             q, k, v, text_tokens, layer.pladis_scale, layer.pladis_alpha, text_first=False, scale=scale
         )
         if tokens < query.shape[2]:
@@ -50,12 +51,12 @@ def pladis_attention(layer: LayerCall, query, key, value, attn_mask=None, scale=
         layer.dense_calls -= 1
         return _sdpa(query, key, value, attn_mask=attn_mask, scale=scale)
     if layer.text_keys == CROSS:
-        return pladis_scaled_dot_product_attention(
+        return cross_attention_rule(
             query, key, value, layer.pladis_scale, layer.pladis_alpha, attn_mask=attn_mask, scale=scale
         )
     if layer.text_keys == PACKED:
         return _packed_attention(layer, query, key, value, attn_mask, scale)
-    return text_block_pladis_attention(
+    return text_block_rule(
         query, key, value, layer.text_tokens, layer.pladis_scale, layer.pladis_alpha,
         text_first=layer.text_keys == LEADING, attn_mask=attn_mask, scale=scale,
     )

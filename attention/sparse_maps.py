@@ -12,8 +12,9 @@ from typing import Callable
 
 import torch
 
+from .settings import PLADISSettings
 from .sorted_threshold import sorted_entmax_threshold
-from .validation import check_pladis_alpha, check_pladis_scale
+from .validation import check_pladis_alpha
 
 # A threshold has converged when no row moves by more than this (τ ∈ [−1, 0), so ~16 float32 ulps).
 _THRESHOLD_TOL = 1e-6
@@ -284,6 +285,5 @@ def pladis_shift_(
 
 def pladis_weights(scores: torch.Tensor, pladis_scale: float, alpha: float = 1.5) -> torch.Tensor:
     """PLADIS attention map `softmax(z) + λ·(entmax_α(z) − softmax(z))` over the last dim, in float32."""
-    pladis_scale = check_pladis_scale(pladis_scale)
-    check_pladis_alpha(alpha)
-    return pladis_weights_(_as_float(scores).clone(), pladis_scale, alpha)
+    settings = PLADISSettings(pladis_scale, alpha)
+    return pladis_weights_(_as_float(scores).clone(), settings.pladis_scale, settings.pladis_alpha)

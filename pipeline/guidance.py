@@ -15,22 +15,18 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from diffusers.models.attention_processor import Attention
 
-from attention.install import apply_pladis, swapped_attn_processors
+from attention.install import apply_pladis_settings, swapped_attn_processors
 from attention.seg_blur import SEG_INFINITE_BLUR
 from attention.seg_processor import recording_latent_size, seg_attn_processors
+from attention.settings import PLADISSettings
 from attention.validation import (
     check_applied_layers,
+    check_flag,
     check_guidance_scale,
     check_pladis_alpha,
     check_pladis_scale,
     check_seg_blur_sigma,
 )
-
-
-def _check_bool(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -70,7 +66,7 @@ GUIDANCE_ARGUMENTS: tuple[GuidanceArgument, ...] = (
                      lambda name, value: check_pladis_alpha(value)),
     GuidanceArgument("pladis_controlnet", False, "bool",
                      "also put PLADIS on every cross-attention layer of the ControlNet(s) (ControlNet pipeline).",
-                     _check_bool, "pladis_controlnet", bool),
+                     check_flag, "pladis_controlnet", bool),
 )
 GUIDANCE_BY_NAME = {argument.name: argument for argument in GUIDANCE_ARGUMENTS}
 # The SEG/PAG pipeline takes all but pladis_controlnet; the ControlNet pipeline takes them all.
@@ -109,14 +105,18 @@ def accepts_guidance(arguments: Sequence[GuidanceArgument]) -> Callable[[Callabl
     return decorate
 
 
-def checked_guidance(guidance: Mapping[str, Any]) -> dict[str, Any]:
+# The PLADIS arguments of a call: checked once, together, by `PLADISSettings` (the object the attention trusts).
+PLADIS_ARGUMENTS = ("pladis_scale", "pladis_alpha", "pladis_controlnet")
+
+
+def checked_guidance(guidance: Mapping[str, Any]) -> tuple[dict[str, Any], PLADISSettings]:
     """Every guidance argument (the table's default where `guidance` has none), checked in the table's order
-    and normalised (scales as floats); layer ids are left to the model's check."""
-    values = {}
+    and normalised (scales as floats), and the call's PLADIS settings; layer ids are left to the model's check."""
+    values = {argument.name: guidance.get(argument.name, argument.default) for argument in GUIDANCE_ARGUMENTS}
     for argument in GUIDANCE_ARGUMENTS:
-        value = guidance.get(argument.name, argument.default)
-        values[argument.name] = value if argument.check is None else argument.check(argument.name, value)
-    return values
+        if argument.check is not None and argument.name not in PLADIS_ARGUMENTS:
+            values[argument.name] = argument.check(argument.name, values[argument.name])
+    return values, PLADISSettings(*(values.pop(name) for name in PLADIS_ARGUMENTS))
 
 
 DEFAULT_SEG_LAYERS = ("mid",)
@@ -147,11 +147,10 @@ class PerturbedGuidanceMixin:
     def _perturbed_guidance(self, arguments: Mapping[str, Any]) -> Iterator[dict[str, float]]:
         """Set up one call from its guidance arguments (names of `GUIDANCE_ARGUMENTS`; missing ones take their
         defaults); yields the `pag_scale` / `pag_adaptive_scale` to pass to the parent's `__call__`."""
-        values = checked_guidance(arguments)
+        values, pladis = checked_guidance(arguments)
         pag_scale, pag_adaptive_scale, seg_scale = values["pag_scale"], values["pag_adaptive_scale"], values["seg_scale"]
         pag_applied_layers, seg_applied_layers = values["pag_applied_layers"], values["seg_applied_layers"]
-        seg_blur_sigma, pladis_scale, pladis_alpha = values["seg_blur_sigma"], values["pladis_scale"], values["pladis_alpha"]
-        pladis_controlnet = values["pladis_controlnet"]
+        seg_blur_sigma = values["seg_blur_sigma"]
         if pag_scale > 0 and seg_scale > 0:
             raise ValueError(
                 f"pag_scale={pag_scale:g} and seg_scale={seg_scale:g}: PAG and SEG both perturb self-attention "
@@ -186,7 +185,7 @@ class PerturbedGuidanceMixin:
             else:
                 guidance = {"pag_scale": 0.0, "pag_adaptive_scale": 0.0}
             # After this call's PAG/SEG layers are set, so apply_pladis checks them, not the last call's.
-            stack.enter_context(apply_pladis(self, pladis_scale, pladis_alpha, pladis_controlnet=pladis_controlnet))
+            stack.enter_context(apply_pladis_settings(self, pladis))
             yield guidance
 
     def _restore_pag_state(self, saved_state: dict[str, object]) -> None:

@@ -1,10 +1,13 @@
-"""An independent float64 formulation of both PLADIS rules (materialised maps, the `entmax` package), and a
-way to run a stock denoiser with it in the attention calls of chosen layers.
+"""A stock denoiser run with the float64 reference formulation in the attention calls of chosen layers.
 
-`materialised_pladis(model, module, layouts, λ, α)` replaces the stock processors' attention function
+Why it exists beside `attention/reference.py`: the family tests check PLADIS on a whole denoiser, so the
+reference must reach every attention call of a stock model with no PLADIS processor, rule or family record
+involved. `materialised_pladis(model, module, layouts, λ, α)` replaces the stock processors' attention function
 (`module.dispatch_attention_fn`, or torch's SDPA) while the body runs: calls inside the layers named in `layouts` use the
-rule their layout names, every other call dense softmax attention, all materialised in float64. Which layer
-is running is tracked with forward hooks on the attention modules, so nothing of `attention/` is used.
+rule their layout names (cross, leading/trailing text of a joint sequence, per-sample packed), every other call dense
+softmax attention, all materialised in float64. Which layer is running is tracked with forward hooks on the attention
+modules; the maps themselves are `attention/reference.py`'s (the `entmax` package on materialised scores), the one
+reference formulation, which uses none of the fast paths it checks.
 """
 
 from __future__ import annotations
@@ -13,64 +16,37 @@ from contextlib import ExitStack, contextmanager
 from typing import Iterator
 
 import torch
-from entmax import entmax15, sparsemax
 
-_MASKED = -1e9  # stands for a masked key in the sparse maps (the entmax package cannot take -inf)
-
-
-def additive(mask: torch.Tensor | None) -> torch.Tensor | None:
-    """SDPA mask semantics (bool True = attend; float = added) as a float64 additive mask with -inf."""
-    if mask is None:
-        return None
-    if mask.dtype == torch.bool:
-        return torch.zeros(mask.shape, dtype=torch.float64).masked_fill(~mask, float("-inf"))
-    return mask.double()
-
-
-def maps(scores: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(softmax, entmax_α) over the last axis of float64 `scores` (-inf = masked; fully masked rows give 0,
-    as SDPA gives)."""
-    assert alpha in (1.5, 2.0), "the reference covers entmax15 and sparsemax"
-    masked = torch.isneginf(scores)
-    finite = scores.masked_fill(masked, _MASKED)
-    dense = torch.softmax(finite, dim=-1)
-    sparse = entmax15(finite, dim=-1) if alpha == 1.5 else sparsemax(finite, dim=-1)
-    masked_row = masked.all(-1, keepdim=True)
-    return dense.masked_fill(masked_row, 0.0), sparse.masked_fill(masked_row, 0.0)
+from attention.reference import (
+    reference_pladis_weights,
+    reference_scores,
+    reference_softmax,
+    reference_text_block_weights,
+)
 
 
 def scores_of(query, key, mask, scale) -> torch.Tensor:
     """z = scale·QKᵀ + mask in float64, (B, H, Nq, Nk)."""
-    scale = query.shape[-1] ** -0.5 if scale is None else scale
-    z = query.double() @ key.double().transpose(-1, -2) * scale
-    mask = additive(mask)
-    return z if mask is None else z + mask
+    return reference_scores(query, key, mask, scale, float64=True)
 
 
 def dense_reference(query, key, value, mask=None, scale=None) -> torch.Tensor:
-    weights, _ = maps(scores_of(query, key, mask, scale), 1.5)
-    return weights @ value.double()
+    return reference_softmax(scores_of(query, key, mask, scale)) @ value.double()
 
 
 def cross_reference(query, key, value, pladis_scale, alpha, mask=None, scale=None) -> torch.Tensor:
     """`(softmax + λ·(entmax_α − softmax))·V` over every key."""
-    dense, sparse = maps(scores_of(query, key, mask, scale), alpha)
-    return (dense + pladis_scale * (sparse - dense)) @ value.double()
+    return reference_pladis_weights(scores_of(query, key, mask, scale), pladis_scale, alpha) @ value.double()
 
 
-def joint_reference(query, key, value, text: slice, pladis_scale, alpha, mask=None, scale=None) -> torch.Tensor:
-    """Joint attention over one sequence whose image-query × text-key block is
-    `m·[λ·entmax_α(z_txt) + (1 − λ)·softmax(z_txt)]`, `m` the dense mass of the row on the text keys."""
+def joint_reference(query, key, value, text_length, pladis_scale, alpha, mask=None, scale=None, *,
+                    text_first: bool) -> torch.Tensor:
+    """Joint attention over one sequence whose `text_length` text tokens come first or last and whose
+    image-query × text-key block is `m·[λ·entmax_α(z_txt) + (1 − λ)·softmax(z_txt)]`, `m` the dense mass of
+    the row on the text keys."""
     z = scores_of(query, key, mask, scale)
     z = z.expand(*query.shape[:2], query.shape[2], key.shape[2])
-    weights, _ = maps(z, alpha)
-    dense_text, sparse_text = maps(z[..., text], alpha)
-    mass = weights[..., text].sum(-1, keepdim=True)
-    changed = weights.clone()
-    changed[..., text] = mass * (pladis_scale * sparse_text + (1 - pladis_scale) * dense_text)
-    image_rows = torch.ones(query.shape[2], dtype=torch.bool)
-    image_rows[text] = False
-    weights = torch.where(image_rows[:, None], changed, weights)
+    weights = reference_text_block_weights(z, text_length, pladis_scale, alpha, text_first=text_first)
     return weights @ value.double()
 
 
@@ -85,7 +61,7 @@ def packed_reference(query, key, value, segments, pladis_scale, alpha, scale=Non
         valid[..., :tokens] = True
         out = dense_reference(q, k, v, valid, scale)
         out[:, :, :tokens] = joint_reference(q[:, :, :tokens], k[:, :, :tokens], v[:, :, :tokens],
-                                             slice(image_tokens, tokens), pladis_scale, alpha, scale=scale)
+                                             text_tokens, pladis_scale, alpha, scale=scale, text_first=False)
         outputs.append(out)
     return torch.cat(outputs)
 
@@ -101,9 +77,7 @@ def layout_rule(layout: tuple, query, key, value, pladis_scale, alpha, mask, sca
         return cross_reference(query, key, value, pladis_scale, alpha, mask, scale)
     if kind == "packed":
         return packed_reference(query, key, value, text, pladis_scale, alpha, scale)
-    n = key.shape[2]
-    text_slice = slice(0, text) if kind == "leading" else slice(n - text, n)
-    return joint_reference(query, key, value, text_slice, pladis_scale, alpha, mask, scale)
+    return joint_reference(query, key, value, text, pladis_scale, alpha, mask, scale, text_first=kind == "leading")
 
 
 @contextmanager

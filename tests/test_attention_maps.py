@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
-from entmax import entmax15
 from PIL import Image
 
 from attention import PLADISAttnProcessor
 from attention.attention_maps import AttentionMapRecorder, AttentionMapStore, recording_attention_maps
+from attention.reference import reference_pladis_weights, reference_sparse_map
+from attention.settings import PLADISSettings
 from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
 from scripts import attention_maps
 from tests.tiny import processors_by_name, run_pipe, same_processor_objects
@@ -42,7 +43,7 @@ def record_once(attn, hidden, text, processor, pladis_scale):
     store = AttentionMapStore()
     store.latent_size.height = store.latent_size.width = GRID
     store.start_step()
-    recorder = AttentionMapRecorder(processor, store, "mid", pladis_scale, condition_rows=slice(1, 2))
+    recorder = AttentionMapRecorder(processor, store, "mid", PLADISSettings(pladis_scale), condition_rows=slice(1, 2))
     with torch.no_grad():
         output = recorder(attn, hidden, text)
     return store, output
@@ -68,8 +69,8 @@ def test_pladis_maps_extrapolate_towards_entmax15(tiny_cross_attention):
     store, output = record_once(attn, hidden, text, processor, pladis_scale=2.0)
     with torch.no_grad():
         logits = independent_logits(attn, hidden[1], text[1]).double()
-        dense, sparse = logits.softmax(dim=-1), entmax15(logits, dim=-1)
-        expected = (dense + 2.0 * (sparse - dense)).mean(dim=0).T.reshape(TEXT_TOKENS, GRID, GRID)
+        sparse = reference_sparse_map(logits, 1.5)
+        expected = reference_pladis_weights(logits, 2.0, 1.5).mean(dim=0).T.reshape(TEXT_TOKENS, GRID, GRID)
         direct = processor(attn, hidden, text)
     assert (sparse == 0).any()  # the test case is really sparse
     torch.testing.assert_close(store.maps("pladis").double(), expected, atol=1e-5, rtol=0)

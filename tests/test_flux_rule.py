@@ -13,37 +13,25 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from entmax import entmax15, entmax_bisect, sparsemax
 
 from attention import joint_text_block
 from attention.joint_text_block import text_block_pladis_attention
+from attention.reference import (
+    reference_pladis_weights,
+    reference_scores,
+    reference_softmax,
+    reference_sparse_map,
+    reference_text_block_weights,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def reference_sparse_map(z: torch.Tensor, alpha: float) -> torch.Tensor:
-    if alpha == 1.5:
-        return entmax15(z, dim=-1)
-    if alpha == 2.0:
-        return sparsemax(z, dim=-1)
-    return entmax_bisect(z, alpha=alpha, dim=-1, n_iter=100)
-
-
 def materialised_weights(q, k, text_length, scale, alpha, text_first=True, mask=None) -> torch.Tensor:
-    """Float64 (N×N) map: dense softmax rows, except image-query × text-key blocks, which become
-    `m·[λ·entmax_α(z_txt) + (1 − λ)·softmax(z_txt)]` with m the dense text mass of the row."""
-    z = q.double() @ k.double().transpose(-1, -2) / q.shape[-1] ** 0.5
-    if mask is not None:
-        z = z.masked_fill(~mask, float("-inf"))
-    n = z.shape[-1]
-    is_text = torch.arange(n) < text_length if text_first else torch.arange(n) >= n - text_length
-    text, image = is_text.nonzero().squeeze(1), (~is_text).nonzero().squeeze(1)
-    weights = torch.softmax(z, dim=-1)
-    block = z[..., image, :][..., text]
-    mass = weights[..., image, :][..., text].sum(dim=-1, keepdim=True)
-    new_block = mass * (scale * reference_sparse_map(block, alpha) + (1 - scale) * torch.softmax(block, dim=-1))
-    weights[..., image[:, None], text[None, :]] = new_block
-    return weights
+    """Float64 (N×N) map of `attention.reference`: dense softmax rows, except image-query × text-key blocks,
+    which become `m·[λ·entmax_α(z_txt) + (1 − λ)·softmax(z_txt)]` with m the dense text mass of the row."""
+    z = reference_scores(q, k, mask, float64=True)
+    return reference_text_block_weights(z, text_length, scale, alpha, text_first=text_first)
 
 
 def random_qkv(batch, heads, tokens, dim, seed, spread=2.5, dtype=torch.float32):
@@ -103,12 +91,11 @@ def test_wrong_variants_are_far_from_the_rule():
     text_length, tokens = 9, 40
     q, k, v = random_qkv(2, 2, tokens, 16, seed=5)
     ours = text_block_pladis_attention(q, k, v, text_length, 2.0)
-    z = q.double() @ k.double().transpose(-1, -2) / 16**0.5
-    dense, sparse = torch.softmax(z, dim=-1), entmax15(z, dim=-1)
-    whole_row = (dense + 2.0 * (sparse - dense)) @ v.double()
+    z = reference_scores(q, k, float64=True)
+    whole_row = reference_pladis_weights(z, 2.0, 1.5) @ v.double()
     unscaled = materialised_weights(q, k, text_length, 2.0, 1.5)
     block = z[..., text_length:, :text_length]
-    unscaled[..., text_length:, :text_length] = 2.0 * entmax15(block, dim=-1) - torch.softmax(block, dim=-1)
+    unscaled[..., text_length:, :text_length] = 2.0 * reference_sparse_map(block, 1.5) - reference_softmax(block)
     assert relative_error(ours, whole_row) > 1e-2
     assert relative_error(ours, unscaled @ v.double()) > 1e-2
 

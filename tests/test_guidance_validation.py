@@ -8,7 +8,8 @@ import math
 import pytest
 from diffusers import StableDiffusionXLPAGPipeline
 
-from attention import check_applied_layers, check_guidance_scale, check_seg_blur_sigma, swapped_attn_processors
+from attention import swapped_attn_processors
+from attention.validation import check_applied_layers, check_guidance_scale, check_seg_blur_sigma
 from pipeline.pipeline_sdxl_seg import PLADISStableDiffusionXLSEGPipeline
 from scripts.cli.assets import TINY_SDXL
 

@@ -9,28 +9,21 @@ import pytest
 import torch
 from diffusers.models import attention_processor
 from diffusers.models.attention_processor import Attention, JointAttnProcessor2_0
-from entmax import entmax15, sparsemax
 
 from attention import PLADISJointAttnProcessor, apply_pladis
+from attention.reference import reference_text_block
 from tests.families import build, layers_of_type, one_thread, processors_seen, run_family  # noqa: F401
 from tests.tiny import CallCounter, processors_by_name, same_processor_objects
 
 
 def reference_joint_sdpa(text_length: int, scale: float, alpha: float, text_first: bool = False):
     """Float64 SDPA over `[img ; txt]` (or `[txt ; img]`) whose image-query × text-key block is
-    `m·[λ·entmax_α(z_txt) + (1 − λ)·softmax(z_txt)]`, m = the dense text mass of that query."""
+    `m·[λ·entmax_α(z_txt) + (1 − λ)·softmax(z_txt)]`, m = the dense text mass of that query
+    (`attention.reference`)."""
 
     def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, **unused):
-        z = query.double() @ key.double().transpose(-1, -2) / query.shape[-1] ** 0.5
-        weights = torch.softmax(z, dim=-1)
-        tokens = z.shape[-1]
-        text = slice(0, text_length) if text_first else slice(tokens - text_length, tokens)
-        image = slice(text_length, tokens) if text_first else slice(0, tokens - text_length)
-        z_text = z[..., image, text]
-        mass = weights[..., image, text].sum(-1, keepdim=True)
-        sparse = entmax15(z_text, dim=-1) if alpha == 1.5 else sparsemax(z_text, dim=-1)
-        weights[..., image, text] = mass * (scale * sparse + (1 - scale) * torch.softmax(z_text, dim=-1))
-        return (weights @ value.double()).to(query.dtype)
+        return reference_text_block(query, key, value, text_length, scale, alpha, text_first=text_first,
+                                    attn_mask=attn_mask, float64=True)
 
     return sdpa
 

@@ -8,21 +8,18 @@ import torch
 import torch.nn.functional as F
 from diffusers.models import attention_processor
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
-from entmax import entmax15, sparsemax
+from entmax import entmax15
 
 from attention import PLADISAttnProcessor, pladis_scaled_dot_product_attention
+from attention.reference import reference_pladis_sdpa
 
 
 def reference_sdpa(scale: float, alpha: float):
-    """Float64 `(softmax + λ(entmax − softmax))·V` with SDPA's signature and mask semantics."""
+    """Float64 `(softmax + λ(entmax − softmax))·V` (`attention.reference`) with SDPA's signature and
+    mask semantics."""
 
     def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, **unused):
-        z = query.double() @ key.double().transpose(-1, -2) / query.shape[-1] ** 0.5
-        if attn_mask is not None:
-            z = z.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else z + attn_mask.double()
-        dense = torch.softmax(z, dim=-1)
-        sparse = entmax15(z, dim=-1) if alpha == 1.5 else sparsemax(z, dim=-1)
-        return ((dense + scale * (sparse - dense)) @ value.double()).to(query.dtype)
+        return reference_pladis_sdpa(query, key, value, scale, alpha, attn_mask, float64=True)
 
     return sdpa
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from diffusers import StableDiffusionXLPAGPipeline, StableDiffusionXLPipeline
 
-from attention import PLADISAttnProcessor, SmoothedEnergyAttnProcessor, apply_pladis
+from attention import PLADISAttnProcessor, apply_pladis
+from attention.seg_processor import SmoothedEnergyAttnProcessor
 from pipeline.pipeline_sdxl_seg import PLADISStableDiffusionXLSEGPipeline
 from scripts.cli.assets import TINY_SDXL
 from tests.guidance_reference import (

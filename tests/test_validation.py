@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from attention import PLADISAttnProcessor, apply_pladis, check_pladis_alpha, check_pladis_scale
+from attention import PLADISAttnProcessor, apply_pladis
+from attention.validation import check_pladis_alpha, check_pladis_scale
 from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
 from tests.tiny import CallCounter, processors_by_name, run_pipe, same_processor_objects
 
