@@ -8,17 +8,17 @@ of the conditional batch rows to an `AttentionMapStore`; installation and restor
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
-from .masks import additive_mask
 from .install import attention_modules, fixed_pladis_processors, swapped_attn_processors
-from .seg_blur import token_grid
+from .masks import additive_mask
 from .processor import unet_attention_heads
+from .seg_blur import token_grid
 from .seg_processor import LatentSize, recording_latent_size
 from .settings import PLADISSettings
 from .sparse_maps import pladis_weights_, softmax_attention
@@ -76,7 +76,9 @@ class AttentionMapStore:
         """(keys, queries) → (keys, latent height, latent width)."""
         height, width = self.latent_size.height, self.latent_size.width
         if height is None:
-            raise RuntimeError("AttentionMapStore does not know the latent size: record inside recording_attention_maps")
+            raise RuntimeError(
+                "AttentionMapStore does not know the latent size: record inside recording_attention_maps"
+            )
         grid_height, grid_width = token_grid(maps.shape[-1], height, width)
         maps = maps.reshape(maps.shape[0], grid_height, grid_width)
         if (grid_height, grid_width) == (height, width):
@@ -153,8 +155,10 @@ class AttentionMapRecorder:
 
         def pick(tensor: torch.Tensor | None) -> torch.Tensor | None:
             if tensor is not None and tensor.shape[0] != hidden_states.shape[0]:
-                raise ValueError(f"cannot select rows {rows} of a tensor with batch {tensor.shape[0]} "
-                                 f"next to hidden states with batch {hidden_states.shape[0]}")
+                raise ValueError(
+                    f"cannot select rows {rows} of a tensor with batch {tensor.shape[0]} "
+                    f"next to hidden states with batch {hidden_states.shape[0]}"
+                )
             return None if tensor is None else tensor[rows]
 
         logits = attention_logits(
@@ -191,9 +195,7 @@ def recording_attention_maps(
     for name, module in attention_modules(unet).items():
         group = layer_group(name)
         if isinstance(module, Attention) and module.is_cross_attention and group in groups:
-            table[name] = AttentionMapRecorder(
-                table.get(name, current[name]), store, group, settings, condition_rows
-            )
+            table[name] = AttentionMapRecorder(table.get(name, current[name]), store, group, settings, condition_rows)
     if not any(isinstance(processor, AttentionMapRecorder) for processor in table.values()):
         raise ValueError(f"{type(unet).__name__} has no cross-attention layer in the groups {groups}")
     with ExitStack() as stack:

@@ -7,10 +7,10 @@ sharing the denoiser) never see them. The installed processors read it on every 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Iterator
 
 # How the keys of an attention call are laid out: all text (cross-attention), a joint sequence with the
 # text first (FLUX `[txt ; img]`) or last (SD3 `[img ; txt]`), or per-sample packed `[img ; txt ; pad]`.

@@ -10,8 +10,8 @@ Adding a family is adding a record here (and its tests).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 import torch
 from diffusers.models.attention_processor import (
@@ -95,13 +95,19 @@ def z_image_segments(args: tuple, kwargs: dict) -> TextLength:
     if images is None or captions is None:
         return TextLength()
     if isinstance(images[0], list):
-        raise ValueError("PLADIS on ZImageTransformer2DModel supports the text-to-image mode, not the omni mode "
-                         "(lists of condition images)")
+        raise ValueError(
+            "PLADIS on ZImageTransformer2DModel supports the text-to-image mode, not the omni mode "
+            "(lists of condition images)"
+        )
     patch, frame_patch = kwargs.get("patch_size", 2), kwargs.get("f_patch_size", 1)
     segments = tuple(
-        (_multiple_of_packing((image.shape[1] // frame_patch) * (image.shape[2] // patch) * (image.shape[3] // patch)),
-         _multiple_of_packing(len(caption)))
-        for image, caption in zip(images, captions)
+        (
+            _multiple_of_packing(
+                (image.shape[1] // frame_patch) * (image.shape[2] // patch) * (image.shape[3] // patch)
+            ),
+            _multiple_of_packing(len(caption)),
+        )
+        for image, caption in zip(images, captions, strict=True)
     )
     return TextLength(segments=segments)
 
@@ -119,6 +125,7 @@ def _of_type(module_type: type, *, with_text_projections: bool | None = None) ->
         if not isinstance(module, module_type):
             return False
         return with_text_projections is None or (module.added_kv_proj_dim is not None) == with_text_projections
+
     return selects
 
 
@@ -137,69 +144,182 @@ def _wan_image_context(attn: torch.nn.Module) -> int:
 
 # Processors computing the same softmax attention as `AttnProcessor2_0` (sliced: PLADIS bounds memory itself;
 # fused QKV: diffusers keeps the separate projections, which the SDPA processor reads; xformers; the classic one).
-_SDPA_LIKE = {processor: AttnProcessor2_0 for processor in
-              (AttnProcessor2_0, AttnProcessor, SlicedAttnProcessor, FusedAttnProcessor2_0, XFormersAttnProcessor)}
+_SDPA_LIKE = {
+    processor: AttnProcessor2_0
+    for processor in (
+        AttnProcessor2_0,
+        AttnProcessor,
+        SlicedAttnProcessor,
+        FusedAttnProcessor2_0,
+        XFormersAttnProcessor,
+    )
+}
 
 ATTENTION_MODULES = Family(
     "diffusers Attention (SD 1.5/2.x/SDXL U-Nets and ControlNets, PixArt, SANA, SD3/3.5)",
     (),
     (
-        TextAttention("every cross-attention (attn2)", _is_cross_attention, CROSS,
-                      {**_SDPA_LIKE, SanaAttnProcessor2_0: SanaAttnProcessor2_0}),
-        TextAttention("joint attention, text last (SD3)", _is_joint_attention, TRAILING,
-                      {JointAttnProcessor2_0: JointAttnProcessor2_0, FusedJointAttnProcessor2_0: JointAttnProcessor2_0}),
+        TextAttention(
+            "every cross-attention (attn2)",
+            _is_cross_attention,
+            CROSS,
+            {**_SDPA_LIKE, SanaAttnProcessor2_0: SanaAttnProcessor2_0},
+        ),
+        TextAttention(
+            "joint attention, text last (SD3)",
+            _is_joint_attention,
+            TRAILING,
+            {JointAttnProcessor2_0: JointAttnProcessor2_0, FusedJointAttnProcessor2_0: JointAttnProcessor2_0},
+        ),
     ),
 )
 
-_FLUX_DOUBLE = TextAttention("double-stream blocks", _of_type(FluxAttention, with_text_projections=True), LEADING,
-                             {FluxAttnProcessor: FluxAttnProcessor})
-_FLUX_SINGLE = TextAttention("single-stream blocks", _of_type(FluxAttention, with_text_projections=False), LEADING,
-                             {FluxAttnProcessor: FluxAttnProcessor}, optional=True)
+_FLUX_DOUBLE = TextAttention(
+    "double-stream blocks",
+    _of_type(FluxAttention, with_text_projections=True),
+    LEADING,
+    {FluxAttnProcessor: FluxAttnProcessor},
+)
+_FLUX_SINGLE = TextAttention(
+    "single-stream blocks",
+    _of_type(FluxAttention, with_text_projections=False),
+    LEADING,
+    {FluxAttnProcessor: FluxAttnProcessor},
+    optional=True,
+)
 
 FAMILIES: tuple[Family, ...] = (
     Family("FLUX.1", ("FluxTransformer2DModel",), (_FLUX_DOUBLE, _FLUX_SINGLE), joint_text_tokens),
     Family("Chroma", ("ChromaTransformer2DModel",), (_FLUX_DOUBLE, _FLUX_SINGLE), joint_text_tokens),
-    Family("FLUX.2", ("Flux2Transformer2DModel",), (
-        TextAttention("double-stream blocks", _of_type(Flux2Attention), LEADING, {Flux2AttnProcessor: Flux2AttnProcessor}),
-        TextAttention("single-stream blocks", _of_type(Flux2ParallelSelfAttention), LEADING,
-                      {Flux2ParallelSelfAttnProcessor: Flux2ParallelSelfAttnProcessor}, optional=True),
-    ), joint_text_tokens),
-    Family("Qwen-Image", ("QwenImageTransformer2DModel",), (
-        TextAttention("joint blocks", _named(".attn", Attention), LEADING,
-                      {QwenDoubleStreamAttnProcessor2_0: QwenDoubleStreamAttnProcessor2_0}),
-    )),
-    Family("HunyuanVideo", ("HunyuanVideoTransformer3DModel",), (  # its token refiner's text self-attention stays
-        TextAttention("double-stream blocks", _in_blocks("transformer_blocks.", Attention), TRAILING,
-                      {HunyuanVideoAttnProcessor2_0: HunyuanVideoAttnProcessor2_0}),
-        TextAttention("single-stream blocks", _in_blocks("single_transformer_blocks.", Attention), TRAILING,
-                      {HunyuanVideoAttnProcessor2_0: HunyuanVideoAttnProcessor2_0}, optional=True),
-    )),
-    Family("HunyuanImage 2.1", ("HunyuanImageTransformer2DModel",), (  # as HunyuanVideo
-        TextAttention("double-stream blocks", _in_blocks("transformer_blocks.", Attention), TRAILING,
-                      {HunyuanImageAttnProcessor: HunyuanImageAttnProcessor}),
-        TextAttention("single-stream blocks", _in_blocks("single_transformer_blocks.", Attention), TRAILING,
-                      {HunyuanImageAttnProcessor: HunyuanImageAttnProcessor}, optional=True),
-    )),
-    Family("SANA-Video", ("SanaVideoTransformer3DModel",), (  # its linear self-attention has no softmax
-        TextAttention("every cross-attention (attn2)", _is_cross_attention, CROSS,
-                      {SanaVideoAttnProcessor2_0: SanaVideoAttnProcessor2_0}),
-    )),
-    Family("CogView4", ("CogView4Transformer2DModel",), (
-        TextAttention("joint blocks", _in_blocks("transformer_blocks.", Attention), LEADING,
-                      {CogView4AttnProcessor: CogView4AttnProcessor}),
-    )),
-    Family("Wan 2.x", ("WanTransformer3DModel",), (
-        TextAttention("every cross-attention (attn2)", _named(".attn2", WanAttention), CROSS,
-                      {WanAttnProcessor: WanAttnProcessor}, image_context_calls=_wan_image_context),
-    )),
-    Family("LTX-Video", ("LTXVideoTransformer3DModel",), (
-        TextAttention("every cross-attention (attn2)", _named(".attn2", LTXAttention), CROSS,
-                      {LTXVideoAttnProcessor: LTXVideoAttnProcessor}),
-    )),
-    Family("Z-Image", ("ZImageTransformer2DModel",), (
-        TextAttention("unified blocks (layers)", _in_blocks("layers.", Attention), PACKED,
-                      {ZSingleStreamAttnProcessor: ZSingleStreamAttnProcessor}),
-    ), z_image_segments),
+    Family(
+        "FLUX.2",
+        ("Flux2Transformer2DModel",),
+        (
+            TextAttention(
+                "double-stream blocks", _of_type(Flux2Attention), LEADING, {Flux2AttnProcessor: Flux2AttnProcessor}
+            ),
+            TextAttention(
+                "single-stream blocks",
+                _of_type(Flux2ParallelSelfAttention),
+                LEADING,
+                {Flux2ParallelSelfAttnProcessor: Flux2ParallelSelfAttnProcessor},
+                optional=True,
+            ),
+        ),
+        joint_text_tokens,
+    ),
+    Family(
+        "Qwen-Image",
+        ("QwenImageTransformer2DModel",),
+        (
+            TextAttention(
+                "joint blocks",
+                _named(".attn", Attention),
+                LEADING,
+                {QwenDoubleStreamAttnProcessor2_0: QwenDoubleStreamAttnProcessor2_0},
+            ),
+        ),
+    ),
+    Family(
+        "HunyuanVideo",
+        ("HunyuanVideoTransformer3DModel",),
+        (  # its token refiner's text self-attention stays
+            TextAttention(
+                "double-stream blocks",
+                _in_blocks("transformer_blocks.", Attention),
+                TRAILING,
+                {HunyuanVideoAttnProcessor2_0: HunyuanVideoAttnProcessor2_0},
+            ),
+            TextAttention(
+                "single-stream blocks",
+                _in_blocks("single_transformer_blocks.", Attention),
+                TRAILING,
+                {HunyuanVideoAttnProcessor2_0: HunyuanVideoAttnProcessor2_0},
+                optional=True,
+            ),
+        ),
+    ),
+    Family(
+        "HunyuanImage 2.1",
+        ("HunyuanImageTransformer2DModel",),
+        (  # as HunyuanVideo
+            TextAttention(
+                "double-stream blocks",
+                _in_blocks("transformer_blocks.", Attention),
+                TRAILING,
+                {HunyuanImageAttnProcessor: HunyuanImageAttnProcessor},
+            ),
+            TextAttention(
+                "single-stream blocks",
+                _in_blocks("single_transformer_blocks.", Attention),
+                TRAILING,
+                {HunyuanImageAttnProcessor: HunyuanImageAttnProcessor},
+                optional=True,
+            ),
+        ),
+    ),
+    Family(
+        "SANA-Video",
+        ("SanaVideoTransformer3DModel",),
+        (  # its linear self-attention has no softmax
+            TextAttention(
+                "every cross-attention (attn2)",
+                _is_cross_attention,
+                CROSS,
+                {SanaVideoAttnProcessor2_0: SanaVideoAttnProcessor2_0},
+            ),
+        ),
+    ),
+    Family(
+        "CogView4",
+        ("CogView4Transformer2DModel",),
+        (
+            TextAttention(
+                "joint blocks",
+                _in_blocks("transformer_blocks.", Attention),
+                LEADING,
+                {CogView4AttnProcessor: CogView4AttnProcessor},
+            ),
+        ),
+    ),
+    Family(
+        "Wan 2.x",
+        ("WanTransformer3DModel",),
+        (
+            TextAttention(
+                "every cross-attention (attn2)",
+                _named(".attn2", WanAttention),
+                CROSS,
+                {WanAttnProcessor: WanAttnProcessor},
+                image_context_calls=_wan_image_context,
+            ),
+        ),
+    ),
+    Family(
+        "LTX-Video",
+        ("LTXVideoTransformer3DModel",),
+        (
+            TextAttention(
+                "every cross-attention (attn2)",
+                _named(".attn2", LTXAttention),
+                CROSS,
+                {LTXVideoAttnProcessor: LTXVideoAttnProcessor},
+            ),
+        ),
+    ),
+    Family(
+        "Z-Image",
+        ("ZImageTransformer2DModel",),
+        (
+            TextAttention(
+                "unified blocks (layers)",
+                _in_blocks("layers.", Attention),
+                PACKED,
+                {ZSingleStreamAttnProcessor: ZSingleStreamAttnProcessor},
+            ),
+        ),
+        z_image_segments,
+    ),
 )
 
 SUPPORTED = "SD 1.5/2.x/SDXL U-Nets, SD3, PixArt, SANA, " + ", ".join(family.name for family in FAMILIES)

@@ -7,8 +7,8 @@ FLUX single-stream blocks get `[txt ; img]` already concatenated and are never t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 

@@ -13,8 +13,8 @@ from .kernel_choice import choose_kernel, run_triton, triton_gap
 from .masks import additive_mask, mask_for_rows
 from .query_chunks import query_chunks
 from .reference import computing_reference, reference_pladis_sdpa
-from .sparse_maps import differentiable_maps, pladis_weights_
 from .settings import PLADISSettings
+from .sparse_maps import differentiable_maps, pladis_weights_
 from .sync_free_attention import sync_free_pladis_attention
 
 # Scores per query chunk (float32): ~4 MB, so the chunk and its workspace mostly stay in cache between
@@ -89,16 +89,20 @@ def cross_attention_rule(
         dense, sparse = differentiable_score_maps(query, key, scale, mask, pladis_alpha)
         weights = dense + pladis_scale * (sparse - dense)
         return (weights @ value.to(weights.dtype)).to(query.dtype)
-    kernel = choose_kernel("cross-attention", query.device,
-                           triton_gap(query, key.shape[-2], value.shape[-1], pladis_alpha, mask))
+    kernel = choose_kernel(
+        "cross-attention", query.device, triton_gap(query, key.shape[-2], value.shape[-1], pladis_alpha, mask)
+    )
     if kernel != "chunked":
         arguments = (query, key, value, pladis_scale, pladis_alpha, mask, scale)
         if kernel == "torch":
             return sync_free_pladis_attention(*arguments)
         from .triton_kernels import triton_pladis_attention
 
-        return run_triton("cross-attention", lambda: triton_pladis_attention(*arguments),
-                          lambda: sync_free_pladis_attention(*arguments))
+        return run_triton(
+            "cross-attention",
+            lambda: triton_pladis_attention(*arguments),
+            lambda: sync_free_pladis_attention(*arguments),
+        )
     return _chunked_pladis_attention(query, key, value, pladis_scale, pladis_alpha, mask, scale)
 
 
@@ -116,4 +120,3 @@ def _chunked_pladis_attention(query, key, value, pladis_scale, pladis_alpha, mas
         weights = pladis_weights_(scores, pladis_scale, pladis_alpha, chunk.workspace)
         output[..., chunk.rows, :].copy_(torch.matmul(weights, value_f, out=chunk.product))
     return output.to(query.dtype)
-

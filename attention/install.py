@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from diffusers.models.attention_processor import Attention
@@ -23,8 +23,8 @@ from diffusers.pipelines.pag.pag_utils import PAGMixin
 
 from .call_context import CallSettings, active_calls, calls_in_context
 from .families import FAMILIES, SUPPORTED, Family, TextAttention, family_of
-from .processors import PLADISProcessor, pladis_processor_class
 from .kernel_choice import requested_kernel
+from .processors import PLADISProcessor, pladis_processor_class
 from .settings import PLADISSettings
 
 _PROCESSOR_SUFFIX = ".processor"
@@ -53,8 +53,11 @@ def attention_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     for a model without that table, every submodule with a settable processor)."""
     model = attention_model(model)
     if not hasattr(type(model), "attn_processors"):
-        return {name: module for name, module in model.named_modules()
-                if hasattr(module, "set_processor") and hasattr(module, "processor")}
+        return {
+            name: module
+            for name, module in model.named_modules()
+            if hasattr(module, "set_processor") and hasattr(module, "processor")
+        }
     return {
         name[: -len(_PROCESSOR_SUFFIX)]: model.get_submodule(name[: -len(_PROCESSOR_SUFFIX)])
         for name in model.attn_processors
@@ -96,8 +99,14 @@ def _without_ended_installations(processors: dict[str, object]) -> dict[str, obj
     """`processors` with the PLADIS processors of installations that have ended (a snapshot taken while
     another call's PLADIS was installed, restored after that call ended) replaced by their originals."""
     with _LOCK:
-        return {name: processor.original if isinstance(processor, PLADISProcessor) and processor.installed_by is not None
-                and processor.installed_by.users == 0 else processor for name, processor in processors.items()}
+        return {
+            name: processor.original
+            if isinstance(processor, PLADISProcessor)
+            and processor.installed_by is not None
+            and processor.installed_by.users == 0
+            else processor
+            for name, processor in processors.items()
+        }
 
 
 @dataclass(frozen=True)
@@ -130,13 +139,18 @@ def text_attention_layers(model: torch.nn.Module, family: Family, single_blocks:
             continue
         original = _original_processor(module)
         runs_as = kind.processors.get(type(original))
-        if runs_as is None and isinstance(original, PLADISProcessor) and original.stock_type in kind.processors.values():
+        if (
+            runs_as is None
+            and isinstance(original, PLADISProcessor)
+            and original.stock_type in kind.processors.values()
+        ):
             runs_as = original.stock_type  # a PLADIS processor set by hand: this call's settings replace its own
         if runs_as is None:
             stock = sorted({cls.__name__ for cls in kind.processors})
             raise ValueError(
                 f"PLADIS cannot replace {type(original).__name__} on {name} (an IP-Adapter or custom processor would "
-                f"be dropped); it replaces the stock processors {', '.join(stock)}: unload or reset that layer's processor"
+                f"be dropped); it replaces the stock processors {', '.join(stock)}: "
+                "unload or reset that layer's processor"
             )
         if isinstance(module, Attention) and not getattr(module, "scale_qk", True):
             raise ValueError(f"PLADIS needs the standard 1/sqrt(head_dim) logit scale, but {name} has scale_qk=False")
@@ -158,8 +172,10 @@ def pladis_processors(model: torch.nn.Module, pladis_scale: float, pladis_alpha:
 def fixed_pladis_processors(model: torch.nn.Module, settings: PLADISSettings) -> dict[str, object]:
     """`pladis_processors` with λ/α already checked (`PLADISSettings`)."""
     model = attention_model(model)
-    return {name: pladis_processor_class(layer.runs_as).with_settings(settings, text_keys=layer.kind.text_keys)
-            for name, layer in text_attention_layers(model, family_of(model), False).items()}
+    return {
+        name: pladis_processor_class(layer.runs_as).with_settings(settings, text_keys=layer.kind.text_keys)
+        for name, layer in text_attention_layers(model, family_of(model), False).items()
+    }
 
 
 class Installation:
@@ -177,7 +193,8 @@ class Installation:
             name: pladis_processor_class(layer.runs_as).installed(
                 layer.original, layer.kind.text_keys, layer.kind.optional, self, layer.kind.image_context_calls
             )
-            for name, layer in layers.items() if name not in self.processors
+            for name, layer in layers.items()
+            if name not in self.processors
         }
         _set_processors(self.model, new)
         self.processors.update(new)
@@ -197,8 +214,14 @@ class Installation:
             self._hook.remove()
             self._hook = None
         modules = attention_modules(self.model)
-        _set_processors(self.model, {name: processor.original for name, processor in self.processors.items()
-                                     if modules[name].processor is processor})
+        _set_processors(
+            self.model,
+            {
+                name: processor.original
+                for name, processor in self.processors.items()
+                if modules[name].processor is processor
+            },
+        )
         self.processors = {}
 
 
@@ -236,11 +259,19 @@ def denoisers(pipe_or_denoiser: object, pladis_controlnet: bool = False) -> list
     (and, with `pladis_controlnet`, its ControlNet(s)); a clear error when there is none."""
     if isinstance(getattr(pipe_or_denoiser, "_orig_mod", pipe_or_denoiser), torch.nn.Module):
         if pladis_controlnet:
-            raise ValueError("pladis_controlnet=True needs a pipeline with a controlnet, got a bare "
-                             f"{type(pipe_or_denoiser).__name__}: pass the ControlNet to its own apply_pladis")
+            raise ValueError(
+                "pladis_controlnet=True needs a pipeline with a controlnet, got a bare "
+                f"{type(pipe_or_denoiser).__name__}: pass the ControlNet to its own apply_pladis"
+            )
         return [attention_model(pipe_or_denoiser)]
-    model = next((getattr(pipe_or_denoiser, attribute) for attribute in ("unet", "transformer")
-                  if getattr(pipe_or_denoiser, attribute, None) is not None), None)
+    model = next(
+        (
+            getattr(pipe_or_denoiser, attribute)
+            for attribute in ("unet", "transformer")
+            if getattr(pipe_or_denoiser, attribute, None) is not None
+        ),
+        None,
+    )
     if model is None:
         raise TypeError(
             f"apply_pladis needs a diffusers pipeline with a `unet` or `transformer`, or a denoiser model, got "
@@ -267,8 +298,10 @@ def check_pag_leaves_pladis_layers(pipe: object, model: torch.nn.Module, table: 
         return
     modules = attention_modules(model)
     taken = sorted(
-        name for name in table
-        if isinstance(modules[name], Attention) and not modules[name].is_cross_attention
+        name
+        for name in table
+        if isinstance(modules[name], Attention)
+        and not modules[name].is_cross_attention
         and any(re.search(pattern, name) for pattern in patterns)
     )
     if taken:
@@ -296,7 +329,8 @@ def apply_pladis(
     cross-attention layers (U-Nets, PixArt, SANA, SANA-Video, Wan, LTX-Video) get the cross-attention rule;
     joint text+image attention (SD3, FLUX.1/.2, Chroma, Qwen-Image, HunyuanVideo, HunyuanImage, CogView4;
     Z-Image's packed unified blocks) gets the text-block rule on the image-query × text-key block;
-    `pladis_single_blocks=True` adds the single-stream blocks of FLUX.1/.2, Chroma and the Hunyuan models. With `pladis_controlnet=True`, the pipeline's
+    `pladis_single_blocks=True` adds the single-stream blocks of FLUX.1/.2, Chroma and the Hunyuan models. With
+    `pladis_controlnet=True`, the pipeline's
     ControlNet(s) too. λ = 0 leaves the model untouched (stock attention, bit-identical output).
 
     The settings belong to this call: other calls sharing the denoiser in other threads (PLADIS with
@@ -323,8 +357,10 @@ def apply_pladis_settings(pipe_or_denoiser: object, settings: PLADISSettings) ->
     family = family_of(models[0])
     if pladis_single_blocks and not any(kind.optional for kind in family.text_attention):
         with_single = ", ".join(f.name for f in FAMILIES if any(kind.optional for kind in f.text_attention))
-        raise ValueError(f"pladis_single_blocks=True but {type(models[0]).__name__} has no single-stream block "
-                         f"({with_single} have them)")
+        raise ValueError(
+            f"pladis_single_blocks=True but {type(models[0]).__name__} has no single-stream block "
+            f"({with_single} have them)"
+        )
     if settings.pladis_scale == 0.0:
         # Off for this call, also where an enclosing call in this context turned PLADIS on for these models.
         running = tuple(installation for installation in map(_INSTALLATIONS.get, map(id, models)) if installation)
@@ -334,8 +370,12 @@ def apply_pladis_settings(pipe_or_denoiser: object, settings: PLADISSettings) ->
     layers = [text_attention_layers(model, family_of(model), pladis_single_blocks) for model in models]
     check_pag_leaves_pladis_layers(pipe_or_denoiser, models[0], layers[0])
     with ExitStack() as stack:
-        installations = tuple(stack.enter_context(installed_pladis(model, table)) for model, table in zip(models, layers))
-        calls = tuple(CallSettings(installation, settings.pladis_scale, settings.pladis_alpha, pladis_single_blocks)
-                      for installation in installations)
+        installations = tuple(
+            stack.enter_context(installed_pladis(model, table)) for model, table in zip(models, layers, strict=True)
+        )
+        calls = tuple(
+            CallSettings(installation, settings.pladis_scale, settings.pladis_alpha, pladis_single_blocks)
+            for installation in installations
+        )
         stack.enter_context(calls_in_context(calls, replacing=installations))
         yield

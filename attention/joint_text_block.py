@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 
 from .functional import differentiable_score_maps, needs_autograd
-from .masks import additive_mask, mask_for_rows, row_values
 from .kernel_choice import choose_kernel, run_triton, triton_gap
+from .masks import additive_mask, mask_for_rows, row_values
 from .query_chunks import query_chunks
 from .reference import computing_reference, reference_text_block
-from .sparse_maps import pladis_shift_
 from .settings import PLADISSettings
+from .sparse_maps import pladis_shift_
 from .sync_free_attention import sync_free_text_block_correction_
 
 # Image×text scores per query chunk (float32): ~8 MB. At FLUX's 24 heads × 512 text tokens (~171 image
@@ -90,14 +90,20 @@ def dense_attention_and_log_normaliser(
             query, key, value, attn_mask=attn_mask, scale=scale
         )
         return output, log_normaliser
-    if (query.is_cuda and attn_mask is None and query.dtype in (torch.float16, torch.bfloat16)
-            and query.shape[-1] % 8 == 0 and query.shape[-1] <= 256):
+    if (
+        query.is_cuda
+        and attn_mask is None
+        and query.dtype in (torch.float16, torch.bfloat16)
+        and query.shape[-1] % 8 == 0
+        and query.shape[-1] <= 256
+    ):
         return cuda_flash_attention_with_log_normaliser(query, key, value, scale)
     return None
 
 
-def cuda_flash_attention_with_log_normaliser(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                                             scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def cuda_flash_attention_with_log_normaliser(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """CUDA's flash SDPA (float16/bfloat16, no mask): `(softmax(z)·V, logsumexp(z))`, the log-sum-exp
     float32 (B, H, N) — the same kernel `F.scaled_dot_product_attention` would pick, so the dense part
     is the stock one."""
@@ -132,8 +138,17 @@ def text_block_pladis_attention(
     λ and α are checked here, once (`PLADISSettings`); the processors call `text_block_rule` directly.
     """
     settings = PLADISSettings(pladis_scale, pladis_alpha)
-    return text_block_rule(query, key, value, text_length, settings.pladis_scale, settings.pladis_alpha,
-                           text_first=text_first, attn_mask=attn_mask, scale=scale)
+    return text_block_rule(
+        query,
+        key,
+        value,
+        text_length,
+        settings.pladis_scale,
+        settings.pladis_alpha,
+        text_first=text_first,
+        attn_mask=attn_mask,
+        scale=scale,
+    )
 
 
 def text_block_rule(
@@ -158,8 +173,17 @@ def text_block_rule(
     text, image = joint_token_slices(query.shape[-2], text_length, text_first)
     scale = query.shape[-1] ** -0.5 if scale is None else scale
     if computing_reference():
-        return reference_text_block(query, key, value, text_length, pladis_scale, pladis_alpha,
-                                    text_first=text_first, attn_mask=attn_mask, scale=scale)
+        return reference_text_block(
+            query,
+            key,
+            value,
+            text_length,
+            pladis_scale,
+            pladis_alpha,
+            text_first=text_first,
+            attn_mask=attn_mask,
+            scale=scale,
+        )
     if pladis_scale == 0.0 or text.start == text.stop or image.start == image.stop:
         return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, scale=scale)
 
@@ -177,28 +201,45 @@ def text_block_rule(
         correction = shift @ value[..., text, :].to(dense.dtype)
         padding = (0, 0, text.stop - text.start, 0) if text_first else (0, 0, 0, text.stop - text.start)
         return output + F.pad(correction, padding).to(output.dtype)
-    kernel = choose_kernel("text-block", query.device,
-                           triton_gap(query, text.stop - text.start, value.shape[-1], pladis_alpha, mask))
+    kernel = choose_kernel(
+        "text-block", query.device, triton_gap(query, text.stop - text.start, value.shape[-1], pladis_alpha, mask)
+    )
     dense = dense_attention_and_log_normaliser(query, key, value, attn_mask, scale)
     log_normaliser = text_mass = None
     if dense is None:
         output, text_mass = dense_attention_and_text_mass(query, key, value, text, attn_mask, scale)
     else:
         output, log_normaliser = dense
-    arguments = (output, query, key, value, text, image, pladis_scale, pladis_alpha, mask, scale, log_normaliser,
-                 text_mass)
+    arguments = (
+        output,
+        query,
+        key,
+        value,
+        text,
+        image,
+        pladis_scale,
+        pladis_alpha,
+        mask,
+        scale,
+        log_normaliser,
+        text_mass,
+    )
     if kernel == "torch":
         return sync_free_text_block_correction_(*arguments)
     if kernel == "triton":
         from .triton_kernels import triton_text_block_correction_
 
-        return run_triton("text-block", lambda: triton_text_block_correction_(*arguments),
-                          lambda: sync_free_text_block_correction_(*arguments))
+        return run_triton(
+            "text-block",
+            lambda: triton_text_block_correction_(*arguments),
+            lambda: sync_free_text_block_correction_(*arguments),
+        )
     return _chunked_text_block_correction_(*arguments)
 
 
-def _chunked_text_block_correction_(output, query, key, value, text, image, pladis_scale, pladis_alpha, mask,
-                                    scale, log_normaliser, text_mass) -> torch.Tensor:
+def _chunked_text_block_correction_(
+    output, query, key, value, text, image, pladis_scale, pladis_alpha, mask, scale, log_normaliser, text_mass
+) -> torch.Tensor:
     """The CPU path of the correction: image-row chunks over one reused workspace (`query_chunks`)."""
     # Text keys scaled once and contiguous, so no chunk's matmul scales or copies them again.
     key_text_t = key[..., text, :].float().mul(scale).contiguous().transpose(-1, -2)
@@ -209,8 +250,13 @@ def _chunked_text_block_correction_(output, query, key, value, text, image, plad
             scores.add_(mask_for_rows(mask, chunk.rows))
         # The correction m·λ·(entmax − softmax)·V_txt (m·λ folded into the map's row scale); the
         # dense part is already in `output`.
-        shift = pladis_shift_(scores, pladis_scale, pladis_alpha, chunk.workspace,
-                              log_normaliser=row_values(log_normaliser, chunk.rows),
-                              text_mass=row_values(text_mass, chunk.rows))
+        shift = pladis_shift_(
+            scores,
+            pladis_scale,
+            pladis_alpha,
+            chunk.workspace,
+            log_normaliser=row_values(log_normaliser, chunk.rows),
+            text_mass=row_values(text_mass, chunk.rows),
+        )
         output[..., chunk.rows, :].add_(torch.matmul(shift, value_text, out=chunk.product))
     return output

@@ -11,7 +11,8 @@ from __future__ import annotations
 import functools
 import os
 import warnings
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
@@ -65,8 +66,10 @@ def choose_kernel(rule: str, device: torch.device, uncovered: str | None) -> str
         if reason is None and not triton_device:
             reason = f"tensors are on {device.type} (Triton needs CUDA, or TRITON_INTERPRET=1 on CPU)"
         if reason is not None:
-            raise ValueError(f"{KERNEL_VARIABLE}=triton cannot run the PLADIS {rule} kernel here: {reason}; "
-                             f"use {KERNEL_VARIABLE}=auto or torch")
+            raise ValueError(
+                f"{KERNEL_VARIABLE}=triton cannot run the PLADIS {rule} kernel here: {reason}; "
+                f"use {KERNEL_VARIABLE}=auto or torch"
+            )
         return "triton"
     if requested == "torch":
         return "torch"

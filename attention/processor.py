@@ -7,12 +7,11 @@ rescale) follows `AttnProcessor2_0` line for line in `unet_attention_heads` / `u
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from diffusers.models.attention_processor import Attention
-
 
 
 @dataclass

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import inspect
 import types
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,16 @@ from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 
 from . import rules
 from .call_context import (
-    CROSS, LEADING, PACKED, TEXT_KEYS, TRAILING, CallSettings, LayerCall, TextLength, active_calls, calls_in_context,
+    CROSS,
+    LEADING,
+    PACKED,
+    TEXT_KEYS,
+    TRAILING,
+    CallSettings,
+    LayerCall,
+    TextLength,
+    active_calls,
+    calls_in_context,
 )
 from .settings import PLADISSettings
 
@@ -45,8 +55,9 @@ def _bound_to_pladis(stock_type: type) -> types.FunctionType:
             f"{stock_type.__name__} computes attention through neither F.scaled_dot_product_attention nor "
             "dispatch_attention_fn, so PLADIS cannot take its attention call"
         )
-    bound = types.FunctionType(function.__code__, namespace, function.__name__, function.__defaults__,
-                               function.__closure__)
+    bound = types.FunctionType(
+        function.__code__, namespace, function.__name__, function.__defaults__, function.__closure__
+    )
     bound.__kwdefaults__ = function.__kwdefaults__
     return bound
 
@@ -71,13 +82,20 @@ class PLADISProcessor:
     _pladis_call: ClassVar[Callable[..., Any]]
     _text_argument: ClassVar[int | None]  # index of encoder_hidden_states among the arguments after `attn`
 
-    def __init__(self, pladis_scale: float, pladis_alpha: float = 1.5, text_length: TextLength | None = None,
-                 *, text_keys: str | None = None) -> None:
+    def __init__(
+        self,
+        pladis_scale: float,
+        pladis_alpha: float = 1.5,
+        text_length: TextLength | None = None,
+        *,
+        text_keys: str | None = None,
+    ) -> None:
         self._set_fixed(PLADISSettings(pladis_scale, pladis_alpha), text_length, text_keys)
 
     @classmethod
-    def with_settings(cls, settings: PLADISSettings, text_length: TextLength | None = None,
-                      *, text_keys: str | None = None) -> "PLADISProcessor":
+    def with_settings(
+        cls, settings: PLADISSettings, text_length: TextLength | None = None, *, text_keys: str | None = None
+    ) -> PLADISProcessor:
         """A processor with fixed, already checked `settings` (as `Cls(λ, α, ...)` without checking λ/α again)."""
         processor = cls.__new__(cls)
         processor._set_fixed(settings, text_length, text_keys)
@@ -86,13 +104,23 @@ class PLADISProcessor:
     def _set_fixed(self, settings: PLADISSettings, text_length: TextLength | None, text_keys: str | None) -> None:
         if text_length is not None and not isinstance(text_length, TextLength):
             raise TypeError(f"text_length must be a TextLength (see recorded_text_length), got {text_length!r}")
-        fixed = CallSettings(self, settings.pladis_scale, settings.pladis_alpha,
-                             recorded=text_length if text_length is not None else TextLength())
+        fixed = CallSettings(
+            self,
+            settings.pladis_scale,
+            settings.pladis_alpha,
+            recorded=text_length if text_length is not None else TextLength(),
+        )
         self._setup(self.stock_type(), text_keys or self.default_text_keys, False, _no_image_context, self, fixed)
 
     @classmethod
-    def installed(cls, original: object, text_keys: str, optional: bool, owner: object,
-                  image_context_calls: Callable[[torch.nn.Module], int] | None = None) -> "PLADISProcessor":
+    def installed(
+        cls,
+        original: object,
+        text_keys: str,
+        optional: bool,
+        owner: object,
+        image_context_calls: Callable[[torch.nn.Module], int] | None = None,
+    ) -> PLADISProcessor:
         """The processor `apply_pladis` sets on a layer whose processor was `original`: PLADIS with the
         settings `owner`'s current call has in this context (optional layers: only with single blocks on),
         else exactly `original`. `image_context_calls(attn)` counts leading attention calls not on text."""
@@ -125,8 +153,12 @@ class PLADISProcessor:
         return None if self._fixed is None else self._fixed.pladis_alpha
 
     def __repr__(self) -> str:
-        settings = "per call" if self._fixed is None else f"pladis_scale={self.pladis_scale}, pladis_alpha={self.pladis_alpha}"
-        return f"{type(self).__name__}({settings}, text_keys={self.text_keys!r}, original={type(self.original).__name__})"
+        settings = (
+            "per call" if self._fixed is None else f"pladis_scale={self.pladis_scale}, pladis_alpha={self.pladis_alpha}"
+        )
+        return (
+            f"{type(self).__name__}({settings}, text_keys={self.text_keys!r}, original={type(self.original).__name__})"
+        )
 
     def current_settings(self) -> CallSettings | None:
         """The settings this processor applies in the current context now (None: it runs `original`)."""
@@ -166,8 +198,14 @@ class PLADISProcessor:
             with calls_in_context(()):
                 return self._call(attn, args, kwargs)
         text_tokens, segments = self._text_layout(args, kwargs, settings.recorded)
-        layer = LayerCall(settings.pladis_scale, settings.pladis_alpha, self.text_keys, text_tokens, segments,
-                          self.image_context_calls(attn))
+        layer = LayerCall(
+            settings.pladis_scale,
+            settings.pladis_alpha,
+            self.text_keys,
+            text_tokens,
+            segments,
+            self.image_context_calls(attn),
+        )
         previous, calls.running = calls.running, layer
         try:
             return self._pladis_call(self._stock, attn, *args, **kwargs)
@@ -192,11 +230,19 @@ def pladis_processor_class(stock_type: type, name: str | None = None, text_keys:
         return self._call(attn, args, kwargs)
 
     __call__.__signature__ = signature
-    cls = type(name or f"PLADIS{stock_type.__name__}", (PLADISProcessor,), {
-        "__call__": __call__, "__module__": __name__, "stock_type": stock_type, "default_text_keys": text_keys,
-        "_pladis_call": staticmethod(_bound_to_pladis(stock_type)), "_text_argument": text_argument,
-        "__doc__": f"`{stock_type.__name__}` with PLADIS on its attention call (see `PLADISProcessor`).",
-    })
+    cls = type(
+        name or f"PLADIS{stock_type.__name__}",
+        (PLADISProcessor,),
+        {
+            "__call__": __call__,
+            "__module__": __name__,
+            "stock_type": stock_type,
+            "default_text_keys": text_keys,
+            "_pladis_call": staticmethod(_bound_to_pladis(stock_type)),
+            "_text_argument": text_argument,
+            "__doc__": f"`{stock_type.__name__}` with PLADIS on its attention call (see `PLADISProcessor`).",
+        },
+    )
     _CLASSES[stock_type] = cls
     return cls
 

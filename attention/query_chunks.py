@@ -11,7 +11,8 @@ the flat buffer is also kept for the thread's next call (`_kept_flat_buffer`).
 from __future__ import annotations
 
 import threading
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 
@@ -32,9 +33,7 @@ class QueryChunk(NamedTuple):
     product: torch.Tensor
 
 
-def query_chunks(
-    query: torch.Tensor, rows: slice, keys: int, value_dim: int, budget: int
-) -> Iterator[QueryChunk]:
+def query_chunks(query: torch.Tensor, rows: slice, keys: int, value_dim: int, budget: int) -> Iterator[QueryChunk]:
     """Split `query[..., rows, :]` into equal chunks of about `budget` scores (the last may be shorter).
 
     The chunks are as few as the budget allows and equal in size, so one workspace serves them all.
@@ -51,7 +50,7 @@ def query_chunks(
         stop = min(start + rows_per_chunk, rows.stop)
         views = [
             buffer[: batch_heads * (stop - start) * width].view(*batch_shape, stop - start, width)
-            for buffer, width in zip(flat, widths)
+            for buffer, width in zip(flat, widths, strict=True)
         ]
         query_rows, scores, *workspace, product = views
         query_rows.copy_(query[..., start:stop, :])

@@ -11,8 +11,8 @@ tests compare the seams, the processors and whole denoisers with it (`tests/mate
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 
@@ -74,8 +74,13 @@ def reference_scores(query, key, attn_mask=None, scale=None, *, float64: bool = 
     scale = query.shape[-1] ** -0.5 if scale is None else scale
     scores = query.to(dtype) @ key.to(dtype).transpose(-1, -2) * scale
     if attn_mask is not None:
-        mask = attn_mask if attn_mask.dtype != torch.bool else torch.zeros(
-            attn_mask.shape, dtype=dtype, device=attn_mask.device).masked_fill_(~attn_mask, float("-inf"))
+        mask = (
+            attn_mask
+            if attn_mask.dtype != torch.bool
+            else torch.zeros(attn_mask.shape, dtype=dtype, device=attn_mask.device).masked_fill_(
+                ~attn_mask, float("-inf")
+            )
+        )
         scores = scores + mask.to(dtype)
     return scores
 
@@ -86,8 +91,9 @@ def reference_pladis_weights(scores: torch.Tensor, pladis_scale: float, pladis_a
     return dense + pladis_scale * (reference_sparse_map(scores, pladis_alpha) - dense)
 
 
-def reference_text_block_weights(scores: torch.Tensor, text_length: int, pladis_scale: float,
-                                 pladis_alpha: float = 1.5, *, text_first: bool = True) -> torch.Tensor:
+def reference_text_block_weights(
+    scores: torch.Tensor, text_length: int, pladis_scale: float, pladis_alpha: float = 1.5, *, text_first: bool = True
+) -> torch.Tensor:
     """The joint text-block map on the full (N × N) scores of one joint sequence whose `text_length` text
     tokens come first (FLUX) or last (SD3): dense softmax rows, except the image-query × text-key block,
     which becomes `m·[λ·entmax_α(z_txt) + (1 − λ)·softmax(z_txt)]`, `m` the row's dense mass on the text
@@ -101,19 +107,37 @@ def reference_text_block_weights(scores: torch.Tensor, text_length: int, pladis_
     return weights
 
 
-def reference_pladis_sdpa(query, key, value, pladis_scale, pladis_alpha=1.5, attn_mask=None, scale=None, *,
-                          float64: bool = False):
+def reference_pladis_sdpa(
+    query, key, value, pladis_scale, pladis_alpha=1.5, attn_mask=None, scale=None, *, float64: bool = False
+):
     """The cross-attention rule: `(softmax(z) + λ·(entmax_α(z) − softmax(z)))·V`, `z = scale·QKᵀ + mask`,
     returned in `query`'s dtype (computed as `reference_scores` says)."""
-    weights = reference_pladis_weights(reference_scores(query, key, attn_mask, scale, float64=float64),
-                                       pladis_scale, pladis_alpha)
+    weights = reference_pladis_weights(
+        reference_scores(query, key, attn_mask, scale, float64=float64), pladis_scale, pladis_alpha
+    )
     return (weights @ value.to(weights.dtype)).to(query.dtype)
 
 
-def reference_text_block(query, key, value, text_length, pladis_scale, pladis_alpha=1.5, *, text_first=True,
-                         attn_mask=None, scale=None, float64: bool = False):
+def reference_text_block(
+    query,
+    key,
+    value,
+    text_length,
+    pladis_scale,
+    pladis_alpha=1.5,
+    *,
+    text_first=True,
+    attn_mask=None,
+    scale=None,
+    float64: bool = False,
+):
     """The joint text-block rule on the full (N × N) map (`reference_text_block_weights`) times V, returned
     in `query`'s dtype."""
-    weights = reference_text_block_weights(reference_scores(query, key, attn_mask, scale, float64=float64),
-                                           text_length, pladis_scale, pladis_alpha, text_first=text_first)
+    weights = reference_text_block_weights(
+        reference_scores(query, key, attn_mask, scale, float64=float64),
+        text_length,
+        pladis_scale,
+        pladis_alpha,
+        text_first=text_first,
+    )
     return (weights @ value.to(weights.dtype)).to(query.dtype)

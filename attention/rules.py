@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .call_context import CROSS, LEADING, PACKED, LayerCall, active_calls
 from .functional import cross_attention_rule
 from .joint_text_block import text_block_rule
-from .call_context import CROSS, LEADING, PACKED, LayerCall, active_calls
 
 _sdpa = F.scaled_dot_product_attention  # the real one, for the calls that stay dense
 
@@ -34,8 +34,9 @@ def _packed_attention(layer: LayerCall, query, key, value, attn_mask, scale) -> 
     for sample, (image_tokens, text_tokens) in enumerate(layer.segments):
         tokens = image_tokens + text_tokens
         if tokens > query.shape[2]:
-            raise RuntimeError(f"sample {sample} was recorded with {tokens} tokens, but the packed sequence has "
-                               f"{query.shape[2]}")
+            raise RuntimeError(
+                f"sample {sample} was recorded with {tokens} tokens, but the packed sequence has {query.shape[2]}"
+            )
         q, k, v = (t[sample : sample + 1, :, :tokens] for t in (query, key, value))
         output[sample : sample + 1, :, :tokens] = text_block_rule(
             q, k, v, text_tokens, layer.pladis_scale, layer.pladis_alpha, text_first=False, scale=scale
@@ -57,8 +58,15 @@ def pladis_attention(layer: LayerCall, query, key, value, attn_mask=None, scale=
     if layer.text_keys == PACKED:
         return _packed_attention(layer, query, key, value, attn_mask, scale)
     return text_block_rule(
-        query, key, value, layer.text_tokens, layer.pladis_scale, layer.pladis_alpha,
-        text_first=layer.text_keys == LEADING, attn_mask=attn_mask, scale=scale,
+        query,
+        key,
+        value,
+        layer.text_tokens,
+        layer.pladis_scale,
+        layer.pladis_alpha,
+        text_first=layer.text_keys == LEADING,
+        attn_mask=attn_mask,
+        scale=scale,
     )
 
 
@@ -83,8 +91,18 @@ def scaled_dot_product_attention(
 
 
 def dispatch_attention_fn(
-    query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False,
-    attention_kwargs=None, *, backend=None, parallel_config=None,
+    query,
+    key,
+    value,
+    attn_mask=None,
+    dropout_p=0.0,
+    is_causal=False,
+    scale=None,
+    enable_gqa=False,
+    attention_kwargs=None,
+    *,
+    backend=None,
+    parallel_config=None,
 ) -> torch.Tensor:
     """diffusers' `dispatch_attention_fn` ((B, N, H, D) tensors) as a PLADIS processor's attention call.
     The changed layers run PyTorch SDPA whatever attention backend was chosen."""

@@ -31,8 +31,9 @@ def clipped_kernel_size(kernel_size: int, length: int) -> int:
     return min(kernel_size, length - (length % 2 - 1))
 
 
-def gaussian_kernel_1d(kernel_size: int, sigma: float, dtype: torch.dtype = torch.float32,
-                       device: torch.device | str | None = None) -> torch.Tensor:
+def gaussian_kernel_1d(
+    kernel_size: int, sigma: float, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+) -> torch.Tensor:
     """A normalised Gaussian of `kernel_size` taps (odd) centred on the middle tap, built on `device`
     in float32 (no host-to-device copy per call), then cast to `dtype`."""
     half = (kernel_size - 1) / 2
@@ -88,7 +89,5 @@ def token_grid(num_tokens: int, latent_height: int, latent_width: int) -> tuple[
     while height * width > num_tokens and (height > 1 or width > 1):
         height, width = -(-height // 2), -(-width // 2)
     if height * width != num_tokens:
-        raise ValueError(
-            f"{num_tokens} tokens match no downsampling of the {latent_height}x{latent_width} latent grid"
-        )
+        raise ValueError(f"{num_tokens} tokens match no downsampling of the {latent_height}x{latent_width} latent grid")
     return height, width

@@ -7,9 +7,9 @@ U-Net call and the layer's token count, so non-square images work.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -93,7 +93,11 @@ class SmoothedEnergyAttnProcessor:
             grid = self._grid(hidden_states.shape[1])
         # The one SEG change: the perturbed chunk's query is blurred over its token grid.
         query, key, value, attention_mask, layout = unet_attention_heads(
-            attn, hidden_states, encoder_hidden_states, attention_mask, temb,
+            attn,
+            hidden_states,
+            encoder_hidden_states,
+            attention_mask,
+            temb,
             query_transform=lambda query: self.blur_perturbed_query(query, *grid),
         )
         hidden_states = F.scaled_dot_product_attention(

@@ -8,7 +8,7 @@ row find exactly; other α use Newton's method from below, which is monotone for
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -51,7 +51,9 @@ def _support_sums(gap: torch.Tensor, work: torch.Tensor) -> tuple[torch.Tensor, 
 RowUpdate = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict, int], tuple[torch.Tensor, torch.Tensor, dict]]
 
 
-def _solve_rows(shifted: torch.Tensor, update: RowUpdate, scratch: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+def _solve_rows(
+    shifted: torch.Tensor, update: RowUpdate, scratch: tuple[torch.Tensor, torch.Tensor] | None
+) -> torch.Tensor:
     """Run `update` pass after pass from τ = −1 until every row has settled; return τ per row.
 
     Once most rows have settled, the rest are gathered into a smaller block, so late passes cost

@@ -31,8 +31,9 @@ def _keys_for_scores(key: torch.Tensor, half_gemm: bool) -> torch.Tensor:
     return key.float().transpose(-1, -2)
 
 
-def _scores(query: torch.Tensor, key_t: torch.Tensor, scale: float, mask: torch.Tensor | None,
-            half_gemm: bool) -> torch.Tensor:
+def _scores(
+    query: torch.Tensor, key_t: torch.Tensor, scale: float, mask: torch.Tensor | None, half_gemm: bool
+) -> torch.Tensor:
     """Float32 `scale·QKᵀ + mask` for a chunk of query rows."""
     if half_gemm:
         flat = torch.bmm(query.reshape(-1, *query.shape[-2:]), key_t, out_dtype=torch.float32)
@@ -95,7 +96,13 @@ def sync_free_text_block_correction_(
     batch_heads = query.shape[:-2].numel()
     for rows in _row_chunks(image, batch_heads, text.stop - text.start):
         scores = _scores(query[..., rows, :], key_t, scale, mask_for_rows(mask, rows), half_gemm)
-        shift = pladis_shift_(scores, pladis_scale, pladis_alpha, sync_free=True,
-                              log_normaliser=row_values(log_normaliser, rows), text_mass=row_values(text_mass, rows))
+        shift = pladis_shift_(
+            scores,
+            pladis_scale,
+            pladis_alpha,
+            sync_free=True,
+            log_normaliser=row_values(log_normaliser, rows),
+            text_mass=row_values(text_mass, rows),
+        )
         output[..., rows, :].add_(torch.matmul(shift.to(value_in.dtype), value_in))
     return output

@@ -81,19 +81,44 @@ def _entmax_threshold(x, BLOCK_M: tl.constexpr, SPARSEMAX: tl.constexpr):
 
 
 @triton.jit
-def _row_scores(q_ptr, k_ptr, m_ptr, rows, cols, row_ok, col_ok, scale,
-                stride_qn, stride_qd, stride_kn, stride_kd, stride_mn, stride_mk, D,
-                HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                BLOCK_D: tl.constexpr, BLOCK_DK: tl.constexpr, DOT: tl.constexpr):
+def _row_scores(
+    q_ptr,
+    k_ptr,
+    m_ptr,
+    rows,
+    cols,
+    row_ok,
+    col_ok,
+    scale,
+    stride_qn,
+    stride_qd,
+    stride_kn,
+    stride_kd,
+    stride_mn,
+    stride_mk,
+    D,
+    HAS_MASK: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DK: tl.constexpr,
+    DOT: tl.constexpr,
+):
     """`scale·QKᵀ + mask` for one tile of rows × all keys, float32, −inf on padded keys."""
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for d0 in tl.static_range(0, BLOCK_D, BLOCK_DK):
         dims = d0 + tl.arange(0, BLOCK_DK)
         dim_ok = dims < D
-        q = tl.load(q_ptr + rows[:, None] * stride_qn + dims[None, :] * stride_qd,
-                    mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
-        k = tl.load(k_ptr + cols[None, :] * stride_kn + dims[:, None] * stride_kd,
-                    mask=col_ok[None, :] & dim_ok[:, None], other=0.0)
+        q = tl.load(
+            q_ptr + rows[:, None] * stride_qn + dims[None, :] * stride_qd,
+            mask=row_ok[:, None] & dim_ok[None, :],
+            other=0.0,
+        )
+        k = tl.load(
+            k_ptr + cols[None, :] * stride_kn + dims[:, None] * stride_kd,
+            mask=col_ok[None, :] & dim_ok[:, None],
+            other=0.0,
+        )
         if DOT == _DOT_IEEE:
             acc += tl.dot(q, k, input_precision="ieee")
         elif DOT == _DOT_HALF:  # a half-precision MMA, float32 accumulation (as SDPA's)
@@ -102,22 +127,43 @@ def _row_scores(q_ptr, k_ptr, m_ptr, rows, cols, row_ok, col_ok, scale,
             acc += tl.dot(q.to(tl.float32), k.to(tl.float32), input_precision="tf32")
     z = acc * scale
     if HAS_MASK:
-        z += tl.load(m_ptr + rows[:, None] * stride_mn + cols[None, :] * stride_mk,
-                     mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+        z += tl.load(
+            m_ptr + rows[:, None] * stride_mn + cols[None, :] * stride_mk,
+            mask=row_ok[:, None] & col_ok[None, :],
+            other=0.0,
+        ).to(tl.float32)
     return tl.where(col_ok[None, :], z, float("-inf"))
 
 
 @triton.jit
-def _weighted_values(w, v_ptr, o_ptr, rows, cols, row_ok, col_ok,
-                     stride_vn, stride_vd, stride_on, stride_od, DV,
-                     ACCUMULATE: tl.constexpr, DOT: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_DV: tl.constexpr, BLOCK_DVK: tl.constexpr):
+def _weighted_values(
+    w,
+    v_ptr,
+    o_ptr,
+    rows,
+    cols,
+    row_ok,
+    col_ok,
+    stride_vn,
+    stride_vd,
+    stride_on,
+    stride_od,
+    DV,
+    ACCUMULATE: tl.constexpr,
+    DOT: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    BLOCK_DVK: tl.constexpr,
+):
     """Write (or add) `w·V` for one tile of rows, accumulated in float32, stored in the output's dtype."""
     for d0 in tl.static_range(0, BLOCK_DV, BLOCK_DVK):
         dims = d0 + tl.arange(0, BLOCK_DVK)
         dim_ok = dims < DV
-        v = tl.load(v_ptr + cols[:, None] * stride_vn + dims[None, :] * stride_vd,
-                    mask=col_ok[:, None] & dim_ok[None, :], other=0.0)
+        v = tl.load(
+            v_ptr + cols[:, None] * stride_vn + dims[None, :] * stride_vd,
+            mask=col_ok[:, None] & dim_ok[None, :],
+            other=0.0,
+        )
         if DOT == _DOT_IEEE:
             out = tl.dot(w, v, input_precision="ieee")
         elif DOT == _DOT_HALF:  # the weights in V's dtype, as flash attention does, float32 accumulation
@@ -154,46 +200,148 @@ def _dense_and_sparse(z, BLOCK_M: tl.constexpr, SPARSEMAX: tl.constexpr):
 
 @triton.jit
 def _cross_attention_kernel(
-    q_ptr, k_ptr, v_ptr, m_ptr, o_ptr, pladis_scale, scale,
-    stride_qb, stride_qh, stride_qn, stride_qd,
-    stride_kb, stride_kh, stride_kn, stride_kd,
-    stride_vb, stride_vh, stride_vn, stride_vd,
-    stride_mb, stride_mh, stride_mn, stride_mk,
-    stride_ob, stride_oh, stride_on, stride_od,
-    H, N, L, D, DV,
-    HAS_MASK: tl.constexpr, SPARSEMAX: tl.constexpr, DOT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DK: tl.constexpr,
-    BLOCK_DV: tl.constexpr, BLOCK_DVK: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    m_ptr,
+    o_ptr,
+    pladis_scale,
+    scale,
+    stride_qb,
+    stride_qh,
+    stride_qn,
+    stride_qd,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_kd,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_vd,
+    stride_mb,
+    stride_mh,
+    stride_mn,
+    stride_mk,
+    stride_ob,
+    stride_oh,
+    stride_on,
+    stride_od,
+    H,
+    N,
+    L,
+    D,
+    DV,
+    HAS_MASK: tl.constexpr,
+    SPARSEMAX: tl.constexpr,
+    DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DK: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    BLOCK_DVK: tl.constexpr,
 ):
     pid_bh = tl.program_id(1)
     b, h = pid_bh // H, pid_bh % H
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
     row_ok, col_ok = rows < N, cols < L
-    z = _row_scores(q_ptr + b * stride_qb + h * stride_qh, k_ptr + b * stride_kb + h * stride_kh,
-                    m_ptr + b * stride_mb + h * stride_mh, rows, cols, row_ok, col_ok, scale,
-                    stride_qn, stride_qd, stride_kn, stride_kd, stride_mn, stride_mk, D,
-                    HAS_MASK, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DK, DOT)
+    z = _row_scores(
+        q_ptr + b * stride_qb + h * stride_qh,
+        k_ptr + b * stride_kb + h * stride_kh,
+        m_ptr + b * stride_mb + h * stride_mh,
+        rows,
+        cols,
+        row_ok,
+        col_ok,
+        scale,
+        stride_qn,
+        stride_qd,
+        stride_kn,
+        stride_kd,
+        stride_mn,
+        stride_mk,
+        D,
+        HAS_MASK,
+        BLOCK_M,
+        BLOCK_N,
+        BLOCK_D,
+        BLOCK_DK,
+        DOT,
+    )
     dense, row_sum, _, sparse = _dense_and_sparse(z, BLOCK_M, SPARSEMAX)
     w = sparse * pladis_scale + dense * ((1.0 - pladis_scale) / row_sum)[:, None]
-    _weighted_values(w, v_ptr + b * stride_vb + h * stride_vh, o_ptr + b * stride_ob + h * stride_oh,
-                     rows, cols, row_ok, col_ok, stride_vn, stride_vd, stride_on, stride_od, DV,
-                     False, DOT, BLOCK_N, BLOCK_DV, BLOCK_DVK)
+    _weighted_values(
+        w,
+        v_ptr + b * stride_vb + h * stride_vh,
+        o_ptr + b * stride_ob + h * stride_oh,
+        rows,
+        cols,
+        row_ok,
+        col_ok,
+        stride_vn,
+        stride_vd,
+        stride_on,
+        stride_od,
+        DV,
+        False,
+        DOT,
+        BLOCK_N,
+        BLOCK_DV,
+        BLOCK_DVK,
+    )
 
 
 @triton.jit
 def _text_block_kernel(
-    q_ptr, k_ptr, v_ptr, m_ptr, o_ptr, r_ptr, pladis_scale, scale,
-    stride_qb, stride_qh, stride_qn, stride_qd,
-    stride_kb, stride_kh, stride_kn, stride_kd,
-    stride_vb, stride_vh, stride_vn, stride_vd,
-    stride_mb, stride_mh, stride_mn, stride_mk,
-    stride_ob, stride_oh, stride_on, stride_od,
-    stride_rb, stride_rh, stride_rn,
-    H, ROW0, N, L, D, DV,
-    HAS_MASK: tl.constexpr, SPARSEMAX: tl.constexpr, DOT: tl.constexpr, ROW_IS_LSE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DK: tl.constexpr,
-    BLOCK_DV: tl.constexpr, BLOCK_DVK: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    m_ptr,
+    o_ptr,
+    r_ptr,
+    pladis_scale,
+    scale,
+    stride_qb,
+    stride_qh,
+    stride_qn,
+    stride_qd,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_kd,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_vd,
+    stride_mb,
+    stride_mh,
+    stride_mn,
+    stride_mk,
+    stride_ob,
+    stride_oh,
+    stride_on,
+    stride_od,
+    stride_rb,
+    stride_rh,
+    stride_rn,
+    H,
+    ROW0,
+    N,
+    L,
+    D,
+    DV,
+    HAS_MASK: tl.constexpr,
+    SPARSEMAX: tl.constexpr,
+    DOT: tl.constexpr,
+    ROW_IS_LSE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DK: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    BLOCK_DVK: tl.constexpr,
 ):
     # N image rows from joint row ROW0 (q, o, r and m rows), L text keys (k, v start at the first).
     pid_bh = tl.program_id(1)
@@ -202,10 +350,29 @@ def _text_block_kernel(
     rows = ROW0 + local
     cols = tl.arange(0, BLOCK_N)
     row_ok, col_ok = local < N, cols < L
-    z = _row_scores(q_ptr + b * stride_qb + h * stride_qh, k_ptr + b * stride_kb + h * stride_kh,
-                    m_ptr + b * stride_mb + h * stride_mh, rows, cols, row_ok, col_ok, scale,
-                    stride_qn, stride_qd, stride_kn, stride_kd, stride_mn, stride_mk, D,
-                    HAS_MASK, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DK, DOT)
+    z = _row_scores(
+        q_ptr + b * stride_qb + h * stride_qh,
+        k_ptr + b * stride_kb + h * stride_kh,
+        m_ptr + b * stride_mb + h * stride_mh,
+        rows,
+        cols,
+        row_ok,
+        col_ok,
+        scale,
+        stride_qn,
+        stride_qd,
+        stride_kn,
+        stride_kd,
+        stride_mn,
+        stride_mk,
+        D,
+        HAS_MASK,
+        BLOCK_M,
+        BLOCK_N,
+        BLOCK_D,
+        BLOCK_DK,
+        DOT,
+    )
     dense, row_sum, row_max, sparse = _dense_and_sparse(z, BLOCK_M, SPARSEMAX)
     row_value = tl.load(r_ptr + b * stride_rb + h * stride_rh + rows * stride_rn, mask=row_ok, other=0.0)
     if ROW_IS_LSE:  # exp(z − lse) = e·exp(max − lse): the joint softmax on the text keys; m its sum
@@ -214,10 +381,25 @@ def _text_block_kernel(
         factor = row_value.to(tl.float32) / row_sum
     mass = row_sum * factor
     w = pladis_scale * (sparse * mass[:, None] - dense * factor[:, None])
-    _weighted_values(w, v_ptr + b * stride_vb + h * stride_vh, o_ptr + b * stride_ob + h * stride_oh,
-                     rows, cols, row_ok, col_ok, stride_vn, stride_vd, stride_on, stride_od, DV,
-                     True, DOT, BLOCK_N, BLOCK_DV, BLOCK_DVK)
-
+    _weighted_values(
+        w,
+        v_ptr + b * stride_vb + h * stride_vh,
+        o_ptr + b * stride_ob + h * stride_oh,
+        rows,
+        cols,
+        row_ok,
+        col_ok,
+        stride_vn,
+        stride_vd,
+        stride_on,
+        stride_od,
+        DV,
+        True,
+        DOT,
+        BLOCK_N,
+        BLOCK_DV,
+        BLOCK_DVK,
+    )
 
 
 def _dot_kind(dtype: torch.dtype) -> int:
@@ -238,9 +420,12 @@ def _launch_config(keys: int, head_dim: int, value_dim: int) -> dict:
     block_d, block_dv = _pow2(head_dim), _pow2(value_dim)
     slice_dims = max(16, 16384 // block_n)
     return dict(
-        BLOCK_M=32 if block_n <= 128 else 16, BLOCK_N=block_n,
-        BLOCK_D=block_d, BLOCK_DK=min(block_d, slice_dims),
-        BLOCK_DV=block_dv, BLOCK_DVK=min(block_dv, slice_dims),
+        BLOCK_M=32 if block_n <= 128 else 16,
+        BLOCK_N=block_n,
+        BLOCK_D=block_d,
+        BLOCK_DK=min(block_d, slice_dims),
+        BLOCK_DV=block_dv,
+        BLOCK_DVK=min(block_dv, slice_dims),
         num_warps=8,
     )
 
@@ -279,10 +464,27 @@ def triton_pladis_attention(
     config = _launch_config(keys, head_dim, value_dim)
     grid = (triton.cdiv(rows, config["BLOCK_M"]), batch * heads)
     _cross_attention_kernel[grid](
-        query, key, value, query if mask is None else mask, output, float(pladis_scale), float(scale),
-        *query.stride(), *key.stride(), *value.stride(), *_strides4(mask, (batch, heads, rows, keys)),
-        *output.stride(), heads, rows, keys, head_dim, value_dim,
-        HAS_MASK=mask is not None, SPARSEMAX=pladis_alpha == 2.0, DOT=_dot_kind(query.dtype), **config,
+        query,
+        key,
+        value,
+        query if mask is None else mask,
+        output,
+        float(pladis_scale),
+        float(scale),
+        *query.stride(),
+        *key.stride(),
+        *value.stride(),
+        *_strides4(mask, (batch, heads, rows, keys)),
+        *output.stride(),
+        heads,
+        rows,
+        keys,
+        head_dim,
+        value_dim,
+        HAS_MASK=mask is not None,
+        SPARSEMAX=pladis_alpha == 2.0,
+        DOT=_dot_kind(query.dtype),
+        **config,
     )
     return output
 
@@ -314,11 +516,30 @@ def triton_text_block_correction_(
     config = _launch_config(keys, head_dim, value_dim)
     grid = (triton.cdiv(rows, config["BLOCK_M"]), batch * heads)
     _text_block_kernel[grid](
-        query, key_text, value_text, query if mask is None else mask, output, row_values,
-        float(pladis_scale), float(scale),
-        *query.stride(), *key_text.stride(), *value_text.stride(), *_strides4(mask, (batch, heads, joint, keys)),
-        *output.stride(), *row_values.stride(), heads, image.start, rows, keys, head_dim, value_dim,
-        HAS_MASK=mask is not None, SPARSEMAX=pladis_alpha == 2.0, DOT=_dot_kind(query.dtype),
-        ROW_IS_LSE=log_normaliser is not None, **config,
+        query,
+        key_text,
+        value_text,
+        query if mask is None else mask,
+        output,
+        row_values,
+        float(pladis_scale),
+        float(scale),
+        *query.stride(),
+        *key_text.stride(),
+        *value_text.stride(),
+        *_strides4(mask, (batch, heads, joint, keys)),
+        *output.stride(),
+        *row_values.stride(),
+        heads,
+        image.start,
+        rows,
+        keys,
+        head_dim,
+        value_dim,
+        HAS_MASK=mask is not None,
+        SPARSEMAX=pladis_alpha == 2.0,
+        DOT=_dot_kind(query.dtype),
+        ROW_IS_LSE=log_normaliser is not None,
+        **config,
     )
     return output

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 from .seg_blur import INFINITE_BLUR_SIGMA
 
@@ -25,7 +25,9 @@ def check_pladis_scale(pladis_scale: object) -> float:
     """Validate λ: a finite real number ≥ 0 (0 = off, 1 = pure sparse, > 1 extrapolates)."""
     value = _check_real("pladis_scale", pladis_scale, "finite and >= 0")
     if not math.isfinite(value) or value < 0:
-        raise ValueError(f"pladis_scale must be finite and >= 0 (0 disables PLADIS; 1.5-2.0 is typical), got {pladis_scale!r}")
+        raise ValueError(
+            f"pladis_scale must be finite and >= 0 (0 disables PLADIS; 1.5-2.0 is typical), got {pladis_scale!r}"
+        )
     return value
 
 
@@ -37,13 +39,13 @@ def check_pladis_alpha(pladis_alpha: object) -> float:
     return value
 
 
-
 def check_flag(name: str, value: object) -> bool:
     """Validate an on/off option such as `pladis_controlnet` or `pladis_single_blocks`: exactly a bool
     (a string like "no" is truthy, so anything else is refused rather than guessed)."""
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {type(value).__name__}: {value!r}")
     return value
+
 
 def check_guidance_scale(name: str, value: object) -> float:
     """Validate a guidance strength such as `pag_scale`, `pag_adaptive_scale` or `seg_scale`: finite, ≥ 0."""
@@ -58,8 +60,9 @@ def check_seg_blur_sigma(seg_blur_sigma: object) -> float:
     the mean query)."""
     sigma = _check_real("seg_blur_sigma", seg_blur_sigma, "> 0")
     if math.isnan(sigma) or sigma <= 0:
-        raise ValueError(f"seg_blur_sigma must be > 0 (above {INFINITE_BLUR_SIGMA:g} means infinite blur), "
-                         f"got {seg_blur_sigma!r}")
+        raise ValueError(
+            f"seg_blur_sigma must be > 0 (above {INFINITE_BLUR_SIGMA:g} means infinite blur), got {seg_blur_sigma!r}"
+        )
     return sigma
 
 

@@ -9,9 +9,10 @@ arguments once: both pipelines' keywords, defaults and docstrings, and the scrip
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from diffusers.models.attention_processor import Attention
 
@@ -45,28 +46,80 @@ class GuidanceArgument:
 
 
 GUIDANCE_ARGUMENTS: tuple[GuidanceArgument, ...] = (
-    GuidanceArgument("pag_scale", 0.0, "float", "PAG strength s (0 = off); the perturbed self-attention is the identity.",
-                     check_guidance_scale, "pag_scale"),
-    GuidanceArgument("pag_adaptive_scale", 0.0, "float", "PAG's timestep-adaptive decay (PAG only).",
-                     check_guidance_scale, "pag_adaptive_scale"),
-    GuidanceArgument("pag_applied_layers", None, "str | list[str] | None",
-                     'PAG layer ids (regexes on module names: "mid", "down_blocks.2", "up_blocks.0.attentions.1"); '
-                     'None = the pipeline\'s own, ["mid"] unless set otherwise.', None, "pag_layers", list),
-    GuidanceArgument("seg_scale", 0.0, "float", "SEG strength s (0 = off); cannot be combined with pag_scale > 0.",
-                     check_guidance_scale, "seg_scale"),
-    GuidanceArgument("seg_blur_sigma", SEG_INFINITE_BLUR, "float",
-                     "σ of SEG's query blur; above 9999 (the default) the query becomes its mean.",
-                     lambda name, value: check_seg_blur_sigma(value), "seg_blur_sigma"),
-    GuidanceArgument("seg_applied_layers", None, "str | list[str] | None",
-                     'SEG layer ids, same syntax as pag_applied_layers; None = ["mid"].', None, "seg_layers", list),
-    GuidanceArgument("pladis_scale", 0.0, "float",
-                     "λ in softmax + λ·(entmax_α − softmax) on every cross-attention layer; 0 = off.",
-                     lambda name, value: check_pladis_scale(value)),
-    GuidanceArgument("pladis_alpha", 1.5, "float", "α of the sparse map, in (1, 2]; 1.5 = entmax15 (default), 2.0 = sparsemax.",
-                     lambda name, value: check_pladis_alpha(value)),
-    GuidanceArgument("pladis_controlnet", False, "bool",
-                     "also put PLADIS on every cross-attention layer of the ControlNet(s) (ControlNet pipeline).",
-                     check_flag, "pladis_controlnet", bool),
+    GuidanceArgument(
+        "pag_scale",
+        0.0,
+        "float",
+        "PAG strength s (0 = off); the perturbed self-attention is the identity.",
+        check_guidance_scale,
+        "pag_scale",
+    ),
+    GuidanceArgument(
+        "pag_adaptive_scale",
+        0.0,
+        "float",
+        "PAG's timestep-adaptive decay (PAG only).",
+        check_guidance_scale,
+        "pag_adaptive_scale",
+    ),
+    GuidanceArgument(
+        "pag_applied_layers",
+        None,
+        "str | list[str] | None",
+        'PAG layer ids (regexes on module names: "mid", "down_blocks.2", "up_blocks.0.attentions.1"); '
+        'None = the pipeline\'s own, ["mid"] unless set otherwise.',
+        None,
+        "pag_layers",
+        list,
+    ),
+    GuidanceArgument(
+        "seg_scale",
+        0.0,
+        "float",
+        "SEG strength s (0 = off); cannot be combined with pag_scale > 0.",
+        check_guidance_scale,
+        "seg_scale",
+    ),
+    GuidanceArgument(
+        "seg_blur_sigma",
+        SEG_INFINITE_BLUR,
+        "float",
+        "σ of SEG's query blur; above 9999 (the default) the query becomes its mean.",
+        lambda name, value: check_seg_blur_sigma(value),
+        "seg_blur_sigma",
+    ),
+    GuidanceArgument(
+        "seg_applied_layers",
+        None,
+        "str | list[str] | None",
+        'SEG layer ids, same syntax as pag_applied_layers; None = ["mid"].',
+        None,
+        "seg_layers",
+        list,
+    ),
+    GuidanceArgument(
+        "pladis_scale",
+        0.0,
+        "float",
+        "λ in softmax + λ·(entmax_α − softmax) on every cross-attention layer; 0 = off.",
+        lambda name, value: check_pladis_scale(value),
+    ),
+    GuidanceArgument(
+        "pladis_alpha",
+        1.5,
+        "float",
+        "α of the sparse map, in (1, 2]; 1.5 = entmax15 (default), 2.0 = sparsemax.",
+        lambda name, value: check_pladis_alpha(value),
+    ),
+    GuidanceArgument(
+        "pladis_controlnet",
+        False,
+        "bool",
+        "also put PLADIS on every cross-attention layer of the ControlNet(s) (ControlNet pipeline).",
+        check_flag,
+        "pladis_controlnet",
+        bool,
+    ),
 )
 GUIDANCE_BY_NAME = {argument.name: argument for argument in GUIDANCE_ARGUMENTS}
 # The SEG/PAG pipeline takes all but pladis_controlnet; the ControlNet pipeline takes them all.
@@ -78,12 +131,14 @@ def guidance_signature(arguments: Sequence[GuidanceArgument]) -> inspect.Signatu
     """`(self, *args, <each argument>=<default>, **kwargs)`: what a pipeline's `__call__` taking `arguments`
     by keyword shows to `inspect.signature` (and so to the scripts' `call_parameters`)."""
     keyword = inspect.Parameter.KEYWORD_ONLY
-    return inspect.Signature([
-        inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-        inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL, annotation="Any"),
-        *(inspect.Parameter(a.name, keyword, default=a.default, annotation=a.annotation) for a in arguments),
-        inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD, annotation="Any"),
-    ])
+    return inspect.Signature(
+        [
+            inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+            inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL, annotation="Any"),
+            *(inspect.Parameter(a.name, keyword, default=a.default, annotation=a.annotation) for a in arguments),
+            inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD, annotation="Any"),
+        ]
+    )
 
 
 def accepts_guidance(arguments: Sequence[GuidanceArgument]) -> Callable[[Callable], Callable]:
@@ -96,7 +151,11 @@ def accepts_guidance(arguments: Sequence[GuidanceArgument]) -> Callable[[Callabl
             guidance = {argument.name: kwargs.pop(argument.name, argument.default) for argument in arguments}
             return call(self, guidance, *args, **kwargs)
 
-        __call__.__name__, __call__.__qualname__, __call__.__module__ = call.__name__, call.__qualname__, call.__module__
+        __call__.__name__, __call__.__qualname__, __call__.__module__ = (
+            call.__name__,
+            call.__qualname__,
+            call.__module__,
+        )
         lines = "\n".join(f"        {argument.name}: {argument.help}" for argument in arguments)
         __call__.__doc__ = f"{(call.__doc__ or '').rstrip()}\n\n{lines}\n        "
         __call__.__signature__ = guidance_signature(arguments)
@@ -127,8 +186,9 @@ _MISSING = object()
 
 def self_attention_layer_names(unet: Any) -> list[str]:
     """Names of the self-attention (`attn1`) layers of `unet`: what PAG / SEG layer ids are matched against."""
-    return [name for name, module in unet.named_modules()
-            if isinstance(module, Attention) and not module.is_cross_attention]
+    return [
+        name for name, module in unet.named_modules() if isinstance(module, Attention) and not module.is_cross_attention
+    ]
 
 
 class PerturbedGuidanceMixin:
@@ -148,7 +208,11 @@ class PerturbedGuidanceMixin:
         """Set up one call from its guidance arguments (names of `GUIDANCE_ARGUMENTS`; missing ones take their
         defaults); yields the `pag_scale` / `pag_adaptive_scale` to pass to the parent's `__call__`."""
         values, pladis = checked_guidance(arguments)
-        pag_scale, pag_adaptive_scale, seg_scale = values["pag_scale"], values["pag_adaptive_scale"], values["seg_scale"]
+        pag_scale, pag_adaptive_scale, seg_scale = (
+            values["pag_scale"],
+            values["pag_adaptive_scale"],
+            values["seg_scale"],
+        )
         pag_applied_layers, seg_applied_layers = values["pag_applied_layers"], values["seg_applied_layers"]
         seg_blur_sigma = values["seg_blur_sigma"]
         if pag_scale > 0 and seg_scale > 0:

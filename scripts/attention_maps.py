@@ -52,17 +52,35 @@ def step_indices(text: str) -> list[int] | None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and check the options (`--settings FILE` starts from a recorded run)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompt", default=None, help="default: a toy caption on the toy, else a red cube on a blue ball")
+    parser.add_argument(
+        "--prompt", default=None, help="default: a toy caption on the toy, else a red cube on a blue ball"
+    )
     parser.add_argument("--pladis-scale", type=float, default=2.0, help="λ of the generation and of the PLADIS maps")
-    parser.add_argument("--layer-groups", type=comma_words, default=list(LAYER_GROUPS),
-                        help="U-Net layer groups whose maps are averaged: any of down,mid,up (default all)")
-    parser.add_argument("--record-steps", type=step_indices, default=None,
-                        help="denoising steps to average, e.g. 0-9 or 0,5 (default: all)")
-    parser.add_argument("--tokens", type=comma_words, default=None,
-                        help="prompt words to show (default: every prompt token, up to --max-tokens)")
+    parser.add_argument(
+        "--layer-groups",
+        type=comma_words,
+        default=list(LAYER_GROUPS),
+        help="U-Net layer groups whose maps are averaged: any of down,mid,up (default all)",
+    )
+    parser.add_argument(
+        "--record-steps",
+        type=step_indices,
+        default=None,
+        help="denoising steps to average, e.g. 0-9 or 0,5 (default: all)",
+    )
+    parser.add_argument(
+        "--tokens",
+        type=comma_words,
+        default=None,
+        help="prompt words to show (default: every prompt token, up to --max-tokens)",
+    )
     parser.add_argument("--max-tokens", type=int, default=8)
-    parser.add_argument("--out", type=Path, default=Path("outputs/attention_maps.png"),
-                        help="grid PNG to write; its settings go to the same name with .json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("outputs/attention_maps.png"),
+        help="grid PNG to write; its settings go to the same name with .json",
+    )
     add_model_options(parser)
     add_generation_options(parser)
     add_settings_option(parser)
@@ -90,8 +108,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error("--record-steps names no step; give steps like 0-3,7 or 'all'")
         beyond = sorted(step for step in set(args.record_steps) if step >= args.steps)
         if beyond:
-            parser.error(f"--record-steps {','.join(map(str, beyond))}: the run has {args.steps} steps, "
-                         f"numbered 0 to {args.steps - 1}")
+            parser.error(
+                f"--record-steps {','.join(map(str, beyond))}: the run has {args.steps} steps, "
+                f"numbered 0 to {args.steps - 1}"
+            )
     tokenizer = prompt_tokenizer(args.model) if args.tokens is not None else None
     if tokenizer is not None:
         try:
@@ -117,8 +137,11 @@ def prompt_tokens(tokenizer: object, prompt: str) -> list[tuple[int, str]]:
     ids = tokenizer(prompt, truncation=True).input_ids
     special = set(tokenizer.all_special_ids)
     tokens = tokenizer.convert_ids_to_tokens(ids)
-    return [(position, token.replace("</w>", "")) for position, (token_id, token) in enumerate(zip(ids, tokens))
-            if token_id not in special]
+    return [
+        (position, token.replace("</w>", ""))
+        for position, (token_id, token) in enumerate(zip(ids, tokens, strict=True))
+        if token_id not in special
+    ]
 
 
 def chosen_tokens(tokenizer: object, prompt: str, words: list[str] | None, limit: int) -> list[tuple[int, str]]:
@@ -177,8 +200,13 @@ def record_maps(args: argparse.Namespace) -> tuple[Image.Image, AttentionMapStor
             pipe.unet, store, args.pladis_scale, args.pladis_alpha, args.layer_groups, condition_rows
         ):
             # λ = 0 here: the recording block already installed PLADIS with the recorders around it.
-            result = pipe(args.prompt, generator=seeded_generator(args.seed), pladis_scale=0.0,
-                          callback_on_step_end=step_progress(bar), **options)
+            result = pipe(
+                args.prompt,
+                generator=seeded_generator(args.seed),
+                pladis_scale=0.0,
+                callback_on_step_end=step_progress(bar),
+                **options,
+            )
     return result.images[0], store, tokens
 
 
@@ -190,12 +218,22 @@ def main(argv: list[str] | None = None) -> Path:
     dense_panels, pladis_panels = heat_panels(image, dense, pladis, tokens)
     where = f"{'+'.join(args.layer_groups)} layers"
     images = [image, *dense_panels, image, *pladis_panels]
-    labels = [f"image, PLADIS scale={args.pladis_scale:g}", *(f"softmax: {text}" for _, text in tokens),
-              f"maps: {where}", *(f"PLADIS {args.pladis_scale:g}: {text}" for _, text in tokens)]
+    labels = [
+        f"image, PLADIS scale={args.pladis_scale:g}",
+        *(f"softmax: {text}" for _, text in tokens),
+        f"maps: {where}",
+        *(f"PLADIS {args.pladis_scale:g}: {text}" for _, text in tokens),
+    ]
     path = save_grid(images, labels, args.out, columns=len(tokens) + 1)
     recorded_steps = sorted(store.steps) if store.steps is not None else "all"
-    settings = run_settings("scripts.attention_maps", args, argv, tokens=[text for _, text in tokens],
-                            recorded_steps=recorded_steps, recorded_layer_calls=store.counts)
+    settings = run_settings(
+        "scripts.attention_maps",
+        args,
+        argv,
+        tokens=[text for _, text in tokens],
+        recorded_steps=recorded_steps,
+        recorded_layer_calls=store.counts,
+    )
     write_json(path.with_suffix(".json"), settings)
     print(f"wrote {path}")
     return path

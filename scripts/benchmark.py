@@ -17,32 +17,48 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
 from attention.install import pladis_processors, swapped_attn_processors
-from attention.processors import PLADISAttnProcessor, PLADISFluxAttnProcessor
-from attention.flux_processor import TextLength, recorded_text_length
 from attention.kernel_choice import KERNEL_VARIABLE, KERNELS
+from attention.processors import PLADISAttnProcessor, PLADISFluxAttnProcessor
 from attention.reference import reference_formulation
 from scripts.cli.assets import REPO_ROOT
 from scripts.dispatch_counter import count_dispatch
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
-# Published architecture configs (stabilityai/stable-diffusion-xl-base-1.0 unet, black-forest-labs/FLUX.1-dev transformer).
+# Published architecture configs (stabilityai/stable-diffusion-xl-base-1.0 unet, black-forest-labs/FLUX.1-dev
+# transformer).
 SDXL_UNET_CONFIG = dict(
-    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+    sample_size=128,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280),
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
-    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816, norm_num_groups=32,
+    transformer_layers_per_block=(1, 2, 10),
+    attention_head_dim=(5, 10, 20),
+    cross_attention_dim=2048,
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+    norm_num_groups=32,
 )
 FLUX_TRANSFORMER_CONFIG = dict(
-    patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
-    num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+    patch_size=1,
+    in_channels=64,
+    num_layers=19,
+    num_single_layers=38,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    pooled_projection_dim=768,
+    guidance_embeds=True,
     axes_dims_rope=(16, 56, 56),
 )
 
@@ -63,10 +79,12 @@ def kernel_selected(kernel: str) -> Iterator[None]:
 
 def per_kernel(runs: dict[str, Callable[[], object]], kernels: list[str]) -> dict[str, Callable[[], object]]:
     """`runs` with its `pladis` variant run once per `PLADIS_KERNEL` value (`pladis` alone for `auto`)."""
+
     def selected(kernel):
         def call():
             with kernel_selected(kernel):
                 return runs["pladis"]()
+
         return call
 
     variants = {"stock": runs["stock"]}
@@ -77,13 +95,16 @@ def per_kernel(runs: dict[str, Callable[[], object]], kernels: list[str]) -> dic
 
 # ---- the cases: each builds (run function per variant) on a device ---------------------------
 
+
 def _module_variants(attn, stock, ours, *inputs) -> dict[str, Callable[[], object]]:
     """The three variants of an attention-module case: `stock` and `ours` called on `attn` with
     `inputs`, and `ours` with its attention function swapped for the reference formulation."""
+
     def run(processor, reference=False):
         def call():
             with reference_formulation() if reference else contextlib.nullcontext():
                 return processor(attn, *inputs)
+
         return call
 
     return {"stock": run(stock), "pladis": run(ours), "reference": run(ours, reference=True)}
@@ -96,20 +117,27 @@ def sdxl_attention_case(args) -> dict[str, Callable[[], object]]:
     attn = Attention(640, cross_attention_dim=2048, heads=10, dim_head=64).to(args.device, args.dtype).eval()
     hidden = torch.randn(2, 4096, 640, device=args.device, dtype=args.dtype)
     context = torch.randn(2, 77, 2048, device=args.device, dtype=args.dtype)
-    return _module_variants(attn, AttnProcessor2_0(), PLADISAttnProcessor(args.pladis_scale, args.pladis_alpha),
-                            hidden, context)
+    return _module_variants(
+        attn, AttnProcessor2_0(), PLADISAttnProcessor(args.pladis_scale, args.pladis_alpha), hidden, context
+    )
 
 
 def flux_attention_case(args) -> dict[str, Callable[[], object]]:
     """One FLUX double-stream attention module (24 heads × 128) over 512 text + 2048 image tokens."""
     from diffusers.models.transformers.transformer_flux import FluxAttention, FluxAttnProcessor
 
-    attn = FluxAttention(query_dim=3072, heads=24, dim_head=128, added_kv_proj_dim=3072, bias=True,
-                         context_pre_only=False, eps=1e-6).to(args.device, args.dtype).eval()
+    attn = (
+        FluxAttention(
+            query_dim=3072, heads=24, dim_head=128, added_kv_proj_dim=3072, bias=True, context_pre_only=False, eps=1e-6
+        )
+        .to(args.device, args.dtype)
+        .eval()
+    )
     image = torch.randn(1, 2048, 3072, device=args.device, dtype=args.dtype)
     text = torch.randn(1, 512, 3072, device=args.device, dtype=args.dtype)
-    return _module_variants(attn, FluxAttnProcessor(), PLADISFluxAttnProcessor(args.pladis_scale, args.pladis_alpha),
-                            image, text)
+    return _module_variants(
+        attn, FluxAttnProcessor(), PLADISFluxAttnProcessor(args.pladis_scale, args.pladis_alpha), image, text
+    )
 
 
 def _with_processors(model, table_builder, call, reference=False):
@@ -117,6 +145,7 @@ def _with_processors(model, table_builder, call, reference=False):
         with swapped_attn_processors(model, table_builder()) if table_builder else contextlib.nullcontext():
             with reference_formulation() if reference else contextlib.nullcontext():
                 return call()
+
     return run
 
 
@@ -131,14 +160,20 @@ def sdxl_unet_case(args) -> dict[str, Callable[[], object]]:
         sample=torch.randn(2, 4, latent, latent, device=args.device, dtype=args.dtype),
         timestep=torch.tensor(500, device=args.device),
         encoder_hidden_states=torch.randn(2, 77, 2048, device=args.device, dtype=args.dtype),
-        added_cond_kwargs={"text_embeds": torch.randn(2, 1280, device=args.device, dtype=args.dtype),
-                           "time_ids": torch.tensor([[args.resolution] * 2 + [0, 0] + [args.resolution] * 2] * 2,
-                                                    device=args.device, dtype=args.dtype)},
+        added_cond_kwargs={
+            "text_embeds": torch.randn(2, 1280, device=args.device, dtype=args.dtype),
+            "time_ids": torch.tensor(
+                [[args.resolution] * 2 + [0, 0] + [args.resolution] * 2] * 2, device=args.device, dtype=args.dtype
+            ),
+        },
     )
     call = lambda: unet(**inputs).sample  # noqa: E731
     table = lambda: pladis_processors(unet, args.pladis_scale, args.pladis_alpha)  # noqa: E731
-    return {"stock": _with_processors(unet, None, call), "pladis": _with_processors(unet, table, call),
-            "reference": _with_processors(unet, table, call, reference=True)}
+    return {
+        "stock": _with_processors(unet, None, call),
+        "pladis": _with_processors(unet, table, call),
+        "reference": _with_processors(unet, table, call, reference=True),
+    }
 
 
 def flux_transformer_case(args) -> dict[str, Callable[[], object]]:
@@ -157,12 +192,16 @@ def flux_transformer_case(args) -> dict[str, Callable[[], object]]:
         pooled_projections=torch.randn(1, 768, device=args.device, dtype=args.dtype),
         timestep=torch.tensor([0.5], device=args.device, dtype=args.dtype),
         guidance=torch.tensor([3.5], device=args.device, dtype=args.dtype),
-        img_ids=ids.reshape(-1, 3).to(args.device), txt_ids=torch.zeros(512, 3, device=args.device),
+        img_ids=ids.reshape(-1, 3).to(args.device),
+        txt_ids=torch.zeros(512, 3, device=args.device),
     )
     call = lambda: transformer(**inputs).sample  # noqa: E731
     table = lambda: pladis_processors(transformer, args.pladis_scale, args.pladis_alpha)  # noqa: E731
-    return {"stock": _with_processors(transformer, None, call), "pladis": _with_processors(transformer, table, call),
-            "reference": _with_processors(transformer, table, call, reference=True)}
+    return {
+        "stock": _with_processors(transformer, None, call),
+        "pladis": _with_processors(transformer, table, call),
+        "reference": _with_processors(transformer, table, call, reference=True),
+    }
 
 
 CASES = {
@@ -174,6 +213,7 @@ CASES = {
 
 
 # ---- measurement ------------------------------------------------------------------------------
+
 
 def median_times(runs: dict[str, Callable[[], object]], args) -> dict[str, float]:
     """Median seconds per variant; variants alternate within every round so drift hits all alike."""
@@ -221,8 +261,10 @@ def launches_and_syncs(run: Callable[[], object], device: str) -> tuple[int, int
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as trace:
             run()
         names = [event.name for event in trace.events()]
-        return (sum(name.startswith(_CUDA_LAUNCHES) for name in names),
-                sum(name.startswith(_CUDA_SYNCS) for name in names))
+        return (
+            sum(name.startswith(_CUDA_LAUNCHES) for name in names),
+            sum(name.startswith(_CUDA_SYNCS) for name in names),
+        )
 
 
 def _rss_bytes() -> int:
@@ -268,23 +310,39 @@ def memory_in_subprocess(case: str, variant: str, argv: list[str]) -> int:
 
 GPU_CHECK_TESTS = ("tests/test_kernel_paths.py", "tests/test_device_pipelines.py", "tests/test_compat_offload.py")
 # (case, dtype) of `--gpu-check`: the attention modules and one denoiser step of SDXL (fp16) and FLUX (bf16).
-GPU_CHECK_RUNS = (("sdxl-attention", "float16"), ("flux-attention", "bfloat16"), ("sdxl-unet", "float16"),
-                  ("flux-transformer", "bfloat16"))
+GPU_CHECK_RUNS = (
+    ("sdxl-attention", "float16"),
+    ("flux-attention", "bfloat16"),
+    ("sdxl-unet", "float16"),
+    ("flux-transformer", "bfloat16"),
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default="sdxl-attention,flux-attention",
-                        help=f"comma-separated, from {', '.join(CASES)} (the whole-model cases are heavy on CPU)")
+    parser.add_argument(
+        "--cases",
+        default="sdxl-attention,flux-attention",
+        help=f"comma-separated, from {', '.join(CASES)} (the whole-model cases are heavy on CPU)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-    parser.add_argument("--kernels", default="auto",
-                        help=f"comma-separated {KERNEL_VARIABLE} values to time PLADIS with, from {', '.join(KERNELS)}")
-    parser.add_argument("--counts", action="store_true",
-                        help="also count kernel launches and host syncs per call (profiler on CUDA, dispatched ops elsewhere)")
-    parser.add_argument("--gpu-check", action="store_true",
-                        help="the one-command GPU check: kernel and pipeline tests on the device, then SDXL (fp16) and "
-                             "FLUX (bf16) modules and denoiser steps with the torch and triton kernels, with counts")
+    parser.add_argument(
+        "--kernels",
+        default="auto",
+        help=f"comma-separated {KERNEL_VARIABLE} values to time PLADIS with, from {', '.join(KERNELS)}",
+    )
+    parser.add_argument(
+        "--counts",
+        action="store_true",
+        help="also count kernel launches and host syncs per call (profiler on CUDA, dispatched ops elsewhere)",
+    )
+    parser.add_argument(
+        "--gpu-check",
+        action="store_true",
+        help="the one-command GPU check: kernel and pipeline tests on the device, then SDXL (fp16) and "
+        "FLUX (bf16) modules and denoiser steps with the torch and triton kernels, with counts",
+    )
     parser.add_argument("--skip-tests", action="store_true", help="with --gpu-check: only the timing tables")
     parser.add_argument("--pladis-scale", type=float, default=2.0)
     parser.add_argument("--pladis-alpha", type=float, default=1.5)
@@ -309,33 +367,56 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_table(args, argv: list[str]) -> None:
     """One table row per case: times, ratios to stock and to the reference, peak memory, counts."""
-    print(f"# {time.strftime('%Y-%m-%d')}  device={_device_name(args.device)}  dtype={args.dtype_name}  "
-          f"torch={torch.__version__}  threads={torch.get_num_threads()}  λ={args.pladis_scale}  α={args.pladis_alpha}")
+    print(
+        f"# {time.strftime('%Y-%m-%d')}  device={_device_name(args.device)}  dtype={args.dtype_name}  "
+        f"torch={torch.__version__}  threads={torch.get_num_threads()}  λ={args.pladis_scale}  α={args.pladis_alpha}"
+    )
     for case in args.cases.split(","):
         runs = per_kernel(CASES[case](args), args.kernels)
         names = list(runs)
         times = median_times(runs, args)
         stock, reference = times["stock"], times["reference"]
         ours = [name for name in names if name.startswith("pladis")]
-        print(f"\n| {case} | " + " | ".join(f"{name} ms" for name in names) + " | "
-              + " | ".join(f"{name}/stock" for name in ours) + " | reference/stock | "
-              + " | ".join(f"{name}/reference" for name in ours) + " |")
+        print(
+            f"\n| {case} | "
+            + " | ".join(f"{name} ms" for name in names)
+            + " | "
+            + " | ".join(f"{name}/stock" for name in ours)
+            + " | reference/stock | "
+            + " | ".join(f"{name}/reference" for name in ours)
+            + " |"
+        )
         print("|---" * (1 + len(names) + 2 * len(ours) + 1) + "|")
-        print(f"| time | " + " | ".join(f"{times[name] * 1e3:.2f}" for name in names) + " | "
-              + " | ".join(f"{times[name] / stock:.3f}×" for name in ours) + f" | {reference / stock:.2f}× | "
-              + " | ".join(f"{times[name] / reference:.2f}×" for name in ours) + " |", flush=True)
+        print(
+            "| time | "
+            + " | ".join(f"{times[name] * 1e3:.2f}" for name in names)
+            + " | "
+            + " | ".join(f"{times[name] / stock:.3f}×" for name in ours)
+            + f" | {reference / stock:.2f}× | "
+            + " | ".join(f"{times[name] / reference:.2f}×" for name in ours)
+            + " |",
+            flush=True,
+        )
         if args.counts:
             counts = [launches_and_syncs(runs[name], args.device) for name in names]
-            print("| launches / syncs per call | " + " | ".join(f"{launches} / {syncs}" for launches, syncs in counts)
-                  + " |" * (2 * len(ours) + 1), flush=True)
+            print(
+                "| launches / syncs per call | "
+                + " | ".join(f"{launches} / {syncs}" for launches, syncs in counts)
+                + " |" * (2 * len(ours) + 1),
+                flush=True,
+            )
         if not args.no_memory:
             if args.device.startswith("cuda"):
                 peaks = [extra_peak_memory(runs, name, args) for name in names]
             else:
                 del runs
                 peaks = [memory_in_subprocess(case, name, _without_cases(argv)) for name in names]
-            print("| extra peak MiB | " + " | ".join(f"{peak / 2**20:.0f}" for peak in peaks)
-                  + " |" * (2 * len(ours) + 1), flush=True)
+            print(
+                "| extra peak MiB | "
+                + " | ".join(f"{peak / 2**20:.0f}" for peak in peaks)
+                + " |" * (2 * len(ours) + 1),
+                flush=True,
+            )
 
 
 def _device_name(device: str) -> str:
@@ -353,8 +434,9 @@ def gpu_check(args, argv: list[str]) -> int:
         print(f"# device tests: PLADIS_TEST_DEVICE={args.device} {' '.join(command[1:])}", flush=True)
         status = subprocess.run(command, env=environment, cwd=REPO_ROOT).returncode
     for case, dtype in GPU_CHECK_RUNS:
-        case_args = parse_args([*_without_cases(argv), "--cases", case, "--dtype", dtype, "--kernels", "torch,triton",
-                                "--counts"])
+        case_args = parse_args(
+            [*_without_cases(argv), "--cases", case, "--dtype", dtype, "--kernels", "torch,triton", "--counts"]
+        )
         case_args.flux_blocks = 1
         run_table(case_args, [*_without_cases(argv), "--dtype", dtype, "--kernels", "torch,triton"])
     return status

@@ -10,19 +10,45 @@ import argparse
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
-from diffusers import AutoencoderDC, DDIMScheduler, DPMSolverMultistepScheduler, PixArtSigmaPipeline
-from diffusers import PixArtTransformer2DModel, SanaPipeline, SanaTransformer2DModel, SD3Transformer2DModel
-from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline
+from diffusers import (
+    AutoencoderDC,
+    AutoencoderKL,
+    ControlNetModel,
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    PixArtSigmaPipeline,
+    PixArtTransformer2DModel,
+    SanaPipeline,
+    SanaTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLControlNetPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig, get_peft_model_state_dict
 from PIL import Image, ImageDraw
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
-from transformers import T5Config, T5EncoderModel, T5Tokenizer
-from transformers import Gemma2Config, Gemma2Model, GemmaTokenizer
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    DPTConfig,
+    DPTForDepthEstimation,
+    DPTImageProcessor,
+    Gemma2Config,
+    Gemma2Model,
+    GemmaTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5Tokenizer,
+)
 
 from scripts.cli.assets import (
     ASSET_DIR,
@@ -37,8 +63,33 @@ from scripts.cli.assets import (
 )
 
 # Tiny prompt words get their own tokens, so prompts that differ in a word give different embeddings.
-_WORDS = ["a", "an", "photo", "of", "cat", "dog", "red", "blue", "green", "cube", "ball", "on", "the", "table",
-          "astronaut", "riding", "horse", "in", "space", "mountains", "lake", "with", "and", "two", "three"]
+_WORDS = [
+    "a",
+    "an",
+    "photo",
+    "of",
+    "cat",
+    "dog",
+    "red",
+    "blue",
+    "green",
+    "cube",
+    "ball",
+    "on",
+    "the",
+    "table",
+    "astronaut",
+    "riding",
+    "horse",
+    "in",
+    "space",
+    "mountains",
+    "lake",
+    "with",
+    "and",
+    "two",
+    "three",
+]
 CLIP_MAX_LENGTH = 77
 T5_MAX_LENGTH = 512
 
@@ -71,9 +122,16 @@ def tiny_clip_tokenizer() -> CLIPTokenizer:
 
 def _clip_config(tokenizer: CLIPTokenizer, hidden_size: int, projection_dim: int) -> CLIPTextConfig:
     return CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=37, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=CLIP_MAX_LENGTH, projection_dim=projection_dim,
-        hidden_act="gelu", bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=CLIP_MAX_LENGTH,
+        projection_dim=projection_dim,
+        hidden_act="gelu",
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
 
@@ -81,13 +139,20 @@ def _clip_config(tokenizer: CLIPTokenizer, hidden_size: int, projection_dim: int
 def tiny_sdxl_unet(cross_attention_dim: int = 64, text_embeds_dim: int = 32) -> UNet2DConditionModel:
     """An SDXL-topology UNet (3 down blocks, 2 layers each, attention in the lower two), tiny widths."""
     return UNet2DConditionModel(
-        sample_size=32, in_channels=4, out_channels=4, layers_per_block=2,
-        block_out_channels=(8, 16, 32), norm_num_groups=8,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(8, 16, 32),
+        norm_num_groups=8,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=(1, 2, 2), attention_head_dim=(2, 4, 8),
-        use_linear_projection=True, cross_attention_dim=cross_attention_dim,
-        addition_embed_type="text_time", addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2, 2),
+        attention_head_dim=(2, 4, 8),
+        use_linear_projection=True,
+        cross_attention_dim=cross_attention_dim,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
         projection_class_embeddings_input_dim=6 * 8 + text_embeds_dim,
     )
 
@@ -95,8 +160,13 @@ def tiny_sdxl_unet(cross_attention_dim: int = 64, text_embeds_dim: int = 32) -> 
 def tiny_vae() -> AutoencoderKL:
     """A 2-level VAE (×2 downsampling): 64×64 images ↔ 32×32 latents."""
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64), sample_size=64,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(32, 64),
+        sample_size=64,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
     )
 
 
@@ -108,12 +178,21 @@ def build_tiny_sdxl(seed: int = 0) -> StableDiffusionXLPipeline:
     text_encoder_2 = CLIPTextModelWithProjection(_clip_config(tokenizer, hidden_size=32, projection_dim=32))
     unet = tiny_sdxl_unet(cross_attention_dim=32 + 32, text_embeds_dim=32)
     scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
-        timestep_spacing="leading", num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+        num_train_timesteps=1000,
     )
     pipe = StableDiffusionXLPipeline(
-        vae=tiny_vae(), text_encoder=text_encoder.eval(), text_encoder_2=text_encoder_2.eval(),
-        tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet.eval(), scheduler=scheduler,
+        vae=tiny_vae(),
+        text_encoder=text_encoder.eval(),
+        text_encoder_2=text_encoder_2.eval(),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet.eval(),
+        scheduler=scheduler,
         add_watermarker=False,
     )
     pipe.vae.eval()
@@ -142,18 +221,36 @@ def tiny_t5_tokenizer() -> T5Tokenizer:
 
 def tiny_t5_encoder(tokenizer: T5Tokenizer) -> T5EncoderModel:
     """A 2-layer T5 encoder of width 32 (no dropout) for `tokenizer`, like FLUX's, SD3's and PixArt's text encoder."""
-    return T5EncoderModel(T5Config(
-        vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, dropout_rate=0.0, feed_forward_proj="gated-gelu",
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=0,
-    )).eval()
+    return T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer),
+            d_model=32,
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            dropout_rate=0.0,
+            feed_forward_proj="gated-gelu",
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=0,
+        )
+    ).eval()
 
 
 def tiny_flux_transformer(guidance_embeds: bool) -> FluxTransformer2DModel:
     """A FLUX transformer with 2 double-stream + 2 single-stream blocks, 2 heads × 16, 16 latent channels."""
     return FluxTransformer2DModel(
-        patch_size=1, in_channels=4 * 16, num_layers=2, num_single_layers=2, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=guidance_embeds,
+        patch_size=1,
+        in_channels=4 * 16,
+        num_layers=2,
+        num_single_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=guidance_embeds,
         axes_dims_rope=(4, 4, 8),
     )
 
@@ -161,9 +258,17 @@ def tiny_flux_transformer(guidance_embeds: bool) -> FluxTransformer2DModel:
 def tiny_flux_vae() -> AutoencoderKL:
     """A 2-level VAE with FLUX's 16 latent channels, scaling/shift and no quant convs: 64×64 ↔ 32×32."""
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(32, 64), sample_size=64,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        use_quant_conv=False, use_post_quant_conv=False, scaling_factor=0.3611, shift_factor=0.1159,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=16,
+        block_out_channels=(32, 64),
+        sample_size=64,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        scaling_factor=0.3611,
+        shift_factor=0.1159,
     )
 
 
@@ -178,14 +283,23 @@ def build_tiny_flux(guidance_embeds: bool, seed: int = 0) -> FluxPipeline:
     transformer = tiny_flux_transformer(guidance_embeds)
     if guidance_embeds:
         scheduler = FlowMatchEulerDiscreteScheduler(
-            shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
-            base_image_seq_len=256, max_image_seq_len=4096,
+            shift=3.0,
+            use_dynamic_shifting=True,
+            base_shift=0.5,
+            max_shift=1.15,
+            base_image_seq_len=256,
+            max_image_seq_len=4096,
         )
     else:
         scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
     return FluxPipeline(
-        scheduler=scheduler, vae=tiny_flux_vae().eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer,
-        text_encoder_2=text_encoder_2.eval(), tokenizer_2=tokenizer_2, transformer=transformer.eval(),
+        scheduler=scheduler,
+        vae=tiny_flux_vae().eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2.eval(),
+        tokenizer_2=tokenizer_2,
+        transformer=transformer.eval(),
     )
 
 
@@ -216,17 +330,26 @@ def build_tiny_sdxl_controlnet_pipeline(seed: int = 0) -> StableDiffusionXLContr
     """The tiny SDXL with `build_tiny_sdxl_controlnet()`, as one pipeline folder (its `controlnet/`
     subfolder also loads alone with `ControlNetModel.from_pretrained`)."""
     components = build_tiny_sdxl(seed).components
-    return StableDiffusionXLControlNetPipeline(**components, controlnet=build_tiny_sdxl_controlnet(seed),
-                                               add_watermarker=False)
+    return StableDiffusionXLControlNetPipeline(
+        **components, controlnet=build_tiny_sdxl_controlnet(seed), add_watermarker=False
+    )
 
 
 def build_tiny_dpt(seed: int = 0) -> tuple[DPTForDepthEstimation, DPTImageProcessor]:
     """A random-weight ViT DPT depth estimator (4 layers of width 32, 32×32 input) and its image processor."""
     torch.manual_seed(seed)
     config = DPTConfig(
-        hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=37, image_size=32,
-        patch_size=8, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[16, 16, 32, 32],
-        fusion_hidden_size=16, reassemble_factors=[4, 2, 1, 0.5], is_hybrid=False,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=37,
+        image_size=32,
+        patch_size=8,
+        backbone_out_indices=[0, 1, 2, 3],
+        neck_hidden_sizes=[16, 16, 32, 32],
+        fusion_hidden_size=16,
+        reassemble_factors=[4, 2, 1, 0.5],
+        is_hybrid=False,
     )
     processor = DPTImageProcessor(size={"height": 32, "width": 32}, keep_aspect_ratio=False, ensure_multiple_of=8)
     return DPTForDepthEstimation(config).eval(), processor
@@ -254,17 +377,34 @@ def build_tiny_sd(version: str = "1.5", seed: int = 0) -> StableDiffusionPipelin
     tokenizer = tiny_clip_tokenizer()
     text_encoder = CLIPTextModel(_clip_config(tokenizer, hidden_size=32, projection_dim=32))
     unet = UNet2DConditionModel(
-        sample_size=32, layers_per_block=1, block_out_channels=(16, 32), norm_num_groups=8, cross_attention_dim=32,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        attention_head_dim=(2, 4) if version == "2" else 4, use_linear_projection=version == "2",
+        sample_size=32,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        norm_num_groups=8,
+        cross_attention_dim=32,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        attention_head_dim=(2, 4) if version == "2" else 4,
+        use_linear_projection=version == "2",
     )
     scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, steps_offset=1,
-        set_alpha_to_one=False, prediction_type="v_prediction" if version == "2" else "epsilon",
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        steps_offset=1,
+        set_alpha_to_one=False,
+        prediction_type="v_prediction" if version == "2" else "epsilon",
     )
     return StableDiffusionPipeline(
-        vae=tiny_vae().eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet.eval(),
-        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=tiny_vae().eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        unet=unet.eval(),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
 
 
@@ -276,15 +416,29 @@ def build_tiny_sd3(dual_attention: bool = True, seed: int = 0) -> StableDiffusio
     text_encoder = CLIPTextModelWithProjection(_clip_config(tokenizer, hidden_size=32, projection_dim=32))
     text_encoder_2 = CLIPTextModelWithProjection(_clip_config(tokenizer, hidden_size=32, projection_dim=32))
     transformer = SD3Transformer2DModel(
-        sample_size=32, patch_size=2, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=8,
-        num_attention_heads=2, caption_projection_dim=16, joint_attention_dim=32, pooled_projection_dim=64,
-        dual_attention_layers=(0,) if dual_attention else (), qk_norm="rms_norm" if dual_attention else None,
+        sample_size=32,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        caption_projection_dim=16,
+        joint_attention_dim=32,
+        pooled_projection_dim=64,
+        dual_attention_layers=(0,) if dual_attention else (),
+        qk_norm="rms_norm" if dual_attention else None,
     )
     return StableDiffusion3Pipeline(
-        transformer=transformer.eval(), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        vae=tiny_flux_vae().eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer,
-        text_encoder_2=text_encoder_2.eval(), tokenizer_2=tokenizer,
-        text_encoder_3=tiny_t5_encoder(tokenizer_3), tokenizer_3=tokenizer_3,
+        transformer=transformer.eval(),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=tiny_flux_vae().eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2.eval(),
+        tokenizer_2=tokenizer,
+        text_encoder_3=tiny_t5_encoder(tokenizer_3),
+        tokenizer_3=tokenizer_3,
     )
 
 
@@ -294,12 +448,29 @@ def build_tiny_pixart_sigma(seed: int = 0) -> PixArtSigmaPipeline:
     tokenizer = tiny_t5_tokenizer()
     text_encoder = tiny_t5_encoder(tokenizer)
     transformer = PixArtTransformer2DModel(
-        sample_size=32, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=2, caption_channels=32,
-        in_channels=4, out_channels=8, cross_attention_dim=16, attention_bias=True, activation_fn="gelu-approximate",
-        num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
+        sample_size=32,
+        num_layers=2,
+        patch_size=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        caption_channels=32,
+        in_channels=4,
+        out_channels=8,
+        cross_attention_dim=16,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
     )
-    return PixArtSigmaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=tiny_vae().eval(),
-                               transformer=transformer.eval(), scheduler=DPMSolverMultistepScheduler())
+    return PixArtSigmaPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=tiny_vae().eval(),
+        transformer=transformer.eval(),
+        scheduler=DPMSolverMultistepScheduler(),
+    )
 
 
 def tiny_gemma_tokenizer() -> GemmaTokenizer:
@@ -322,24 +493,55 @@ def build_tiny_sana(seed: int = 0) -> SanaPipeline:
     torch.manual_seed(seed)
     tokenizer = tiny_gemma_tokenizer()
     text_config = Gemma2Config(
-        head_dim=16, hidden_size=8, intermediate_size=64, num_attention_heads=2, num_hidden_layers=1,
-        num_key_value_heads=2, vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=1, bos_token_id=2,
+        head_dim=16,
+        hidden_size=8,
+        intermediate_size=64,
+        num_attention_heads=2,
+        num_hidden_layers=1,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
     )
     transformer = SanaTransformer2DModel(
-        patch_size=1, in_channels=4, out_channels=4, num_layers=2, num_attention_heads=2, attention_head_dim=4,
-        num_cross_attention_heads=2, cross_attention_head_dim=4, cross_attention_dim=8, caption_channels=8,
+        patch_size=1,
+        in_channels=4,
+        out_channels=4,
+        num_layers=2,
+        num_attention_heads=2,
+        attention_head_dim=4,
+        num_cross_attention_heads=2,
+        cross_attention_head_dim=4,
+        cross_attention_dim=8,
+        caption_channels=8,
         sample_size=32,
     )
     vae = AutoencoderDC(
-        in_channels=3, latent_channels=4, attention_head_dim=2, encoder_block_types=("ResBlock", "EfficientViTBlock"),
-        decoder_block_types=("ResBlock", "EfficientViTBlock"), encoder_block_out_channels=(8, 8),
-        decoder_block_out_channels=(8, 8), encoder_qkv_multiscales=((), (5,)), decoder_qkv_multiscales=((), (5,)),
-        encoder_layers_per_block=(1, 1), decoder_layers_per_block=(1, 1), downsample_block_type="conv",
-        upsample_block_type="interpolate", decoder_norm_types="rms_norm", decoder_act_fns="silu",
+        in_channels=3,
+        latent_channels=4,
+        attention_head_dim=2,
+        encoder_block_types=("ResBlock", "EfficientViTBlock"),
+        decoder_block_types=("ResBlock", "EfficientViTBlock"),
+        encoder_block_out_channels=(8, 8),
+        decoder_block_out_channels=(8, 8),
+        encoder_qkv_multiscales=((), (5,)),
+        decoder_qkv_multiscales=((), (5,)),
+        encoder_layers_per_block=(1, 1),
+        decoder_layers_per_block=(1, 1),
+        downsample_block_type="conv",
+        upsample_block_type="interpolate",
+        decoder_norm_types="rms_norm",
+        decoder_act_fns="silu",
         scaling_factor=0.41407,
     )
-    return SanaPipeline(tokenizer=tokenizer, text_encoder=Gemma2Model(text_config).eval(), vae=vae.eval(),
-                        transformer=transformer.eval(), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
+    return SanaPipeline(
+        tokenizer=tokenizer,
+        text_encoder=Gemma2Model(text_config).eval(),
+        vae=vae.eval(),
+        transformer=transformer.eval(),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -355,7 +557,8 @@ def main(argv: list[str] | None = None) -> None:
     depth_model.save_pretrained(args.out / TINY_DPT.name)
     depth_processor.save_pretrained(args.out / TINY_DPT.name)
     tiny_control_image().save(args.out / TINY_CONTROL_IMAGE.name)
-    print(f"wrote {args.out / TINY_SDXL_CONTROLNET.name}, {args.out / TINY_DPT.name}, {args.out / TINY_CONTROL_IMAGE.name}")
+    written = (TINY_SDXL_CONTROLNET, TINY_DPT, TINY_CONTROL_IMAGE)
+    print("wrote " + ", ".join(str(args.out / path.name) for path in written))
     for folder, guidance_embeds in ((TINY_FLUX_SCHNELL, False), (TINY_FLUX_DEV, True)):
         build_tiny_flux(guidance_embeds).save_pretrained(args.out / folder.name, safe_serialization=True)
         print(f"wrote {args.out / folder.name}")

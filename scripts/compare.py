@@ -39,8 +39,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prompt", default=None, help="default: a toy caption on the toy, else an astronaut")
     parser.add_argument("--pladis-scale", type=float, default=2.0, help="λ of the PLADIS panel (default 2.0)")
     parser.add_argument("--scales", default=None, help="λ sweep, e.g. 0,1,1.5,2 (default: 0 and --pladis-scale)")
-    parser.add_argument("--out", type=Path, default=Path("outputs/compare.png"),
-                        help="grid PNG to write; its settings go to the same name with .json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("outputs/compare.png"),
+        help="grid PNG to write; its settings go to the same name with .json",
+    )
     add_model_options(parser)
     add_generation_options(parser)
     add_settings_option(parser)
@@ -96,7 +100,9 @@ def first_image(result) -> Image.Image:
     if hasattr(result, "images"):
         return result.images[0]
     frame = result.frames[0][0]
-    return frame if isinstance(frame, Image.Image) else Image.fromarray((np.asarray(frame) * 255).round().astype("uint8"))
+    return (
+        frame if isinstance(frame, Image.Image) else Image.fromarray((np.asarray(frame) * 255).round().astype("uint8"))
+    )
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -37,8 +37,9 @@ def _signature(kernel, dtype: str, constants: dict) -> dict[str, str]:
     return signature
 
 
-def resource_usage(rule: str, keys: int, head_dim: int, dtype: str = "float16", arch: int = 90,
-                   masked: bool = True, alpha: float = 1.5) -> dict[str, int]:
+def resource_usage(
+    rule: str, keys: int, head_dim: int, dtype: str = "float16", arch: int = 90, masked: bool = True, alpha: float = 1.5
+) -> dict[str, int]:
     """Compile one kernel variant for `sm_{arch}` and return ptxas' REG / STACK / SHARED numbers."""
     kernel = KERNELS[rule]
     config = triton_kernels._launch_config(keys, head_dim, head_dim)
@@ -53,13 +54,18 @@ def resource_usage(rule: str, keys: int, head_dim: int, dtype: str = "float16", 
     with tempfile.TemporaryDirectory() as folder:
         cubin = Path(folder) / "kernel.cubin"
         cubin.write_bytes(compiled.asm["cubin"])
-        report = subprocess.run([str(cuobjdump), "--dump-resource-usage", str(cubin)],
-                                capture_output=True, text=True, check=True).stdout
+        report = subprocess.run(
+            [str(cuobjdump), "--dump-resource-usage", str(cubin)], capture_output=True, text=True, check=True
+        ).stdout
     line = next(line for line in report.splitlines() if "REG:" in line)
     fields = dict(item.split(":") for item in line.split() if ":" in item)
-    return {"registers": int(fields["REG"]), "stack": int(fields["STACK"]),
-            "shared": int(fields["SHARED"]) + compiled.metadata.shared, "warps": num_warps,
-            "block_m": config["BLOCK_M"]}
+    return {
+        "registers": int(fields["REG"]),
+        "stack": int(fields["STACK"]),
+        "shared": int(fields["SHARED"]) + compiled.metadata.shared,
+        "warps": num_warps,
+        "block_m": config["BLOCK_M"],
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,15 +73,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--arch", type=int, default=90, help="compute capability ×10: 80, 89, 90")
     args = parser.parse_args(argv)
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    print(f"| sm_{args.arch} | keys | head dim | dtype | mask | BLOCK_M × warps | registers | spill stack B | shared B |")
+    print(
+        f"| sm_{args.arch} | keys | head dim | dtype | mask | BLOCK_M × warps | registers | spill stack B | shared B |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for rule in KERNELS:
         for keys, head_dim in ((77, 64), (300, 72), (512, 128)):
             for dtype in ("float16", "bfloat16", "float32"):
                 masked = rule == "cross-attention"
                 usage = resource_usage(rule, keys, head_dim, dtype, args.arch, masked)
-                print(f"| {rule} | {keys} | {head_dim} | {dtype} | {masked} | {usage['block_m']} × {usage['warps']} "
-                      f"| {usage['registers']} | {usage['stack']} | {usage['shared']} |", flush=True)
+                print(
+                    f"| {rule} | {keys} | {head_dim} | {dtype} | {masked} | {usage['block_m']} × {usage['warps']} "
+                    f"| {usage['registers']} | {usage['stack']} | {usage['shared']} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -7,18 +7,42 @@ processor would cost on a GPU can be counted on this CPU (tests and the benchmar
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 # Ops that read a device value back to the host, or whose output size depends on data.
-_SYNC_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "is_nonzero", "equal", "allclose", "unique",
-             "_unique2", "item"}
+_SYNC_OPS = {
+    "_local_scalar_dense",
+    "nonzero",
+    "masked_select",
+    "is_nonzero",
+    "equal",
+    "allclose",
+    "unique",
+    "_unique2",
+    "item",
+}
 # Ops that launch no kernel: allocation and metadata.
-_FREE_OPS = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "detach", "lift_fresh",
-             "_unsafe_view", "_reshape_alias", "alias", "sym_size", "sym_stride", "sym_numel", "sym_storage_offset", "copy_meta"}
+_FREE_OPS = {
+    "empty",
+    "empty_like",
+    "empty_strided",
+    "new_empty",
+    "new_empty_strided",
+    "detach",
+    "lift_fresh",
+    "_unsafe_view",
+    "_reshape_alias",
+    "alias",
+    "sym_size",
+    "sym_stride",
+    "sym_numel",
+    "sym_storage_offset",
+    "copy_meta",
+}
 
 
 @dataclass

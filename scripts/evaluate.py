@@ -1,4 +1,5 @@
-"""Score folders of generated images against their prompts: CLIPScore, FID to a reference folder, ImageReward, PickScore.
+"""Score folders of generated images against their prompts: CLIPScore, FID to a reference folder, ImageReward,
+PickScore.
 
 It prints one table row per folder (e.g. without and with PLADIS, as in the paper's tables); a metric whose
 model or weights are not available reads "n/a" with the reason, and FID is named after the features it used.
@@ -11,9 +12,9 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -69,8 +70,12 @@ def inception_features(weights: Path, device: str) -> FeatureExtractor:
 
     @torch.no_grad()
     def extract(images: Sequence[Image.Image]) -> np.ndarray:
-        pixels = np.stack([np.asarray(image.convert("RGB").resize((INCEPTION_SIZE, INCEPTION_SIZE), Image.BILINEAR))
-                           for image in images])
+        pixels = np.stack(
+            [
+                np.asarray(image.convert("RGB").resize((INCEPTION_SIZE, INCEPTION_SIZE), Image.BILINEAR))
+                for image in images
+            ]
+        )
         batch = (torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
         return model(batch.to(device)).float().cpu().numpy()
 
@@ -142,7 +147,7 @@ def image_reward_model(name: str, device: str) -> object:
 
 def image_reward_scores(model: object, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[float]:
     scores = []
-    for image, prompt in zip(images, prompts):
+    for image, prompt in zip(images, prompts, strict=True):
         score = model.score(prompt, image)
         scores.append(float(score[0] if isinstance(score, (list, tuple)) else score))
     return scores
@@ -209,15 +214,19 @@ def check_image_prompts(images: dict[Path, str]) -> None:
             mismatches.append(f"{path}: made from {carried!r}, scored against {prompt!r}")
     if mismatches:
         shown = "\n  ".join(mismatches[:5]) + (f"\n  ... and {len(mismatches) - 5} more" if len(mismatches) > 5 else "")
-        raise SystemExit(f"evaluate.py: {len(mismatches)} images carry another prompt than the one they would be "
-                         f"scored against (wrong --prompts file, or folders of another prompt list):\n  {shown}")
+        raise SystemExit(
+            f"evaluate.py: {len(mismatches)} images carry another prompt than the one they would be "
+            f"scored against (wrong --prompts file, or folders of another prompt list):\n  {shown}"
+        )
     if unchecked:
-        print(f"note: {unchecked} images carry no prompt text field; their prompts could not be checked", file=sys.stderr)
+        print(
+            f"note: {unchecked} images carry no prompt text field; their prompts could not be checked", file=sys.stderr
+        )
 
 
 def in_batches(items: Sequence, size: int):
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 def open_images(paths: Sequence[Path]) -> list[Image.Image]:
@@ -242,22 +251,38 @@ def features_of(paths: Sequence[Path], extract: FeatureExtractor, batch_size: in
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path, help="generated folders, e.g. out/pladis_0 out/pladis_2")
-    parser.add_argument("--prompts", type=Path, default=None,
-                        help=f"prompt file (default: the {MANIFEST} generate.py wrote next to the folders)")
+    parser.add_argument(
+        "--prompts",
+        type=Path,
+        default=None,
+        help=f"prompt file (default: the {MANIFEST} generate.py wrote next to the folders)",
+    )
     parser.add_argument("--labels", default=None, help="comma-separated row labels (default from folder names)")
     parser.add_argument("--reference", type=Path, default=None, help="reference images for FID (e.g. COCO val)")
-    parser.add_argument("--clip-model", default="openai/clip-vit-large-patch14",
-                        help="CLIP for CLIPScore: local folder or hub id (default ViT-L/14, as torchmetrics)")
-    parser.add_argument("--fid-features", choices=("inception", "clip"), default="inception",
-                        help="inception: torchvision Inception-v3 (needs --inception-weights); "
-                             "clip: the --clip-model image embeddings, reported as 'FID (CLIP features)'")
-    parser.add_argument("--inception-weights", type=Path, default=None,
-                        help="local torchvision inception_v3 state dict (.pth) for FID")
-    parser.add_argument("--imagereward-model", default=None,
-                        help="ImageReward checkpoint name or file (needs the image-reward package)")
+    parser.add_argument(
+        "--clip-model",
+        default="openai/clip-vit-large-patch14",
+        help="CLIP for CLIPScore: local folder or hub id (default ViT-L/14, as torchmetrics)",
+    )
+    parser.add_argument(
+        "--fid-features",
+        choices=("inception", "clip"),
+        default="inception",
+        help="inception: torchvision Inception-v3 (needs --inception-weights); "
+        "clip: the --clip-model image embeddings, reported as 'FID (CLIP features)'",
+    )
+    parser.add_argument(
+        "--inception-weights", type=Path, default=None, help="local torchvision inception_v3 state dict (.pth) for FID"
+    )
+    parser.add_argument(
+        "--imagereward-model", default=None, help="ImageReward checkpoint name or file (needs the image-reward package)"
+    )
     parser.add_argument("--pickscore-model", default=None, help="PickScore CLIP model: local folder or hub id")
-    parser.add_argument("--pickscore-processor", default=None,
-                        help="its processor (default: the model's folder; PickScore_v1 uses laion/CLIP-ViT-H-14-laion2B-s32B-b79K)")
+    parser.add_argument(
+        "--pickscore-processor",
+        default=None,
+        help="its processor (default: the model's folder; PickScore_v1 uses laion/CLIP-ViT-H-14-laion2B-s32B-b79K)",
+    )
     parser.add_argument("--device", default=None)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
@@ -273,8 +298,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for folder in args.folders:
         if not folder.is_dir():
             parser.error(f"no such folder: {folder} (give generate.py's folders, e.g. out/pladis_0 out/pladis_2)")
-    for option, path, kind in (("--prompts", args.prompts, "file"), ("--reference", args.reference, "folder"),
-                               ("--inception-weights", args.inception_weights, "file")):
+    for option, path, kind in (
+        ("--prompts", args.prompts, "file"),
+        ("--reference", args.reference, "folder"),
+        ("--inception-weights", args.inception_weights, "file"),
+    ):
         if path is not None and not (path.is_dir() if kind == "folder" else path.is_file()):
             parser.error(f"{option}: no such {kind}: {path}")
     args.device = args.device or default_device()
@@ -292,13 +320,18 @@ def evaluate(args: argparse.Namespace) -> dict:
     shared = sorted(set.intersection(*(set(found) for found in images)) & set(entries))
     if not shared:
         raise SystemExit("the folders share no image index that has a prompt")
-    for folder, found in zip(args.folders, images):
+    for folder, found in zip(args.folders, images, strict=True):
         if len(found) != len(shared):
-            print(f"note: {folder} has {len(found)} images; scoring the {len(shared)} all folders share", file=sys.stderr)
+            print(
+                f"note: {folder} has {len(found)} images; scoring the {len(shared)} all folders share", file=sys.stderr
+            )
     prompts = [entries[index] for index in shared]
     check_image_prompts({found[index]: entries[index] for found in images for index in shared})
     labels = args.labels or [folder_label(folder) for folder in args.folders]
-    rows = [{"label": label, "folder": str(folder), "images": len(shared)} for label, folder in zip(labels, args.folders)]
+    rows = [
+        {"label": label, "folder": str(folder), "images": len(shared)}
+        for label, folder in zip(labels, args.folders, strict=True)
+    ]
 
     clip = ClipModel(args.clip_model, args.device)
     metrics: dict[str, str] = {"clip_score": f"CLIPScore ({args.clip_model})"}
@@ -334,8 +367,10 @@ def evaluate(args: argparse.Namespace) -> dict:
     elif args.fid_features == "clip":
         extract, metrics["fid"] = clip.image_features, f"FID (CLIP features, {args.clip_model})"
     elif args.inception_weights is None:
-        metrics["fid"] = ("n/a (Inception weights unavailable: pass --inception-weights FILE, "
-                          "or --fid-features clip for an FID on CLIP features)")
+        metrics["fid"] = (
+            "n/a (Inception weights unavailable: pass --inception-weights FILE, "
+            "or --fid-features clip for an FID on CLIP features)"
+        )
     else:
         extract = inception_features(args.inception_weights, args.device)
         metrics["fid"] = "FID (torchvision Inception-v3 pool features)"
@@ -345,11 +380,13 @@ def evaluate(args: argparse.Namespace) -> dict:
         reference = features_of(reference_images(args.reference), extract, args.batch_size)
 
     with tqdm(total=len(args.folders) * len(shared), desc="evaluate", unit="image") as bar:
-        for row, found in zip(rows, images):
+        for row, found in zip(rows, images, strict=True):
             paths = [found[index] for index in shared]
             scores: dict[str, list[float]] = {name: [] for name in scorers}
             features = []
-            for batch_paths, batch_prompts in zip(in_batches(paths, args.batch_size), in_batches(prompts, args.batch_size)):
+            for batch_paths, batch_prompts in zip(
+                in_batches(paths, args.batch_size), in_batches(prompts, args.batch_size), strict=True
+            ):
                 batch = open_images(batch_paths)
                 for name, score in scorers.items():
                     scores[name] += score(batch, batch_prompts)
@@ -368,11 +405,20 @@ def _cell(value: float | None) -> str:
 
 def format_table(results: dict) -> str:
     """A Markdown table (FID ↓, CLIPScore ↑, ImageReward ↑, PickScore ↑ per folder) and what each column is."""
-    columns = [("fid", "FID ↓"), ("clip_score", "CLIPScore ↑"), ("image_reward", "ImageReward ↑"), ("pick_score", "PickScore ↑")]
-    lines = ["| | images | " + " | ".join(title for _, title in columns) + " |",
-             "| --- | ---: | " + " | ".join("---:" for _ in columns) + " |"]
+    columns = [
+        ("fid", "FID ↓"),
+        ("clip_score", "CLIPScore ↑"),
+        ("image_reward", "ImageReward ↑"),
+        ("pick_score", "PickScore ↑"),
+    ]
+    lines = [
+        "| | images | " + " | ".join(title for _, title in columns) + " |",
+        "| --- | ---: | " + " | ".join("---:" for _ in columns) + " |",
+    ]
     for row in results["rows"]:
-        lines.append(f"| {row['label']} | {row['images']} | " + " | ".join(_cell(row.get(name)) for name, _ in columns) + " |")
+        lines.append(
+            f"| {row['label']} | {row['images']} | " + " | ".join(_cell(row.get(name)) for name, _ in columns) + " |"
+        )
     lines.append("")
     lines += [f"{title.split()[0]}: {results['metrics'][name]}" for name, title in columns]
     return "\n".join(lines)

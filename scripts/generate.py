@@ -1,7 +1,8 @@
 """Generate every prompt of a file at each PLADIS scale into one folder per scale, skipping images already there.
 
 It runs on one device as `python -m scripts.generate`, and unchanged on several GPUs or machines under
-`accelerate launch -m scripts.generate`, which splits the prompts between processes; each image depends only on its prompt and seed.
+`accelerate launch -m scripts.generate`, which splits the prompts between processes; each image depends only on its
+prompt and seed.
 """
 
 from __future__ import annotations
@@ -41,13 +42,25 @@ _RESUMABLE_OPTIONS = {"batch_size", "device", "out", "settings", "scales", "prom
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and check the options (`--settings FILE` starts from a recorded run)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=Path, default=None,
-                        help="prompt file: one prompt a line, or JSON lines {\"prompt\": ..., \"seed\": ...}")
-    parser.add_argument("--out", type=Path, default=Path("outputs/generated"),
-                        help="output folder: one subfolder per scale (pladis_0, pladis_2, ...)")
+    parser.add_argument(
+        "--prompts",
+        type=Path,
+        default=None,
+        help='prompt file: one prompt a line, or JSON lines {"prompt": ..., "seed": ...}',
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("outputs/generated"),
+        help="output folder: one subfolder per scale (pladis_0, pladis_2, ...)",
+    )
     parser.add_argument("--scales", default="0,2", help="λ values, e.g. 0,2 (default: without and with PLADIS)")
-    parser.add_argument("--batch-size", type=int, default=1,
-                        help="prompts per pipeline call (1 keeps images bit-identical whatever the split)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="prompts per pipeline call (1 keeps images bit-identical whatever the split)",
+    )
     add_model_options(parser)
     add_generation_options(parser)
     add_settings_option(parser)
@@ -98,8 +111,15 @@ def runs_on_cpu(args: argparse.Namespace) -> bool:
 
 def manifest_records(entries: list[PromptEntry], base_seed: int) -> list[dict]:
     """The manifest lines: every prompt with its resolved seed, in index order."""
-    return [{"index": entry.index, "prompt": entry.prompt, "seed": prompt_seed(entry, base_seed),
-             "negative_prompt": entry.negative_prompt} for entry in entries]
+    return [
+        {
+            "index": entry.index,
+            "prompt": entry.prompt,
+            "seed": prompt_seed(entry, base_seed),
+            "negative_prompt": entry.negative_prompt,
+        }
+        for entry in entries
+    ]
 
 
 def check_same_settings(out: Path, settings: dict, records: list[dict]) -> str | None:
@@ -108,19 +128,24 @@ def check_same_settings(out: Path, settings: dict, records: list[dict]) -> str |
     path = Path(out) / SETTINGS
     if path.exists():
         before, now = read_settings(path)["arguments"], settings["arguments"]
-        changed = sorted(name for name in set(before) | set(now)
-                         if name not in _RESUMABLE_OPTIONS and before.get(name) != now.get(name))
+        changed = sorted(
+            name
+            for name in set(before) | set(now)
+            if name not in _RESUMABLE_OPTIONS and before.get(name) != now.get(name)
+        )
         if changed:
             details = ", ".join(f"{name}: {before.get(name)!r} -> {now.get(name)!r}" for name in changed)
             return f"{out} holds images made with other settings ({details}); choose a new --out"
     manifest = Path(out) / MANIFEST
     if manifest.exists():
         earlier = [json.loads(line) for line in read_text_file(manifest).splitlines() if line.strip()]
-        for old, new in zip(earlier, records):
+        for old, new in zip(earlier, records, strict=False):
             if old != new:
-                return (f"{out} holds images of other prompts or seeds (index {old['index']}: "
-                        f"{old['prompt']!r} seed {old['seed']} -> {new['prompt']!r} seed {new['seed']}); "
-                        "choose a new --out")
+                return (
+                    f"{out} holds images of other prompts or seeds (index {old['index']}: "
+                    f"{old['prompt']!r} seed {old['seed']} -> {new['prompt']!r} seed {new['seed']}); "
+                    "choose a new --out"
+                )
     return None
 
 
@@ -162,7 +187,7 @@ def batches(entries: list[PromptEntry], batch_size: int) -> list[list[PromptEntr
     result = []
     for _, group in groupby(entries, key=lambda entry: entry.negative_prompt):
         group = list(group)
-        result += [group[start:start + batch_size] for start in range(0, len(group), batch_size)]
+        result += [group[start : start + batch_size] for start in range(0, len(group), batch_size)]
     return result
 
 
@@ -175,8 +200,14 @@ def main(argv: list[str] | None = None) -> list[Path]:
         raise SystemExit("leave --device out under `accelerate launch`: each process uses its own device")
     # accelerate names CPU processes' device `cpu:0`; diffusers computes differently on `cpu:0` than on `cpu`
     device = args.device or (torch.device("cpu") if state.device.type == "cpu" else state.device)
-    settings = run_settings("scripts.generate", args, argv, device=str(device), num_processes=state.num_processes,
-                            folders={f"{scale:g}": str(scale_folder(args.out, scale)) for scale in args.scales})
+    settings = run_settings(
+        "scripts.generate",
+        args,
+        argv,
+        device=str(device),
+        num_processes=state.num_processes,
+        folders={f"{scale:g}": str(scale_folder(args.out, scale)) for scale in args.scales},
+    )
     records = manifest_records(entries, args.seed)
     problem = claim_folder(args.out, settings, records) if state.is_main_process else None
     problem = broadcast_object_list([problem])[0]  # every process stops, or none
@@ -184,8 +215,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
         raise SystemExit(problem)
     written: list[Path] = []
     with state.split_between_processes(entries) as share:
-        jobs = {scale: [entry for entry in share if not image_path(args.out, entry.index, scale).exists()]
-                for scale in args.scales}
+        jobs = {
+            scale: [entry for entry in share if not image_path(args.out, entry.index, scale).exists()]
+            for scale in args.scales
+        }
         total = sum(len(todo) for todo in jobs.values())
         if total:
             pipe = load_pipeline(args, device)
@@ -200,18 +233,25 @@ def main(argv: list[str] | None = None) -> list[Path]:
                     negative = args.negative_prompt if negative is None else negative
                     if negative is not None:
                         options["negative_prompt"] = [negative] * len(batch)
-                    result = pipe([entry.prompt for entry in batch], generator=[seeded_generator(s) for s in seeds],
-                                  pladis_scale=scale, **options)
+                    result = pipe(
+                        [entry.prompt for entry in batch],
+                        generator=[seeded_generator(s) for s in seeds],
+                        pladis_scale=scale,
+                        **options,
+                    )
                     options.pop("negative_prompt", None)
-                    for entry, seed, image in zip(batch, seeds, result.images):
+                    for entry, seed, image in zip(batch, seeds, result.images, strict=True):
                         path = image_path(args.out, entry.index, scale)
                         save_image(image, path, entry, seed, scale)
                         written.append(path)
                     bar.update(len(batch))
             bar.close()
         skipped = len(share) * len(args.scales) - total
-    print(f"process {state.process_index}/{state.num_processes}: wrote {len(written)} images, "
-          f"{skipped} already there ({len(share)} of {len(entries)} prompts)", flush=True)
+    print(
+        f"process {state.process_index}/{state.num_processes}: wrote {len(written)} images, "
+        f"{skipped} already there ({len(share)} of {len(entries)} prompts)",
+        flush=True,
+    )
     state.wait_for_everyone()
     return written
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -32,7 +32,7 @@ def labelled_grid(images: Sequence[Image.Image], labels: Sequence[str], columns:
     height = max(image.height for image in images)
     grid = Image.new("RGB", (columns * width, rows * (height + _LABEL_HEIGHT)), "white")
     draw = ImageDraw.Draw(grid)
-    for index, (image, label) in enumerate(zip(images, labels)):
+    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
         x, y = (index % columns) * width, (index // columns) * (height + _LABEL_HEIGHT)
         draw.text((x + 4, y + 4), label, fill="black", font=font)
         grid.paste(image.convert("RGB"), (x, y + _LABEL_HEIGHT))

@@ -7,8 +7,8 @@ size as the input); the compare script and the ControlNet examples pick one by n
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Callable
 
 import numpy as np
 import torch
@@ -26,8 +26,9 @@ def load_depth_estimator(model: str = DEFAULT_DEPTH_MODEL, device: str = "cpu"):
     return estimator, DPTImageProcessor.from_pretrained(model)
 
 
-def depth_map(image: Image.Image, model: str = DEFAULT_DEPTH_MODEL, device: str = "cpu",
-              size: tuple[int, int] | None = None) -> Image.Image:
+def depth_map(
+    image: Image.Image, model: str = DEFAULT_DEPTH_MODEL, device: str = "cpu", size: tuple[int, int] | None = None
+) -> Image.Image:
     """The relative depth of `image` as a 3-channel 8-bit picture (near = bright), like diffusers' ControlNet
     depth examples: DPT's prediction resized (bicubic) to `size` (width, height; default the input's) and
     min-max normalised."""
@@ -36,8 +37,9 @@ def depth_map(image: Image.Image, model: str = DEFAULT_DEPTH_MODEL, device: str 
     pixel_values = processor(images=image.convert("RGB"), return_tensors="pt").pixel_values.to(device)
     with torch.no_grad():
         depth = estimator(pixel_values=pixel_values.to(estimator.dtype)).predicted_depth.float()
-    depth = torch.nn.functional.interpolate(depth.unsqueeze(1), size=(height, width), mode="bicubic",
-                                            align_corners=False)
+    depth = torch.nn.functional.interpolate(
+        depth.unsqueeze(1), size=(height, width), mode="bicubic", align_corners=False
+    )
     low, high = depth.amin(), depth.amax()
     depth = (depth - low) / (high - low).clamp_min(torch.finfo(depth.dtype).tiny)  # a flat map stays black
     gray = (depth[0, 0].clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
@@ -51,8 +53,14 @@ def canny_map(image: Image.Image, low_threshold: int = 100, high_threshold: int 
         from controlnet_aux.canny import CannyDetector
 
     resolution = max(64, min(image.size))  # the detector snaps sizes to multiples of 64
-    edges = CannyDetector()(image.convert("RGB"), low_threshold, high_threshold,
-                            detect_resolution=resolution, image_resolution=resolution, output_type="pil")
+    edges = CannyDetector()(
+        image.convert("RGB"),
+        low_threshold,
+        high_threshold,
+        detect_resolution=resolution,
+        image_resolution=resolution,
+        output_type="pil",
+    )
     return edges if edges.size == image.size else edges.resize(image.size, Image.NEAREST)
 
 

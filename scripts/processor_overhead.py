@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
-
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from torch.overrides import TorchFunctionMode
 
 from attention.functional import pladis_scaled_dot_product_attention
 from attention.install import apply_pladis
@@ -33,10 +32,12 @@ class CopiedProcessor:
         self.pladis_scale, self.pladis_alpha = pladis_scale, pladis_alpha
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
-        query, key, value, mask, layout = unet_attention_heads(attn, hidden_states, encoder_hidden_states,
-                                                               attention_mask, temb)
-        out = pladis_scaled_dot_product_attention(query, key, value, self.pladis_scale, self.pladis_alpha,
-                                                  attn_mask=mask)
+        query, key, value, mask, layout = unet_attention_heads(
+            attn, hidden_states, encoder_hidden_states, attention_mask, temb
+        )
+        out = pladis_scaled_dot_product_attention(
+            query, key, value, self.pladis_scale, self.pladis_alpha, attn_mask=mask
+        )
         return unet_attention_output(attn, out.to(query.dtype), layout)
 
 
@@ -53,8 +54,15 @@ class PLADISAttentionMode(TorchFunctionMode):
         if func is not F.scaled_dot_product_attention:
             return func(*args, **kwargs)
         query, key, value = args[:3]
-        return pladis_scaled_dot_product_attention(query, key, value, self.pladis_scale, self.pladis_alpha,
-                                                   attn_mask=kwargs.get("attn_mask"), scale=kwargs.get("scale"))
+        return pladis_scaled_dot_product_attention(
+            query,
+            key,
+            value,
+            self.pladis_scale,
+            self.pladis_alpha,
+            attn_mask=kwargs.get("attn_mask"),
+            scale=kwargs.get("scale"),
+        )
 
 
 class ModeProcessor:

@@ -1,4 +1,5 @@
-"""Cross-attention statistics of a U-Net pipeline on toy prompts: entropy, largest weight, where the mass goes, entmax support.
+"""Cross-attention statistics of a U-Net pipeline on toy prompts: entropy, largest weight, where the mass goes, entmax
+support.
 
 It answers "does this model attend like a pretrained one?" before any PLADIS effect is trusted: the
 dense softmax maps of every cross-attention layer (conditional batch rows, all heads, queries and steps
@@ -28,8 +29,9 @@ KEY_KINDS = ("start", "words", "end", "padding")
 
 def key_kinds(tokenizer, prompts: list[str]) -> torch.Tensor:
     """(prompts, keys) codes into KEY_KINDS: position 0, prompt tokens, the first end token, what follows it."""
-    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids
+    ids = tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
     kinds = torch.full(ids.shape, KEY_KINDS.index("padding"))
     kinds[:, 0] = KEY_KINDS.index("start")
     for row, sequence in enumerate(ids.tolist()):
@@ -50,14 +52,23 @@ class StatisticsRecorder:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
         rows = slice(hidden_states.shape[0] - self.one_hot.shape[0], None)
         with torch.no_grad():
-            logits = attention_logits(attn, hidden_states[rows], encoder_hidden_states[rows], None,
-                                      None if temb is None else temb[rows])
+            logits = attention_logits(
+                attn, hidden_states[rows], encoder_hidden_states[rows], None, None if temb is None else temb[rows]
+            )
             weights = softmax_attention(logits)  # (prompts, heads, queries, keys)
             support = (entmax_attention(logits, 1.5) > 0).sum(-1).float()
             entropy = -(weights * weights.clamp_min(1e-30).log()).sum(-1)
             mass = torch.einsum("bhqk,bkc->c", weights, self.one_hot) / weights[..., 0].numel()
-            entry = self.sums.setdefault(self.layer, {"calls": 0, "entropy": 0.0, "max_weight": 0.0,
-                                                      "entmax15_support": 0.0, **{kind: 0.0 for kind in KEY_KINDS}})
+            entry = self.sums.setdefault(
+                self.layer,
+                {
+                    "calls": 0,
+                    "entropy": 0.0,
+                    "max_weight": 0.0,
+                    "entmax15_support": 0.0,
+                    **{kind: 0.0 for kind in KEY_KINDS},
+                },
+            )
             entry["calls"] += 1
             entry["entropy"] += entropy.mean().item()
             entry["max_weight"] += weights.amax(-1).mean().item()
@@ -74,20 +85,34 @@ def attention_statistics(pipe, prompts: list[str], steps: int, guidance: float, 
     kinds = key_kinds(pipe.tokenizer, prompts)
     sums: dict = {}
     current = {name[: -len(".processor")]: processor for name, processor in pipe.unet.attn_processors.items()}
-    table = {name: StatisticsRecorder(current[name], name, kinds, sums)
-             for name, module in attention_modules(pipe.unet).items()
-             if isinstance(module, Attention) and module.is_cross_attention}
+    table = {
+        name: StatisticsRecorder(current[name], name, kinds, sums)
+        for name, module in attention_modules(pipe.unet).items()
+        if isinstance(module, Attention) and module.is_cross_attention
+    }
     generators = [torch.Generator("cpu").manual_seed(seed + index) for index in range(len(prompts))]
     with swapped_attn_processors(pipe.unet, table):
         pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generators)
-    layers = {name: {key: value / entry["calls"] for key, value in entry.items() if key != "calls"}
-              for name, entry in sums.items()}
-    summary = {key: {"mean": sum(layer[key] for layer in layers.values()) / len(layers),
-                     "min": min(layer[key] for layer in layers.values()),
-                     "max": max(layer[key] for layer in layers.values())} for key in next(iter(layers.values()))}
-    return {"keys": int(kinds.shape[1]), "max_entropy": math.log(kinds.shape[1]),
-            "key_counts": {kind: float((kinds == index).sum(1).float().mean()) for index, kind in enumerate(KEY_KINDS)},
-            "layers": layers, "summary": summary, "cross_attention_layers": len(layers)}
+    layers = {
+        name: {key: value / entry["calls"] for key, value in entry.items() if key != "calls"}
+        for name, entry in sums.items()
+    }
+    summary = {
+        key: {
+            "mean": sum(layer[key] for layer in layers.values()) / len(layers),
+            "min": min(layer[key] for layer in layers.values()),
+            "max": max(layer[key] for layer in layers.values()),
+        }
+        for key in next(iter(layers.values()))
+    }
+    return {
+        "keys": int(kinds.shape[1]),
+        "max_entropy": math.log(kinds.shape[1]),
+        "key_counts": {kind: float((kinds == index).sum(1).float().mean()) for index, kind in enumerate(KEY_KINDS)},
+        "layers": layers,
+        "summary": summary,
+        "cross_attention_layers": len(layers),
+    }
 
 
 def summary_lines(stats: dict) -> list[str]:
@@ -121,7 +146,9 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--count and --steps must be >= 1")
     from diffusers import StableDiffusionXLPipeline
 
-    pipe = StableDiffusionXLPipeline.from_pretrained(model_source(args.model), dtype=torch.float32, use_safetensors=True)
+    pipe = StableDiffusionXLPipeline.from_pretrained(
+        model_source(args.model), dtype=torch.float32, use_safetensors=True
+    )
     pipe.set_progress_bar_config(disable=True)
     prompts = [scene.caption(swap=swap) for scene, _, swap in evaluation_scenes(args.count)]
     stats = attention_statistics(pipe, prompts, args.steps, args.guidance_scale, args.seed)

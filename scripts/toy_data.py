@@ -7,8 +7,8 @@ One module draws the images and writes the captions, so the trainer (`train_toy.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -136,7 +136,9 @@ def evaluation_scenes(count: int, seed: int = 1234, held_out_share: float = 0.5)
     rng.shuffle(held)
     rng.shuffle(seen)
     n_held = round(count * held_out_share)
-    chosen = [(held[i % len(held)], True) for i in range(n_held)] + [(seen[i % len(seen)], False) for i in range(count - n_held)]
+    chosen = [(held[i % len(held)], True) for i in range(n_held)] + [
+        (seen[i % len(seen)], False) for i in range(count - n_held)
+    ]
     return [(ToyScene(*pair), is_held, rng.random() < 0.5) for pair, is_held in chosen]
 
 

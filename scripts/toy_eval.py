@@ -1,4 +1,5 @@
-"""Prompt-following of `asset/toy-sdxl` with and without PLADIS, read by the toy scorer, with paired bootstrap intervals.
+"""Prompt-following of `asset/toy-sdxl` with and without PLADIS, read by the toy scorer, with paired bootstrap
+intervals.
 
 One command generates the same two-object prompts from the same seeds for every (guidance, λ, α) setting,
 reads each image half with `scripts/toy_scorer.py`, and writes a table of colour / shape / object / image
@@ -59,31 +60,49 @@ def bootstrap_interval(values: np.ndarray, resamples: int, seed: int) -> tuple[f
     return float(low), float(high)
 
 
-def generate(pipe, captions: list[str], seeds: list[int], guidance: float, scale: float, alpha: float,
-             steps: int, batch_size: int) -> list:
+def generate(
+    pipe,
+    captions: list[str],
+    seeds: list[int],
+    guidance: float,
+    scale: float,
+    alpha: float,
+    steps: int,
+    batch_size: int,
+) -> list:
     """One image per caption, each from its own CPU generator seed (the same noise in every setting)."""
     images = []
     for start in range(0, len(captions), batch_size):
         chunk = slice(start, start + batch_size)
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds[chunk]]
-        images += pipe(captions[chunk], generator=generators, num_inference_steps=steps, guidance_scale=guidance,
-                       pladis_scale=scale, pladis_alpha=alpha).images
+        images += pipe(
+            captions[chunk],
+            generator=generators,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            pladis_scale=scale,
+            pladis_alpha=alpha,
+        ).images
     return images
 
 
 def score_images(images: list, scenes: list) -> dict[str, list[float]]:
     """Per-image colour / shape / object / image scores against the prompted scenes."""
-    scores = [score_scene(scene, read_scene(image)) for image, scene in zip(images, scenes)]
+    scores = [score_scene(scene, read_scene(image)) for image, scene in zip(images, scenes, strict=True)]
     return {metric: [getattr(score, metric) for score in scores] for metric in METRICS}
 
 
 def format_table(results: dict, resamples: int, seed: int) -> str:
     """Markdown: per setting, each metric's mean [95 % CI], then the paired change in image accuracy vs λ = 0."""
     held = np.array(results["held_out"], bool)
-    lines = ["| guidance | λ | α | colour | shape | object | image | Δ image vs λ=0 [95 % CI] | image, held-out pairs |",
-             "| ---: | ---: | ---: | --- | --- | --- | --- | --- | --- |"]
-    ordered = sorted(results["settings"].values(), key=lambda entry: (entry["guidance"], entry["pladis_scale"],
-                                                                       entry["pladis_alpha"]))
+    lines = [
+        "| guidance | λ | α | colour | shape | object | image | Δ image vs λ=0 [95 % CI] | image, held-out pairs |",
+        "| ---: | ---: | ---: | --- | --- | --- | --- | --- | --- |",
+    ]
+    ordered = sorted(
+        results["settings"].values(),
+        key=lambda entry: (entry["guidance"], entry["pladis_scale"], entry["pladis_alpha"]),
+    )
     for entry in ordered:
         guidance, scale, alpha = entry["guidance"], entry["pladis_scale"], entry["pladis_alpha"]
         cells = []
@@ -98,29 +117,49 @@ def format_table(results: dict, resamples: int, seed: int) -> str:
             mean, low, high = paired_bootstrap(np.array(base), np.array(entry["scores"]["image"]), resamples, seed)
             change = f"{mean:+.3f} [{low:+.2f}, {high:+.2f}]"
         held_image = np.array(entry["scores"]["image"])[held].mean() if held.any() else float("nan")
-        lines.append(f"| {guidance:g} | {scale:g} | {'—' if scale == 0 else f'{alpha:g}'} | {' | '.join(cells)} | "
-                     f"{change} | {held_image:.3f} |")
+        lines.append(
+            f"| {guidance:g} | {scale:g} | {'—' if scale == 0 else f'{alpha:g}'} | {' | '.join(cells)} | "
+            f"{change} | {held_image:.3f} |"
+        )
     return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=repository_relative(TOY_MODEL), help="toy pipeline folder (default asset/toy-sdxl)")
-    parser.add_argument("--out", type=Path, default=Path("outputs/toy-eval"), help="folder for results.json and table.md")
+    parser.add_argument(
+        "--model", default=repository_relative(TOY_MODEL), help="toy pipeline folder (default asset/toy-sdxl)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("outputs/toy-eval"), help="folder for results.json and table.md"
+    )
     parser.add_argument("--count", type=int, default=200, help="prompts (one image each) per setting (default 200)")
-    parser.add_argument("--held-out-share", type=float, default=0.3,
-                        help="share of prompts from the 60 held-out pairs (default 0.3: each held-out pair once)")
-    parser.add_argument("--guidance", type=comma_floats, default=[5.0, 1.0], help="CFG scales, run in this order (default 5,1)")
-    parser.add_argument("--scales", type=comma_floats, default=[0.0, 2.0, 1.0, 3.0, 1.5],
-                        help="λ values, run in this order (default 0,2,1,3,1.5)")
+    parser.add_argument(
+        "--held-out-share",
+        type=float,
+        default=0.3,
+        help="share of prompts from the 60 held-out pairs (default 0.3: each held-out pair once)",
+    )
+    parser.add_argument(
+        "--guidance", type=comma_floats, default=[5.0, 1.0], help="CFG scales, run in this order (default 5,1)"
+    )
+    parser.add_argument(
+        "--scales",
+        type=comma_floats,
+        default=[0.0, 2.0, 1.0, 3.0, 1.5],
+        help="λ values, run in this order (default 0,2,1,3,1.5)",
+    )
     parser.add_argument("--alphas", type=comma_floats, default=[1.5, 2.0], help="α values (default 1.5,2)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (results depend on it)")
-    parser.add_argument("--max-minutes", type=float, default=None,
-                        help="start no new setting after this many minutes (the table then says which ran)")
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="start no new setting after this many minutes (the table then says which ran)",
+    )
     args = parser.parse_args(argv)
     if not (Path(model_source(args.model)) / "model_index.json").exists():
         parser.error(f"--model: no pipeline folder at {args.model} (train it with scripts/train_toy.py)")
@@ -145,8 +184,9 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
 
-    pipe = PLADISStableDiffusionXLPipeline.from_pretrained(model_source(args.model), dtype=torch.float32,
-                                                           use_safetensors=True)
+    pipe = PLADISStableDiffusionXLPipeline.from_pretrained(
+        model_source(args.model), dtype=torch.float32, use_safetensors=True
+    )
     pipe.set_progress_bar_config(disable=True)
     chosen = evaluation_scenes(args.count, held_out_share=args.held_out_share)
     scenes = [scene for scene, _, _ in chosen]
@@ -157,8 +197,11 @@ def main(argv: list[str] | None = None) -> dict:
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     if results.get("identity") != identity:
         results = {"identity": identity, "held_out": [held for _, held, _ in chosen], "settings": {}}
-    results.update(versions=package_versions(), repository_commit=repository_commit(),
-                   command=["python", "-m", "scripts.toy_eval", *(sys.argv[1:] if argv is None else argv)])
+    results.update(
+        versions=package_versions(),
+        repository_commit=repository_commit(),
+        command=["python", "-m", "scripts.toy_eval", *(sys.argv[1:] if argv is None else argv)],
+    )
     grid = settings_grid(args.guidance, args.scales, args.alphas)
     began = time.time()
     for number, (guidance, scale, alpha) in enumerate(grid, 1):
@@ -171,11 +214,19 @@ def main(argv: list[str] | None = None) -> dict:
         started = time.time()
         images = generate(pipe, captions, seeds, guidance, scale, alpha, args.steps, args.batch_size)
         scores = score_images(images, scenes)
-        results["settings"][key] = {"guidance": guidance, "pladis_scale": scale, "pladis_alpha": alpha,
-                                    "scores": scores, "seconds": time.time() - started}
+        results["settings"][key] = {
+            "guidance": guidance,
+            "pladis_scale": scale,
+            "pladis_alpha": alpha,
+            "scores": scores,
+            "seconds": time.time() - started,
+        }
         write_json(results_path, results)
-        print(f"[{number}/{len(grid)}] {key}: image accuracy {np.mean(scores['image']):.3f} "
-              f"({time.time() - started:.0f} s)", flush=True)
+        print(
+            f"[{number}/{len(grid)}] {key}: image accuracy {np.mean(scores['image']):.3f} "
+            f"({time.time() - started:.0f} s)",
+            flush=True,
+        )
     done = [setting_key(*setting) for setting in grid if setting_key(*setting) in results["settings"]]
     results["settings"] = {key: results["settings"][key] for key in done}
     results["complete"] = len(done) == len(grid)

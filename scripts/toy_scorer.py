@@ -2,7 +2,8 @@
 
 No learned weights: foreground pixels are those far from the background colour, the colour is the palette
 colour nearest to their mean, the shape comes from where the object's mass sits in its bounding box
-(triangles point up) and how much of the box and of its corners it fills. `tests/test_toy_scorer.py` checks it on drawn images.
+(triangles point up) and how much of the box and of its corners it fills. `tests/test_toy_scorer.py` checks it on
+drawn images.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest 4-connected component of a boolean mask (stray pixels do not shape the object)."""
     labels = np.zeros(mask.shape, dtype=np.int32)
     best, best_size, current = 0, 0, 0
-    for start in zip(*np.nonzero(mask)):
+    for start in zip(*np.nonzero(mask), strict=True):
         if labels[start]:
             continue
         current += 1
@@ -46,7 +47,7 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 def shape_of(mask: np.ndarray) -> str:
-    """"circle", "square" or "triangle" from a foreground mask: where its mass sits, then how square it is.
+    """ "circle", "square" or "triangle" from a foreground mask: where its mass sits, then how square it is.
 
     An upward triangle's centroid lies 2/3 of the way down its bounding box, a circle's and a square's
     halfway. A square fills its bounding box and its corners; a disc fills π/4 of the box and about a
@@ -55,14 +56,20 @@ def shape_of(mask: np.ndarray) -> str:
     """
     rows = np.nonzero(mask.any(axis=1))[0]
     cols = np.nonzero(mask.any(axis=0))[0]
-    box = mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].astype(np.float64)
+    box = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].astype(np.float64)
     height, width = box.shape
     centroid = (np.nonzero(box)[0].mean() + 0.5) / height
     if centroid > TRIANGLE_CENTROID:
         return "triangle"
     cell_h, cell_w = max(1, round(height / 4)), max(1, round(width / 4))
-    corners = np.mean([box[:cell_h, :cell_w].mean(), box[:cell_h, -cell_w:].mean(),
-                       box[-cell_h:, :cell_w].mean(), box[-cell_h:, -cell_w:].mean()])
+    corners = np.mean(
+        [
+            box[:cell_h, :cell_w].mean(),
+            box[:cell_h, -cell_w:].mean(),
+            box[-cell_h:, :cell_w].mean(),
+            box[-cell_h:, -cell_w:].mean(),
+        ]
+    )
     return "square" if box.mean() + corners > SQUARENESS else "circle"
 
 

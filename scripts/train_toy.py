@@ -23,8 +23,8 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -84,9 +84,16 @@ def toy_text_encoders(tokenizer):
 
     def config(hidden: int, heads: int) -> CLIPTextConfig:
         return CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=3,
-            num_attention_heads=heads, max_position_embeddings=MAX_TOKENS, projection_dim=POOLED_DIM,
-            hidden_act="gelu", bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            intermediate_size=4 * hidden,
+            num_hidden_layers=3,
+            num_attention_heads=heads,
+            max_position_embeddings=MAX_TOKENS,
+            projection_dim=POOLED_DIM,
+            hidden_act="gelu",
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
 
@@ -98,9 +105,15 @@ def toy_vae():
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=8, sample_size=SIZE,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=8,
+        sample_size=SIZE,
     )
 
 
@@ -109,13 +122,20 @@ def toy_unet():
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
-        sample_size=SIZE // 2, in_channels=4, out_channels=4, layers_per_block=2,
-        block_out_channels=(32, 64, 128), norm_num_groups=8,
+        sample_size=SIZE // 2,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(32, 64, 128),
+        norm_num_groups=8,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=1, attention_head_dim=(1, 1, 2),  # diffusers' name for the head count
-        use_linear_projection=True, cross_attention_dim=sum(TEXT_HIDDEN),
-        addition_embed_type="text_time", addition_time_embed_dim=TIME_EMBED_DIM,
+        transformer_layers_per_block=1,
+        attention_head_dim=(1, 1, 2),  # diffusers' name for the head count
+        use_linear_projection=True,
+        cross_attention_dim=sum(TEXT_HIDDEN),
+        addition_embed_type="text_time",
+        addition_time_embed_dim=TIME_EMBED_DIM,
         projection_class_embeddings_input_dim=len(TIME_IDS) * TIME_EMBED_DIM + POOLED_DIM,
     )
 
@@ -125,8 +145,13 @@ def toy_scheduler():
     from diffusers import EulerDiscreteScheduler
 
     return EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
-        timestep_spacing="leading", num_train_timesteps=1000, prediction_type="epsilon",
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+        num_train_timesteps=1000,
+        prediction_type="epsilon",
     )
 
 
@@ -136,11 +161,17 @@ class ToyImageEncoder(nn.Module):
     def __init__(self, out_dims: tuple[int, int]) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1), nn.GELU(),
-            nn.Conv2d(32, 64, 4, stride=2, padding=1), nn.GELU(),
-            nn.Conv2d(64, 128, 4, stride=2, padding=1), nn.GELU(),
-            nn.Conv2d(128, 128, 4, stride=2, padding=1), nn.GELU(),
-            nn.Flatten(), nn.Linear(128 * (SIZE // 8) ** 2, 256), nn.GELU(),
+            nn.Conv2d(3, 32, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(32, 64, 4, stride=2, padding=1),
+            nn.GELU(),
+            nn.Conv2d(64, 128, 4, stride=2, padding=1),
+            nn.GELU(),
+            nn.Conv2d(128, 128, 4, stride=2, padding=1),
+            nn.GELU(),
+            nn.Flatten(),
+            nn.Linear(128 * (SIZE // 8) ** 2, 256),
+            nn.GELU(),
         )
         self.heads = nn.ModuleList(nn.Linear(256, dim) for dim in out_dims)
 
@@ -217,8 +248,12 @@ def train_vae(images: torch.Tensor, steps: int, batch: int, seed: int) -> tuple[
         means = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in x.split(256)])
         recon = torch.cat([vae.decode(chunk).sample for chunk in means[:512].split(256)])
         mse = F.mse_loss(recon.clamp(-1, 1), x[:512]).item()
-    stats = {"latents_mean": means.mean(dim=(0, 2, 3)).tolist(), "latents_std": means.std(dim=(0, 2, 3)).tolist(),
-             "reconstruction_mse": mse, "seconds": time.time() - start}
+    stats = {
+        "latents_mean": means.mean(dim=(0, 2, 3)).tolist(),
+        "latents_std": means.std(dim=(0, 2, 3)).tolist(),
+        "reconstruction_mse": mse,
+        "seconds": time.time() - start,
+    }
     log(f"vae done: reconstruction MSE {mse:.4f} on [-1, 1], latent std {[round(s, 3) for s in stats['latents_std']]}")
     return vae, stats
 
@@ -231,9 +266,11 @@ def text_features(te1: nn.Module, te2: nn.Module, ids: torch.Tensor) -> tuple[to
     return context, out2.text_embeds, out1.pooler_output
 
 
-def pretrain_text_encoders(tokenizer, images: torch.Tensor, caption_ids: torch.Tensor, captions: list[str],
-                           steps: int, batch: int, seed: int) -> tuple[nn.Module, nn.Module, dict]:
-    """A tiny CLIP: both text encoders against one image tower, symmetric InfoNCE with every same-scene pair positive."""
+def pretrain_text_encoders(
+    tokenizer, images: torch.Tensor, caption_ids: torch.Tensor, captions: list[str], steps: int, batch: int, seed: int
+) -> tuple[nn.Module, nn.Module, dict]:
+    """A tiny CLIP: both text encoders against one image tower, symmetric InfoNCE with every same-scene pair
+    positive."""
     torch.manual_seed(seed)
     te1, te2 = toy_text_encoders(tokenizer)
     tower = ToyImageEncoder((TEXT_HIDDEN[0], POOLED_DIM))
@@ -241,8 +278,9 @@ def pretrain_text_encoders(tokenizer, images: torch.Tensor, caption_ids: torch.T
     logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
     parameters = [*te1.parameters(), *te2.parameters(), *tower.parameters(), *te1_head.parameters(), logit_scale]
     optimiser = torch.optim.AdamW(parameters, lr=1e-3, weight_decay=0.01)
-    all_ids = tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True,
-                        return_tensors="pt").input_ids
+    all_ids = tokenizer(
+        captions, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt"
+    ).input_ids
     keys = scene_keys(captions)
     generator = torch.Generator().manual_seed(seed)
     start = time.time()
@@ -267,8 +305,10 @@ def pretrain_text_encoders(tokenizer, images: torch.Tensor, caption_ids: torch.T
         optimiser.step()
         if step % 50 == 0 or step == steps - 1:
             accuracy = positive.gather(1, logits.argmax(1, keepdim=True)).mean().item()
-            log(f"clip step {step}/{steps} loss {loss.item():.3f} te2 text→image top-1 {accuracy:.2f} "
-                f"({(time.time() - start) / (step + 1):.2f} s/step)")
+            log(
+                f"clip step {step}/{steps} loss {loss.item():.3f} te2 text→image top-1 {accuracy:.2f} "
+                f"({(time.time() - start) / (step + 1):.2f} s/step)"
+            )
     te1.eval().requires_grad_(False)
     te2.eval().requires_grad_(False)
     return te1, te2, {"final_loss": loss.item(), "te2_top1_in_batch": accuracy, "seconds": time.time() - start}
@@ -281,10 +321,19 @@ def encode_latents(vae: nn.Module, images: torch.Tensor, mean: torch.Tensor, std
     return (latents - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
 
 
-def train_unet(latents: torch.Tensor, caption_ids: torch.Tensor, context_table: torch.Tensor, pooled_table: torch.Tensor,
-               steps: int | None, minutes: float | None, batch: int, seed: int,
-               snapshot: Callable[[nn.Module, dict], None] | None = None, snapshot_every: int = 500,
-               warmup: int = 100) -> tuple[nn.Module, dict]:
+def train_unet(
+    latents: torch.Tensor,
+    caption_ids: torch.Tensor,
+    context_table: torch.Tensor,
+    pooled_table: torch.Tensor,
+    steps: int | None,
+    minutes: float | None,
+    batch: int,
+    seed: int,
+    snapshot: Callable[[nn.Module, dict], None] | None = None,
+    snapshot_every: int = 500,
+    warmup: int = 100,
+) -> tuple[nn.Module, dict]:
     """ε-prediction with min-SNR-5 weights, 10 % caption dropout (context and pooled zeroed), AdamW, EMA 0.999.
 
     The learning rate is constant after a linear warm-up (the EMA does the annealing), so the weights after
@@ -298,8 +347,9 @@ def train_unet(latents: torch.Tensor, caption_ids: torch.Tensor, context_table: 
     ema = toy_unet()
     ema.load_state_dict(unet.state_dict())
     ema.requires_grad_(False)
-    noise_schedule = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                   num_train_timesteps=1000)
+    noise_schedule = DDPMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000
+    )
     alphas = noise_schedule.alphas_cumprod
     snr = alphas / (1 - alphas)
     optimiser = torch.optim.AdamW(unet.parameters(), lr=UNET_LR, weight_decay=0.01)
@@ -324,8 +374,9 @@ def train_unet(latents: torch.Tensor, caption_ids: torch.Tensor, context_table: 
         noise = torch.randn(x0.shape, generator=generator)
         t = torch.randint(0, 1000, (batch,), generator=generator)
         noisy = noise_schedule.add_noise(x0, noise, t)
-        prediction = unet(noisy, t, encoder_hidden_states=context,
-                          added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+        prediction = unet(
+            noisy, t, encoder_hidden_states=context, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}
+        ).sample
         weight = torch.clamp(snr[t], max=5.0) / snr[t]
         loss = (weight * ((prediction - noise) ** 2).mean(dim=(1, 2, 3))).mean()
         optimiser.zero_grad(set_to_none=True)
@@ -339,8 +390,10 @@ def train_unet(latents: torch.Tensor, caption_ids: torch.Tensor, context_table: 
         step += 1
         if step % 50 == 0:
             elapsed = time.time() - start
-            log(f"unet step {step}{f'/{steps}' if steps else ''} loss {np.mean(running[-50:]):.4f} "
-                f"({elapsed / step:.2f} s/step, {elapsed / 60:.1f} min)")
+            log(
+                f"unet step {step}{f'/{steps}' if steps else ''} loss {np.mean(running[-50:]):.4f} "
+                f"({elapsed / step:.2f} s/step, {elapsed / 60:.1f} min)"
+            )
         if snapshot is not None and step % snapshot_every == 0:
             snapshot(ema, stats())
     ema.eval()
@@ -354,9 +407,17 @@ def save_toy(out: Path, vae, te1, te2, tokenizer, unet, record: dict) -> Path:
     """Save the pipeline in fp16 safetensors with `save_pretrained`, plus `training.json`; replaces `out` whole."""
     from diffusers import StableDiffusionXLPipeline
 
-    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tokenizer,
-                                     tokenizer_2=tokenizer, unet=unet, scheduler=toy_scheduler(),
-                                     force_zeros_for_empty_prompt=True, add_watermarker=False)
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=te1,
+        text_encoder_2=te2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=toy_scheduler(),
+        force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
+    )
     pipe.to(torch.float16)
 
     def write(staging: Path) -> None:
@@ -370,10 +431,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--unet-steps", type=int, default=None, help="UNet training steps (exact rebuild)")
-    budget.add_argument("--minutes", type=float, default=None,
-                        help="UNet training wall-time budget; the steps reached are recorded for the exact rebuild")
-    parser.add_argument("--snapshot-every", type=int, default=500,
-                        help="save the model every N UNet steps while training (default 500)")
+    budget.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="UNet training wall-time budget; the steps reached are recorded for the exact rebuild",
+    )
+    parser.add_argument(
+        "--snapshot-every", type=int, default=500, help="save the model every N UNet steps while training (default 500)"
+    )
     parser.add_argument("--images", type=int, default=48_000, help="training images drawn (default 48000)")
     parser.add_argument("--vae-steps", type=int, default=400)
     parser.add_argument("--vae-batch", type=int, default=32)
@@ -386,7 +452,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.unet_steps is None and args.minutes is None:
         parser.error("give --unet-steps N (exact rebuild) or --minutes M (time budget)")
-    for name in ("unet_steps", "images", "vae_steps", "vae_batch", "clip_steps", "batch", "clip_batch", "threads", "snapshot_every"):
+    for name in (
+        "unet_steps",
+        "images",
+        "vae_steps",
+        "vae_batch",
+        "clip_steps",
+        "batch",
+        "clip_batch",
+        "threads",
+        "snapshot_every",
+    ):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -405,11 +481,16 @@ def main(argv: list[str] | None = None) -> Path:
     log(f"drew {len(images)} training images ({time.time() - started:.0f} s)")
     vae, vae_stats = train_vae(images, args.vae_steps, args.vae_batch, args.seed + 1)
     mean, std = torch.tensor(vae_stats["latents_mean"]), torch.tensor(vae_stats["latents_std"])
-    vae.register_to_config(latents_mean=vae_stats["latents_mean"], latents_std=vae_stats["latents_std"], scaling_factor=1.0)
-    te1, te2, clip_stats = pretrain_text_encoders(tokenizer, images, caption_ids, captions, args.clip_steps,
-                                                  args.clip_batch, args.seed + 2)
+    vae.register_to_config(
+        latents_mean=vae_stats["latents_mean"], latents_std=vae_stats["latents_std"], scaling_factor=1.0
+    )
+    te1, te2, clip_stats = pretrain_text_encoders(
+        tokenizer, images, caption_ids, captions, args.clip_steps, args.clip_batch, args.seed + 2
+    )
     latents = encode_latents(vae, images, mean, std)
-    ids = tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt").input_ids
+    ids = tokenizer(
+        captions, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt"
+    ).input_ids
     with torch.no_grad():
         context_table, pooled_table, _ = text_features(te1, te2, ids)
     log(f"encoded latents and {len(captions)} caption embeddings ({time.time() - started:.0f} s)")
@@ -417,12 +498,17 @@ def main(argv: list[str] | None = None) -> Path:
     def training_record(unet_stats: dict) -> dict:
         return {
             "rebuild": f"python -m scripts.train_toy --unet-steps {unet_stats['steps']} --images {args.images} "
-                       f"--vae-steps {args.vae_steps} --vae-batch {args.vae_batch} --clip-steps {args.clip_steps} "
-                       f"--clip-batch {args.clip_batch} --batch {args.batch} --seed {args.seed} --threads {args.threads}",
+            f"--vae-steps {args.vae_steps} --vae-batch {args.vae_batch} --clip-steps {args.clip_steps} "
+            f"--clip-batch {args.clip_batch} --batch {args.batch} --seed {args.seed} --threads {args.threads}",
             "arguments": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
-            "unet_steps": unet_stats["steps"], "vae": vae_stats, "text_encoders": clip_stats, "unet": unet_stats,
-            "total_minutes": (time.time() - started) / 60, "torch_threads": torch.get_num_threads(),
-            "versions": package_versions(), "repository_commit": repository_commit(),
+            "unet_steps": unet_stats["steps"],
+            "vae": vae_stats,
+            "text_encoders": clip_stats,
+            "unet": unet_stats,
+            "total_minutes": (time.time() - started) / 60,
+            "torch_threads": torch.get_num_threads(),
+            "versions": package_versions(),
+            "repository_commit": repository_commit(),
         }
 
     def snapshot(ema: nn.Module, unet_stats: dict) -> None:
@@ -431,8 +517,18 @@ def main(argv: list[str] | None = None) -> Path:
         save_toy(args.out, vae, te1, te2, tokenizer, copy.eval(), {**training_record(unet_stats), "snapshot": True})
         log(f"snapshot at UNet step {unet_stats['steps']} saved to {args.out}")
 
-    unet, unet_stats = train_unet(latents, caption_ids, context_table, pooled_table, args.unet_steps, args.minutes,
-                                  args.batch, args.seed + 3, snapshot, args.snapshot_every)
+    unet, unet_stats = train_unet(
+        latents,
+        caption_ids,
+        context_table,
+        pooled_table,
+        args.unet_steps,
+        args.minutes,
+        args.batch,
+        args.seed + 3,
+        snapshot,
+        args.snapshot_every,
+    )
     record = training_record(unet_stats)
     record["unet_parameters"] = sum(p.numel() for p in unet.parameters())
     out = save_toy(args.out, vae, te1, te2, tokenizer, unet, record)

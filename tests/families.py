@@ -7,8 +7,8 @@ processors were in place while the denoiser ran.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import pytest
 import torch

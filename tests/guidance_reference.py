@@ -5,8 +5,8 @@ latent-output runner (exact comparisons without the VAE's clipping, and faster).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -57,8 +57,14 @@ def self_attention_names(unet: torch.nn.Module, prefix: str) -> list[str]:
 
 
 @contextmanager
-def perturbed_projection(unet: torch.nn.Module, grids: dict[str, tuple[int, int]], sigma: float, batch_chunks: int,
-                         projection: str = "to_q", rows: str = "perturbed") -> Iterator[None]:
+def perturbed_projection(
+    unet: torch.nn.Module,
+    grids: dict[str, tuple[int, int]],
+    sigma: float,
+    batch_chunks: int,
+    projection: str = "to_q",
+    rows: str = "perturbed",
+) -> Iterator[None]:
     """Blur the `projection` output of the given `attn1` layers (name → token grid) with `reference_blur`.
 
     `rows="perturbed"` touches the last of `batch_chunks` chunks (SEG); `rows="all"` the whole batch
@@ -66,12 +72,14 @@ def perturbed_projection(unet: torch.nn.Module, grids: dict[str, tuple[int, int]
     """
     handles = []
     for name, (height, width) in grids.items():
+
         def hook(module, args, output, height=height, width=width):
             first = 0 if rows == "all" else output.shape[0] - output.shape[0] // batch_chunks
             changed = output.clone()
             blurred = reference_blur(output[first:].detach().double().numpy(), height, width, sigma)
             changed[first:] = torch.from_numpy(blurred).to(output.dtype)
             return changed
+
         handles.append(getattr(unet.get_submodule(name), projection).register_forward_hook(hook))
     try:
         yield

@@ -3,7 +3,8 @@
 Why it exists beside `attention/reference.py`: the family tests check PLADIS on a whole denoiser, so the
 reference must reach every attention call of a stock model with no PLADIS processor, rule or family record
 involved. `materialised_pladis(model, module, layouts, λ, α)` replaces the stock processors' attention function
-(`module.dispatch_attention_fn`, or torch's SDPA) while the body runs: calls inside the layers named in `layouts` use the
+(`module.dispatch_attention_fn`, or torch's SDPA) while the body runs: calls inside the layers named in `layouts` use
+the
 rule their layout names (cross, leading/trailing text of a joint sequence, per-sample packed), every other call dense
 softmax attention, all materialised in float64. Which layer is running is tracked with forward hooks on the attention
 modules; the maps themselves are `attention/reference.py`'s (the `entmax` package on materialised scores), the one
@@ -12,8 +13,8 @@ reference formulation, which uses none of the fast paths it checks.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Iterator
 
 import torch
 
@@ -39,8 +40,9 @@ def cross_reference(query, key, value, pladis_scale, alpha, mask=None, scale=Non
     return reference_pladis_weights(scores_of(query, key, mask, scale), pladis_scale, alpha) @ value.double()
 
 
-def joint_reference(query, key, value, text_length, pladis_scale, alpha, mask=None, scale=None, *,
-                    text_first: bool) -> torch.Tensor:
+def joint_reference(
+    query, key, value, text_length, pladis_scale, alpha, mask=None, scale=None, *, text_first: bool
+) -> torch.Tensor:
     """Joint attention over one sequence whose `text_length` text tokens come first or last and whose
     image-query × text-key block is `m·[λ·entmax_α(z_txt) + (1 − λ)·softmax(z_txt)]`, `m` the dense mass of
     the row on the text keys."""
@@ -60,8 +62,16 @@ def packed_reference(query, key, value, segments, pladis_scale, alpha, scale=Non
         valid = torch.zeros(1, 1, 1, k.shape[2], dtype=torch.bool)
         valid[..., :tokens] = True
         out = dense_reference(q, k, v, valid, scale)
-        out[:, :, :tokens] = joint_reference(q[:, :, :tokens], k[:, :, :tokens], v[:, :, :tokens],
-                                             text_tokens, pladis_scale, alpha, scale=scale, text_first=False)
+        out[:, :, :tokens] = joint_reference(
+            q[:, :, :tokens],
+            k[:, :, :tokens],
+            v[:, :, :tokens],
+            text_tokens,
+            pladis_scale,
+            alpha,
+            scale=scale,
+            text_first=False,
+        )
         outputs.append(out)
     return torch.cat(outputs)
 
@@ -92,13 +102,26 @@ def materialised_pladis(model, module, layouts: dict[str, tuple], pladis_scale: 
             return layout_rule(layouts[running[-1]], q, k, v, pladis_scale, alpha, attn_mask, scale)
         return dense_reference(q, k, v, attn_mask, scale)
 
-    def dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
-                              enable_gqa=False, attention_kwargs=None, *, backend=None, parallel_config=None):
+    def dispatch_attention_fn(
+        query,
+        key,
+        value,
+        attn_mask=None,
+        dropout_p=0.0,
+        is_causal=False,
+        scale=None,
+        enable_gqa=False,
+        attention_kwargs=None,
+        *,
+        backend=None,
+        parallel_config=None,
+    ):
         q, k, v = (t.transpose(1, 2) for t in (query, key, value))
         return reference_call(q, k, v, attn_mask, scale).to(query.dtype).transpose(1, 2)
 
-    def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
-                                     enable_gqa=False):
+    def scaled_dot_product_attention(
+        query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False
+    ):
         return reference_call(query, key, value, attn_mask, scale).to(query.dtype)
 
     with ExitStack() as stack:
@@ -111,7 +134,8 @@ def materialised_pladis(model, module, layouts: dict[str, tuple], pladis_scale: 
         # Processors calling `dispatch_attention_fn` get it replaced in their module; those calling
         # `F.scaled_dot_product_attention` (CogView4) get torch's replaced while the body runs.
         target, name, replacement = (
-            (module, "dispatch_attention_fn", dispatch_attention_fn) if hasattr(module, "dispatch_attention_fn")
+            (module, "dispatch_attention_fn", dispatch_attention_fn)
+            if hasattr(module, "dispatch_attention_fn")
             else (torch.nn.functional, "scaled_dot_product_attention", scaled_dot_product_attention)
         )
         stack.callback(setattr, target, name, getattr(target, name))

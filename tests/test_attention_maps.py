@@ -124,10 +124,22 @@ def test_steps_and_layer_groups_choose_what_is_recorded(pipe):
 
 
 def test_script_writes_a_row_per_kind_and_a_column_per_token(tmp_path):
-    path = attention_maps.main([
-        "--model", "asset/tiny-sdxl", "--prompt", "a red cube on a blue ball", "--tokens", "red,cube,ball", "--steps", "1",
-        "--layer-groups", "mid,up", "--out", str(tmp_path / "maps.png"),
-    ])
+    path = attention_maps.main(
+        [
+            "--model",
+            "asset/tiny-sdxl",
+            "--prompt",
+            "a red cube on a blue ball",
+            "--tokens",
+            "red,cube,ball",
+            "--steps",
+            "1",
+            "--layer-groups",
+            "mid,up",
+            "--out",
+            str(tmp_path / "maps.png"),
+        ]
+    )
     grid = Image.open(path)
     assert grid.size == (4 * 256, 2 * (24 + 256))  # image + 3 tokens; softmax row and PLADIS row
     settings = json.loads(path.with_suffix(".json").read_text())

@@ -8,7 +8,12 @@ import pytest
 import torch
 from diffusers.models.attention_processor import Attention
 
-from attention import PLADISAttnProcessor, apply_pladis, pladis_scaled_dot_product_attention, text_block_pladis_attention
+from attention import (
+    PLADISAttnProcessor,
+    apply_pladis,
+    pladis_scaled_dot_product_attention,
+    text_block_pladis_attention,
+)
 from tests.families import build, one_thread  # noqa: F401
 
 

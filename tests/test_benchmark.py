@@ -17,8 +17,10 @@ from scripts import benchmark
 def test_reference_sdpa_matches_fast_path(alpha):
     q, k, v = (torch.randn(2, 3, n, 16, generator=torch.Generator().manual_seed(n)) for n in (50, 77, 77))
     torch.testing.assert_close(
-        reference_pladis_sdpa(q, k, v, 2.0, alpha), pladis_scaled_dot_product_attention(q, k, v, 2.0, alpha),
-        atol=2e-5, rtol=1e-4,
+        reference_pladis_sdpa(q, k, v, 2.0, alpha),
+        pladis_scaled_dot_product_attention(q, k, v, 2.0, alpha),
+        atol=2e-5,
+        rtol=1e-4,
     )
 
 
@@ -34,7 +36,10 @@ def test_reference_formulation_is_an_explicit_per_context_seam():
     """Inside `reference_formulation()` both seams compute the reference itself (bit for bit), and the
     context ends on exit, also on errors: nothing is patched."""
     q, k, v = (torch.randn(1, 2, 40, 16, generator=torch.Generator().manual_seed(i)) for i in range(3))
-    fast_joint, fast_cross = text_block_pladis_attention(q, k, v, 12, 2.0), pladis_scaled_dot_product_attention(q, k, v, 2.0)
+    fast_joint, fast_cross = (
+        text_block_pladis_attention(q, k, v, 12, 2.0),
+        pladis_scaled_dot_product_attention(q, k, v, 2.0),
+    )
     with pytest.raises(RuntimeError):
         with benchmark.reference_formulation():
             assert torch.equal(text_block_pladis_attention(q, k, v, 12, 2.0), reference_text_block(q, k, v, 12, 2.0))
@@ -65,7 +70,11 @@ def test_per_kernel_variants_run_pladis_under_each_kernel(monkeypatch):
 
     monkeypatch.delenv("PLADIS_KERNEL", raising=False)
     seen = []
-    runs = {"stock": lambda: "s", "pladis": lambda: seen.append(os.environ.get("PLADIS_KERNEL")), "reference": lambda: "r"}
+    runs = {
+        "stock": lambda: "s",
+        "pladis": lambda: seen.append(os.environ.get("PLADIS_KERNEL")),
+        "reference": lambda: "r",
+    }
     variants = benchmark.per_kernel(runs, ["auto", "torch"])
     assert list(variants) == ["stock", "pladis", "pladis-torch", "reference"]
     variants["pladis"](), variants["pladis-torch"]()

@@ -50,8 +50,18 @@ def test_every_lora_load_in_scripts_goes_through_the_safetensors_only_loader():
 
 def test_settings_record_the_thread_count_and_repository_relative_model_paths(tmp_path, capsys):
     threads = torch.get_num_threads()
-    path = compare.main(["--model", str(ROOT / "asset" / "tiny-sdxl"), "--scales", "0", "--steps", "1",
-                         "--out", str(tmp_path / "grid.png")])
+    path = compare.main(
+        [
+            "--model",
+            str(ROOT / "asset" / "tiny-sdxl"),
+            "--scales",
+            "0",
+            "--steps",
+            "1",
+            "--out",
+            str(tmp_path / "grid.png"),
+        ]
+    )
     settings = json.loads(path.with_suffix(".json").read_text())
     assert settings["torch_threads"] == threads
     assert settings["model_source"] == "asset/tiny-sdxl"  # given absolute, recorded relative to the repository
@@ -66,7 +76,9 @@ def test_settings_record_the_thread_count_and_repository_relative_model_paths(tm
 def test_recorded_paths_outside_the_repository_stay_as_given(tmp_path):
     assert records.recorded_path(str(ROOT / "asset" / "tiny-sdxl")) == "asset/tiny-sdxl"
     assert records.recorded_path(str(tmp_path)) == str(tmp_path)
-    assert records.recorded_path("stabilityai/stable-diffusion-xl-base-1.0") == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert (
+        records.recorded_path("stabilityai/stable-diffusion-xl-base-1.0") == "stabilityai/stable-diffusion-xl-base-1.0"
+    )
 
 
 def strings_in(value):

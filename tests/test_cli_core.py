@@ -25,10 +25,13 @@ from scripts.cli.registry import call_parameters
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("cls,names", [
-    (PLADISStableDiffusionXLSEGPipeline, [a.name for a in GUIDANCE_ARGUMENTS if a.name != "pladis_controlnet"]),
-    (PLADISStableDiffusionXLControlNetPipeline, [a.name for a in GUIDANCE_ARGUMENTS]),
-])
+@pytest.mark.parametrize(
+    "cls,names",
+    [
+        (PLADISStableDiffusionXLSEGPipeline, [a.name for a in GUIDANCE_ARGUMENTS if a.name != "pladis_controlnet"]),
+        (PLADISStableDiffusionXLControlNetPipeline, [a.name for a in GUIDANCE_ARGUMENTS]),
+    ],
+)
 def test_pipeline_signatures_list_the_guidance_arguments_with_the_tables_defaults(cls, names):
     parameters = inspect.signature(cls.__call__).parameters
     keywords = [name for name, parameter in parameters.items() if parameter.kind is parameter.KEYWORD_ONLY]
@@ -60,8 +63,11 @@ def test_every_guidance_option_of_the_scripts_comes_from_the_table():
     assert actions["pag_scale"].default == 3.0 and actions["seg_scale"].default is None
     args = parser.parse_args(["--seg-layers", "mid,up_blocks.0", "down_blocks.2", "--pladis-controlnet"])
     assert args.seg_layers == ["mid", "up_blocks.0", "down_blocks.2"]  # commas, spaces or both
-    assert guidance_call_arguments(args) == {"pag_scale": 3.0, "seg_applied_layers": args.seg_layers,
-                                             "pladis_controlnet": True}
+    assert guidance_call_arguments(args) == {
+        "pag_scale": 3.0,
+        "seg_applied_layers": args.seg_layers,
+        "pladis_controlnet": True,
+    }
 
 
 def test_a_guidance_option_new_to_the_command_line_is_checked_and_forwarded(capsys):
@@ -82,7 +88,9 @@ def test_the_atomic_writer_leaves_nothing_behind_when_writing_fails(tmp_path):
 
     with pytest.raises(RuntimeError):
         write_atomically(target, fail)
-    assert target.read_text() == '{\n  "a": 1\n}\n' and sorted(p.name for p in target.parent.iterdir()) == ["results.json"]
+    assert target.read_text() == '{\n  "a": 1\n}\n' and sorted(p.name for p in target.parent.iterdir()) == [
+        "results.json"
+    ]
     with pytest.raises(RuntimeError):
         write_atomically(tmp_path / "folder", fail, folder=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
@@ -110,13 +118,17 @@ def test_console_entry_points_run_each_scripts_main_and_exit_zero_on_success():
     assert len(runners) == 11
     for runner in runners:
         main = importlib.import_module(runner.module).main
-        assert list(inspect.signature(main).parameters) == ["argv"] and inspect.signature(main).parameters["argv"].default is None
+        assert (
+            list(inspect.signature(main).parameters) == ["argv"]
+            and inspect.signature(main).parameters["argv"].default is None
+        )
     assert entry_points.exit_code(Path("grid.png")) is None and entry_points.exit_code({"rows": []}) is None
     assert entry_points.exit_code(2) == 2 and entry_points.exit_code(0) == 0 and entry_points.exit_code(True) is None
 
 
-@pytest.mark.parametrize("name", sorted(path.stem for path in (ROOT / "scripts" / "examples").glob("*.py")
-                                        if path.stem != "__init__"))
+@pytest.mark.parametrize(
+    "name", sorted(path.stem for path in (ROOT / "scripts" / "examples").glob("*.py") if path.stem != "__init__")
+)
 def test_each_example_is_a_recipe_over_the_core(name):
     text = (ROOT / "scripts" / "examples" / f"{name}.py").read_text()
     assert "scripts.cli.recipes" in text and "load_pipeline" in text

@@ -73,23 +73,38 @@ def test_a_read_only_output_folder_is_a_usage_error(tmp_path, capsys, no_model_l
     assert "cannot write in" in error
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--seg-scale", "3"], "--seg-scale is not an option of --pipeline sdxl; it needs --pipeline controlnet or sdxl-seg"),
-    (["--pag-layers", "mid"], "--pag-layers is not an option of --pipeline sdxl"),
-    (["--control-image", str(TINY_CONTROL_IMAGE)], "--control-image is not an option of --pipeline sdxl"),
-    (["--pipeline", "flux", "--seg-scale", "3"], "--seg-scale is not an option of --pipeline flux"),
-    (["--height", "60"], "--height must be a multiple of 8 for this pipeline and model, got 60 (e.g. 56 or 64)"),
-    (["--width", "100"], "--width must be a multiple of 8"),
-    (["--height", "4"], "--height must be >= 8"),
-    (["--pipeline", "flux", "--width", "66"], "--width must be a multiple of 4"),  # 2 × the tiny VAE's factor 2
-    (["--pipeline", "sdxl-seg", "--pag-scale", "2", "--seg-scale", "3"], "PAG and SEG"),
-    (["--pipeline", "sdxl-seg", "--seg-scale", "-1"], "--seg-scale must be finite and >= 0"),
-    (["--pipeline", "sdxl-seg", "--seg-scale", "3", "--seg-blur-sigma", "0"], "seg_blur_sigma must be > 0"),
-    (["--pipeline", "sdxl-seg", "--seg-scale", "3", "--seg-layers", "midd"], "--seg-layers: 'midd' matches no self-attention layer"),
-    (["--pipeline", "sdxl-seg", "--seg-layers", "down.block_1"], "--seg-layers: 'down.block_1' matches no"),  # unused, still checked
-    (["--pipeline", "controlnet", "--pag-scale", "1", "--pag-layers", "mid,nosuch"], "--pag-layers: 'nosuch' matches no"),
-    (["--lora", str(TINY_CONTROL_IMAGE)], "only .safetensors LoRA files are loaded"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (
+            ["--seg-scale", "3"],
+            "--seg-scale is not an option of --pipeline sdxl; it needs --pipeline controlnet or sdxl-seg",
+        ),
+        (["--pag-layers", "mid"], "--pag-layers is not an option of --pipeline sdxl"),
+        (["--control-image", str(TINY_CONTROL_IMAGE)], "--control-image is not an option of --pipeline sdxl"),
+        (["--pipeline", "flux", "--seg-scale", "3"], "--seg-scale is not an option of --pipeline flux"),
+        (["--height", "60"], "--height must be a multiple of 8 for this pipeline and model, got 60 (e.g. 56 or 64)"),
+        (["--width", "100"], "--width must be a multiple of 8"),
+        (["--height", "4"], "--height must be >= 8"),
+        (["--pipeline", "flux", "--width", "66"], "--width must be a multiple of 4"),  # 2 × the tiny VAE's factor 2
+        (["--pipeline", "sdxl-seg", "--pag-scale", "2", "--seg-scale", "3"], "PAG and SEG"),
+        (["--pipeline", "sdxl-seg", "--seg-scale", "-1"], "--seg-scale must be finite and >= 0"),
+        (["--pipeline", "sdxl-seg", "--seg-scale", "3", "--seg-blur-sigma", "0"], "seg_blur_sigma must be > 0"),
+        (
+            ["--pipeline", "sdxl-seg", "--seg-scale", "3", "--seg-layers", "midd"],
+            "--seg-layers: 'midd' matches no self-attention layer",
+        ),
+        (
+            ["--pipeline", "sdxl-seg", "--seg-layers", "down.block_1"],
+            "--seg-layers: 'down.block_1' matches no",
+        ),  # unused, still checked
+        (
+            ["--pipeline", "controlnet", "--pag-scale", "1", "--pag-layers", "mid,nosuch"],
+            "--pag-layers: 'nosuch' matches no",
+        ),
+        (["--lora", str(TINY_CONTROL_IMAGE)], "only .safetensors LoRA files are loaded"),
+    ],
+)
 def test_options_only_the_pipeline_checked_are_usage_errors_before_loading(argv, message, capsys, no_model_loads):
     error = usage_error(compare.main, argv, capsys)
     assert message in error
@@ -98,8 +113,18 @@ def test_options_only_the_pipeline_checked_are_usage_errors_before_loading(argv,
 def test_layer_ids_the_model_has_pass_the_early_check(no_model_loads):
     from scripts.cli import checks
 
-    args = compare.parse_args(["--pipeline", "sdxl-seg", "--seg-scale", "3", "--seg-layers", "mid,up_blocks.0",
-                               "--pag-layers", "down_blocks.2.attentions.1"])
+    args = compare.parse_args(
+        [
+            "--pipeline",
+            "sdxl-seg",
+            "--seg-scale",
+            "3",
+            "--seg-layers",
+            "mid,up_blocks.0",
+            "--pag-layers",
+            "down_blocks.2.attentions.1",
+        ]
+    )
     assert args.seg_layers == ["mid", "up_blocks.0"] and args.pag_layers == ["down_blocks.2.attentions.1"]
     names = checks.unet_self_attention_names(str(TINY_SDXL))
     assert len(names) == 22 and all(name.endswith("attn1") for name in names)  # the tiny U-Net's self-attention
@@ -117,23 +142,28 @@ def test_layer_ids_not_checkable_while_parsing_are_checked_right_after_loading(m
 
 
 def test_record_steps_beyond_the_run_are_a_usage_error(tmp_path, capsys, no_model_loads):
-    error = usage_error(attention_maps.main, ["--steps", "2", "--record-steps", "0-3", "--out", str(tmp_path / "m.png")], capsys)
+    error = usage_error(
+        attention_maps.main, ["--steps", "2", "--record-steps", "0-3", "--out", str(tmp_path / "m.png")], capsys
+    )
     assert "--record-steps 2,3: the run has 2 steps, numbered 0 to 1" in error
     error = usage_error(attention_maps.main, ["--record-steps", "3-1"], capsys)
     assert "--record-steps names no step" in error
     assert attention_maps.parse_args(["--steps", "2", "--record-steps", "0-1"]).record_steps == [0, 1]
 
 
-@pytest.mark.parametrize("name,argv,message", [
-    ("sdxl_cfg", ["--out", "grid"], "--out grid: the name needs an image extension"),
-    ("sdxl_cfg", ["--height", "60"], "--height must be a multiple of 8"),
-    ("flux_schnell", ["--width", "30"], "--width must be a multiple of 4"),
-    ("sdxl_seg", ["--seg-layers", "midd"], "--seg-layers: 'midd' matches no self-attention layer"),
-    ("sdxl_pag", ["--pag-layers", "mid", "nosuch"], "--pag-layers: 'nosuch' matches no"),
-    ("sdxl_dmd2", ["--lora", "weights.bin"], "only .safetensors LoRA files are loaded"),
-    ("sdxl_lightning", ["--lora", "./missing/lora.safetensors"], "--lora: no such file"),
-    ("controlnet_depth", ["--image", "./missing/photo.png"], "--image: no such file or folder"),
-])
+@pytest.mark.parametrize(
+    "name,argv,message",
+    [
+        ("sdxl_cfg", ["--out", "grid"], "--out grid: the name needs an image extension"),
+        ("sdxl_cfg", ["--height", "60"], "--height must be a multiple of 8"),
+        ("flux_schnell", ["--width", "30"], "--width must be a multiple of 4"),
+        ("sdxl_seg", ["--seg-layers", "midd"], "--seg-layers: 'midd' matches no self-attention layer"),
+        ("sdxl_pag", ["--pag-layers", "mid", "nosuch"], "--pag-layers: 'nosuch' matches no"),
+        ("sdxl_dmd2", ["--lora", "weights.bin"], "only .safetensors LoRA files are loaded"),
+        ("sdxl_lightning", ["--lora", "./missing/lora.safetensors"], "--lora: no such file"),
+        ("controlnet_depth", ["--image", "./missing/photo.png"], "--image: no such file or folder"),
+    ],
+)
 def test_examples_check_their_options_before_loading(name, argv, message, tmp_path, capsys, no_model_loads):
     example = importlib.import_module(f"scripts.examples.{name}")
     out = [] if "--out" in argv else ["--out", str(tmp_path / "grid.png")]

@@ -28,15 +28,24 @@ def test_compare_runs_as_a_module_from_another_folder(tmp_path):
     out = tmp_path / "cli.png"
     result = subprocess.run(
         [sys.executable, "-m", "scripts.compare", "--out", str(out), "--steps", "1"],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert Image.open(out).size[0] >= 2 * 64
 
 
-@pytest.mark.parametrize("argument,named", [
-    (["--pladis-scale", "-1"], "pladis_scale"), (["--pladis-alpha", "3"], "pladis_alpha"), (["--steps", "0"], "--steps"),
-])
+@pytest.mark.parametrize(
+    "argument,named",
+    [
+        (["--pladis-scale", "-1"], "pladis_scale"),
+        (["--pladis-alpha", "3"], "pladis_alpha"),
+        (["--steps", "0"], "--steps"),
+    ],
+)
 def test_compare_rejects_bad_options(argument, named, capsys):
     with pytest.raises(SystemExit):
         compare.parse_args(argument)
@@ -54,8 +63,22 @@ def test_auto_pipeline_runs_a_newer_family_from_a_saved_folder(tmp_path):
     from tests.tiny_pipelines import build_tiny_chroma
 
     build_tiny_chroma().save_pretrained(tmp_path / "tiny-chroma")
-    path = compare.main(["--pipeline", "auto", "--model", str(tmp_path / "tiny-chroma"), "--height", "32",
-                         "--width", "32", "--steps", "2", "--out", str(tmp_path / "chroma.png")])
+    path = compare.main(
+        [
+            "--pipeline",
+            "auto",
+            "--model",
+            str(tmp_path / "tiny-chroma"),
+            "--height",
+            "32",
+            "--width",
+            "32",
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path / "chroma.png"),
+        ]
+    )
     grid = np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
     half = grid.shape[1] // 2
     assert np.abs(grid[24:, :half] - grid[24:, half:]).max() > 0  # PLADIS changed the Chroma picture

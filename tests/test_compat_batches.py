@@ -16,8 +16,16 @@ PROMPTS = ["a photo of a red cube", "two dogs on the table with a blue ball in t
 
 def generate(pipe, family: str, prompts: list[str], seeds: list[int], images_per_prompt: int = 1):
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-    return pipe(prompts, num_images_per_prompt=images_per_prompt, generator=generators, num_inference_steps=2,
-                height=64, width=64, output_type="np", **CALL_OPTIONS[family]).images
+    return pipe(
+        prompts,
+        num_images_per_prompt=images_per_prompt,
+        generator=generators,
+        num_inference_steps=2,
+        height=64,
+        width=64,
+        output_type="np",
+        **CALL_OPTIONS[family],
+    ).images
 
 
 @pytest.mark.parametrize("family", ["sd15", "sd3", "pixart"])

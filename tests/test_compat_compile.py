@@ -13,12 +13,14 @@ from attention import apply_pladis, entmax_attention, pladis_scaled_dot_product_
 from attention.reference import reference_sparse_map
 from tests.families import build, one_thread, run_family  # noqa: F401
 
-ADVERSARIAL_ROWS = torch.tensor([
-    [0.0] * 8,                                                   # all equal
-    [3.0, 3.0, 3.0, -1.0, -1.0, 0.0, 0.0, 0.0],                  # ties at the top
-    [1e4, 1e4 - 1e-3, -1e4, 0.0, 5.0, 5.0, 1.0, 2.0],            # huge logits
-    [float("-inf"), 1.0, float("-inf"), 2.0, 2.0, float("-inf"), 0.5, 0.0],  # masked keys
-])
+ADVERSARIAL_ROWS = torch.tensor(
+    [
+        [0.0] * 8,  # all equal
+        [3.0, 3.0, 3.0, -1.0, -1.0, 0.0, 0.0, 0.0],  # ties at the top
+        [1e4, 1e4 - 1e-3, -1e4, 0.0, 5.0, 5.0, 1.0, 2.0],  # huge logits
+        [float("-inf"), 1.0, float("-inf"), 2.0, 2.0, float("-inf"), 0.5, 0.0],  # masked keys
+    ]
+)
 
 
 def reference_entmax(z: torch.Tensor, alpha: float) -> torch.Tensor:

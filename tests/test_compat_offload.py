@@ -61,8 +61,11 @@ def test_sequential_cpu_offload_installs_and_restores_around_the_hooks():
     assert same_processor_objects(pipe.unet, before) and hasattr(layer.to_q, "_hf_hook")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="sequential offload to the CPU itself fails in "
-                    "accelerate's meta-device hook even for the stock pipeline; it needs an accelerator")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="sequential offload to the CPU itself fails in "
+    "accelerate's meta-device hook even for the stock pipeline; it needs an accelerator",
+)
 @pytest.mark.parametrize("offload", ["enable_model_cpu_offload", "enable_sequential_cpu_offload"])
 def test_offload_to_cuda_runs_pladis(offload):
     pipe = load()

@@ -14,8 +14,8 @@ from diffusers import StableDiffusionXLPipeline
 
 from attention import apply_pladis
 from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
-from scripts.cli.assets import TINY_SDXL
 from scripts.build_tiny_assets import tiny_flux_transformer
+from scripts.cli.assets import TINY_SDXL
 from tests.families import one_thread  # noqa: F401
 from tests.test_install import flux_inputs
 from tests.tiny import processors_by_name, run_pipe, same_processor_objects
@@ -74,6 +74,7 @@ def test_overlapping_pladis_and_stock_calls_give_their_solo_images_and_restore_t
                 if not first:
                     assert a_done.wait(TIMEOUT)
             return callback_kwargs
+
         return callback
 
     def call_a():
@@ -86,14 +87,18 @@ def test_overlapping_pladis_and_stock_calls_give_their_solo_images_and_restore_t
         def call():
             assert a_running.wait(TIMEOUT)
             return target()
+
         return call
 
-    results = run_threads({
-        "a": call_a,
-        "b": after_a(lambda: run_pipe(b, pladis_scale=1.0, pladis_alpha=2.0, callback_on_step_end=in_loop(False),
-                                      **options)),
-        "stock": after_a(lambda: run_pipe(stock, callback_on_step_end=in_loop(False), **options)),
-    })
+    results = run_threads(
+        {
+            "a": call_a,
+            "b": after_a(
+                lambda: run_pipe(b, pladis_scale=1.0, pladis_alpha=2.0, callback_on_step_end=in_loop(False), **options)
+            ),
+            "stock": after_a(lambda: run_pipe(stock, callback_on_step_end=in_loop(False), **options)),
+        }
+    )
     for name, image in solo.items():
         np.testing.assert_array_equal(results[name], image, err_msg=name)
     assert same_processor_objects(a.unet, before) and dict(a.unet._forward_pre_hooks) == hooks
@@ -125,7 +130,7 @@ def test_concurrent_calls_on_a_bare_transformer_keep_their_own_settings_and_text
     inside = threading.Barrier(2, timeout=TIMEOUT)
     results = run_threads({name: (lambda call=call: output(*call)) for name, call in calls.items()})
     for name in calls:
-        for got, want in zip(results[name], solo[name]):
+        for got, want in zip(results[name], solo[name], strict=True):
             assert torch.equal(got, want), name
     assert (solo["double only, λ=1.5, α=2"][0] - solo["stock"][0]).abs().max() > 1e-4
     assert same_processor_objects(transformer, before) and dict(transformer._forward_pre_hooks) == hooks

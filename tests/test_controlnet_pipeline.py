@@ -12,16 +12,24 @@ from PIL import Image
 
 from attention import PLADISAttnProcessor, apply_pladis
 from pipeline.pipeline_controlnet import PLADISStableDiffusionXLControlNetPipeline
-from scripts.cli.assets import TINY_CONTROL_IMAGE, TINY_SDXL_CONTROLNET
 from scripts.build_tiny_assets import build_tiny_sdxl_controlnet_pipeline
+from scripts.cli.assets import TINY_CONTROL_IMAGE, TINY_SDXL_CONTROLNET
 from tests.guidance_reference import (
-    perturbed_projection, run_latents, self_attention_names, stock_pag_as_plain_attention,
+    perturbed_projection,
+    run_latents,
+    self_attention_names,
+    stock_pag_as_plain_attention,
 )
 from tests.tiny import processors_by_name, same_processor_objects
 
 # The reference README's ControlNet call (one step: PLADIS attention is the slow part on CPU).
-REFERENCE_OPTIONS = {"guidance_scale": 1.0, "seg_scale": 3.0, "seg_blur_sigma": 1e10, "seg_applied_layers": ["mid"],
-                     "num_inference_steps": 1}
+REFERENCE_OPTIONS = {
+    "guidance_scale": 1.0,
+    "seg_scale": 3.0,
+    "seg_blur_sigma": 1e10,
+    "seg_applied_layers": ["mid"],
+    "num_inference_steps": 1,
+}
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +59,11 @@ def test_reference_example_equals_pladis_around_independent_seg(pipe, control_im
     stock = StableDiffusionXLControlNetPAGPipeline.from_pretrained(TINY_SDXL_CONTROLNET, local_files_only=True)
     mid = {name: (8, 8) for name in self_attention_names(stock.unet, "mid_block.")}
     got = run_latents(pipe, image=control_image, pladis_scale=3.0, **REFERENCE_OPTIONS)
-    with apply_pladis(stock, 3.0), stock_pag_as_plain_attention(stock, list(mid)), \
-            perturbed_projection(stock.unet, mid, 1e10, batch_chunks=2):
+    with (
+        apply_pladis(stock, 3.0),
+        stock_pag_as_plain_attention(stock, list(mid)),
+        perturbed_projection(stock.unet, mid, 1e10, batch_chunks=2),
+    ):
         expected = run_latents(stock, image=control_image, guidance_scale=1.0, pag_scale=3.0, num_inference_steps=1)
     np.testing.assert_allclose(got, expected, rtol=0, atol=5e-5)
     plain = run_latents(pipe, image=control_image, guidance_scale=1.0, num_inference_steps=1)
@@ -84,8 +95,14 @@ def test_processors_restored_when_the_loop_raises(pipe, control_image):
         raise RuntimeError("boom in the denoising loop")
 
     with pytest.raises(RuntimeError, match="boom"):
-        run_latents(pipe, image=control_image, pladis_scale=3.0, pladis_controlnet=True,
-                    callback_on_step_end=fail, **REFERENCE_OPTIONS)
+        run_latents(
+            pipe,
+            image=control_image,
+            pladis_scale=3.0,
+            pladis_controlnet=True,
+            callback_on_step_end=fail,
+            **REFERENCE_OPTIONS,
+        )
     assert same_processor_objects(pipe.unet, unet_before)
     assert same_processor_objects(pipe.controlnet, controlnet_before)
 

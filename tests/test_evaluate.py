@@ -22,11 +22,20 @@ def tiny_clip(tmp_path_factory):
     """A random CLIP (32×32 images, 16-d embeddings) with the tiny tokenizer, saved and loaded like a real one."""
     torch.manual_seed(0)
     tokenizer = tiny_clip_tokenizer()
-    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                num_attention_heads=4, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    vision = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                  num_attention_heads=4)
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = dict(
+        image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4
+    )
     model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval()
     image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     folder = tmp_path_factory.mktemp("tiny-clip")
@@ -47,7 +56,9 @@ def generated(tmp_path):
         (out / folder).mkdir(parents=True)
         for index in range(len(PROMPTS)):
             random_image(offset + index).save(out / folder / f"{index:05d}.png")
-    (out / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p, "seed": i}) + "\n" for i, p in enumerate(PROMPTS)))
+    (out / "prompts.jsonl").write_text(
+        "".join(json.dumps({"prompt": p, "seed": i}) + "\n" for i, p in enumerate(PROMPTS))
+    )
     reference = tmp_path / "reference"
     reference.mkdir()
     for index in range(5):
@@ -92,11 +103,28 @@ def test_clip_score_is_100_times_the_clamped_cosine_of_clip_embeddings(tiny_clip
 
 def test_table_has_a_row_per_folder_and_names_every_metric_honestly(tiny_clip, generated, tmp_path, capsys):
     out, reference = generated
-    results = evaluate.main([
-        str(out / "pladis_0"), str(out / "pladis_2"), "--clip-model", str(tiny_clip), "--reference", str(reference),
-        "--fid-features", "clip", "--pickscore-model", str(tiny_clip), "--imagereward-model", "ImageReward-v1.0",
-        "--device", "cpu", "--batch-size", "3", "--json", str(tmp_path / "scores.json"),
-    ])
+    results = evaluate.main(
+        [
+            str(out / "pladis_0"),
+            str(out / "pladis_2"),
+            "--clip-model",
+            str(tiny_clip),
+            "--reference",
+            str(reference),
+            "--fid-features",
+            "clip",
+            "--pickscore-model",
+            str(tiny_clip),
+            "--imagereward-model",
+            "ImageReward-v1.0",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "3",
+            "--json",
+            str(tmp_path / "scores.json"),
+        ]
+    )
     table = capsys.readouterr().out
     assert [row["label"] for row in results["rows"]] == ["without PLADIS", "PLADIS 2"]
     assert all(row["images"] == len(PROMPTS) for row in results["rows"])

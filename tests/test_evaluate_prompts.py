@@ -44,8 +44,16 @@ def test_images_made_from_other_prompts_are_refused_before_any_model_loads(tmp_p
     wrong = tmp_path / "other.txt"
     wrong.write_text("a photo of a cat\ntwo horses in space\na dog on the table\n")  # line 2 differs
     with pytest.raises(SystemExit) as stop:
-        evaluate.main([str(tmp_path / "out" / "pladis_0"), str(tmp_path / "out" / "pladis_2"),
-                       "--prompts", str(wrong), "--device", "cpu"])
+        evaluate.main(
+            [
+                str(tmp_path / "out" / "pladis_0"),
+                str(tmp_path / "out" / "pladis_2"),
+                "--prompts",
+                str(wrong),
+                "--device",
+                "cpu",
+            ]
+        )
     message = str(stop.value)
     assert "2 images carry another prompt" in message
     assert "pladis_0/00001.png: made from 'a red cube on a blue ball', scored against 'two horses in space'" in message
@@ -78,13 +86,16 @@ def test_generate_writes_the_prompt_field_evaluate_reads(tmp_path):
     assert evaluate.image_prompt(path) == "a cat, café, 猫"
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["missing/pladis_0"], "no such folder: missing/pladis_0"),
-    (["{folder}", "--prompts", "missing.txt"], "--prompts: no such file: missing.txt"),
-    (["{folder}", "--reference", "missing-coco"], "--reference: no such folder: missing-coco"),
-    (["{folder}", "--inception-weights", "missing.pth"], "--inception-weights: no such file: missing.pth"),
-    (["{folder}", "--json", "{folder}"], "is an existing folder"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["missing/pladis_0"], "no such folder: missing/pladis_0"),
+        (["{folder}", "--prompts", "missing.txt"], "--prompts: no such file: missing.txt"),
+        (["{folder}", "--reference", "missing-coco"], "--reference: no such folder: missing-coco"),
+        (["{folder}", "--inception-weights", "missing.pth"], "--inception-weights: no such file: missing.pth"),
+        (["{folder}", "--json", "{folder}"], "is an existing folder"),
+    ],
+)
 def test_missing_inputs_and_bad_outputs_are_usage_errors(tmp_path, capsys, no_scoring, argv, message):
     save_generated(tmp_path / "pladis_0", PROMPTS)
     argv = [item.format(folder=tmp_path / "pladis_0") for item in argv]

@@ -10,10 +10,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
-EXAMPLES = sorted(path.stem for path in (Path(__file__).resolve().parent.parent / "scripts" / "examples").glob("*.py")
-                  if path.stem != "__init__")
-REFERENCE_SECTIONS = {"sdxl_cfg", "sdxl_pag", "sdxl_seg", "sdxl_freeu", "sdxl_dmd2", "sdxl_lightning", "hyper_sdxl",
-                      "flux_schnell", "flux_dev", "controlnet_depth"}
+EXAMPLES = sorted(
+    path.stem
+    for path in (Path(__file__).resolve().parent.parent / "scripts" / "examples").glob("*.py")
+    if path.stem != "__init__"
+)
+REFERENCE_SECTIONS = {
+    "sdxl_cfg",
+    "sdxl_pag",
+    "sdxl_seg",
+    "sdxl_freeu",
+    "sdxl_dmd2",
+    "sdxl_lightning",
+    "hyper_sdxl",
+    "flux_schnell",
+    "flux_dev",
+    "controlnet_depth",
+}
 LABEL_HEIGHT, PANEL = 24, 256  # scripts/grid.py: a label strip, tiny images enlarged to 256 px
 
 
@@ -28,7 +41,7 @@ def test_example_runs_on_tiny_assets_and_writes_its_grid(name, tmp_path):
     assert example.main(["--tiny", "--steps", "1", "--device", "cpu", "--out", str(out)]) == out
     grid = np.asarray(Image.open(out).convert("RGB"))
     cell = grid.shape[1] // 2
-    without, with_pladis = (grid[LABEL_HEIGHT:LABEL_HEIGHT + PANEL, i * cell:i * cell + PANEL] for i in (0, 1))
+    without, with_pladis = (grid[LABEL_HEIGHT : LABEL_HEIGHT + PANEL, i * cell : i * cell + PANEL] for i in (0, 1))
     assert grid.shape[0] == LABEL_HEIGHT + PANEL
     assert np.abs(without.astype(int) - with_pladis.astype(int)).max() > 0  # PLADIS changed the image
 

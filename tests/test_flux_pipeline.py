@@ -61,8 +61,9 @@ def fresh_stock(variant):
 
 def test_scale_zero_is_bit_identical_to_stock_pipeline(pipe, stock):
     np.testing.assert_array_equal(run_flux(pipe), run_flux(stock))
-    np.testing.assert_array_equal(run_flux(pipe, pladis_scale=0.0, pladis_alpha=2.0, pladis_single_blocks=True),
-                                  run_flux(stock))
+    np.testing.assert_array_equal(
+        run_flux(pipe, pladis_scale=0.0, pladis_alpha=2.0, pladis_single_blocks=True), run_flux(stock)
+    )
 
 
 @pytest.mark.parametrize("alpha", [1.5, 2.0])
@@ -93,8 +94,10 @@ def installed_processors(pipe, **options) -> tuple[dict, set]:
     def record(pipeline, step, timestep, callback_kwargs):
         seen.update(pipeline.transformer.attn_processors)
         single_stream_tokens.update(
-            processor.current_settings().recorded.tokens for name, processor in seen.items()
-            if name.startswith("single_transformer_blocks.") and isinstance(processor, PLADISFluxAttnProcessor)
+            processor.current_settings().recorded.tokens
+            for name, processor in seen.items()
+            if name.startswith("single_transformer_blocks.")
+            and isinstance(processor, PLADISFluxAttnProcessor)
             and processor.current_settings().single_blocks
         )
         return callback_kwargs
@@ -116,8 +119,9 @@ def test_pladis_goes_on_double_stream_blocks_only_by_default(pipe):
 
 @pytest.mark.parametrize("max_sequence_length", [16, 77])
 def test_single_block_option_uses_the_text_length_of_the_call(pipe, max_sequence_length):
-    seen, tokens = installed_processors(pipe, pladis_scale=2.0, pladis_single_blocks=True,
-                                        max_sequence_length=max_sequence_length)
+    seen, tokens = installed_processors(
+        pipe, pladis_scale=2.0, pladis_single_blocks=True, max_sequence_length=max_sequence_length
+    )
     assert len(seen) == 4 and all(isinstance(processor, PLADISFluxAttnProcessor) for processor in seen.values())
     assert tokens == {max_sequence_length}
     single = [processor for name, processor in seen.items() if name.startswith("single_transformer_blocks.")]
@@ -133,8 +137,13 @@ def test_single_block_option_changes_the_image(pipe):
 
 def test_text_length_comes_from_the_prompt_embeds_the_pipeline_passes(pipe):
     prompt_embeds, pooled, _ = pipe.encode_prompt("a photo of a red cube", prompt_2=None, max_sequence_length=20)
-    _, tokens = installed_processors(pipe, prompt_embeds=prompt_embeds[:, :11], pooled_prompt_embeds=pooled,
-                                     pladis_scale=2.0, pladis_single_blocks=True)
+    _, tokens = installed_processors(
+        pipe,
+        prompt_embeds=prompt_embeds[:, :11],
+        pooled_prompt_embeds=pooled,
+        pladis_scale=2.0,
+        pladis_single_blocks=True,
+    )
     assert tokens == {11}  # neither max_sequence_length (512 by default) nor the tokenizer's length
 
 

@@ -33,14 +33,23 @@ def reference_output(monkeypatch, text_length, scale, alpha, attn, *args, **kwar
 
 def double_stream_attention() -> FluxAttention:
     torch.manual_seed(0)
-    return FluxAttention(query_dim=DIM, added_kv_proj_dim=DIM, dim_head=HEAD_DIM, heads=HEADS, out_dim=DIM,
-                         context_pre_only=False, bias=True, eps=1e-6).eval()
+    return FluxAttention(
+        query_dim=DIM,
+        added_kv_proj_dim=DIM,
+        dim_head=HEAD_DIM,
+        heads=HEADS,
+        out_dim=DIM,
+        context_pre_only=False,
+        bias=True,
+        eps=1e-6,
+    ).eval()
 
 
 def single_stream_attention() -> FluxAttention:
     torch.manual_seed(1)
-    return FluxAttention(query_dim=DIM, dim_head=HEAD_DIM, heads=HEADS, out_dim=DIM, bias=True, eps=1e-6,
-                         pre_only=True).eval()
+    return FluxAttention(
+        query_dim=DIM, dim_head=HEAD_DIM, heads=HEADS, out_dim=DIM, bias=True, eps=1e-6, pre_only=True
+    ).eval()
 
 
 def rotary_embedding(text_length: int, side: int):
@@ -68,7 +77,7 @@ def test_double_stream_matches_stock_processor_with_materialised_rule(monkeypatc
         ours = PLADISFluxAttnProcessor(2.0, alpha)(attn, image, text, image_rotary_emb=rope)
         expected = reference_output(monkeypatch, text_length, 2.0, alpha, attn, image, text, image_rotary_emb=rope)
         stock = FluxAttnProcessor()(attn, image, text, image_rotary_emb=rope)
-    for got, want, dense in zip(ours, expected, stock):
+    for got, want, _dense in zip(ours, expected, stock, strict=True):
         assert got.shape == want.shape
         assert relative_error(got, want.double()) < 1e-5
     assert relative_error(ours[0], stock[0].double()) > 1e-3  # image tokens change
@@ -108,7 +117,7 @@ def test_fused_projections_give_the_same_output():
         attn.fuse_projections()
         assert attn.fused_projections
         fused = processor(attn, image, text, image_rotary_emb=rope)
-    for got, want in zip(fused, separate):
+    for got, want in zip(fused, separate, strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
@@ -118,7 +127,7 @@ def test_zero_scale_equals_stock_processor():
     with torch.no_grad():
         ours = PLADISFluxAttnProcessor(0.0)(attn, image, text, image_rotary_emb=rope)
         stock = FluxAttnProcessor()(attn, image, text, image_rotary_emb=rope)
-    for got, want in zip(ours, stock):
+    for got, want in zip(ours, stock, strict=True):
         torch.testing.assert_close(got, want)
 
 
@@ -128,7 +137,7 @@ def test_bfloat16_output_is_finite_and_keeps_the_dtype():
     with torch.no_grad():
         ours = PLADISFluxAttnProcessor(2.0)(attn, image.bfloat16(), text.bfloat16(), image_rotary_emb=rope)
         full = PLADISFluxAttnProcessor(2.0)(attn.float(), image, text, image_rotary_emb=rope)
-    for got, want in zip(ours, full):
+    for got, want in zip(ours, full, strict=True):
         assert got.dtype == torch.bfloat16 and torch.isfinite(got).all()
         assert relative_error(got, want.double()) < 5e-2
 

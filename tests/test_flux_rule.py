@@ -47,8 +47,10 @@ def relative_error(ours: torch.Tensor, expected: torch.Tensor) -> float:
 SIZES = [(7, 20), (1, 16), (32, 9), (77, 256)]  # (text tokens, image tokens)
 
 
-@pytest.mark.parametrize("alpha,text_length,image_length",
-                         [(alpha, *size) for alpha in (1.5, 2.0) for size in SIZES] + [(1.3, 7, 20), (1.3, 32, 9)])
+@pytest.mark.parametrize(
+    "alpha,text_length,image_length",
+    [(alpha, *size) for alpha in (1.5, 2.0) for size in SIZES] + [(1.3, 7, 20), (1.3, 32, 9)],
+)
 @pytest.mark.parametrize("scale", [0.5, 1.0, 2.0])
 def test_rule_matches_float64_materialised_formulation(alpha, scale, text_length, image_length):
     q, k, v = random_qkv(2, 3, text_length + image_length, 16, seed=text_length + image_length)
@@ -78,10 +80,15 @@ def test_weights_have_the_text_block_structure():
     dense = torch.softmax(q.double() @ k.double().transpose(-1, -2) / 8**0.5, dim=-1)
     torch.testing.assert_close(weights.sum(-1), torch.ones(1, 2, tokens, dtype=torch.float64), atol=1e-6, rtol=0)
     torch.testing.assert_close(weights[..., :text_length, :], dense[..., :text_length, :], atol=1e-6, rtol=0)
-    torch.testing.assert_close(weights[..., text_length:, text_length:], dense[..., text_length:, text_length:],
-                               atol=1e-6, rtol=0)
-    torch.testing.assert_close(weights[..., text_length:, :text_length].sum(-1),
-                               dense[..., text_length:, :text_length].sum(-1), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        weights[..., text_length:, text_length:], dense[..., text_length:, text_length:], atol=1e-6, rtol=0
+    )
+    torch.testing.assert_close(
+        weights[..., text_length:, :text_length].sum(-1),
+        dense[..., text_length:, :text_length].sum(-1),
+        atol=1e-6,
+        rtol=0,
+    )
     assert (weights[..., text_length:, :text_length] - dense[..., text_length:, :text_length]).abs().max() > 1e-2
     assert (weights[..., text_length:, :text_length] < -1e-4).any()  # λ = 2 extrapolates below zero
 
@@ -188,8 +195,15 @@ _PEAK_MEMORY_SCRIPT = textwrap.dedent(
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc peak-RSS reset")
 def test_peak_memory_grows_linearly_in_tokens():
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-c", _PEAK_MEMORY_SCRIPT], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=120, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", _PEAK_MEMORY_SCRIPT],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     peaks = json.loads(result.stdout.strip().splitlines()[-1])
     small, medium, large = peaks["ours"]
     score_map_bytes = 2 * 4096 * 4096 * 4  # one float32 (N×N) map for 2 heads at N = 4096: 128 MiB

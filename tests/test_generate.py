@@ -97,7 +97,9 @@ def test_an_image_depends_on_its_prompt_and_seed_not_on_its_place_in_the_file(tm
     backward.write_text(f"{cube}\n{cat}\n")
     for path in (forward, backward):
         generate.main(["--prompts", str(path), "--out", str(tmp_path / path.stem), "--steps", "1", "--scales", "2"])
-    assert np.array_equal(pixels(tmp_path / "forward/pladis_2/00000.png"), pixels(tmp_path / "backward/pladis_2/00001.png"))
+    assert np.array_equal(
+        pixels(tmp_path / "forward/pladis_2/00000.png"), pixels(tmp_path / "backward/pladis_2/00001.png")
+    )
 
 
 def test_resuming_with_other_settings_or_prompts_is_refused_but_extending_is_not(tmp_path):
@@ -113,7 +115,10 @@ def test_resuming_with_other_settings_or_prompts_is_refused_but_extending_is_not
     text.write_text("a photo of a cat\na photo of a dog\n")  # a prompt added at the end, and a new scale
     written = generate.main(["--prompts", str(text), "--out", str(out), "--steps", "1", "--scales", "0,2"])
     assert sorted(path.relative_to(out).as_posix() for path in written) == [
-        "pladis_0/00001.png", "pladis_2/00000.png", "pladis_2/00001.png"]
+        "pladis_0/00001.png",
+        "pladis_2/00000.png",
+        "pladis_2/00001.png",
+    ]
 
 
 def test_two_processes_split_the_prompts_and_write_each_image_once_as_one_process_does(prompt_file, tmp_path):
@@ -121,8 +126,19 @@ def test_two_processes_split_the_prompts_and_write_each_image_once_as_one_proces
     with one_thread():
         generate.main([*options, "--out", str(tmp_path / "single")])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",  # torchrun
-              "-m", "scripts.generate", *options, "--out", str(tmp_path / "multi")]
+    launch = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",  # torchrun
+        "-m",
+        "scripts.generate",
+        *options,
+        "--out",
+        str(tmp_path / "multi"),
+    ]
     result = subprocess.run(launch, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     reports = re.findall(r"process (\d)/2: wrote (\d+) images, 0 already there \((\d) of 3 prompts\)", result.stdout)

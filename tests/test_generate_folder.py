@@ -41,8 +41,20 @@ def test_runs_with_different_settings_started_together_are_not_both_accepted(one
 
     def run(steps: int) -> None:
         try:
-            outcomes[steps] = generate.main(["--prompts", str(one_prompt), "--out", str(out), "--scales", "0",
-                                             "--steps", str(steps), "--guidance-scale", "1"])
+            outcomes[steps] = generate.main(
+                [
+                    "--prompts",
+                    str(one_prompt),
+                    "--out",
+                    str(out),
+                    "--scales",
+                    "0",
+                    "--steps",
+                    str(steps),
+                    "--guidance-scale",
+                    "1",
+                ]
+            )
         except (SystemExit, Exception) as stop:  # noqa: BLE001 - any failure is reported by the assertion below
             outcomes[steps] = stop
 
@@ -59,8 +71,14 @@ def test_runs_with_different_settings_started_together_are_not_both_accepted(one
     assert outcomes[accepted] == [out / "pladis_0" / "00000.png"]
 
 
-@pytest.mark.parametrize("scales,clash", [("1,1.0000001", "1.0, 1.0000001 -> pladis_1"), ("0,2,2", "2.0, 2.0 -> pladis_2"),
-                                          ("0.5,0.50000001,3", "0.5, 0.50000001 -> pladis_0.5")])
+@pytest.mark.parametrize(
+    "scales,clash",
+    [
+        ("1,1.0000001", "1.0, 1.0000001 -> pladis_1"),
+        ("0,2,2", "2.0, 2.0 -> pladis_2"),
+        ("0.5,0.50000001,3", "0.5, 0.50000001 -> pladis_0.5"),
+    ],
+)
 def test_scales_that_share_a_folder_name_are_a_usage_error(one_prompt, tmp_path, capsys, scales, clash):
     with pytest.raises(SystemExit) as stop:
         generate.main(["--prompts", str(one_prompt), "--out", str(tmp_path / "out"), "--scales", scales])

@@ -19,8 +19,17 @@ def stock():
     return StableDiffusionXLPAGPipeline.from_pretrained(TINY_SDXL, local_files_only=True)
 
 
-@pytest.mark.parametrize("value,error", [(-1.0, ValueError), (math.nan, ValueError), (math.inf, ValueError),
-                                         ("1", TypeError), (None, TypeError), (True, TypeError)])
+@pytest.mark.parametrize(
+    "value,error",
+    [
+        (-1.0, ValueError),
+        (math.nan, ValueError),
+        (math.inf, ValueError),
+        ("1", TypeError),
+        (None, TypeError),
+        (True, TypeError),
+    ],
+)
 def test_bad_guidance_scales_name_the_argument(value, error):
     with pytest.raises(error, match="seg_scale"):
         check_guidance_scale("seg_scale", value)
@@ -30,8 +39,9 @@ def test_guidance_scale_accepts_zero_and_positive_numbers():
     assert check_guidance_scale("pag_scale", 0) == 0.0 and check_guidance_scale("pag_scale", 3) == 3.0
 
 
-@pytest.mark.parametrize("value,error", [(0.0, ValueError), (-2.0, ValueError), (math.nan, ValueError),
-                                         ("9", TypeError)])
+@pytest.mark.parametrize(
+    "value,error", [(0.0, ValueError), (-2.0, ValueError), (math.nan, ValueError), ("9", TypeError)]
+)
 def test_bad_blur_sigma_is_rejected(value, error):
     with pytest.raises(error, match="seg_blur_sigma"):
         check_seg_blur_sigma(value)
@@ -46,9 +56,24 @@ def test_a_single_layer_id_becomes_a_list():
     assert check_applied_layers("pag_applied_layers", "mid", names) == ["mid"]
 
 
-@pytest.mark.parametrize("layer_id", ["mid", "down_blocks.2", "up_blocks.0.attentions.1", "down_blocks.1.attentions.0",
-                                      "transformer_blocks.1", "up_blocks.(0|1)", "attn1", "down.block_1", "up_blocks.2",
-                                      "down_blocks.0", "mid_block.attentions.1", "attn2", "blocks.3"])
+@pytest.mark.parametrize(
+    "layer_id",
+    [
+        "mid",
+        "down_blocks.2",
+        "up_blocks.0.attentions.1",
+        "down_blocks.1.attentions.0",
+        "transformer_blocks.1",
+        "up_blocks.(0|1)",
+        "attn1",
+        "down.block_1",
+        "up_blocks.2",
+        "down_blocks.0",
+        "mid_block.attentions.1",
+        "attn2",
+        "blocks.3",
+    ],
+)
 def test_layer_check_agrees_with_diffusers_pag(stock, layer_id):
     try:
         with swapped_attn_processors(stock.unet, {}):

@@ -52,8 +52,11 @@ def test_processors_reject_bad_alphas(processor, value, error):
 @pytest.mark.parametrize("value,error", BAD_SCALES)
 def test_attention_functions_reject_bad_scales(value, error):
     q = torch.randn(1, 1, 4, 8)
-    for call in (lambda: pladis_scaled_dot_product_attention(q, q, q, value), lambda: pladis_weights(q, value),
-                 lambda: text_block_pladis_attention(q, q, q, 2, value)):
+    for call in (
+        lambda: pladis_scaled_dot_product_attention(q, q, q, value),
+        lambda: pladis_weights(q, value),
+        lambda: text_block_pladis_attention(q, q, q, 2, value),
+    ):
         with pytest.raises(error, match="pladis_scale"):
             call()
 
@@ -72,8 +75,15 @@ def sd15():
     return build("sd15")
 
 
-@pytest.mark.parametrize("option,value", [("pladis_controlnet", "yes"), ("pladis_controlnet", 1),
-                                          ("pladis_single_blocks", "no"), ("pladis_single_blocks", None)])
+@pytest.mark.parametrize(
+    "option,value",
+    [
+        ("pladis_controlnet", "yes"),
+        ("pladis_controlnet", 1),
+        ("pladis_single_blocks", "no"),
+        ("pladis_single_blocks", None),
+    ],
+)
 def test_apply_pladis_rejects_non_bool_flags(sd15, option, value):
     with pytest.raises(TypeError, match=f"{option} must be True or False"):
         with apply_pladis(sd15, 2.0, **{option: value}):
@@ -130,10 +140,18 @@ def extreme_cases(dtype: torch.dtype):
     batch row masks every key (bool False or additive −inf)."""
     torch.manual_seed(0)
     cross = Attention(32, cross_attention_dim=24, heads=4, dim_head=8).eval()
-    sana = Attention(32, cross_attention_dim=24, heads=4, dim_head=8, qk_norm="rms_norm_across_heads",
-                     kv_heads=4).eval()
-    joint = Attention(32, added_kv_proj_dim=32, heads=4, dim_head=8, out_dim=32, context_pre_only=False,
-                      processor=JointAttnProcessor2_0()).eval()
+    sana = Attention(
+        32, cross_attention_dim=24, heads=4, dim_head=8, qk_norm="rms_norm_across_heads", kv_heads=4
+    ).eval()
+    joint = Attention(
+        32,
+        added_kv_proj_dim=32,
+        heads=4,
+        dim_head=8,
+        out_dim=32,
+        context_pre_only=False,
+        processor=JointAttnProcessor2_0(),
+    ).eval()
     flux = FluxAttention(32, heads=4, dim_head=8, added_kv_proj_dim=32).eval()
     for module in (cross, sana, joint, flux):
         module.to(dtype)
@@ -191,8 +209,12 @@ FORBIDDEN = {
 def test_no_source_enables_remote_code_or_loads_pickles():
     sources = [path for folder in ("attention", "pipeline", "scripts") for path in (PROJECT / folder).rglob("*.py")]
     assert len(sources) > 10
-    found = [f"{path.relative_to(PROJECT)}: {kind}" for path in sources for kind, pattern in FORBIDDEN.items()
-             if pattern.search(path.read_text())]
+    found = [
+        f"{path.relative_to(PROJECT)}: {kind}"
+        for path in sources
+        for kind, pattern in FORBIDDEN.items()
+        if pattern.search(path.read_text())
+    ]
     assert found == []
 
 

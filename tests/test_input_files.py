@@ -17,12 +17,15 @@ from scripts.cli.records import read_settings
 from tests.tiny import processors_by_name, same_processor_objects
 
 
-@pytest.mark.parametrize("text,line", [
-    ('{"prompt": "a cat", "seed": 4\n{"prompt": "a dog"}\n', 1),  # the first line is broken
-    ('a photo of a cat\n\n{"prompt": "a dog", "seed": 2}\n', 1),  # a JSON object further down: JSON lines
-    ('{"prompt": "a cat"}\n\n{"prompt": "a dog",}\n', 3),  # blank lines still count for the line number
-    ("{broken\n", 1),
-])
+@pytest.mark.parametrize(
+    "text,line",
+    [
+        ('{"prompt": "a cat", "seed": 4\n{"prompt": "a dog"}\n', 1),  # the first line is broken
+        ('a photo of a cat\n\n{"prompt": "a dog", "seed": 2}\n', 1),  # a JSON object further down: JSON lines
+        ('{"prompt": "a cat"}\n\n{"prompt": "a dog",}\n', 3),  # blank lines still count for the line number
+        ("{broken\n", 1),
+    ],
+)
 def test_json_lines_files_with_a_bad_line_are_refused_naming_the_line(tmp_path, text, line):
     path = tmp_path / "prompts.jsonl"
     path.write_text(text)
@@ -33,8 +36,11 @@ def test_json_lines_files_with_a_bad_line_are_refused_naming_the_line(tmp_path, 
 def test_plain_text_files_stay_plain_text_and_fields_are_checked(tmp_path):
     path = tmp_path / "prompts.txt"
     path.write_text("a photo of a cat\nbraces {like this} are text\n[1, 2]\n")
-    assert read_prompts(path) == [PromptEntry(0, "a photo of a cat"), PromptEntry(1, "braces {like this} are text"),
-                                  PromptEntry(2, "[1, 2]")]
+    assert read_prompts(path) == [
+        PromptEntry(0, "a photo of a cat"),
+        PromptEntry(1, "braces {like this} are text"),
+        PromptEntry(2, "[1, 2]"),
+    ]
     path.write_text('{"prompt": "a cat"}\n{"prompt": "a dog", "negative_prompt": 3}\n')
     with pytest.raises(ValueError, match="line 2: 'negative_prompt' must be a string"):
         read_prompts(path)
@@ -73,14 +79,17 @@ def test_broken_settings_json_names_the_line_and_column(tmp_path, capsys):
     assert "line 4 column 3" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("recorded,message", [
-    ({"pipeline": "nosuch"}, "'pipeline' is 'nosuch'; expected one of auto, controlnet, flux, sdxl, sdxl-seg"),
-    ({"steps": "two"}, "'steps' is 'two'; expected an integer"),
-    ({"guidance_scale": [5]}, "'guidance_scale' is [5]; expected a number"),
-    ({"dtype": "float8"}, "'dtype' is 'float8'; expected one of"),
-    ({"freeu": 1.1}, "'freeu' is 1.1; expected a list"),
-    ({"freeu": [1.1, "a", 0.9, 0.2]}, "'freeu' is [1.1, 'a', 0.9, 0.2]; expected a number"),
-])
+@pytest.mark.parametrize(
+    "recorded,message",
+    [
+        ({"pipeline": "nosuch"}, "'pipeline' is 'nosuch'; expected one of auto, controlnet, flux, sdxl, sdxl-seg"),
+        ({"steps": "two"}, "'steps' is 'two'; expected an integer"),
+        ({"guidance_scale": [5]}, "'guidance_scale' is [5]; expected a number"),
+        ({"dtype": "float8"}, "'dtype' is 'float8'; expected one of"),
+        ({"freeu": 1.1}, "'freeu' is 1.1; expected a list"),
+        ({"freeu": [1.1, "a", 0.9, 0.2]}, "'freeu' is [1.1, 'a', 0.9, 0.2]; expected a number"),
+    ],
+)
 def test_settings_values_are_checked_like_the_command_line(tmp_path, capsys, recorded, message):
     settings = tmp_path / "grid.json"
     settings.write_text(json.dumps({"arguments": {"prompt": "a cat", **recorded}}))
@@ -92,8 +101,16 @@ def test_settings_values_are_checked_like_the_command_line(tmp_path, capsys, rec
 
 def test_valid_recorded_values_are_taken(tmp_path):
     settings = tmp_path / "grid.json"
-    recorded = {"prompt": "a cat", "freeu": [1.1, 1.2, 0.9, 0.2], "steps": 3, "guidance_scale": 4, "dtype": "float32",
-                "scales": [0.0, 1.5], "out": "grid.png", "pipeline": "sdxl"}
+    recorded = {
+        "prompt": "a cat",
+        "freeu": [1.1, 1.2, 0.9, 0.2],
+        "steps": 3,
+        "guidance_scale": 4,
+        "dtype": "float32",
+        "scales": [0.0, 1.5],
+        "out": "grid.png",
+        "pipeline": "sdxl",
+    }
     settings.write_text(json.dumps({"arguments": recorded}))
     args = compare.parse_args(["--settings", str(settings)])
     assert (args.freeu, args.steps, args.guidance_scale, args.scales) == ([1.1, 1.2, 0.9, 0.2], 3, 4, [0.0, 1.5])

@@ -33,7 +33,8 @@ def flux_inputs(transformer, seed: int = 0) -> dict:
         "encoder_hidden_states": torch.randn(1, text, config.joint_attention_dim, generator=generator),
         "pooled_projections": torch.randn(1, config.pooled_projection_dim, generator=generator),
         "timestep": torch.tensor([0.5]),
-        "img_ids": ids, "txt_ids": torch.zeros(text, 3),
+        "img_ids": ids,
+        "txt_ids": torch.zeros(text, 3),
         **({"guidance": torch.tensor([3.5])} if config.guidance_embeds else {}),
     }
 
@@ -47,8 +48,9 @@ def test_bare_unet_gets_the_pipelines_pladis():
             via_pipeline = pipe.unet(**inputs).sample
         with apply_pladis(pipe.unet, 2.0):
             bare = pipe.unet(**inputs).sample
-            assert isinstance(pipe.unet.mid_block.attentions[0].transformer_blocks[0].attn2.processor,
-                              PLADISAttnProcessor)
+            assert isinstance(
+                pipe.unet.mid_block.attentions[0].transformer_blocks[0].attn2.processor, PLADISAttnProcessor
+            )
     torch.testing.assert_close(bare, via_pipeline, rtol=0, atol=0)
     assert (bare - stock).abs().max() > 1e-4
 

@@ -10,8 +10,7 @@ import torch
 from diffusers.models.attention_processor import Attention
 from diffusers.models.transformers.transformer_flux import FluxAttention
 
-from attention import PLADISAttnProcessor, PLADISFluxAttnProcessor, pladis_scaled_dot_product_attention
-from attention import kernel_choice
+from attention import PLADISAttnProcessor, PLADISFluxAttnProcessor, kernel_choice, pladis_scaled_dot_product_attention
 from attention.kernel_choice import choose_kernel, run_triton
 from scripts.dispatch_counter import count_dispatch
 from tests.attention_cases import attention_case
@@ -110,15 +109,27 @@ def _sdxl_attn2():
 def _flux_double_block_attn():
     """A FLUX.1 double-stream attention at 1024²: 24 heads × 128, 512 text + 4096 image tokens."""
     torch.manual_seed(0)
-    attn = FluxAttention(query_dim=3072, heads=24, dim_head=128, added_kv_proj_dim=3072, out_dim=3072,
-                         context_pre_only=False, bias=True, added_proj_bias=True).eval()
+    attn = FluxAttention(
+        query_dim=3072,
+        heads=24,
+        dim_head=128,
+        added_kv_proj_dim=3072,
+        out_dim=3072,
+        context_pre_only=False,
+        bias=True,
+        added_proj_bias=True,
+    ).eval()
     return attn, (torch.randn(1, 4096, 3072), torch.randn(1, 512, 3072))
 
 
-@pytest.mark.parametrize("build, processor, budget", [
-    (_sdxl_attn2, PLADISAttnProcessor(2.0), 80),
-    (_flux_double_block_attn, PLADISFluxAttnProcessor(2.0), 120),
-], ids=["sdxl-attn2", "flux-double-block"])
+@pytest.mark.parametrize(
+    "build, processor, budget",
+    [
+        (_sdxl_attn2, PLADISAttnProcessor(2.0), 80),
+        (_flux_double_block_attn, PLADISFluxAttnProcessor(2.0), 120),
+    ],
+    ids=["sdxl-attn2", "flux-double-block"],
+)
 def test_torch_path_has_no_host_sync_and_few_launches_per_processor_call(monkeypatch, build, processor, budget):
     monkeypatch.setenv("PLADIS_KERNEL", "torch")
     attn, inputs = build()

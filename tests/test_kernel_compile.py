@@ -22,8 +22,14 @@ print(json.dumps(resource_usage(*json.loads(sys.argv[1]))))
 def compiled_usage(*arguments) -> dict:
     """`resource_usage` in a fresh process without the interpreter (compiling needs the real JIT)."""
     environment = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
-    result = subprocess.run([sys.executable, "-c", PROBE, json.dumps(arguments)], cwd=ROOT, env=environment,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(arguments)],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 

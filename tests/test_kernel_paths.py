@@ -27,8 +27,15 @@ def _on(device, *tensors):
 @pytest.mark.parametrize("case", CASES)
 def test_cross_attention_rule_matches_float64_reference(kernel, alpha, case, device):
     query, key, value, mask, scale = attention_case(case)
-    expected = reference_pladis_sdpa(query.double(), key.double(), value.double(), 2.0, alpha,
-                                     attn_mask=None if mask is None else mask.double(), scale=scale)
+    expected = reference_pladis_sdpa(
+        query.double(),
+        key.double(),
+        value.double(),
+        2.0,
+        alpha,
+        attn_mask=None if mask is None else mask.double(),
+        scale=scale,
+    )
     ours = CROSS[kernel](*_on(device, query, key, value), 2.0, alpha, *_on(device, mask), scale)
     assert ours.dtype == torch.float32 and not ours.isnan().any()
     torch.testing.assert_close(ours.cpu().double(), expected, rtol=1e-5, atol=1e-5)
@@ -38,10 +45,18 @@ def test_cross_attention_rule_matches_float64_reference(kernel, alpha, case, dev
 @pytest.mark.parametrize("dtype", sorted(HALF))
 @pytest.mark.parametrize("case", ["random", "fully_masked"])
 def test_cross_attention_rule_in_half_precision_is_exact_to_the_output_rounding(kernel, dtype, case, device):
-    query, key, value, mask, scale = (t.to(HALF[dtype]) if isinstance(t, torch.Tensor) and t.is_floating_point()
-                                      else t for t in attention_case(case))
-    expected = reference_pladis_sdpa(query.double(), key.double(), value.double(), 2.0, 1.5,
-                                     attn_mask=None if mask is None else mask.double(), scale=scale)
+    query, key, value, mask, scale = (
+        t.to(HALF[dtype]) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in attention_case(case)
+    )
+    expected = reference_pladis_sdpa(
+        query.double(),
+        key.double(),
+        value.double(),
+        2.0,
+        1.5,
+        attn_mask=None if mask is None else mask.double(),
+        scale=scale,
+    )
     ours = CROSS[kernel](*_on(device, query, key, value), 2.0, 1.5, *_on(device, mask), scale)
     assert ours.dtype == HALF[dtype] and not ours.isnan().any()
     rounding = torch.finfo(HALF[dtype]).eps * expected.abs().amax()
@@ -68,19 +83,20 @@ def test_text_block_correction_matches_float64_reference(kernel, alpha, text_fir
     query, key, value = (torch.randn(1, 2, joint, 16, generator=generator) * 1.5 for _ in range(3))
     text = slice(0, text_keys) if text_first else slice(image_rows, joint)
     image = slice(text_keys, joint) if text_first else slice(0, image_rows)
-    expected = reference_text_block(query.double(), key.double(), value.double(), text_keys, 2.0, alpha,
-                                    text_first=text_first)
+    expected = reference_text_block(
+        query.double(), key.double(), value.double(), text_keys, 2.0, alpha, text_first=text_first
+    )
     query, key, value = _on(device, query, key, value)
     if source == "log_normaliser":
-        dense = dense_attention_and_log_normaliser(query, key, value, None, 16 ** -0.5)
+        dense = dense_attention_and_log_normaliser(query, key, value, None, 16**-0.5)
         if dense is None:
             pytest.skip(f"no fused attention op returns the log-sum-exp for {query.dtype} on {device}")
         output, row_values = dense
         arguments = dict(log_normaliser=row_values)
     else:
-        output, row_values = dense_attention_and_text_mass(query, key, value, text, None, 16 ** -0.5)
+        output, row_values = dense_attention_and_text_mass(query, key, value, text, None, 16**-0.5)
         arguments = dict(text_mass=row_values)
-    ours = TEXT_BLOCK[kernel](output, query, key, value, text, image, 2.0, alpha, None, 16 ** -0.5, **arguments)
+    ours = TEXT_BLOCK[kernel](output, query, key, value, text, image, 2.0, alpha, None, 16**-0.5, **arguments)
     torch.testing.assert_close(ours.cpu().double(), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -92,12 +108,12 @@ def test_text_block_correction_honours_masked_text_keys_and_padding(kernel, devi
     mask = torch.zeros(2, 1, 1, 60)
     mask[0, ..., 12:20] = float("-inf")  # sample 0: 8 of 20 text tokens are padding
     mask[1, ..., 0:20] = float("-inf")  # sample 1: no text at all
-    expected = reference_text_block(query.double(), key.double(), value.double(), 20, 2.0, 1.5,
-                                    attn_mask=mask.double())
+    expected = reference_text_block(query.double(), key.double(), value.double(), 20, 2.0, 1.5, attn_mask=mask.double())
     query, key, value, mask = _on(device, query, key, value, mask)
     output, text_mass = dense_attention_and_text_mass(query, key, value, slice(0, 20), mask, 0.25)
-    ours = TEXT_BLOCK[kernel](output, query, key, value, slice(0, 20), slice(20, 60), 2.0, 1.5,
-                              mask[..., 0:20], 0.25, text_mass=text_mass)
+    ours = TEXT_BLOCK[kernel](
+        output, query, key, value, slice(0, 20), slice(20, 60), 2.0, 1.5, mask[..., 0:20], 0.25, text_mass=text_mass
+    )
     torch.testing.assert_close(ours.cpu().double(), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -106,8 +122,15 @@ def test_text_block_correction_honours_masked_text_keys_and_padding(kernel, devi
 def test_torch_path_covers_every_alpha(alpha, case, device):
     """Other α take a fixed number of bisection and Newton steps (no sync), to the same map."""
     query, key, value, mask, scale = attention_case(case)
-    expected = reference_pladis_sdpa(query.double(), key.double(), value.double(), 2.0, alpha,
-                                     attn_mask=None if mask is None else mask.double(), scale=scale)
+    expected = reference_pladis_sdpa(
+        query.double(),
+        key.double(),
+        value.double(),
+        2.0,
+        alpha,
+        attn_mask=None if mask is None else mask.double(),
+        scale=scale,
+    )
     ours = sync_free_pladis_attention(*_on(device, query, key, value), 2.0, alpha, *_on(device, mask), scale)
     torch.testing.assert_close(ours.cpu().double(), expected, rtol=1e-5, atol=2e-5)
 
@@ -127,8 +150,9 @@ def test_cuda_only_branches_have_the_right_shapes_and_dtypes_on_meta_tensors(mon
 
     joint = dict(device="meta", dtype=torch.bfloat16)
     q, k, v = (torch.empty(1, 24, 4608, 128, **joint) for _ in range(3))
-    dense, log_normaliser = cuda_flash_attention_with_log_normaliser(q, k, v, 128 ** -0.5)
+    dense, log_normaliser = cuda_flash_attention_with_log_normaliser(q, k, v, 128**-0.5)
     assert dense.shape == q.shape and log_normaliser.shape == (1, 24, 4608) and log_normaliser.dtype == torch.float32
-    corrected = sync_free.sync_free_text_block_correction_(dense, q, k, v, slice(0, 512), slice(512, 4608), 2.0, 1.5,
-                                                           None, 128 ** -0.5, log_normaliser=log_normaliser)
+    corrected = sync_free.sync_free_text_block_correction_(
+        dense, q, k, v, slice(0, 512), slice(512, 4608), 2.0, 1.5, None, 128**-0.5, log_normaliser=log_normaliser
+    )
     assert corrected.shape == q.shape and corrected.dtype == torch.bfloat16

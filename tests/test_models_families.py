@@ -60,8 +60,10 @@ def run(family, model, inputs, **options):
 def reference(family, model, inputs, scale, alpha, single_blocks=False):
     tiny = DENOISERS[family]
     double = copy.deepcopy(model).double()
-    with torch.no_grad(), materialised_pladis(double, tiny.module, tiny.layouts(model, inputs, single_blocks),
-                                              scale, alpha):
+    with (
+        torch.no_grad(),
+        materialised_pladis(double, tiny.module, tiny.layouts(model, inputs, single_blocks), scale, alpha),
+    ):
         return tiny.output(double(**as_double(inputs)))
 
 
@@ -116,10 +118,15 @@ def test_padded_text_keys_weigh_nothing(family, model):
     padded = run(family, model, inputs, pladis_scale=2.0)
     if family == "z-image":
         for sample in range(2):
-            alone = {**inputs, "x": inputs["x"][sample : sample + 1], "t": inputs["t"][sample : sample + 1],
-                     "cap_feats": inputs["cap_feats"][sample : sample + 1]}
-            torch.testing.assert_close(run(family, model, alone, pladis_scale=2.0)[0], padded[sample],
-                                       atol=1e-5, rtol=1e-5)
+            alone = {
+                **inputs,
+                "x": inputs["x"][sample : sample + 1],
+                "t": inputs["t"][sample : sample + 1],
+                "cap_feats": inputs["cap_feats"][sample : sample + 1],
+            }
+            torch.testing.assert_close(
+                run(family, model, alone, pladis_scale=2.0)[0], padded[sample], atol=1e-5, rtol=1e-5
+            )
         return
     changed = dict(inputs, encoder_hidden_states=inputs["encoder_hidden_states"].clone())
     changed["encoder_hidden_states"][1, -PADDING:] += 5.0
@@ -156,7 +163,10 @@ def as_dtype(value, dtype):
 
 def test_bfloat16_output_is_finite_and_drifts_from_float32_no_more_than_stock(family, model):
     inputs = DENOISERS[family].inputs(6)
-    half, half_inputs = copy.deepcopy(model).to(torch.bfloat16), {n: as_dtype(v, torch.bfloat16) for n, v in inputs.items()}
+    half, half_inputs = (
+        copy.deepcopy(model).to(torch.bfloat16),
+        {n: as_dtype(v, torch.bfloat16) for n, v in inputs.items()},
+    )
     ours = run(family, half, half_inputs, pladis_scale=2.0)
     assert ours.dtype == torch.bfloat16 and torch.isfinite(ours).all()
     stock_drift = relative_error(run(family, half, half_inputs), run(family, model, inputs))  # the model's own

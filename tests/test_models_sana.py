@@ -20,8 +20,16 @@ from tests.tiny import CallCounter, processors_by_name, same_processor_objects
 def sana_cross_attention(qk_norm: str | None) -> Attention:
     """A SANA-style cross-attention layer (as `SanaTransformerBlock` builds it), random weights."""
     torch.manual_seed(0)
-    return Attention(query_dim=16, qk_norm=qk_norm, kv_heads=2 if qk_norm else None, cross_attention_dim=12, heads=2,
-                     dim_head=8, bias=True, processor=SanaAttnProcessor2_0()).eval()
+    return Attention(
+        query_dim=16,
+        qk_norm=qk_norm,
+        kv_heads=2 if qk_norm else None,
+        cross_attention_dim=12,
+        heads=2,
+        dim_head=8,
+        bias=True,
+        processor=SanaAttnProcessor2_0(),
+    ).eval()
 
 
 def padding_mask(batch: int, keys: int, kept: list[int], boolean: bool) -> torch.Tensor:

@@ -22,8 +22,9 @@ def reference_joint_sdpa(text_length: int, scale: float, alpha: float, text_firs
     (`attention.reference`)."""
 
     def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, **unused):
-        return reference_text_block(query, key, value, text_length, scale, alpha, text_first=text_first,
-                                    attn_mask=attn_mask, float64=True)
+        return reference_text_block(
+            query, key, value, text_length, scale, alpha, text_first=text_first, attn_mask=attn_mask, float64=True
+        )
 
     return sdpa
 
@@ -32,8 +33,17 @@ def joint_attention(context_pre_only: bool) -> Attention:
     """An SD3.5-style joint attention layer (as `JointTransformerBlock` builds it), random weights."""
     torch.manual_seed(0)
     return Attention(
-        query_dim=32, cross_attention_dim=None, added_kv_proj_dim=32, dim_head=8, heads=4, out_dim=32,
-        context_pre_only=context_pre_only, bias=True, processor=JointAttnProcessor2_0(), qk_norm="rms_norm", eps=1e-6,
+        query_dim=32,
+        cross_attention_dim=None,
+        added_kv_proj_dim=32,
+        dim_head=8,
+        heads=4,
+        out_dim=32,
+        context_pre_only=context_pre_only,
+        bias=True,
+        processor=JointAttnProcessor2_0(),
+        qk_norm="rms_norm",
+        eps=1e-6,
     ).eval()
 
 
@@ -68,8 +78,9 @@ def test_processor_without_text_is_plain_attention():
     attn = joint_attention(False)
     hidden = torch.randn(2, 24, 32, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        torch.testing.assert_close(PLADISJointAttnProcessor(2.0)(attn, hidden), JointAttnProcessor2_0()(attn, hidden),
-                                   atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(
+            PLADISJointAttnProcessor(2.0)(attn, hidden), JointAttnProcessor2_0()(attn, hidden), atol=1e-6, rtol=1e-5
+        )
 
 
 @pytest.fixture(scope="module", params=["sd3", "sd35"])

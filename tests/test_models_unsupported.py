@@ -32,8 +32,12 @@ def pladis_error(pipe, error: type, match: str) -> None:
 
 def test_unet_without_cross_attention_is_refused_by_class_name():
     unet = UNet2DConditionModel(
-        block_out_channels=(8, 16), norm_num_groups=8, layers_per_block=1, cross_attention_dim=8,
-        down_block_types=("AttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "AttnUpBlock2D"),
+        block_out_channels=(8, 16),
+        norm_num_groups=8,
+        layers_per_block=1,
+        cross_attention_dim=8,
+        down_block_types=("AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D"),
         mid_block_type=None,
     )
     assert unet.attn_processors  # it has (self-)attention, just no text attention
@@ -41,28 +45,67 @@ def test_unet_without_cross_attention_is_refused_by_class_name():
 
 
 def test_unconditional_unet_pipeline_is_refused_by_class_name():
-    unet = UNet2DModel(block_out_channels=(8, 16), norm_num_groups=8, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                       up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+    unet = UNet2DModel(
+        block_out_channels=(8, 16),
+        norm_num_groups=8,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    )
     pladis_error(DDPMPipeline(unet=unet, scheduler=DDPMScheduler()), TypeError, "UNet2DModel")
 
 
 def test_class_conditional_transformer_is_refused_by_class_name():
-    transformer = DiTTransformer2DModel(sample_size=8, num_layers=1, patch_size=2, attention_head_dim=8,
-                                        num_attention_heads=2, in_channels=4, out_channels=8)
+    transformer = DiTTransformer2DModel(
+        sample_size=8,
+        num_layers=1,
+        patch_size=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        in_channels=4,
+        out_channels=8,
+    )
     pladis_error(types.SimpleNamespace(transformer=transformer), TypeError, "DiTTransformer2DModel")
 
 
-@pytest.mark.parametrize("model,processor,layer", [
-    (lambda: HunyuanDiT2DModel(sample_size=16, num_layers=1, patch_size=2, attention_head_dim=8, num_attention_heads=3,
-                               in_channels=4, cross_attention_dim=32, cross_attention_dim_t5=32,
-                               pooled_projection_dim=16, hidden_size=24, activation_fn="gelu-approximate"),
-     "HunyuanAttnProcessor2_0", "blocks.0.attn2"),
-    (lambda: AuraFlowTransformer2DModel(sample_size=32, patch_size=2, in_channels=4, num_mmdit_layers=1,
-                                        num_single_dit_layers=1, attention_head_dim=8, num_attention_heads=4,
-                                        caption_projection_dim=32, joint_attention_dim=32, out_channels=4,
-                                        pos_embed_max_size=256),
-     "AuraFlowAttnProcessor2_0", "joint_transformer_blocks.0.attn"),
-])
+@pytest.mark.parametrize(
+    "model,processor,layer",
+    [
+        (
+            lambda: HunyuanDiT2DModel(
+                sample_size=16,
+                num_layers=1,
+                patch_size=2,
+                attention_head_dim=8,
+                num_attention_heads=3,
+                in_channels=4,
+                cross_attention_dim=32,
+                cross_attention_dim_t5=32,
+                pooled_projection_dim=16,
+                hidden_size=24,
+                activation_fn="gelu-approximate",
+            ),
+            "HunyuanAttnProcessor2_0",
+            "blocks.0.attn2",
+        ),
+        (
+            lambda: AuraFlowTransformer2DModel(
+                sample_size=32,
+                patch_size=2,
+                in_channels=4,
+                num_mmdit_layers=1,
+                num_single_dit_layers=1,
+                attention_head_dim=8,
+                num_attention_heads=4,
+                caption_projection_dim=32,
+                joint_attention_dim=32,
+                out_channels=4,
+                pos_embed_max_size=256,
+            ),
+            "AuraFlowAttnProcessor2_0",
+            "joint_transformer_blocks.0.attn",
+        ),
+    ],
+)
 def test_text_attention_with_an_unknown_processor_is_refused(model, processor, layer):
     transformer = model()
     before = processors_by_name(transformer)
@@ -122,8 +165,17 @@ def test_a_model_of_no_family_is_refused_by_class_name():
     from diffusers import Lumina2Transformer2DModel
 
     transformer = Lumina2Transformer2DModel(
-        sample_size=16, patch_size=2, in_channels=4, hidden_size=24, num_layers=2, num_refiner_layers=1,
-        num_attention_heads=3, num_kv_heads=1, multiple_of=16, axes_dim_rope=(4, 2, 2), axes_lens=(128, 128, 128),
+        sample_size=16,
+        patch_size=2,
+        in_channels=4,
+        hidden_size=24,
+        num_layers=2,
+        num_refiner_layers=1,
+        num_attention_heads=3,
+        num_kv_heads=1,
+        multiple_of=16,
+        axes_dim_rope=(4, 2, 2),
+        axes_lens=(128, 128, 128),
         cap_feat_dim=8,
     )
     processors = [module.processor for module in transformer.modules() if hasattr(module, "processor")]

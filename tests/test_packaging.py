@@ -53,6 +53,7 @@ def test_console_commands_resolve_to_callables():
         module_name, _, attribute = target.partition(":")
         function = getattr(importlib.import_module(module_name), attribute)
         assert callable(function), command
+        assert callable(importlib.import_module(function.module).main), command  # the script it runs
 
 
 def test_packages_found_are_the_top_level_folders():
@@ -64,6 +65,9 @@ def test_packages_found_are_the_top_level_folders():
 
 def test_no_module_edits_sys_path():
     sources = [p for folder in ("attention", "pipeline", "scripts", "tests") for p in (ROOT / folder).rglob("*.py")]
-    offenders = [str(p.relative_to(ROOT)) for p in sources
-                 if p.name != Path(__file__).name and re.search(r"sys\.path\.(insert|append)", p.read_text())]
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in sources
+        if p.name != Path(__file__).name and re.search(r"sys\.path\.(insert|append)", p.read_text())
+    ]
     assert offenders == []

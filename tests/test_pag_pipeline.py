@@ -33,15 +33,22 @@ def stock_pag():
 
 def pag_state(pipeline) -> tuple:
     """What PAGMixin keeps on the pipeline object, with processor objects compared by identity."""
-    return (list(pipeline.pag_applied_layers), [id(p) for p in pipeline._pag_attn_processors],
-            getattr(pipeline, "_pag_scale", None), getattr(pipeline, "_pag_adaptive_scale", None))
+    return (
+        list(pipeline.pag_applied_layers),
+        [id(p) for p in pipeline._pag_attn_processors],
+        getattr(pipeline, "_pag_scale", None),
+        getattr(pipeline, "_pag_adaptive_scale", None),
+    )
 
 
-@pytest.mark.parametrize("layers,guidance_scale,adaptive", [
-    (["mid"], 5.0, 0.0),
-    (["down_blocks.2", "up_blocks.0.attentions.1"], 1.0, 0.0),  # no CFG: batch [cond, perturbed]
-    (["mid"], 5.0, 0.002),  # timestep-adaptive PAG scale
-])
+@pytest.mark.parametrize(
+    "layers,guidance_scale,adaptive",
+    [
+        (["mid"], 5.0, 0.0),
+        (["down_blocks.2", "up_blocks.0.attentions.1"], 1.0, 0.0),  # no CFG: batch [cond, perturbed]
+        (["mid"], 5.0, 0.002),  # timestep-adaptive PAG scale
+    ],
+)
 def test_pag_equals_diffusers_pag_pipeline(pipe, stock_pag, layers, guidance_scale, adaptive):
     stock_pag.set_pag_applied_layers(layers)
     options = {"guidance_scale": guidance_scale, "pag_adaptive_scale": adaptive}
@@ -58,7 +65,8 @@ def test_default_call_is_plain_sdxl_cfg_and_pag_changes_it(pipe, tiny_sdxl_path)
 
 def test_pag_layers_default_to_the_pipelines_own(tiny_sdxl_path, stock_pag):
     custom = PLADISStableDiffusionXLSEGPipeline.from_pretrained(
-        tiny_sdxl_path, local_files_only=True, pag_applied_layers=["down_blocks.2"])
+        tiny_sdxl_path, local_files_only=True, pag_applied_layers=["down_blocks.2"]
+    )
     stock_pag.set_pag_applied_layers(["down_blocks.2"])
     np.testing.assert_array_equal(run_latents(custom, pag_scale=2.0), run_latents(stock_pag, pag_scale=2.0))
     assert custom.pag_applied_layers == ["down_blocks.2"]
@@ -89,8 +97,14 @@ def test_pag_and_pladis_sit_on_self_and_cross_attention_during_the_call(pipe):
     assert same_processor_objects(pipe.unet, before) and pag_state(pipe) == state
 
 
-@pytest.mark.parametrize("options", [{"pag_scale": 3.0}, {"pag_scale": 3.0, "pladis_scale": 2.0, "pladis_alpha": 2.0},
-                                     {"seg_scale": 3.0, "seg_blur_sigma": 1.0}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"pag_scale": 3.0},
+        {"pag_scale": 3.0, "pladis_scale": 2.0, "pladis_alpha": 2.0},
+        {"seg_scale": 3.0, "seg_blur_sigma": 1.0},
+    ],
+)
 def test_processors_and_state_restored_when_the_loop_raises(pipe, options):
     before = processors_by_name(pipe.unet)
     state = pag_state(pipe)
@@ -125,20 +139,23 @@ def test_pipeline_still_works_after_a_rejected_call(pipe):
     assert np.isfinite(run_latents(pipe, seg_scale=3.0, num_inference_steps=1)).all()
 
 
-@pytest.mark.parametrize("options,error,name", [
-    ({"pag_scale": -1.0}, ValueError, "pag_scale"),
-    ({"pag_scale": math.nan}, ValueError, "pag_scale"),
-    ({"pag_scale": 1.0, "pag_adaptive_scale": -0.1}, ValueError, "pag_adaptive_scale"),
-    ({"seg_scale": math.inf}, ValueError, "seg_scale"),
-    ({"seg_scale": 3.0, "seg_blur_sigma": -1.0}, ValueError, "seg_blur_sigma"),
-    ({"seg_scale": 3.0, "seg_blur_sigma": math.nan}, ValueError, "seg_blur_sigma"),
-    ({"seg_scale": 3.0, "seg_blur_sigma": 0.0}, ValueError, "seg_blur_sigma"),
-    ({"seg_scale": "3"}, TypeError, "seg_scale"),
-    ({"seg_scale": 3.0, "pag_adaptive_scale": 0.1}, ValueError, "pag_adaptive_scale"),
-    ({"pag_scale": 1.0, "pag_applied_layers": []}, ValueError, "pag_applied_layers"),
-    ({"seg_scale": 1.0, "seg_applied_layers": [2]}, TypeError, "seg_applied_layers"),
-    ({"pladis_scale": -2.0}, ValueError, "pladis_scale"),
-])
+@pytest.mark.parametrize(
+    "options,error,name",
+    [
+        ({"pag_scale": -1.0}, ValueError, "pag_scale"),
+        ({"pag_scale": math.nan}, ValueError, "pag_scale"),
+        ({"pag_scale": 1.0, "pag_adaptive_scale": -0.1}, ValueError, "pag_adaptive_scale"),
+        ({"seg_scale": math.inf}, ValueError, "seg_scale"),
+        ({"seg_scale": 3.0, "seg_blur_sigma": -1.0}, ValueError, "seg_blur_sigma"),
+        ({"seg_scale": 3.0, "seg_blur_sigma": math.nan}, ValueError, "seg_blur_sigma"),
+        ({"seg_scale": 3.0, "seg_blur_sigma": 0.0}, ValueError, "seg_blur_sigma"),
+        ({"seg_scale": "3"}, TypeError, "seg_scale"),
+        ({"seg_scale": 3.0, "pag_adaptive_scale": 0.1}, ValueError, "pag_adaptive_scale"),
+        ({"pag_scale": 1.0, "pag_applied_layers": []}, ValueError, "pag_applied_layers"),
+        ({"seg_scale": 1.0, "seg_applied_layers": [2]}, TypeError, "seg_applied_layers"),
+        ({"pladis_scale": -2.0}, ValueError, "pladis_scale"),
+    ],
+)
 def test_bad_arguments_fail_naming_the_argument(pipe, options, error, name):
     before, state = processors_by_name(pipe.unet), pag_state(pipe)
     with pytest.raises(error, match=name):
@@ -157,8 +174,11 @@ def test_the_pag_overlap_check_sees_this_calls_layers_not_the_last_calls(pipe, m
 
     seen = []
     check = install.check_pag_leaves_pladis_layers
-    monkeypatch.setattr(install, "check_pag_leaves_pladis_layers",
-                        lambda pipeline, *rest: seen.append(list(pipeline.pag_applied_layers)) or check(pipeline, *rest))
+    monkeypatch.setattr(
+        install,
+        "check_pag_leaves_pladis_layers",
+        lambda pipeline, *rest: seen.append(list(pipeline.pag_applied_layers)) or check(pipeline, *rest),
+    )
     run_pipe(pipe, pag_scale=1.0, pag_applied_layers=["down_blocks.2"], pladis_scale=2.0, num_inference_steps=1)
     run_pipe(pipe, pag_scale=1.0, pag_applied_layers=["mid"], pladis_scale=2.0, num_inference_steps=1)
     assert seen == [["down_blocks.2"], ["mid"]]

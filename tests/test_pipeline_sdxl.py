@@ -88,7 +88,10 @@ def test_apply_pladis_context_manager_restores_on_error(pipe):
     before = processors_by_name(pipe.unet)
     with pytest.raises(KeyError):
         with apply_pladis(pipe, 1.5):
-            assert isinstance(pipe.unet.attn_processors["mid_block.attentions.0.transformer_blocks.0.attn2.processor"], PLADISAttnProcessor)
+            assert isinstance(
+                pipe.unet.attn_processors["mid_block.attentions.0.transformer_blocks.0.attn2.processor"],
+                PLADISAttnProcessor,
+            )
             raise KeyError("inside")
     assert same_processor_objects(pipe.unet, before)
 

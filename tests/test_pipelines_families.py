@@ -1,5 +1,6 @@
 """`apply_pladis` on whole tiny pipelines of the newer families (Chroma with its text mask and CFG, LTX-Video,
-Wan 2.x text-to-video, FLUX.2 [klein]): λ = 0 is the stock pipeline bit for bit, λ > 0 changes the output with the same number
+Wan 2.x text-to-video, FLUX.2 [klein]): λ = 0 is the stock pipeline bit for bit, λ > 0 changes the output with the
+same number
 of denoiser calls, and the transformer ends as it started, also when the denoising loop raises."""
 
 from __future__ import annotations
@@ -27,8 +28,13 @@ def pipe(family):
 
 
 def generate(pipe, family, **kwargs) -> np.ndarray:
-    output = pipe(prompt="a photo of a red cube", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
-                  output_type="np", **{**PIPELINES[family][1], **kwargs})
+    output = pipe(
+        prompt="a photo of a red cube",
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+        **{**PIPELINES[family][1], **kwargs},
+    )
     return np.asarray(output.frames if hasattr(output, "frames") else output.images)
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from scripts.cli.assets import TINY_CONTROL_IMAGE, TINY_DPT
 from scripts.build_tiny_assets import build_tiny_dpt, tiny_control_image
+from scripts.cli.assets import TINY_CONTROL_IMAGE, TINY_DPT
 from scripts.preprocess import PREPROCESSORS, canny_map, depth_map
 
 

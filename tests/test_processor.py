@@ -32,7 +32,9 @@ def reference_output(monkeypatch, attn, scale, alpha, *args, **kwargs):
 
 def make_attention(query_dim=32, cross_dim=24, heads=4, **kwargs) -> Attention:
     torch.manual_seed(0)
-    return Attention(query_dim, cross_attention_dim=cross_dim, heads=heads, dim_head=query_dim // heads, **kwargs).eval()
+    return Attention(
+        query_dim, cross_attention_dim=cross_dim, heads=heads, dim_head=query_dim // heads, **kwargs
+    ).eval()
 
 
 @pytest.mark.parametrize("alpha", [1.5, 2.0])
@@ -87,7 +89,9 @@ def test_scale_one_is_pure_entmax_attention():
 
 def test_scale_zero_equals_sdpa():
     q, k, v = (torch.randn(2, 3, n, 8, generator=torch.Generator().manual_seed(n)) for n in (20, 11, 11))
-    torch.testing.assert_close(pladis_scaled_dot_product_attention(q, k, v, 0.0), F.scaled_dot_product_attention(q, k, v))
+    torch.testing.assert_close(
+        pladis_scaled_dot_product_attention(q, k, v, 0.0), F.scaled_dot_product_attention(q, k, v)
+    )
 
 
 def test_query_chunking_does_not_change_the_result(monkeypatch):

@@ -23,6 +23,8 @@ def test_the_variants_compute_the_same_output():
 
 def test_measure_reports_every_variant():
     assert set(processor_overhead.measure(calls=1, rounds=1)) == {
-        "stock AttnProcessor2_0", "copied processor (before)", "TorchFunctionMode around stock",
+        "stock AttnProcessor2_0",
+        "copied processor (before)",
+        "TorchFunctionMode around stock",
         "installed PLADISAttnProcessor (now)",
     }

@@ -18,13 +18,16 @@ def test_kernel_size_is_ceil_six_sigma_plus_one_made_odd(sigma, expected):
     assert seg_kernel_size(sigma) == expected
 
 
-@pytest.mark.parametrize("height,width,sigma", [
-    (6, 6, 0.8),   # square, kernel 5 fits
-    (4, 6, 2.0),   # kernel 13 clipped to 5 rows and 7 columns
-    (3, 8, 1.0),   # kernel 7 clipped to 3 rows only
-    (7, 5, 0.5),   # odd sizes, kernel 3
-    (1, 6, 3.0),   # a single row: no blur across rows
-])
+@pytest.mark.parametrize(
+    "height,width,sigma",
+    [
+        (6, 6, 0.8),  # square, kernel 5 fits
+        (4, 6, 2.0),  # kernel 13 clipped to 5 rows and 7 columns
+        (3, 8, 1.0),  # kernel 7 clipped to 3 rows only
+        (7, 5, 0.5),  # odd sizes, kernel 3
+        (1, 6, 3.0),  # a single row: no blur across rows
+    ],
+)
 def test_blur_matches_independent_2d_formulation(height, width, sigma):
     tokens = torch.randn(2, height * width, 5, generator=torch.Generator().manual_seed(height * 10 + width))
     blurred = gaussian_blur_tokens(tokens, height, width, sigma)
@@ -64,13 +67,16 @@ def test_blur_rejects_a_mismatched_grid():
         gaussian_blur_tokens(torch.zeros(1, 16, 2), 3, 5, 1.0)
 
 
-@pytest.mark.parametrize("tokens,latent,grid", [
-    (32 * 48, (32, 48), (32, 48)),
-    (16 * 24, (32, 48), (16, 24)),
-    (8 * 12, (32, 48), (8, 12)),
-    (7 * 10, (25, 37), (7, 10)),  # odd sizes round up at each stride-2 downsampling
-    (128 * 96, (128, 96), (128, 96)),
-])
+@pytest.mark.parametrize(
+    "tokens,latent,grid",
+    [
+        (32 * 48, (32, 48), (32, 48)),
+        (16 * 24, (32, 48), (16, 24)),
+        (8 * 12, (32, 48), (8, 12)),
+        (7 * 10, (25, 37), (7, 10)),  # odd sizes round up at each stride-2 downsampling
+        (128 * 96, (128, 96), (128, 96)),
+    ],
+)
 def test_token_grid_follows_unet_downsampling(tokens, latent, grid):
     assert token_grid(tokens, *latent) == grid
 

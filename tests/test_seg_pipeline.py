@@ -13,7 +13,10 @@ from attention.seg_processor import SmoothedEnergyAttnProcessor
 from pipeline.pipeline_sdxl_seg import PLADISStableDiffusionXLSEGPipeline
 from scripts.cli.assets import TINY_SDXL
 from tests.guidance_reference import (
-    perturbed_projection, run_latents, self_attention_names, stock_pag_as_plain_attention,
+    perturbed_projection,
+    run_latents,
+    self_attention_names,
+    stock_pag_as_plain_attention,
 )
 from tests.tiny import processors_by_name, same_processor_objects
 
@@ -30,12 +33,22 @@ def stock_pag():
     return StableDiffusionXLPAGPipeline.from_pretrained(TINY_SDXL, local_files_only=True)
 
 
-def independent_seg(stock_pag, grids: dict, sigma: float, seg_scale: float, guidance_scale: float = 5.0,
-                    projection: str = "to_q", rows: str = "perturbed", **options) -> np.ndarray:
+def independent_seg(
+    stock_pag,
+    grids: dict,
+    sigma: float,
+    seg_scale: float,
+    guidance_scale: float = 5.0,
+    projection: str = "to_q",
+    rows: str = "perturbed",
+    **options,
+) -> np.ndarray:
     """SEG by the stock PAG loop: plain attention on the perturbed chunk, whose projection a hook blurs."""
     chunks = 3 if guidance_scale > 1 else 2
-    with stock_pag_as_plain_attention(stock_pag, list(grids)), \
-            perturbed_projection(stock_pag.unet, grids, sigma, chunks, projection=projection, rows=rows):
+    with (
+        stock_pag_as_plain_attention(stock_pag, list(grids)),
+        perturbed_projection(stock_pag.unet, grids, sigma, chunks, projection=projection, rows=rows),
+    ):
         return run_latents(stock_pag, pag_scale=seg_scale, guidance_scale=guidance_scale, **options)
 
 
@@ -58,12 +71,16 @@ def test_seg_with_infinite_sigma_is_the_mean_query_perturbation(pipe, stock_pag)
 def test_seg_on_a_non_square_image_blurs_each_layer_on_its_own_grid(pipe, stock_pag):
     # 64×96 px → a 32×48 latent: 16×24 tokens in down_blocks.1 / up_blocks.1, 8×12 in the mid block.
     # σ = 2 gives 13 taps, clipped to 9 on 8 rows but not on 12 columns.
-    grids = {name: (16, 24) for prefix in ("down_blocks.1.", "up_blocks.1.")
-             for name in self_attention_names(pipe.unet, prefix)}
+    grids = {
+        name: (16, 24)
+        for prefix in ("down_blocks.1.", "up_blocks.1.")
+        for name in self_attention_names(pipe.unet, prefix)
+    }
     grids.update({name: (8, 12) for name in self_attention_names(pipe.unet, "mid_block.")})
     size = {"height": 64, "width": 96}
-    got = run_latents(pipe, seg_scale=3.0, seg_blur_sigma=2.0,
-                      seg_applied_layers=["down_blocks.1", "mid", "up_blocks.1"], **size)
+    got = run_latents(
+        pipe, seg_scale=3.0, seg_blur_sigma=2.0, seg_applied_layers=["down_blocks.1", "mid", "up_blocks.1"], **size
+    )
     np.testing.assert_allclose(got, independent_seg(stock_pag, grids, 2.0, 3.0, **size), rtol=0, atol=TOLERANCE)
     assert np.abs(got - run_latents(pipe, **size)).max() > 100 * TOLERANCE  # SEG really acted
 
@@ -71,8 +88,13 @@ def test_seg_on_a_non_square_image_blurs_each_layer_on_its_own_grid(pipe, stock_
 def test_seg_with_pladis_without_cfg_equals_pladis_around_independent_seg_and_is_undone(pipe, stock_pag):
     # The reference example's setting: no CFG, SEG scale 3, infinite blur on the mid block, λ = 3.
     mid = {name: (8, 8) for name in self_attention_names(pipe.unet, "mid_block.")}
-    options = {"guidance_scale": 1.0, "seg_scale": 3.0, "seg_blur_sigma": 1e10, "seg_applied_layers": ["mid"],
-               "num_inference_steps": 1}  # PLADIS attention is the slow part on CPU
+    options = {
+        "guidance_scale": 1.0,
+        "seg_scale": 3.0,
+        "seg_blur_sigma": 1e10,
+        "seg_applied_layers": ["mid"],
+        "num_inference_steps": 1,
+    }  # PLADIS attention is the slow part on CPU
     seen = {}
 
     def record(pipeline, step, timestep, callback_kwargs):

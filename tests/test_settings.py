@@ -22,21 +22,24 @@ from attention.settings import PLADISSettings
 from pipeline.pipeline_flux_pladis import PLADISFluxPipeline
 from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
 from pipeline.pipeline_sdxl_seg import PLADISStableDiffusionXLSEGPipeline
-from scripts.build_tiny_assets import TINY_FLUX_SCHNELL, TINY_SDXL
+from scripts.cli.assets import TINY_FLUX_SCHNELL, TINY_SDXL
 from tests.tiny import run_pipe
 
 CHECKS = ("check_pladis_scale", "check_pladis_alpha")
 
 
-@pytest.mark.parametrize("kwargs,error,name", [
-    ({"pladis_scale": -1.0}, ValueError, "pladis_scale"),
-    ({"pladis_scale": math.nan}, ValueError, "pladis_scale"),
-    ({"pladis_scale": "2"}, TypeError, "pladis_scale"),
-    ({"pladis_scale": 2.0, "pladis_alpha": 1.0}, ValueError, "pladis_alpha"),
-    ({"pladis_scale": 2.0, "pladis_alpha": None}, TypeError, "pladis_alpha"),
-    ({"pladis_scale": 2.0, "pladis_controlnet": "yes"}, TypeError, "pladis_controlnet must be True or False"),
-    ({"pladis_scale": 2.0, "pladis_single_blocks": 1}, TypeError, "pladis_single_blocks must be True or False"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,name",
+    [
+        ({"pladis_scale": -1.0}, ValueError, "pladis_scale"),
+        ({"pladis_scale": math.nan}, ValueError, "pladis_scale"),
+        ({"pladis_scale": "2"}, TypeError, "pladis_scale"),
+        ({"pladis_scale": 2.0, "pladis_alpha": 1.0}, ValueError, "pladis_alpha"),
+        ({"pladis_scale": 2.0, "pladis_alpha": None}, TypeError, "pladis_alpha"),
+        ({"pladis_scale": 2.0, "pladis_controlnet": "yes"}, TypeError, "pladis_controlnet must be True or False"),
+        ({"pladis_scale": 2.0, "pladis_single_blocks": 1}, TypeError, "pladis_single_blocks must be True or False"),
+    ],
+)
 def test_settings_reject_bad_values_with_the_validation_messages(kwargs, error, name):
     with pytest.raises(error, match=name):
         PLADISSettings(**kwargs)
@@ -70,12 +73,14 @@ class CheckCounter:
         def check(value):
             self.checks[name] += 1
             return original(value)
+
         return check
 
     def _counted_seam(self, seam):
         def call(*args, **kwargs):
             self.attention_calls += 1
             return seam(*args, **kwargs)
+
         return call
 
 
@@ -84,11 +89,15 @@ def counter(monkeypatch):
     return CheckCounter(monkeypatch)
 
 
-@pytest.mark.parametrize("pipeline_class,path,kwargs", [
-    (PLADISStableDiffusionXLPipeline, TINY_SDXL, {}),
-    (PLADISStableDiffusionXLSEGPipeline, TINY_SDXL, {"guidance_scale": 1.0, "seg_scale": 3.0}),  # guidance mixin
-    (PLADISFluxPipeline, TINY_FLUX_SCHNELL, {"max_sequence_length": 32, "pladis_single_blocks": True}),
-], ids=["sdxl", "sdxl-seg", "flux"])
+@pytest.mark.parametrize(
+    "pipeline_class,path,kwargs",
+    [
+        (PLADISStableDiffusionXLPipeline, TINY_SDXL, {}),
+        (PLADISStableDiffusionXLSEGPipeline, TINY_SDXL, {"guidance_scale": 1.0, "seg_scale": 3.0}),  # guidance mixin
+        (PLADISFluxPipeline, TINY_FLUX_SCHNELL, {"max_sequence_length": 32, "pladis_single_blocks": True}),
+    ],
+    ids=["sdxl", "sdxl-seg", "flux"],
+)
 def test_one_pipeline_call_checks_scale_and_alpha_once(counter, pipeline_class, path, kwargs):
     pipe = pipeline_class.from_pretrained(path, local_files_only=True)
     counter.checks = dict.fromkeys(CHECKS, 0)

@@ -30,8 +30,8 @@ def test_entmax_matches_entmax_package(alpha, shape, spread):
 def test_entmax_on_adversarial_rows(alpha):
     rows = torch.tensor(
         [
-            [0.0] * 8,                                     # all equal
-            [3.0, 3.0, 3.0, -1.0, -1.0, 0.0, 0.0, 0.0],    # ties at the top
+            [0.0] * 8,  # all equal
+            [3.0, 3.0, 3.0, -1.0, -1.0, 0.0, 0.0, 0.0],  # ties at the top
             [1e4, 1e4 - 1e-3, -1e4, 0.0, 5.0, 5.0, 1.0, 2.0],  # huge logits
             [float("-inf"), 1.0, float("-inf"), 2.0, 2.0, float("-inf"), 0.5, 0.0],  # masked keys
             [1.0, 1.0 - 1e-7, 1.0 - 2e-7, 0.0, 0.0, 0.0, 0.0, 0.0],  # near-ties

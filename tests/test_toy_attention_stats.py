@@ -15,7 +15,9 @@ from scripts.toy_attention_stats import KEY_KINDS, attention_statistics, key_kin
 
 def test_keys_are_start_words_end_then_padding():
     tokenizer = train_toy.toy_tokenizer()
-    kinds = key_kinds(tokenizer, ["a red circle on the left", "a red circle on the left and a blue square on the right"])
+    kinds = key_kinds(
+        tokenizer, ["a red circle on the left", "a red circle on the left and a blue square on the right"]
+    )
     names = [[KEY_KINDS[code] for code in row] for row in kinds.tolist()]
     assert names[0] == ["start", *["words"] * 6, "end", *["padding"] * 8]
     assert names[1] == ["start", *["words"] * 13, "end", "padding"]

@@ -46,8 +46,25 @@ def restores_threads():
 
 
 def test_one_command_generates_scores_and_resumes(tmp_path, restores_threads):
-    options = ["--toy", "--count", "4", "--steps", "1", "--scales", "0,2", "--alphas", "1.5", "--guidance", "1",
-               "--batch-size", "4", "--resamples", "50", "--out", str(tmp_path)]
+    options = [
+        "--toy",
+        "--count",
+        "4",
+        "--steps",
+        "1",
+        "--scales",
+        "0,2",
+        "--alphas",
+        "1.5",
+        "--guidance",
+        "1",
+        "--batch-size",
+        "4",
+        "--resamples",
+        "50",
+        "--out",
+        str(tmp_path),
+    ]
     results = evaluate.main(options)
     assert list(results["settings"]) == ["g1_l0", "g1_l2_a1.5"] and results["complete"]
     assert all(len(entry["scores"]["image"]) == 4 for entry in results["settings"].values())

@@ -50,8 +50,24 @@ def test_toy_tokenizer_makes_every_word_one_token_and_fits_the_longest_caption()
 
 @pytest.fixture(scope="module")
 def two_tiny_runs(tmp_path_factory):
-    options = ["--images", "64", "--vae-steps", "2", "--vae-batch", "8", "--clip-steps", "2", "--clip-batch", "16",
-               "--unet-steps", "3", "--batch", "4", "--snapshot-every", "2"]
+    options = [
+        "--images",
+        "64",
+        "--vae-steps",
+        "2",
+        "--vae-batch",
+        "8",
+        "--clip-steps",
+        "2",
+        "--clip-batch",
+        "16",
+        "--unet-steps",
+        "3",
+        "--batch",
+        "4",
+        "--snapshot-every",
+        "2",
+    ]
     threads = torch.get_num_threads()
     try:  # the trainer fixes its thread count (results depend on it); later tests get theirs back
         return [train_toy.main([*options, "--out", str(tmp_path_factory.mktemp("toy") / "run")]) for _ in range(2)]
@@ -83,5 +99,12 @@ def test_compare_and_attention_maps_default_to_the_toy_and_its_prompt():
     assert compare.parse_args(["--model", "asset/tiny-sdxl"]).prompt.startswith("a photo of an astronaut")
     assert compare.parse_args(["--pipeline", "flux"]).model == "asset/tiny-flux-schnell"
     maps = attention_maps.parse_args([])
-    assert maps.model == repository_relative(TOY_MODEL) and maps.tokens == ["red", "circle", "left", "blue", "square", "right"]
+    assert maps.model == repository_relative(TOY_MODEL) and maps.tokens == [
+        "red",
+        "circle",
+        "left",
+        "blue",
+        "square",
+        "right",
+    ]
     assert attention_maps.parse_args(["--prompt", "a green triangle on the left"]).tokens is None

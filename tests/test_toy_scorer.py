@@ -15,7 +15,9 @@ def test_reads_at_least_97_percent_of_drawn_objects_and_empty_halves() -> None:
     right = total = 0
     for index in range(600):
         # a third two-object scenes of any pair, the rest training-like scenes (20 % single objects)
-        scene = ToyScene(rng.choice(ALL_OBJECTS), rng.choice(ALL_OBJECTS)) if index % 3 == 0 else random_scene(rng, set())
+        scene = (
+            ToyScene(rng.choice(ALL_OBJECTS), rng.choice(ALL_OBJECTS)) if index % 3 == 0 else random_scene(rng, set())
+        )
         seen = read_scene(draw_scene(scene, rng))
         for side in SIDES:
             right += getattr(seen, side) == getattr(scene, side)
@@ -68,6 +70,9 @@ def test_reads_at_least_97_percent_of_objects_after_the_toy_vae_round_trip() -> 
     with torch.no_grad():
         decoded = vae.decode(vae.encode(pixels.float() / 127.5 - 1).latent_dist.mean).sample
     images = ((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    right = sum(getattr(read_scene(image), side) == getattr(scene, side) for scene, image in zip(scenes, images)
-                for side in SIDES)
+    right = sum(
+        getattr(read_scene(image), side) == getattr(scene, side)
+        for scene, image in zip(scenes, images, strict=True)
+        for side in SIDES
+    )
     assert right / (2 * len(scenes)) >= 0.97

@@ -12,10 +12,24 @@ from attention.validation import check_pladis_alpha, check_pladis_scale
 from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
 from tests.tiny import CallCounter, processors_by_name, run_pipe, same_processor_objects
 
-BAD_SCALES = [(-0.5, ValueError), (math.nan, ValueError), (math.inf, ValueError), (-math.inf, ValueError),
-              ("2.0", TypeError), (None, TypeError), (True, TypeError), ([2.0], TypeError)]
-BAD_ALPHAS = [(1.0, ValueError), (0.5, ValueError), (2.5, ValueError), (math.nan, ValueError),
-              ("1.5", TypeError), (None, TypeError)]
+BAD_SCALES = [
+    (-0.5, ValueError),
+    (math.nan, ValueError),
+    (math.inf, ValueError),
+    (-math.inf, ValueError),
+    ("2.0", TypeError),
+    (None, TypeError),
+    (True, TypeError),
+    ([2.0], TypeError),
+]
+BAD_ALPHAS = [
+    (1.0, ValueError),
+    (0.5, ValueError),
+    (2.5, ValueError),
+    (math.nan, ValueError),
+    ("1.5", TypeError),
+    (None, TypeError),
+]
 
 
 @pytest.mark.parametrize("value,error", BAD_SCALES)
@@ -47,13 +61,16 @@ def pipe(tiny_sdxl_path):
     return PLADISStableDiffusionXLPipeline.from_pretrained(tiny_sdxl_path, local_files_only=True)
 
 
-@pytest.mark.parametrize("kwargs,error,name", [
-    ({"pladis_scale": -1.0}, ValueError, "pladis_scale"),
-    ({"pladis_scale": math.nan}, ValueError, "pladis_scale"),
-    ({"pladis_scale": "big"}, TypeError, "pladis_scale"),
-    ({"pladis_scale": 2.0, "pladis_alpha": 1.0}, ValueError, "pladis_alpha"),
-    ({"pladis_scale": 0.0, "pladis_alpha": 3.0}, ValueError, "pladis_alpha"),  # checked even when off
-])
+@pytest.mark.parametrize(
+    "kwargs,error,name",
+    [
+        ({"pladis_scale": -1.0}, ValueError, "pladis_scale"),
+        ({"pladis_scale": math.nan}, ValueError, "pladis_scale"),
+        ({"pladis_scale": "big"}, TypeError, "pladis_scale"),
+        ({"pladis_scale": 2.0, "pladis_alpha": 1.0}, ValueError, "pladis_alpha"),
+        ({"pladis_scale": 0.0, "pladis_alpha": 3.0}, ValueError, "pladis_alpha"),  # checked even when off
+    ],
+)
 def test_pipeline_rejects_bad_arguments_before_any_work(pipe, kwargs, error, name):
     before = processors_by_name(pipe.unet)
     counter = CallCounter(pipe.unet)

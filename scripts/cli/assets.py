@@ -34,7 +34,8 @@ def repository_relative(path: Path) -> str:
 
 
 def model_source(model: str) -> str:
-    """A local path made absolute (relative to the working folder, else to the repository), else unchanged (a hub id)."""
+    """A local path made absolute (relative to the working folder, else to the repository), else unchanged (a hub
+    id)."""
     for candidate in (Path(model), REPO_ROOT / model):
         if candidate.exists():
             return str(candidate.resolve())

@@ -11,8 +11,8 @@ import io
 import os
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from PIL import Image
 
@@ -53,8 +53,10 @@ def output_file_problem(option: str, path: Path, *, image: bool = True, companio
             example = path / ("grid.png" if image else "results.json")
             return f"{option} {path}: {candidate} is an existing folder; give a file name such as {example}"
     if image and not _writes_rgb(path.suffix):
-        return (f"{option} {path}: the name needs an image extension PIL can write an RGB image as "
-                f"(e.g. {', '.join(COMMON_IMAGE_EXTENSIONS)})")
+        return (
+            f"{option} {path}: the name needs an image extension PIL can write an RGB image as "
+            f"(e.g. {', '.join(COMMON_IMAGE_EXTENSIONS)})"
+        )
     problem = folder_problem(path.parent)
     return None if problem is None else f"{option} {path}: {problem}"
 
@@ -130,8 +132,10 @@ def size_problem(height: int | None, width: int | None, multiple: int) -> str | 
             return f"{option} must be >= 8, got {value}"
         if value % multiple:
             below, above = value // multiple * multiple, (value // multiple + 1) * multiple
-            return (f"{option} must be a multiple of {multiple} for this pipeline and model, got {value} "
-                    f"(e.g. {max(below, multiple)} or {above})")
+            return (
+                f"{option} must be a multiple of {multiple} for this pipeline and model, got {value} "
+                f"(e.g. {max(below, multiple)} or {above})"
+            )
     return None
 
 

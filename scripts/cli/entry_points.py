@@ -8,7 +8,8 @@ wrappers return only integer exit codes (the benchmark's) and None otherwise.
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
+
 
 def exit_code(result: object) -> int | None:
     """A `main()` result as `sys.exit` should see it: an int stays (an exit code), anything else is success."""

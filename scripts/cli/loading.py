@@ -5,8 +5,9 @@ LoRA, scheduler, FreeU), the image size, the control image and the call argument
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from PIL import Image
@@ -73,8 +74,9 @@ def load_pipeline(args: argparse.Namespace, device: str | torch.device | None = 
     if getattr(args, "controlnet", None) is not None:
         from diffusers import ControlNetModel
 
-        components["controlnet"] = ControlNetModel.from_pretrained(model_source(str(args.controlnet)), dtype=dtype,
-                                                                   use_safetensors=True)
+        components["controlnet"] = ControlNetModel.from_pretrained(
+            model_source(str(args.controlnet)), dtype=dtype, use_safetensors=True
+        )
     pipe = cls.from_pretrained(model_source(args.model), dtype=dtype, use_safetensors=True, **components)
     pipe = pipe.to(device or args.device or default_device())
     pipe.set_progress_bar_config(disable=True)  # the scripts show one bar over the whole job
@@ -121,8 +123,11 @@ def control_image(args: argparse.Namespace, height: int, width: int) -> Image.Im
 
 def guidance_call_arguments(args: argparse.Namespace) -> dict[str, Any]:
     """The call arguments of the `CALL_OPTIONS` given in `args` (those left at None are not passed)."""
-    return {parameter: getattr(args, option) for option, parameter in CALL_OPTIONS.items()
-            if getattr(args, option, None) is not None}
+    return {
+        parameter: getattr(args, option)
+        for option, parameter in CALL_OPTIONS.items()
+        if getattr(args, option, None) is not None
+    }
 
 
 def call_options(pipe: Any, args: argparse.Namespace, height: int, width: int) -> dict[str, Any]:

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -26,8 +27,8 @@ from .assets import (
     TOY_STEPS,
     is_tiny_asset,
     is_toy_model,
-    model_source,
     looks_like_path,
+    model_source,
     repository_relative,
 )
 from .loading import CALL_OPTIONS, DTYPES, LAYER_OPTIONS
@@ -59,10 +60,16 @@ def comma_words(text: str) -> list[str]:
 
 
 class _Words(argparse.Action):
-    """Words given comma-separated, space-separated or both (`mid,down_blocks.2` or `mid down_blocks.2`), as one list."""
+    """Words given comma-separated, space-separated or both (`mid,down_blocks.2` or `mid down_blocks.2`), as one
+    list."""
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         setattr(namespace, self.dest, [word for value in values for word in value])
 
 
@@ -70,8 +77,11 @@ def add_guidance_options(group: Any, names: Sequence[str] | None = None, **defau
     """The command-line options of the pipelines' guidance arguments (`pipeline/guidance.py`): flag, type and
     help from its table. `names` picks some (default: every one the scripts offer); `defaults` (by argument
     name) replace None, which means "not given, not passed to the pipeline"."""
-    chosen = [argument for argument in GUIDANCE_ARGUMENTS if argument.option is not None
-              and (names is None or argument.name in names)]
+    chosen = [
+        argument
+        for argument in GUIDANCE_ARGUMENTS
+        if argument.option is not None and (names is None or argument.name in names)
+    ]
     for argument in chosen:
         default = defaults.get(argument.name)
         help_text = argument.help if default is None else f"{argument.help} Default {_shown(default)}."
@@ -79,14 +89,28 @@ def add_guidance_options(group: Any, names: Sequence[str] | None = None, **defau
         if argument.kind is bool:
             group.add_argument(flag, dest=argument.option, action="store_true", default=default, help=help_text)
         elif argument.kind is list:
-            group.add_argument(flag, dest=argument.option, type=comma_words, nargs="+", action=_Words,
-                               default=default, metavar="LAYER", help=help_text)
+            group.add_argument(
+                flag,
+                dest=argument.option,
+                type=comma_words,
+                nargs="+",
+                action=_Words,
+                default=default,
+                metavar="LAYER",
+                help=help_text,
+            )
         else:
             group.add_argument(flag, dest=argument.option, type=argument.kind, default=default, help=help_text)
 
 
 def _shown(value: Any) -> str:
-    return ",".join(value) if isinstance(value, (list, tuple)) else f"{value:g}" if isinstance(value, float) else str(value)
+    return (
+        ",".join(value)
+        if isinstance(value, (list, tuple))
+        else f"{value:g}"
+        if isinstance(value, float)
+        else str(value)
+    )
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -98,21 +122,46 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     group.add_argument("--lora", type=Path, default=None, help="local LoRA .safetensors, loaded and fused")
     group.add_argument("--lora-scale", type=float, default=1.0, help="LoRA strength when fusing (default 1)")
-    group.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=None,
-                       help="distilled-model scheduler: lcm (DMD2), euler-trailing (Lightning), ddim-trailing (Hyper-SD)")
-    group.add_argument("--timesteps", type=comma_ints, default=None, help="explicit timesteps, e.g. 999,749,499,249 (DMD2)")
-    group.add_argument("--freeu", type=float, nargs=4, metavar=("S1", "S2", "B1", "B2"), default=None,
-                       help="enable FreeU with these factors (U-Net pipelines)")
+    group.add_argument(
+        "--scheduler",
+        choices=sorted(SCHEDULERS),
+        default=None,
+        help="distilled-model scheduler: lcm (DMD2), euler-trailing (Lightning), ddim-trailing (Hyper-SD)",
+    )
+    group.add_argument(
+        "--timesteps", type=comma_ints, default=None, help="explicit timesteps, e.g. 999,749,499,249 (DMD2)"
+    )
+    group.add_argument(
+        "--freeu",
+        type=float,
+        nargs=4,
+        metavar=("S1", "S2", "B1", "B2"),
+        default=None,
+        help="enable FreeU with these factors (U-Net pipelines)",
+    )
     add_guidance_options(group)
-    group.add_argument("--controlnet", default=None, help="ControlNet weights (folder or hub id) for --pipeline controlnet")
+    group.add_argument(
+        "--controlnet", default=None, help="ControlNet weights (folder or hub id) for --pipeline controlnet"
+    )
     group.add_argument("--control-image", type=Path, default=None, help="control image (--pipeline controlnet)")
-    group.add_argument("--preprocess", choices=("canny", "depth"), default=None,
-                       help="turn --control-image into a canny or depth map first")
-    group.add_argument("--depth-model", default=None,
-                       help="DPT model for --preprocess depth (default: asset/tiny-dpt for tiny models, else the preprocessor's)")
+    group.add_argument(
+        "--preprocess",
+        choices=("canny", "depth"),
+        default=None,
+        help="turn --control-image into a canny or depth map first",
+    )
+    group.add_argument(
+        "--depth-model",
+        default=None,
+        help="DPT model for --preprocess depth (default: asset/tiny-dpt for tiny models, else the preprocessor's)",
+    )
     group.add_argument("--controlnet-scale", type=float, default=None, help="controlnet_conditioning_scale")
-    group.add_argument("--pladis-single-blocks", action="store_true", default=None,
-                       help="PLADIS in FLUX's single-stream blocks too (--pipeline flux)")
+    group.add_argument(
+        "--pladis-single-blocks",
+        action="store_true",
+        default=None,
+        help="PLADIS in FLUX's single-stream blocks too (--pipeline flux)",
+    )
 
 
 def add_generation_options(parser: argparse.ArgumentParser) -> None:
@@ -120,8 +169,12 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("generation")
     group.add_argument("--pladis-alpha", type=float, default=PLADIS_ALPHA.default, help=PLADIS_ALPHA.help)
     group.add_argument("--negative-prompt", default=None)
-    group.add_argument("--steps", type=int, default=None, help="denoising steps (default: 2 tiny, else the pipeline's usual)")
-    group.add_argument("--guidance-scale", type=float, default=None, help="CFG scale (default 5 for SDXL, 3.5 for FLUX)")
+    group.add_argument(
+        "--steps", type=int, default=None, help="denoising steps (default: 2 tiny, else the pipeline's usual)"
+    )
+    group.add_argument(
+        "--guidance-scale", type=float, default=None, help="CFG scale (default 5 for SDXL, 3.5 for FLUX)"
+    )
     group.add_argument("--height", type=int, default=None)
     group.add_argument("--width", type=int, default=None)
     group.add_argument("--seed", type=int, default=0)
@@ -129,8 +182,12 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
 
 def add_settings_option(parser: argparse.ArgumentParser) -> None:
     """`--settings FILE`: start from the arguments recorded in a run's JSON (explicit options still win)."""
-    parser.add_argument("--settings", type=Path, default=None,
-                        help="JSON written next to an earlier output: rerun with its recorded arguments")
+    parser.add_argument(
+        "--settings",
+        type=Path,
+        default=None,
+        help="JSON written next to an earlier output: rerun with its recorded arguments",
+    )
 
 
 def parse_with_settings(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
@@ -145,8 +202,11 @@ def parse_with_settings(parser: argparse.ArgumentParser, argv: list[str] | None)
         parser.set_defaults(**recorded)
         threads = settings.get("torch_threads")
         if threads is not None and threads != torch.get_num_threads():
-            print(f"note: {known.settings} was made with {threads} torch threads, this run has "
-                  f"{torch.get_num_threads()}; CPU results can differ in the last bits", file=sys.stderr)
+            print(
+                f"note: {known.settings} was made with {threads} torch threads, this run has "
+                f"{torch.get_num_threads()}; CPU results can differ in the last bits",
+                file=sys.stderr,
+            )
     return parser.parse_args(argv)
 
 
@@ -260,7 +320,9 @@ def finish_common_options(parser: argparse.ArgumentParser, args: argparse.Namesp
         elif tiny:
             args.steps = TINY_STEPS
         else:
-            args.steps = FLUX_DISTILLED_STEPS if args.pipeline == "flux" and _timestep_distilled(args.model) else choice.steps
+            args.steps = (
+                FLUX_DISTILLED_STEPS if args.pipeline == "flux" and _timestep_distilled(args.model) else choice.steps
+            )
     if args.guidance_scale is None:
         args.guidance_scale = choice.guidance_scale
     if tiny:
@@ -298,14 +360,18 @@ def _check_guidance_options(parser: argparse.ArgumentParser, args: argparse.Name
     for option in given:
         if wanted[option] not in accepted:
             takers = sorted(name for name in PIPELINES if wanted[option] in call_parameters(pipeline_class(name)))
-            parser.error(f"{_flag(option)} is not an option of --pipeline {args.pipeline}; "
-                         f"it needs --pipeline {' or '.join(takers)}")
+            parser.error(
+                f"{_flag(option)} is not an option of --pipeline {args.pipeline}; "
+                f"it needs --pipeline {' or '.join(takers)}"
+            )
     for option in CALL_OPTIONS:
         if option in given and (problem := guidance_option_problem(option, given[option])):
             parser.error(problem)
     if (args.pag_scale or 0) > 0 and (args.seg_scale or 0) > 0:
-        parser.error(f"--pag-scale {args.pag_scale:g} and --seg-scale {args.seg_scale:g}: PAG and SEG perturb the "
-                     "same extra batch chunk, so give one of them")
+        parser.error(
+            f"--pag-scale {args.pag_scale:g} and --seg-scale {args.seg_scale:g}: PAG and SEG perturb the "
+            "same extra batch chunk, so give one of them"
+        )
     if any(getattr(args, option) is not None for option in LAYER_OPTIONS):
         names = checks.unet_self_attention_names(model_source(args.model))
         for option in LAYER_OPTIONS:

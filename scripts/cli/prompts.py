@@ -64,8 +64,10 @@ def read_prompts(path: Path) -> list[PromptEntry]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{where}: not valid JSON ({error.msg} at column {error.colno}); every line of a "
-                             'JSON-lines prompt file is an object like {"prompt": "...", "seed": 0}') from None
+            raise ValueError(
+                f"{where}: not valid JSON ({error.msg} at column {error.colno}); every line of a "
+                'JSON-lines prompt file is an object like {"prompt": "...", "seed": 0}'
+            ) from None
         if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
             raise ValueError(f"{where}: needs a string 'prompt' field, got {line[:80]!r}")
         seed = record.get("seed")

@@ -6,8 +6,9 @@ assets), loads the pipeline with `loading.load_pipeline` and writes the without/
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from attention.validation import check_pladis_alpha, check_pladis_scale
 
@@ -22,45 +23,74 @@ DEFAULT_PROMPT = "a photo of an astronaut riding a horse on the moon"
 OUTPUT_DIR = Path("outputs/examples")
 
 
-def example_parser(description: str, *, model: str, steps: int, guidance_scale: float, pladis_scale: float = 2.0,
-                   pipeline: str = "sdxl", lora: str | None = None, scheduler: str | None = None,
-                   freeu: Sequence[float] | None = None, guidance: dict[str, Any] | None = None,
-                   dtype: str = "float16") -> argparse.ArgumentParser:
+def example_parser(
+    description: str,
+    *,
+    model: str,
+    steps: int,
+    guidance_scale: float,
+    pladis_scale: float = 2.0,
+    pipeline: str = "sdxl",
+    lora: str | None = None,
+    scheduler: str | None = None,
+    freeu: Sequence[float] | None = None,
+    guidance: dict[str, Any] | None = None,
+    dtype: str = "float16",
+) -> argparse.ArgumentParser:
     """The options of an example of `pipeline` (a `--pipeline` name): `lora` (a default LoRA file) adds `--lora`;
     `guidance` (pipeline argument → default) adds those guidance options; `scheduler` (a `--scheduler` name) and
     `freeu` (s1, s2, b1, b2) are applied when loading; `dtype` is the GPU default."""
     parser = argparse.ArgumentParser(description=description.strip().splitlines()[0])
     parser.add_argument("--model", default=model, help=f"hub id or local folder (default {model})")
     if lora is not None:
-        parser.add_argument("--lora", default=lora,
-                            help=f"LoRA .safetensors: a local file or <owner>/<repo>/<file> (default {lora})")
-    parser.add_argument("--tiny", action="store_true",
-                        help="use the embedded tiny random-weight assets in asset/ (CPU, seconds; images are noise)")
+        parser.add_argument(
+            "--lora", default=lora, help=f"LoRA .safetensors: a local file or <owner>/<repo>/<file> (default {lora})"
+        )
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="use the embedded tiny random-weight assets in asset/ (CPU, seconds; images are noise)",
+    )
     parser.add_argument("--prompt", default=DEFAULT_PROMPT)
     parser.add_argument("--pladis-scale", type=float, default=pladis_scale, help=f"λ (default {pladis_scale:g})")
     parser.add_argument("--pladis-alpha", type=float, default=PLADIS_ALPHA.default, help=PLADIS_ALPHA.help)
-    parser.add_argument("--steps", type=int, default=steps,
-                        help=f"denoising steps (default {steps}, {TINY_STEPS} with --tiny)")
-    parser.add_argument("--guidance-scale", type=float, default=guidance_scale,
-                        help=f"CFG scale (default {guidance_scale:g})")
-    parser.add_argument("--height", type=int, default=None,
-                        help=f"image height (default: the model's, {TINY_SIZE} with --tiny)")
-    parser.add_argument("--width", type=int, default=None,
-                        help=f"image width (default: the model's, {TINY_SIZE} with --tiny)")
+    parser.add_argument(
+        "--steps", type=int, default=steps, help=f"denoising steps (default {steps}, {TINY_STEPS} with --tiny)"
+    )
+    parser.add_argument(
+        "--guidance-scale", type=float, default=guidance_scale, help=f"CFG scale (default {guidance_scale:g})"
+    )
+    parser.add_argument(
+        "--height", type=int, default=None, help=f"image height (default: the model's, {TINY_SIZE} with --tiny)"
+    )
+    parser.add_argument(
+        "--width", type=int, default=None, help=f"image width (default: the model's, {TINY_SIZE} with --tiny)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                        help=f"weights dtype (default: {dtype} on a GPU, float32 on CPU and with --tiny)")
+    parser.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        default=None,
+        help=f"weights dtype (default: {dtype} on a GPU, float32 on CPU and with --tiny)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="grid PNG (default outputs/examples/<example>.png)")
     if guidance:
         add_guidance_options(parser.add_argument_group("guidance"), list(guidance), **guidance)
-    parser.set_defaults(gpu_dtype=dtype, pipeline=pipeline, scheduler=scheduler,
-                        freeu=None if freeu is None else list(freeu))
+    parser.set_defaults(
+        gpu_dtype=dtype, pipeline=pipeline, scheduler=scheduler, freeu=None if freeu is None else list(freeu)
+    )
     return parser
 
 
-def parse_example_args(parser: argparse.ArgumentParser, argv: list[str] | None, *, name: str,
-                       tiny: dict[str, Any] | None = None, flux: bool = False) -> argparse.Namespace:
+def parse_example_args(
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None,
+    *,
+    name: str,
+    tiny: dict[str, Any] | None = None,
+    flux: bool = False,
+) -> argparse.Namespace:
     """Parse `argv`; with `--tiny`, `tiny` (option → value; the tiny SDXL and its LoRA by default) replaces
     the defaults, with TINY_STEPS steps at TINY_SIZE² (options given explicitly still win). Checks every option
     before anything loads (`example_args_problem`); `flux` selects FLUX's image-size rule."""
@@ -68,8 +98,12 @@ def parse_example_args(parser: argparse.ArgumentParser, argv: list[str] | None, 
     if known.tiny:
         tiny_defaults = {"model": TINY_SDXL, "lora": TINY_SDXL_LORA, **(tiny or {})}
         valid = {action.dest for action in parser._actions}
-        parser.set_defaults(steps=TINY_STEPS, height=TINY_SIZE, width=TINY_SIZE,
-                            **{key: str(value) for key, value in tiny_defaults.items() if key in valid})
+        parser.set_defaults(
+            steps=TINY_STEPS,
+            height=TINY_SIZE,
+            width=TINY_SIZE,
+            **{key: str(value) for key, value in tiny_defaults.items() if key in valid},
+        )
     args = parser.parse_args(argv)
     try:
         check_pladis_scale(args.pladis_scale)
@@ -91,8 +125,9 @@ def parse_example_args(parser: argparse.ArgumentParser, argv: list[str] | None, 
 def example_args_problem(args: argparse.Namespace, flux: bool) -> str | None:
     """What is wrong with the example's options, found before any model loads, or None: the output name,
     the image size, local files that do not exist, the LoRA (safetensors only) and PAG/SEG layer ids."""
-    problem = (checks.output_file_problem("--out", args.out)
-               or checks.size_problem(args.height, args.width, checks.size_multiple(args.model, flux)))
+    problem = checks.output_file_problem("--out", args.out) or checks.size_problem(
+        args.height, args.width, checks.size_multiple(args.model, flux)
+    )
     if problem:
         return problem
     for option in ("model", "controlnet", "depth_model", "image"):
@@ -114,13 +149,23 @@ def save_with_and_without(pipe: Any, args: argparse.Namespace, method: str, **ca
     """Generate `args.prompt` twice from the same seed, at λ = 0 and λ = `--pladis-scale`, with the options'
     guidance scale and guidance arguments plus `call_options`, and write the two images side by side, labelled
     `method` and `method + PLADIS`. Returns the grid path."""
-    options = {"height": args.height, "width": args.width, "guidance_scale": args.guidance_scale,
-               **guidance_call_arguments(args), **call_options}
+    options = {
+        "height": args.height,
+        "width": args.width,
+        "guidance_scale": args.guidance_scale,
+        **guidance_call_arguments(args),
+        **call_options,
+    }
     if "timesteps" not in options:
         options.setdefault("num_inference_steps", args.steps)
     images = [
-        pipe(args.prompt, generator=seeded_generator(args.seed), pladis_scale=scale, pladis_alpha=args.pladis_alpha,
-             **options).images[0]
+        pipe(
+            args.prompt,
+            generator=seeded_generator(args.seed),
+            pladis_scale=scale,
+            pladis_alpha=args.pladis_alpha,
+            **options,
+        ).images[0]
         for scale in (0.0, args.pladis_scale)
     ]
     labels = [method, f"{method} + PLADIS (scale {args.pladis_scale:g}, alpha {args.pladis_alpha:g})"]

@@ -13,8 +13,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from PIL import Image
@@ -136,13 +137,15 @@ def read_text_file(path: Path) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
-        line = data[:error.start].count(b"\n") + 1
-        raise ValueError(f"{path}, line {line}: not UTF-8 text (byte {data[error.start]:#04x}); "
-                         "save the file as UTF-8") from None
+        line = data[: error.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}, line {line}: not UTF-8 text (byte {data[error.start]:#04x}); save the file as UTF-8"
+        ) from None
 
 
 def read_settings(path: Path) -> dict[str, Any]:
-    """A settings JSON written by `write_json(path, run_settings(...))`, with a clear error (file, line, problem) when it is not one."""
+    """A settings JSON written by `write_json(path, run_settings(...))`, with a clear error (file, line, problem) when
+    it is not one."""
     try:
         settings = json.loads(read_text_file(path))
     except json.JSONDecodeError as error:

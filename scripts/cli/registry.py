@@ -31,8 +31,11 @@ PIPELINES: dict[str, PipelineChoice] = {
         "pipeline.pipeline_sdxl_seg", "PLADISStableDiffusionXLSEGPipeline", repository_relative(TINY_SDXL), 25, 5.0
     ),
     "controlnet": PipelineChoice(
-        "pipeline.pipeline_controlnet", "PLADISStableDiffusionXLControlNetPipeline",
-        repository_relative(TINY_SDXL_CONTROLNET), 25, 5.0,
+        "pipeline.pipeline_controlnet",
+        "PLADISStableDiffusionXLControlNetPipeline",
+        repository_relative(TINY_SDXL_CONTROLNET),
+        25,
+        5.0,
     ),
     "flux": PipelineChoice(
         "pipeline.pipeline_flux_pladis", "PLADISFluxPipeline", repository_relative(TINY_FLUX_SCHNELL), 28, 3.5

@@ -23,17 +23,25 @@ SEG = {"seg_scale": 3.0, "seg_blur_sigma": SEG_INFINITE_BLUR, "seg_applied_layer
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = example_parser(__doc__, pipeline="controlnet", model=SDXL_BASE, steps=25, guidance_scale=1.0,
-                            pladis_scale=3.0, guidance=SEG)
+    parser = example_parser(
+        __doc__, pipeline="controlnet", model=SDXL_BASE, steps=25, guidance_scale=1.0, pladis_scale=3.0, guidance=SEG
+    )
     parser.set_defaults(prompt="stormtrooper lecture, photorealistic")
     parser.add_argument("--controlnet", default="diffusers/controlnet-depth-sdxl-1.0", help="depth ControlNet")
     parser.add_argument("--depth-model", default=DEFAULT_DEPTH_MODEL, help="DPT depth estimator (hub id or folder)")
     parser.add_argument("--image", default=STORMTROOPER, help="picture whose depth steers the image (file or URL)")
     parser.add_argument("--controlnet-scale", type=float, default=0.5, help="controlnet_conditioning_scale")
-    args = parse_example_args(parser, argv, name="controlnet_depth", tiny={
-        "model": TINY_SDXL_CONTROLNET, "controlnet": TINY_SDXL_CONTROLNET / "controlnet",
-        "depth_model": TINY_DPT, "image": TINY_CONTROL_IMAGE,
-    })
+    args = parse_example_args(
+        parser,
+        argv,
+        name="controlnet_depth",
+        tiny={
+            "model": TINY_SDXL_CONTROLNET,
+            "controlnet": TINY_SDXL_CONTROLNET / "controlnet",
+            "depth_model": TINY_DPT,
+            "image": TINY_CONTROL_IMAGE,
+        },
+    )
     pipe = load_pipeline(args)
     size = (args.width or 1024, args.height or 1024)
     depth = depth_map(load_image(str(args.image)), model=model_source(args.depth_model), device=args.device, size=size)

@@ -14,11 +14,19 @@ from scripts.cli.recipes import example_parser, parse_example_args, save_with_an
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = example_parser(__doc__, pipeline="flux", model="black-forest-labs/FLUX.1-dev", steps=28,
-                            guidance_scale=3.5, pladis_scale=2.0, dtype="bfloat16")
+    parser = example_parser(
+        __doc__,
+        pipeline="flux",
+        model="black-forest-labs/FLUX.1-dev",
+        steps=28,
+        guidance_scale=3.5,
+        pladis_scale=2.0,
+        dtype="bfloat16",
+    )
     args = parse_example_args(parser, argv, name="flux_dev", tiny={"model": TINY_FLUX_DEV}, flux=True)
-    return save_with_and_without(load_pipeline(args), args, f"FLUX.1-dev (guidance {args.guidance_scale:g})",
-                                 max_sequence_length=512)
+    return save_with_and_without(
+        load_pipeline(args), args, f"FLUX.1-dev (guidance {args.guidance_scale:g})", max_sequence_length=512
+    )
 
 
 if __name__ == "__main__":

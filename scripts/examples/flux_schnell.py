@@ -14,8 +14,15 @@ from scripts.cli.recipes import example_parser, parse_example_args, save_with_an
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = example_parser(__doc__, pipeline="flux", model="black-forest-labs/FLUX.1-schnell", steps=4,
-                            guidance_scale=0.0, pladis_scale=2.0, dtype="bfloat16")
+    parser = example_parser(
+        __doc__,
+        pipeline="flux",
+        model="black-forest-labs/FLUX.1-schnell",
+        steps=4,
+        guidance_scale=0.0,
+        pladis_scale=2.0,
+        dtype="bfloat16",
+    )
     args = parse_example_args(parser, argv, name="flux_schnell", tiny={"model": TINY_FLUX_SCHNELL}, flux=True)
     return save_with_and_without(load_pipeline(args), args, "FLUX.1-schnell", max_sequence_length=256)
 

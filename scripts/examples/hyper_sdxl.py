@@ -14,8 +14,15 @@ from scripts.cli.recipes import SDXL_BASE, example_parser, parse_example_args, s
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = example_parser(__doc__, model=SDXL_BASE, steps=4, guidance_scale=0.0, pladis_scale=2.0,
-                            lora="ByteDance/Hyper-SD/Hyper-SDXL-4steps-lora.safetensors", scheduler="ddim-trailing")
+    parser = example_parser(
+        __doc__,
+        model=SDXL_BASE,
+        steps=4,
+        guidance_scale=0.0,
+        pladis_scale=2.0,
+        lora="ByteDance/Hyper-SD/Hyper-SDXL-4steps-lora.safetensors",
+        scheduler="ddim-trailing",
+    )
     args = parse_example_args(parser, argv, name="hyper_sdxl")
     return save_with_and_without(load_pipeline(args), args, "Hyper-SDXL")
 

@@ -14,9 +14,15 @@ from scripts.cli.recipes import SDXL_BASE, example_parser, parse_example_args, s
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = example_parser(__doc__, model=SDXL_BASE, steps=4, guidance_scale=0.0, pladis_scale=2.0,
-                            lora="ByteDance/SDXL-Lightning/sdxl_lightning_4step_lora.safetensors",
-                            scheduler="euler-trailing")
+    parser = example_parser(
+        __doc__,
+        model=SDXL_BASE,
+        steps=4,
+        guidance_scale=0.0,
+        pladis_scale=2.0,
+        lora="ByteDance/SDXL-Lightning/sdxl_lightning_4step_lora.safetensors",
+        scheduler="euler-trailing",
+    )
     args = parse_example_args(parser, argv, name="sdxl_lightning")
     return save_with_and_without(load_pipeline(args), args, "SDXL-Lightning")
 

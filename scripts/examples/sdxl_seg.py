@@ -13,9 +13,15 @@ from scripts.cli.recipes import SDXL_BASE, example_parser, parse_example_args, s
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = example_parser(__doc__, pipeline="sdxl-seg", model=SDXL_BASE, steps=25, guidance_scale=1.0,
-                            pladis_scale=2.0,
-                            guidance={"seg_scale": 3.0, "seg_blur_sigma": 100.0, "seg_applied_layers": ["mid"]})
+    parser = example_parser(
+        __doc__,
+        pipeline="sdxl-seg",
+        model=SDXL_BASE,
+        steps=25,
+        guidance_scale=1.0,
+        pladis_scale=2.0,
+        guidance={"seg_scale": 3.0, "seg_blur_sigma": 100.0, "seg_applied_layers": ["mid"]},
+    )
     args = parse_example_args(parser, argv, name="sdxl_seg")
     return save_with_and_without(load_pipeline(args), args, f"SEG {args.seg_scale:g} (sigma {args.seg_blur_sigma:g})")
 
