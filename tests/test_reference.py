@@ -17,4 +17,4 @@ def test_reference_imports_none_of_the_fast_paths():
             imported |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
             imported.add("." * node.level + (node.module or "").split(".")[0])
-    assert imported <= {"__future__", "contextvars", "contextlib", "typing", "torch", "entmax"}, imported
+    assert imported <= {"__future__", "collections", "contextvars", "contextlib", "typing", "torch", "entmax"}, imported
