@@ -6,7 +6,7 @@ per denoiser, so overlapping calls in several threads share one installation), a
 settings in a `ContextVar` (`attention.call_context`): the installed processors run PLADIS with the settings
 of the call in their context and the original processor everywhere else. When the last call ends, every
 layer gets its exact original processor object back and every hook is removed, also when a call raises.
-`swapped_attn_processors` is the plain swap-for-a-block used by SEG and the attention-map recorder.
+`swapped_attn_processors` is the plain swap-for-a-block used by the attention-map recorder and the benchmark.
 """
 
 from __future__ import annotations

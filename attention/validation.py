@@ -66,7 +66,7 @@ def check_seg_blur_sigma(seg_blur_sigma: object) -> float:
     return sigma
 
 
-def _names_layer(layer_id: str, module_name: str) -> bool:
+def names_layer(layer_id: str, module_name: str) -> bool:
     """PAGMixin's matching rule: a regex search of the id in the module name, except where both end in
     the same number (diffusers' "fake integral match": "blocks.1" names the container `…blocks.1` itself,
     which is no attention layer), so only layers inside the named block match."""
@@ -89,7 +89,7 @@ def check_applied_layers(name: str, layers: object, self_attention_names: Iterab
     candidates = list(self_attention_names)
     for layer_id in ids:
         try:
-            matched = any(_names_layer(layer_id, module_name) for module_name in candidates)
+            matched = any(names_layer(layer_id, module_name) for module_name in candidates)
         except re.error as error:
             raise ValueError(f"{name}: {layer_id!r} is not a valid regular expression ({error})") from None
         if not matched:

@@ -14,11 +14,15 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from diffusers.models.attention_processor import Attention
-
-from attention.install import apply_pladis_settings, swapped_attn_processors
+from attention.install import apply_pladis_settings
+from attention.perturbation import (
+    current_perturbed_call,
+    perturbed_call,
+    perturbed_layer_names,
+    self_attention_layer_names,
+)
 from attention.seg_blur import SEG_INFINITE_BLUR
-from attention.seg_processor import recording_latent_size, seg_attn_processors
+from attention.seg_processor import seg_attn_processors
 from attention.settings import PLADISSettings
 from attention.validation import (
     check_applied_layers,
@@ -184,20 +188,15 @@ _PAG_STATE = ("pag_applied_layers", "_pag_attn_processors", "_pag_scale", "_pag_
 _MISSING = object()
 
 
-def self_attention_layer_names(unet: Any) -> list[str]:
-    """Names of the self-attention (`attn1`) layers of `unet`: what PAG / SEG layer ids are matched against."""
-    return [
-        name for name, module in unet.named_modules() if isinstance(module, Attention) and not module.is_cross_attention
-    ]
-
-
 class PerturbedGuidanceMixin:
     """Per-call PAG / SEG / PLADIS set-up for diffusers' PAG pipelines (`PAGMixin` subclasses).
 
     PAG uses the pipeline's own processors; SEG reuses PAG's loop and formula
     `ε = ε_u + w(ε_c − ε_u) + s(ε_c − ε_perturbed)` with a query-blurring processor pair; PLADIS
     goes on cross-attention only. Arguments are checked before anything is touched, and the
-    processors and PAG attributes are put back in `finally`.
+    processors and PAG attributes are put back in `finally`. The perturbation belongs to the call
+    (`attention.perturbation`): overlapping calls on a shared U-Net, in other threads, each get their own,
+    and stock calls on it get none.
     """
 
     def _self_attention_layer_names(self) -> list[str]:
@@ -236,14 +235,13 @@ class PerturbedGuidanceMixin:
         saved_state = {name: getattr(self, name, _MISSING) for name in _PAG_STATE}
         with ExitStack() as stack:
             stack.callback(self._restore_pag_state, saved_state)
-            # The stock PAG loop swaps self-attention processors without a `finally`: snapshot them all.
-            stack.enter_context(swapped_attn_processors(self.unet, {}))
+            # This call's perturbation, set by `_set_pag_attn_processor` when the stock loop starts.
+            call = stack.enter_context(perturbed_call(self.unet))
             if pag_scale > 0:
                 self.set_pag_applied_layers(layers, pag_attn_processors=self._pag_attn_processors)
                 guidance = {"pag_scale": pag_scale, "pag_adaptive_scale": pag_adaptive_scale}
             elif seg_scale > 0:
-                latent_size = stack.enter_context(recording_latent_size(self.unet))
-                seg_processors = seg_attn_processors(seg_blur_sigma, latent_size)
+                seg_processors = seg_attn_processors(seg_blur_sigma, call.latent_size)
                 self.set_pag_applied_layers(layers, pag_attn_processors=seg_processors)
                 guidance = {"pag_scale": seg_scale, "pag_adaptive_scale": 0.0}
             else:
@@ -251,6 +249,15 @@ class PerturbedGuidanceMixin:
             # After this call's PAG/SEG layers are set, so apply_pladis checks them, not the last call's.
             stack.enter_context(apply_pladis_settings(self, pladis))
             yield guidance
+
+    def _set_pag_attn_processor(self, pag_applied_layers: list[str], do_classifier_free_guidance: bool) -> None:
+        """What diffusers' PAG loop calls when it starts: here the processor goes on this call's layers for
+        this call only (`PerturbedCall.perturb`), not on the shared U-Net (outside a call: diffusers' own)."""
+        call = current_perturbed_call(self.unet)
+        if call is None:
+            return super()._set_pag_attn_processor(pag_applied_layers, do_classifier_free_guidance)
+        processor = self._pag_attn_processors[0 if do_classifier_free_guidance else 1]
+        call.perturb(perturbed_layer_names(self.unet, pag_applied_layers), processor)
 
     def _restore_pag_state(self, saved_state: dict[str, object]) -> None:
         for name, value in saved_state.items():

@@ -9,11 +9,13 @@ import copy
 import threading
 
 import numpy as np
+import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline
 
 from attention import apply_pladis
 from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
+from pipeline.pipeline_sdxl_seg import PLADISStableDiffusionXLSEGPipeline
 from scripts.build_tiny_assets import tiny_flux_transformer
 from scripts.cli.assets import TINY_SDXL
 from tests.families import one_thread  # noqa: F401
@@ -137,7 +139,7 @@ def test_concurrent_calls_on_a_bare_transformer_keep_their_own_settings_and_text
 
 
 def test_a_processor_snapshot_taken_during_another_call_never_brings_its_pladis_back():
-    """`swapped_attn_processors` (SEG, the map recorder, the SEG pipeline's snapshot) saving the table while
+    """`swapped_attn_processors` (the attention-map recorder, the benchmark) saving the table while
     another call's PLADIS is installed, and restoring it after that call ended, gives the originals back."""
     from contextlib import ExitStack
 
@@ -152,3 +154,66 @@ def test_a_processor_snapshot_taken_during_another_call_never_brings_its_pladis_
         snapshot.__enter__()
     snapshot.__exit__(None, None, None)  # the snapshot ends after the PLADIS call it saw
     assert same_processor_objects(pipe.unet, before)
+
+
+GUIDED_CALLS = {  # overlapping guided calls on one U-Net: their own guidance, layers, PLADIS and image size
+    "seg": {"seg_scale": 3.0, "seg_blur_sigma": 1.0, "seg_applied_layers": ["mid"], "height": 64, "width": 48},
+    "pag": {"pag_scale": 2.0, "pag_applied_layers": ["down_blocks.2"], "pladis_scale": 2.0},
+}
+
+
+@pytest.mark.parametrize("first", ["seg", "pag"])
+def test_overlapping_seg_and_pag_calls_on_a_shared_unet_each_get_their_own_perturbation(first):
+    """Two PAG-pipeline calls (SEG and PAG+PLADIS) and a stock call overlap on one U-Net: the first guided call
+    starts its loop, the second starts while it runs, the first ends while the others are mid-loop. Each gives
+    its solo image, and the U-Net ends with its own processors and hooks (diffusers' PAG loop restores the table
+    it saved when its loop started, which used to leave the first call's SEG processor on the U-Net)."""
+    second = "pag" if first == "seg" else "seg"
+    pipes = {first: PLADISStableDiffusionXLSEGPipeline.from_pretrained(TINY_SDXL, local_files_only=True)}
+    pipes[first].set_progress_bar_config(disable=True)
+    pipes[second], pipes["stock"] = fresh(pipes[first]), fresh(pipes[first], StableDiffusionXLPipeline)
+    unet = pipes[first].unet
+    options = {"num_inference_steps": 3}
+    solo = {name: run_pipe(pipe, **GUIDED_CALLS.get(name, {}), **options) for name, pipe in pipes.items()}
+    for name, guided in GUIDED_CALLS.items():  # each guidance really acts
+        size = {key: guided[key] for key in ("height", "width") if key in guided}
+        assert np.abs(solo[name] - run_pipe(pipes["stock"], **size, **options)).max() > 1e-3
+    before, hooks = processors_by_name(unet), dict(unet._forward_pre_hooks)
+
+    first_running, others_running, first_done = (
+        threading.Event(),
+        threading.Barrier(3, timeout=TIMEOUT),
+        threading.Event(),
+    )
+
+    def in_loop(is_first: bool):
+        def callback(pipeline, step, timestep, callback_kwargs):
+            if step == 0:
+                if is_first:
+                    first_running.set()
+                others_running.wait()
+                if not is_first:
+                    assert first_done.wait(TIMEOUT)
+            return callback_kwargs
+
+        return callback
+
+    def call(name):
+        def run():
+            if name != first:
+                assert first_running.wait(TIMEOUT)
+            try:
+                return run_pipe(
+                    pipes[name], callback_on_step_end=in_loop(name == first), **GUIDED_CALLS.get(name, {}), **options
+                )
+            finally:
+                if name == first:
+                    first_done.set()
+
+        return run
+
+    results = run_threads({name: call(name) for name in pipes})
+    for name, image in solo.items():
+        np.testing.assert_array_equal(results[name], image, err_msg=name)
+    assert same_processor_objects(unet, before) and dict(unet._forward_pre_hooks) == hooks
+    np.testing.assert_array_equal(run_pipe(pipes["stock"], **options), solo["stock"])
