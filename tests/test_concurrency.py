@@ -47,19 +47,29 @@ def run_threads(targets: dict) -> dict:
 
 
 def fresh(pipe, cls=None):
-    """A pipeline sharing `pipe`'s models, with its own scheduler (schedulers hold per-call state)."""
-    return (cls or type(pipe)).from_pipe(pipe, scheduler=copy.deepcopy(pipe.scheduler))
+    """A pipeline sharing `pipe`'s models, with its own scheduler (schedulers hold per-call state), in `pipe`'s
+    dtype: without `dtype`, `from_pipe` casts the shared models to float32 in place, under running requests."""
+    return (cls or type(pipe)).from_pipe(pipe, scheduler=copy.deepcopy(pipe.scheduler), dtype=pipe.dtype)
+
+
+def float16_base(cls):
+    """The tiny SDXL in float16, as a server loads it, with a VAE that decodes in float16: with `force_upcast`
+    (the stock SDXL VAE's setting) diffusers casts the shared VAE to float32 and back around every decode."""
+    base = cls.from_pretrained(TINY_SDXL, local_files_only=True, dtype=torch.float16)
+    base.vae.register_to_config(force_upcast=False)
+    base.set_progress_bar_config(disable=True)
+    return base
 
 
 def test_overlapping_pladis_and_stock_calls_give_their_solo_images_and_restore_the_unet():
-    a = PLADISStableDiffusionXLPipeline.from_pretrained(TINY_SDXL, local_files_only=True)
-    a.set_progress_bar_config(disable=True)
-    b, stock = fresh(a), fresh(a, StableDiffusionXLPipeline)
+    """The server pattern on a float16 base: each request makes its own pipeline with `from_pipe(..., dtype=
+    base.dtype)` while other requests are in their denoising loops."""
+    a = float16_base(PLADISStableDiffusionXLPipeline)
     options = {"num_inference_steps": 3}
     solo = {
         "a": run_pipe(a, pladis_scale=2.0, **options),
-        "b": run_pipe(b, pladis_scale=1.0, pladis_alpha=2.0, **options),
-        "stock": run_pipe(stock, **options),
+        "b": run_pipe(fresh(a), pladis_scale=1.0, pladis_alpha=2.0, **options),
+        "stock": run_pipe(fresh(a, StableDiffusionXLPipeline), **options),
     }
     assert np.abs(solo["a"] - solo["stock"]).max() > 1e-3 and np.abs(solo["b"] - solo["a"]).max() > 1e-3
     before, hooks = processors_by_name(a.unet), dict(a.unet._forward_pre_hooks)
@@ -96,15 +106,20 @@ def test_overlapping_pladis_and_stock_calls_give_their_solo_images_and_restore_t
         {
             "a": call_a,
             "b": after_a(
-                lambda: run_pipe(b, pladis_scale=1.0, pladis_alpha=2.0, callback_on_step_end=in_loop(False), **options)
+                lambda: run_pipe(
+                    fresh(a), pladis_scale=1.0, pladis_alpha=2.0, callback_on_step_end=in_loop(False), **options
+                )
             ),
-            "stock": after_a(lambda: run_pipe(stock, callback_on_step_end=in_loop(False), **options)),
+            "stock": after_a(
+                lambda: run_pipe(fresh(a, StableDiffusionXLPipeline), callback_on_step_end=in_loop(False), **options)
+            ),
         }
     )
     for name, image in solo.items():
         np.testing.assert_array_equal(results[name], image, err_msg=name)
     assert same_processor_objects(a.unet, before) and dict(a.unet._forward_pre_hooks) == hooks
-    np.testing.assert_array_equal(run_pipe(stock, **options), solo["stock"])
+    assert {a.unet.dtype, a.vae.dtype, a.text_encoder.dtype} == {torch.float16}
+    np.testing.assert_array_equal(run_pipe(fresh(a, StableDiffusionXLPipeline), **options), solo["stock"])
 
 
 def test_concurrent_calls_on_a_bare_transformer_keep_their_own_settings_and_text_lengths():
