@@ -70,9 +70,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.prompts.is_file():
         parser.error(f"--prompts: no such file: {args.prompts}")
     try:
-        read_prompts(args.prompts)  # read again in main: here only so a bad file is a usage error
+        entries = read_prompts(args.prompts)  # read again in main: here only so a bad file is a usage error
     except ValueError as error:
         parser.error(f"--prompts: {error}")
+    if problem := resolved_seed_problem(entries, args.seed):
+        parser.error(problem)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     try:
@@ -101,6 +103,14 @@ def shared_folder_problem(scales: list[float]) -> str | None:
 def prompt_seed(entry: PromptEntry, base_seed: int) -> int:
     """The prompt's own seed, else `base_seed + index`: the same whatever the number of processes."""
     return entry.seed if entry.seed is not None else base_seed + entry.index
+
+
+def resolved_seed_problem(entries: list[PromptEntry], base_seed: int) -> str | None:
+    """Why a prompt without its own seed would get `--seed` + its index outside the seeds a generator takes."""
+    for entry in entries:
+        if entry.seed is None and (problem := checks.seed_problem(prompt_seed(entry, base_seed))):
+            return f"--seed {base_seed}: prompt {entry.index} gets --seed + its index, and {problem}"
+    return None
 
 
 def runs_on_cpu(args: argparse.Namespace) -> bool:

@@ -19,6 +19,7 @@ from PIL import Image
 COMMON_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tiff")
 SDXL_SIZE_MULTIPLE = 8  # the SDXL pipelines' check_inputs refuse other sizes
 FLUX_DEFAULT_SIZE_MULTIPLE = 16  # 2 × the FLUX VAE's scale factor 8 (latents are packed in 2×2 patches)
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what `torch.Generator.manual_seed` takes; others fail only at generation
 
 
 def _absolute(path: Path) -> Path:
@@ -81,6 +82,15 @@ def output_folder_problem(option: str, folder: Path) -> str | None:
         return f"{option} {folder}: is an existing file; give a folder"
     problem = folder_problem(folder)
     return None if problem is None else f"{option} {folder}: {problem}"
+
+
+def seed_problem(seed: object) -> str | None:
+    """Why `seed` cannot seed a generator (not an integer, or outside `SEED_RANGE`), or None."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        return f"non-integer seed {seed!r}"
+    if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        return f"seed {seed} is outside [{SEED_RANGE[0]}, {SEED_RANGE[1]}], the seeds a torch generator takes"
+    return None
 
 
 def lora_problem(option: str, value: str | Path) -> str | None:

@@ -287,6 +287,8 @@ def finish_common_options(parser: argparse.ArgumentParser, args: argparse.Namesp
         requested_kernel()  # a bad PLADIS_KERNEL fails here, not after the model loaded
     except (TypeError, ValueError) as error:
         parser.error(str(error))
+    if getattr(args, "seed", None) is not None and (problem := checks.seed_problem(args.seed)):
+        parser.error(f"--seed: {problem}")
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")
     if args.timesteps is not None and args.steps is not None and args.steps != len(args.timesteps):
