@@ -30,7 +30,15 @@ from scripts.cli.options import (
     parse_scales,
     parse_with_settings,
 )
-from scripts.cli.prompts import MANIFEST, SETTINGS, PromptEntry, image_path, read_prompts, scale_folder
+from scripts.cli.prompts import (
+    MANIFEST,
+    SETTINGS,
+    PromptEntry,
+    image_path,
+    png_damage,
+    read_prompts,
+    scale_folder,
+)
 from scripts.cli.records import read_settings, read_text_file, run_settings, write_image, write_json, write_text
 
 LOCK = ".generate.lock"  # held while a run checks the folder and records its settings
@@ -191,6 +199,19 @@ def save_image(image: Image.Image, path: Path, entry: PromptEntry, seed: int, sc
     write_image(path, image, pnginfo=info)
 
 
+def images_to_make(out: Path, entries: list[PromptEntry], scale: float) -> list[PromptEntry]:
+    """The prompts whose image at λ = `scale` is missing or damaged (a damaged one is named and made again)."""
+    todo = []
+    for entry in entries:
+        path = image_path(out, entry.index, scale)
+        if path.exists() and (damage := png_damage(path)):
+            print(f"{path} is damaged ({damage}): generating it again", flush=True)
+        elif path.exists():
+            continue
+        todo.append(entry)
+    return todo
+
+
 def batches(entries: list[PromptEntry], batch_size: int) -> list[list[PromptEntry]]:
     """Consecutive batches of prompts sharing one negative prompt (so batching never changes what a
     prompt is conditioned on)."""
@@ -225,10 +246,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         raise SystemExit(problem)
     written: list[Path] = []
     with state.split_between_processes(entries) as share:
-        jobs = {
-            scale: [entry for entry in share if not image_path(args.out, entry.index, scale).exists()]
-            for scale in args.scales
-        }
+        jobs = {scale: images_to_make(args.out, share, scale) for scale in args.scales}
         total = sum(len(todo) for todo in jobs.values())
         if total:
             pipe = load_pipeline(args, device)

@@ -9,6 +9,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image
+
 from .checks import seed_problem
 from .records import read_text_file
 
@@ -26,6 +28,35 @@ def scale_folder(out: Path, scale: float) -> Path:
 def image_path(out: Path, index: int, scale: float) -> Path:
     """The image of prompt `index` at λ = `scale`: named by both, so resuming works image by image."""
     return scale_folder(out, scale) / f"{index:05d}.png"
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk every complete PNG ends with
+
+
+def png_damage(path: Path) -> str | None:
+    """Why the file at `path` is not a complete PNG (empty, cut short, not a PNG, a chunk failing its CRC), or
+    None: a resumed run redoes such an image instead of counting it done."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(len(PNG_SIGNATURE))
+            size = file.seek(0, 2)
+            file.seek(max(size - len(PNG_END), 0))
+            tail = file.read()
+    except OSError as error:
+        return f"cannot be read ({error.strerror or error})"
+    if size == 0:
+        return "empty"
+    if head != PNG_SIGNATURE:
+        return "not a PNG"
+    if tail != PNG_END:
+        return "cut short (no PNG end chunk)"
+    try:
+        with Image.open(path) as image:
+            image.verify()  # every chunk's CRC, without decoding the pixels
+    except (OSError, SyntaxError, ValueError) as error:  # PIL reports broken PNG chunks as SyntaxError
+        return f"broken ({error})"
+    return None
 
 
 def folder_label(folder: Path) -> str:
