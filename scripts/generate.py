@@ -21,6 +21,7 @@ from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
 from scripts.cli import checks
+from scripts.cli.assets import model_source
 from scripts.cli.loading import call_options, image_size, load_pipeline, seeded_generator
 from scripts.cli.options import (
     add_generation_options,
@@ -45,6 +46,8 @@ LOCK = ".generate.lock"  # held while a run checks the folder and records its se
 # Options that may change between runs into the same folder without changing any existing image
 # (the prompts themselves are compared through the manifest, line by line).
 _RESUMABLE_OPTIONS = {"batch_size", "device", "out", "settings", "scales", "prompts"}
+# Options naming a local folder or file (or a hub id): compared as the one path they name, however spelt.
+_PATH_OPTIONS = {"model", "controlnet", "lora", "control_image", "depth_model"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -149,7 +152,7 @@ def check_same_settings(out: Path, settings: dict, records: list[dict]) -> str |
         changed = sorted(
             name
             for name in set(before) | set(now)
-            if name not in _RESUMABLE_OPTIONS and before.get(name) != now.get(name)
+            if name not in _RESUMABLE_OPTIONS and _compared(name, before.get(name)) != _compared(name, now.get(name))
         )
         if changed:
             details = ", ".join(f"{name}: {before.get(name)!r} -> {now.get(name)!r}" for name in changed)
@@ -165,6 +168,12 @@ def check_same_settings(out: Path, settings: dict, records: list[dict]) -> str |
                     "choose a new --out"
                 )
     return None
+
+
+def _compared(name: str, value: object) -> object:
+    """A recorded option as resuming compares it: a path option as the absolute path it names (`asset/tiny-sdxl/`,
+    `./asset/tiny-sdxl` and the absolute path are one model), hub ids and other values as they are."""
+    return model_source(value) if name in _PATH_OPTIONS and isinstance(value, str) else value
 
 
 def claim_folder(out: Path, settings: dict, records: list[dict]) -> str | None:

@@ -142,6 +142,23 @@ def test_resuming_with_other_settings_or_prompts_is_refused_but_extending_is_not
     ]
 
 
+def test_resuming_accepts_the_same_model_however_its_path_is_spelt(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    out, text = tmp_path / "out", tmp_path / "one.txt"
+    text.write_text("a photo of a cat\n")
+    options = ["--prompts", str(text), "--out", str(out), "--steps", "1", "--scales", "0"]
+    generate.main([*options, "--model", "asset/tiny-sdxl"])
+    for spelling in (
+        "asset/tiny-sdxl/",
+        "./asset/tiny-sdxl",
+        str(ROOT / "asset" / "tiny-sdxl"),
+        "asset/../asset/tiny-sdxl",
+    ):
+        assert generate.main([*options, "--model", spelling]) == [], spelling
+    with pytest.raises(SystemExit, match=r"other settings \(model: '[^']*' -> 'asset/tiny-sdxl-controlnet'\)"):
+        generate.main([*options, "--model", "asset/tiny-sdxl-controlnet"])
+
+
 def test_two_processes_split_the_prompts_and_write_each_image_once_as_one_process_does(prompt_file, tmp_path):
     options = ["--prompts", str(prompt_file), "--steps", "1", "--scales", "0,2"]
     with one_thread():
