@@ -103,6 +103,27 @@ def test_a_read_only_output_folder_is_a_usage_error(tmp_path, capsys, no_model_l
             "--pag-layers: 'nosuch' matches no",
         ),
         (["--lora", str(TINY_CONTROL_IMAGE)], "only .safetensors LoRA files are loaded"),
+        (["--pipeline", "flux", "--freeu", "1", "1", "1", "1"], "--freeu needs a U-Net pipeline"),
+        (
+            ["--pipeline", "auto", "--model", "asset/tiny-flux-schnell", "--freeu", "1", "1", "1", "1"],
+            "FluxPipeline has no FreeU",
+        ),
+        (
+            ["--pipeline", "controlnet", "--model", "asset/tiny-sdxl"],
+            "--model asset/tiny-sdxl (a StableDiffusionXLPipeline) has no controlnet, which "
+            "PLADISStableDiffusionXLControlNetPipeline (--pipeline controlnet) needs: give the ControlNet with "
+            "--controlnet",
+        ),
+        (
+            ["--pipeline", "flux", "--model", "asset/tiny-sdxl"],
+            "--model asset/tiny-sdxl (a StableDiffusionXLPipeline) has no transformer, which PLADISFluxPipeline "
+            "(--pipeline flux) needs; it loads with --pipeline sdxl or sdxl-seg or auto",
+        ),
+        (
+            ["--model", "asset/tiny-flux-schnell"],
+            "has no unet, which PLADISStableDiffusionXLPipeline (--pipeline sdxl)",
+        ),
+        (["--pipeline", "controlnet", "--control-image", "README.md"], "--control-image README.md: not an image file"),
     ],
 )
 def test_options_only_the_pipeline_checked_are_usage_errors_before_loading(argv, message, capsys, no_model_loads):
@@ -162,6 +183,11 @@ def test_record_steps_beyond_the_run_are_a_usage_error(tmp_path, capsys, no_mode
         ("sdxl_dmd2", ["--lora", "weights.bin"], "only .safetensors LoRA files are loaded"),
         ("sdxl_lightning", ["--lora", "./missing/lora.safetensors"], "--lora: no such file"),
         ("controlnet_depth", ["--image", "./missing/photo.png"], "--image: no such file or folder"),
+        ("controlnet_depth", ["--image", "README.md"], "README.md: not an image file PIL can read"),
+        ("sdxl_seg", ["--seg-scale", "-1"], "--seg-scale must be finite and >= 0"),
+        ("sdxl_seg", ["--seg-blur-sigma", "0"], "seg_blur_sigma must be > 0"),
+        ("sdxl_pag", ["--pag-scale", "nan"], "--pag-scale must be finite and >= 0"),
+        ("sdxl_freeu", ["--model", "asset/tiny-flux-schnell"], "has no unet, which PLADISStableDiffusionXLPipeline"),
     ],
 )
 def test_examples_check_their_options_before_loading(name, argv, message, tmp_path, capsys, no_model_loads):

@@ -110,6 +110,88 @@ def _model_config(model: str, subfolder: str, config_class: type) -> dict | None
         return None
 
 
+def model_index(model: str) -> dict | None:
+    """The `model_index.json` of a pipeline folder or a cached hub model, or None when not on this machine."""
+    from diffusers import DiffusionPipeline
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return DiffusionPipeline.load_config(model, local_files_only=True)
+    except (OSError, ValueError):
+        return None
+
+
+def _components(index: dict) -> set[str]:
+    """The components a `model_index.json` holds (entries like `["diffusers", "UNet2DConditionModel"]`)."""
+    return {name for name, value in index.items() if isinstance(value, list) and value and value[0] is not None}
+
+
+def _required_components(cls: type) -> set[str]:
+    expected, _ = cls._get_signature_keys(cls)
+    return set(expected) - set(getattr(cls, "_optional_components", ()))
+
+
+def components_problem(
+    pipeline: str, model: str, given: Sequence[str] = (), *, source: str | None = None, suggest: bool = True
+) -> str | None:
+    """Why the folder or cached hub model `model` (read from `source`, its resolved path, when given) cannot load
+    as `--pipeline pipeline` (a component that pipeline needs is not in its `model_index.json`, nor `given` by an
+    option such as `--controlnet`), naming the missing component and the option (with `suggest`, the `--pipeline`)
+    to use; None when it can, or when the index is not on this machine."""
+    from .registry import PIPELINES, pipeline_class
+
+    index = model_index(source or model)
+    if index is None or pipeline == "auto":
+        return None
+    present = _components(index) | set(given)
+    cls = pipeline_class(pipeline)
+    missing = sorted(_required_components(cls) - present)
+    if not missing:
+        return None
+    what = f"--model {model} (a {index.get('_class_name', 'pipeline')}) has no {', '.join(missing)}"
+    needs = f"which {cls.__name__} (--pipeline {pipeline}) needs" if suggest else f"which {cls.__name__} needs"
+    if missing == ["controlnet"]:
+        return f"{what}, {needs}: give the ControlNet with --controlnet FOLDER_OR_HUB_ID"
+    if not suggest:
+        return f"{what}, {needs}: give a model with those components"
+    fitting = [
+        name
+        for name in PIPELINES
+        if name not in (pipeline, "auto") and not _required_components(pipeline_class(name)) - present
+    ]
+    return f"{what}, {needs}; it loads with --pipeline {' or '.join([*fitting, 'auto'])}"
+
+
+def freeu_problem(pipeline: str, model: str) -> str | None:
+    """Why `--freeu` cannot apply (the pipeline, or for `auto` the model's stock class, is not a U-Net pipeline
+    with `enable_freeu`), or None; for `auto` without a local `model_index.json`, left to loading."""
+    import diffusers
+
+    from .registry import pipeline_class
+
+    cls = pipeline_class(pipeline)
+    if pipeline == "auto":
+        index = model_index(model)
+        cls = getattr(diffusers, str((index or {}).get("_class_name")), None)
+        if cls is None:
+            return None
+    if hasattr(cls, "enable_freeu"):
+        return None
+    return f"--freeu needs a U-Net pipeline (SDXL, SDXL SEG/PAG, ControlNet); {cls.__name__} has no FreeU"
+
+
+def image_file_problem(option: str, path: str | Path, *, source: str | Path | None = None) -> str | None:
+    """Why `path` (read from `source`, its resolved path, when given) is not an image PIL can open (checked
+    without decoding the pixels), or None."""
+    try:
+        with Image.open(source or path) as image:
+            image.verify()
+    except (OSError, SyntaxError, ValueError) as error:  # UnidentifiedImageError is an OSError
+        return f"{option} {path}: not an image file PIL can read ({error})"
+    return None
+
+
 def flux_is_timestep_distilled(model: str) -> bool | None:
     """Whether a FLUX model is timestep-distilled like FLUX.1-schnell (its transformer has no guidance
     embedding, so it is meant for ~4 steps), read from the transformer config; None when the config is

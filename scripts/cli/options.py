@@ -301,6 +301,8 @@ def finish_common_options(parser: argparse.ArgumentParser, args: argparse.Namesp
             parser.error(f"--{option.replace('_', '-')}: no such file: {value}")
     if args.lora is not None and (problem := checks.lora_problem("--lora", args.lora)):
         parser.error(problem)
+    if problem := _model_fit_problem(args):
+        parser.error(problem)
     _check_guidance_options(parser, args)
     source = model_source(args.model)
     if problem := checks.size_problem(args.height, args.width, checks.size_multiple(source, args.pipeline == "flux")):
@@ -331,6 +333,24 @@ def finish_common_options(parser: argparse.ArgumentParser, args: argparse.Namesp
         args.height = args.height or TINY_SIZE
         args.width = args.width or TINY_SIZE
     return args
+
+
+def _model_fit_problem(args: argparse.Namespace) -> str | None:
+    """Whether the model, the control image and `--freeu` fit the chosen pipeline, found before any weights load:
+    a component the pipeline needs and the model lacks, a control image PIL cannot open, FreeU on a transformer."""
+    source = model_source(args.model)
+    given = ["controlnet"] if args.controlnet is not None else []
+    if problem := checks.components_problem(args.pipeline, args.model, given, source=source):
+        return problem
+    if args.control_image is not None and (
+        problem := checks.image_file_problem(
+            "--control-image", args.control_image, source=model_source(str(args.control_image))
+        )
+    ):
+        return problem
+    if args.freeu is not None:
+        return checks.freeu_problem(args.pipeline, source)
+    return None
 
 
 def _flag(option: str) -> str:

@@ -15,8 +15,16 @@ from attention.validation import check_pladis_alpha, check_pladis_scale
 from ..grid import save_grid
 from . import checks
 from .assets import TINY_SDXL, TINY_SDXL_LORA, TINY_SIZE, TINY_STEPS, looks_like_path, model_source
-from .loading import DTYPES, LAYER_OPTIONS, default_device, guidance_call_arguments, lora_spec_problem, seeded_generator
-from .options import PLADIS_ALPHA, add_guidance_options
+from .loading import (
+    CALL_OPTIONS,
+    DTYPES,
+    LAYER_OPTIONS,
+    default_device,
+    guidance_call_arguments,
+    lora_spec_problem,
+    seeded_generator,
+)
+from .options import PLADIS_ALPHA, add_guidance_options, guidance_option_problem
 
 SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 DEFAULT_PROMPT = "a photo of an astronaut riding a horse on the moon"
@@ -137,12 +145,33 @@ def example_args_problem(args: argparse.Namespace, flux: bool) -> str | None:
     if getattr(args, "lora", None) is not None:
         if problem := checks.lora_problem("--lora", args.lora) or lora_spec_problem("--lora", args.lora):
             return problem
+    if problem := _guidance_and_model_problem(args):
+        return problem
     layer_options = [option for option in LAYER_OPTIONS if getattr(args, option, None) is not None]
     names = checks.unet_self_attention_names(args.model) if layer_options else None
     for option in layer_options:
         if problem := checks.layer_ids_problem(f"--{option.replace('_', '-')}", getattr(args, option), names):
             return problem
     return None
+
+
+def _guidance_and_model_problem(args: argparse.Namespace) -> str | None:
+    """The example's guidance values (checked as the pipeline checks them), and whether its model, control image
+    and FreeU fit its pipeline (a missing component names the option to use)."""
+    for option in CALL_OPTIONS:
+        if problem := guidance_option_problem(option, getattr(args, option, None)):
+            return problem
+    given = ["controlnet"] if getattr(args, "controlnet", None) else []
+    if problem := checks.components_problem(args.pipeline, args.model, given, suggest=False):
+        return problem
+    image = str(getattr(args, "image", None) or "")
+    if (
+        image
+        and "://" not in image
+        and (problem := checks.image_file_problem("--image", image, source=model_source(image)))
+    ):
+        return problem
+    return None if args.freeu is None else checks.freeu_problem(args.pipeline, args.model)
 
 
 def save_with_and_without(pipe: Any, args: argparse.Namespace, method: str, **call_options: Any) -> Path:
