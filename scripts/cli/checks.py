@@ -8,6 +8,7 @@ folder or the Hugging Face cache, and are skipped when the config is not on this
 from __future__ import annotations
 
 import io
+import json
 import os
 import tempfile
 import warnings
@@ -94,9 +95,78 @@ def seed_problem(seed: object) -> str | None:
 
 
 def lora_problem(option: str, value: str | Path) -> str | None:
-    """LoRA weights are loaded from safetensors only (never pickles): the name must end in `.safetensors`."""
+    """LoRA weights are loaded from safetensors only (never pickles): the name must end in `.safetensors`, and a
+    local file must be one (a pickle renamed `.safetensors` is named, not handed to the loader)."""
     if not str(value).endswith(".safetensors"):
         return f"{option} {value}: only .safetensors LoRA files are loaded (pickled .bin/.pt/.ckpt files are refused)"
+    if Path(value).is_file() and (problem := safetensors_problem(Path(value))):
+        return f"{option} {value}: {problem}"
+    return None
+
+
+SAFETENSORS_MAX_HEADER = 100 * 2**20  # the safetensors format's own limit on the header size
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why `path` is not a complete safetensors file (no safetensors header, e.g. a pickle renamed; or fewer
+    bytes than its header describes, a file cut short), or None. Reads the header only."""
+    try:
+        with open(path, "rb") as file:
+            prefix = file.read(8)
+            size = file.seek(0, 2)
+            header_size = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+            if not 2 <= header_size <= min(SAFETENSORS_MAX_HEADER, size - 8):
+                return "not a safetensors file (no safetensors header; a pickle under a .safetensors name?)"
+            file.seek(8)
+            header = json.loads(file.read(header_size))
+    except OSError as error:
+        return f"unreadable ({error.strerror or error})"
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return "not a safetensors file (its header is not JSON; a pickle under a .safetensors name?)"
+    ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
+    expected = 8 + header_size + max(ends, default=0)
+    if size != expected:
+        return f"cut short or damaged: its header describes {expected} bytes, the file has {size}"
+    return None
+
+
+def json_file_problem(path: Path) -> str | None:
+    """Why `path` is not a JSON file (e.g. cut short), or None."""
+    try:
+        json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except OSError as error:
+        return f"unreadable ({error.strerror or error})"
+    except UnicodeDecodeError:
+        return "not UTF-8 text"
+    except json.JSONDecodeError as error:
+        return f"not valid JSON (line {error.lineno} column {error.colno}: {error.msg}; cut short?)"
+    return None
+
+
+def component_files_problem(
+    model: str | Path, option: str = "--model", *, source: str | Path | None = None
+) -> str | None:
+    """Why a local pipeline folder (or a single-model folder such as a ControlNet; read from `source`, its
+    resolved path, when given) cannot load, naming the component folder or file: a component its
+    `model_index.json` names without its folder, a `.safetensors` file cut short or not safetensors, a `.json`
+    file (configs, tokenizers) that does not parse. None when all is there, and for hub ids."""
+    folder = Path(source or model)
+    if not folder.is_dir():
+        return None
+    index_path = folder / "model_index.json"
+    components = ["."]
+    if index_path.is_file():
+        if problem := json_file_problem(index_path):
+            return f"{option} {model}: model_index.json is {problem}"
+        components = sorted(_components(json.loads(index_path.read_text(encoding="utf-8-sig"))))
+    for component in components:
+        part = folder / component
+        if not part.is_dir():
+            return f"{option} {model}: the component folder {component}/ is missing (model_index.json names it)"
+        for path in sorted(part.iterdir()):
+            checker = {".safetensors": safetensors_problem, ".json": json_file_problem}.get(path.suffix)
+            if checker is not None and (problem := checker(path)):
+                return f"{option} {model}: {path.relative_to(folder).as_posix()} is {problem}"
     return None
 
 

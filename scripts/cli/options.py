@@ -337,10 +337,19 @@ def finish_common_options(parser: argparse.ArgumentParser, args: argparse.Namesp
 
 def _model_fit_problem(args: argparse.Namespace) -> str | None:
     """Whether the model, the control image and `--freeu` fit the chosen pipeline, found before any weights load:
-    a component the pipeline needs and the model lacks, a control image PIL cannot open, FreeU on a transformer."""
+    a component the pipeline needs and the model lacks, a damaged or missing component file or folder, a control
+    image PIL cannot open, FreeU on a transformer."""
     source = model_source(args.model)
     given = ["controlnet"] if args.controlnet is not None else []
     if problem := checks.components_problem(args.pipeline, args.model, given, source=source):
+        return problem
+    if problem := checks.component_files_problem(args.model, source=source):
+        return problem
+    if args.controlnet is not None and (
+        problem := checks.component_files_problem(
+            args.controlnet, "--controlnet", source=model_source(str(args.controlnet))
+        )
+    ):
         return problem
     if args.control_image is not None and (
         problem := checks.image_file_problem(

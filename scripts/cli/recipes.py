@@ -164,6 +164,10 @@ def _guidance_and_model_problem(args: argparse.Namespace) -> str | None:
     given = ["controlnet"] if getattr(args, "controlnet", None) else []
     if problem := checks.components_problem(args.pipeline, args.model, given, suggest=False):
         return problem
+    for option in ("model", "controlnet"):
+        value = getattr(args, option, None)
+        if value and (problem := checks.component_files_problem(value, f"--{option}", source=model_source(value))):
+            return problem
     image = str(getattr(args, "image", None) or "")
     if (
         image
