@@ -26,6 +26,7 @@ from .families import FAMILIES, SUPPORTED, Family, TextAttention, family_of
 from .kernel_choice import requested_kernel
 from .processors import PLADISProcessor, pladis_processor_class
 from .settings import PLADISSettings
+from .with_block import SingleUseBlock
 
 _PROCESSOR_SUFFIX = ".processor"
 _LOCK = threading.Lock()  # guards every Installation and their table (never held during a denoiser call)
@@ -313,7 +314,6 @@ def check_pag_leaves_pladis_layers(pipe: object, model: torch.nn.Module, table: 
         )
 
 
-@contextmanager
 def apply_pladis(
     pipe_or_denoiser: object,
     pladis_scale: float,
@@ -321,7 +321,7 @@ def apply_pladis(
     *,
     pladis_controlnet: bool = False,
     pladis_single_blocks: bool = False,
-) -> Iterator[None]:
+) -> SingleUseBlock[None]:
     """Run the body with PLADIS on every text-attention layer of a pipeline's denoiser, or of a denoiser
     given directly (`UNet2DConditionModel` or a transformer: modular pipelines, hand-written loops).
 
@@ -339,10 +339,14 @@ def apply_pladis(
     back and its hooks removed, also when the body raises. A model without text attention, a layer
     holding a processor PLADIS does not know (e.g. an IP-Adapter), or PAG layers on the layers PLADIS
     needs (SD3's PAG pipelines) raise instead of running without PLADIS.
+
+    The settings are a `ContextVar` of the thread (or asyncio task) that enters the block: calls made inside the
+    block from a new thread or an executor run without PLADIS, unless they run in a copy of this context
+    (`asyncio.to_thread`, `contextvars.copy_context().run`). Enter each returned block once, and let it end in
+    the thread that entered it: otherwise a `RuntimeError` says so.
     """
     settings = PLADISSettings(pladis_scale, pladis_alpha, pladis_controlnet, pladis_single_blocks)
-    with apply_pladis_settings(pipe_or_denoiser, settings):
-        yield
+    return SingleUseBlock("apply_pladis", apply_pladis_settings(pipe_or_denoiser, settings))
 
 
 @contextmanager
