@@ -240,7 +240,7 @@ def test_a_pickle_named_safetensors_is_refused_as_lora_naming_the_file(tmp_path,
     lora = tmp_path / "weights.safetensors"
     torch.save({"lora_A.weight": torch.zeros(2, 2)}, lora)
     error = usage_error(compare.main, ["--lora", str(lora), "--out", str(tmp_path / "grid.png")], capsys)
-    assert f"--lora {lora}: not a safetensors file (no safetensors header; a pickle" in error
+    assert f"--lora {lora}: not a safetensors file (no safetensors header: a pickle?)" in error
     error = usage_error(
         importlib.import_module("scripts.examples.sdxl_dmd2").main,
         ["--tiny", "--device", "cpu", "--lora", str(lora), "--out", str(tmp_path / "grid.png")],

@@ -116,13 +116,13 @@ def safetensors_problem(path: Path) -> str | None:
             size = file.seek(0, 2)
             header_size = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
             if not 2 <= header_size <= min(SAFETENSORS_MAX_HEADER, size - 8):
-                return "not a safetensors file (no safetensors header; a pickle under a .safetensors name?)"
+                return "not a safetensors file (no safetensors header: a pickle?)"
             file.seek(8)
             header = json.loads(file.read(header_size))
     except OSError as error:
         return f"unreadable ({error.strerror or error})"
     except (UnicodeDecodeError, json.JSONDecodeError):
-        return "not a safetensors file (its header is not JSON; a pickle under a .safetensors name?)"
+        return "not a safetensors file (its header is not JSON: a pickle?)"
     ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
     expected = 8 + header_size + max(ends, default=0)
     if size != expected:
