@@ -14,10 +14,11 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 
 from attention import apply_pladis
+from pipeline.pipeline_flux_pladis import PLADISFluxPipeline
 from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
 from pipeline.pipeline_sdxl_seg import PLADISStableDiffusionXLSEGPipeline
 from scripts.build_tiny_assets import tiny_flux_transformer
-from scripts.cli.assets import TINY_SDXL
+from scripts.cli.assets import TINY_FLUX_SCHNELL, TINY_SDXL
 from tests.families import one_thread  # noqa: F401
 from tests.test_install import flux_inputs
 from tests.tiny import processors_by_name, run_pipe, same_processor_objects
@@ -47,9 +48,18 @@ def run_threads(targets: dict) -> dict:
 
 
 def fresh(pipe, cls=None):
-    """A pipeline sharing `pipe`'s models, with its own scheduler (schedulers hold per-call state), in `pipe`'s
-    dtype: without `dtype`, `from_pipe` casts the shared models to float32 in place, under running requests."""
-    return (cls or type(pipe)).from_pipe(pipe, scheduler=copy.deepcopy(pipe.scheduler), dtype=pipe.dtype)
+    """A pipeline sharing `pipe`'s models, with its own scheduler and tokenizers (both hold per-call state), in
+    `pipe`'s dtype: without `dtype`, `from_pipe` casts the shared models to float32 in place, under running
+    requests."""
+    return (cls or type(pipe)).from_pipe(pipe, **per_request_components(pipe), dtype=pipe.dtype)
+
+
+def per_request_components(pipe) -> dict:
+    """Copies of the components a call changes: the scheduler (its steps) and the tokenizers (a fast tokenizer
+    sets its padding and truncation on the shared backend before encoding, so a call in another thread can
+    change them in between: `test_shared_tokenizers_...` below)."""
+    names = ("scheduler", "tokenizer", "tokenizer_2")
+    return {name: copy.deepcopy(getattr(pipe, name)) for name in names if getattr(pipe, name, None) is not None}
 
 
 def float16_base(cls):
@@ -232,3 +242,45 @@ def test_overlapping_seg_and_pag_calls_on_a_shared_unet_each_get_their_own_pertu
         np.testing.assert_array_equal(results[name], image, err_msg=name)
     assert same_processor_objects(unet, before) and dict(unet._forward_pre_hooks) == hooks
     np.testing.assert_array_equal(run_pipe(pipes["stock"], **options), solo["stock"])
+
+
+@pytest.mark.parametrize("tokenizers", ["shared", "per request"])
+def test_shared_tokenizers_are_the_order_dependence_of_concurrent_flux_requests(tokenizers):
+    """FLUX requests in threads differed from their solo images now and then (4.8e-7 through CLIP's pooled
+    embedding, up to 0.16 through T5's text length). The cause is not the attention: a fast tokenizer sets
+    padding and truncation on its shared backend, then encodes. Here request `a` is held between the two in its
+    T5 call that pads to the maximum length while request `b` runs whole (its last tokenizer call pads to the
+    longest), so with shared tokenizers `a` encodes with `b`'s padding; with per-request tokenizers (`fresh`)
+    both give their solo images."""
+    base = PLADISFluxPipeline.from_pretrained(TINY_FLUX_SCHNELL, local_files_only=True)
+    base.set_progress_bar_config(disable=True)
+    share = {} if tokenizers == "per request" else {"tokenizer": base.tokenizer, "tokenizer_2": base.tokenizer_2}
+    a, b = (PLADISFluxPipeline.from_pipe(fresh(base), **share) for _ in range(2))
+    calls = {"a": (a, {"pladis_scale": 2.0}), "b": (b, {"pladis_scale": 1.5, "pladis_alpha": 2.0})}
+    solo = {name: run_pipe(pipe, **options) for name, (pipe, options) in calls.items()}
+    a_held, b_done = threading.Event(), threading.Event()
+    encode_settings = a.tokenizer_2.set_truncation_and_padding
+
+    def hold_a_once(*args, padding_strategy, **kwargs):
+        encode_settings(*args, padding_strategy=padding_strategy, **kwargs)
+        if threading.current_thread().name == "a" and padding_strategy.value == "max_length" and not a_held.is_set():
+            a_held.set()
+            assert b_done.wait(TIMEOUT)
+
+    a.tokenizer_2.set_truncation_and_padding = hold_a_once
+    results = {}
+
+    def request(name):
+        if name == "b":
+            assert a_held.wait(TIMEOUT)
+        results[name] = run_pipe(calls[name][0], **calls[name][1])
+        if name == "b":
+            b_done.set()
+
+    threads = [threading.Thread(target=request, args=(name,), name=name) for name in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+    assert sorted(results) == ["a", "b"] and np.array_equal(results["b"], solo["b"])
+    assert np.array_equal(results["a"], solo["a"]) == (tokenizers == "per request")
