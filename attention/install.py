@@ -356,7 +356,6 @@ def apply_pladis_settings(pipe_or_denoiser: object, settings: PLADISSettings) ->
     if not isinstance(settings, PLADISSettings):
         raise TypeError(f"settings must be a PLADISSettings, got {type(settings).__name__}")
     pladis_single_blocks = settings.pladis_single_blocks
-    requested_kernel()  # a bad PLADIS_KERNEL raises before the first denoising step, not inside it
     models = denoisers(pipe_or_denoiser, settings.pladis_controlnet)
     family = family_of(models[0])
     if pladis_single_blocks and not any(kind.optional for kind in family.text_attention):
@@ -371,6 +370,7 @@ def apply_pladis_settings(pipe_or_denoiser: object, settings: PLADISSettings) ->
         with calls_in_context((), replacing=running):
             yield
         return
+    requested_kernel()  # a bad PLADIS_KERNEL raises before the first denoising step (λ = 0 is stock: never read)
     layers = [text_attention_layers(model, family_of(model), pladis_single_blocks) for model in models]
     check_pag_leaves_pladis_layers(pipe_or_denoiser, models[0], layers[0])
     with ExitStack() as stack:
