@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from attention.attention_maps import LAYER_GROUPS, AttentionMapStore, recording_attention_maps
 from attention.validation import check_pladis_scale
 from scripts.cli import checks
 from scripts.cli.assets import model_source
-from scripts.cli.loading import call_options, default_device, image_size, load_pipeline, seeded_generator, step_progress
+from scripts.cli.captions import run_caption
 from scripts.cli.options import (
     add_generation_options,
     add_model_options,
@@ -28,8 +27,14 @@ from scripts.cli.options import (
     parse_with_settings,
     prefer_toy,
 )
+from scripts.cli.parsers import command_parser
 from scripts.cli.records import run_settings, write_json
-from scripts.grid import save_grid
+from scripts.grid import grid_font, save_grid
+
+if TYPE_CHECKING:
+    import torch
+
+    from attention.attention_maps import AttentionMapStore
 
 HEAT_OPACITY = 0.6
 TOY_TOKENS = ("red", "circle", "left", "blue", "square", "right")  # the toy prompt's content words
@@ -51,7 +56,7 @@ def step_indices(text: str) -> list[int] | None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and check the options (`--settings FILE` starts from a recorded run)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = command_parser(__doc__)
     parser.add_argument(
         "--prompt", default=None, help="default: a toy caption on the toy, else a red cube on a blue ball"
     )
@@ -59,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--layer-groups",
         type=comma_words,
-        default=list(LAYER_GROUPS),
+        default=None,
         help="U-Net layer groups whose maps are averaged: any of down,mid,up (default all)",
     )
     parser.add_argument(
@@ -85,10 +90,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_generation_options(parser)
     add_settings_option(parser)
     args = parse_with_settings(parser, argv)
+    from attention.attention_maps import LAYER_GROUPS  # imports torch: only once the options parsed
+    from scripts.cli.loading import default_device
+
     try:
         check_pladis_scale(args.pladis_scale)
     except (TypeError, ValueError) as error:
         parser.error(str(error))
+    args.layer_groups = list(LAYER_GROUPS) if args.layer_groups is None else args.layer_groups
     unknown = sorted(set(args.layer_groups) - set(LAYER_GROUPS))
     if unknown or not args.layer_groups:
         parser.error(f"--layer-groups takes any of {','.join(LAYER_GROUPS)}, got {','.join(args.layer_groups)}")
@@ -186,8 +195,25 @@ def heat_panels(
     return dense_panels, pladis_panels
 
 
+def colour_bar(width: int = 256, height: int = 14) -> Image.Image:
+    """The legend of the heat maps: their colour scale, from 0 to the token's largest weight in its two maps."""
+    font = grid_font()
+    text = "= the token's largest weight in its two maps"
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
+    legend = Image.new("RGB", (int(36 + width + 8 + measure(text, font=font)) + 8, height + 6), "white")
+    draw = ImageDraw.Draw(legend)
+    draw.text((4, 1), "0", fill="black", font=font)
+    ramp = np.uint8(np.round(heat_colors(np.linspace(0.0, 1.0, width)) * 255))
+    legend.paste(Image.fromarray(np.repeat(ramp[None], height, axis=0)), (20, 3))
+    draw.text((28 + width, 1), text, fill="black", font=font)
+    return legend
+
+
 def record_maps(args: argparse.Namespace) -> tuple[Image.Image, AttentionMapStore, list[tuple[int, str]]]:
     """Generate the image at λ = `args.pladis_scale`, recording both kinds of maps on the way."""
+    from attention.attention_maps import AttentionMapStore, recording_attention_maps
+    from scripts.cli.loading import call_options, image_size, load_pipeline, seeded_generator, step_progress
+
     pipe = load_pipeline(args)
     height, width = image_size(pipe, args)
     options = call_options(pipe, args, height, width)
@@ -219,12 +245,19 @@ def main(argv: list[str] | None = None) -> Path:
     where = f"{'+'.join(args.layer_groups)} layers"
     images = [image, *dense_panels, image, *pladis_panels]
     labels = [
-        f"image, PLADIS scale={args.pladis_scale:g}",
+        f"image (PLADIS scale={args.pladis_scale:g})",
         *(f"softmax: {text}" for _, text in tokens),
-        f"maps: {where}",
+        f"maps of {where}",
         *(f"PLADIS {args.pladis_scale:g}: {text}" for _, text in tokens),
     ]
-    path = save_grid(images, labels, args.out, columns=len(tokens) + 1)
+    steps = "all steps" if args.record_steps is None else f"steps {','.join(map(str, args.record_steps))}"
+    caption = [
+        *run_caption(args),
+        f"Rows: the dense softmax map and the PLADIS map (scale {args.pladis_scale:g}) of each token, from the same "
+        f"attention scores of this one generation, averaged over heads, {where} and {steps} (conditional row). "
+        "A token's two maps share one colour scale; negative PLADIS weights show as 0.",
+    ]
+    path = save_grid(images, labels, args.out, columns=len(tokens) + 1, caption=caption, legend=colour_bar())
     recorded_steps = sorted(store.steps) if store.steps is not None else "all"
     settings = run_settings(
         "scripts.attention_maps",
@@ -234,8 +267,8 @@ def main(argv: list[str] | None = None) -> Path:
         recorded_steps=recorded_steps,
         recorded_layer_calls=store.counts,
     )
-    write_json(path.with_suffix(".json"), settings)
-    print(f"wrote {path}")
+    settings_path = write_json(path.with_suffix(".json"), settings)
+    print(f"wrote {path} and {settings_path} (its settings: rerun with --settings)")
     return path
 
 

@@ -15,10 +15,9 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from attention.install import apply_pladis
 from attention.validation import check_pladis_scale
 from scripts.cli import checks
-from scripts.cli.loading import call_options, default_device, image_size, load_pipeline, seeded_generator, step_progress
+from scripts.cli.captions import method_of, run_caption, scale_label
 from scripts.cli.options import (
     add_generation_options,
     add_model_options,
@@ -28,6 +27,7 @@ from scripts.cli.options import (
     parse_with_settings,
     prefer_toy,
 )
+from scripts.cli.parsers import command_parser
 from scripts.cli.records import run_settings, write_json
 from scripts.cli.registry import call_parameters
 from scripts.grid import save_grid
@@ -35,7 +35,7 @@ from scripts.grid import save_grid
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and check the options; `--settings FILE` starts from the arguments a grid's JSON recorded."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = command_parser(__doc__)
     parser.add_argument("--prompt", default=None, help="default: a toy caption on the toy, else an astronaut")
     parser.add_argument("--pladis-scale", type=float, default=2.0, help="λ of the PLADIS panel (default 2.0)")
     parser.add_argument("--scales", default=None, help="λ sweep, e.g. 0,1,1.5,2 (default: 0 and --pladis-scale)")
@@ -56,24 +56,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(str(error))
     if problem := checks.output_file_problem("--out", args.out, companions=[".json"]):
         parser.error(problem)
+    from scripts.cli.loading import default_device  # imports torch: only once the options parsed
+
     args.device = args.device or default_device()  # recorded, so a rerun uses the same kind of device
     prefer_toy(args, "a photo of an astronaut riding a horse on the moon")
     return finish_common_options(parser, args)
 
 
-def panel_label(scale: float, alpha: float) -> str:
-    return "without PLADIS" if scale == 0 else f"PLADIS scale={scale:g} alpha={alpha:g}"
-
-
 def generate_panels(args: argparse.Namespace) -> tuple[list[Image.Image], list[str]]:
-    """The grid's images and labels: the control image (ControlNet only), then one image per λ, same seed."""
+    """The grid's images and labels: the control image (ControlNet only), then one image per λ, same seed, each
+    labelled with its guidance method and λ."""
+    from attention.install import apply_pladis
+    from scripts.cli.loading import call_options, image_size, load_pipeline, seeded_generator, step_progress
+
     pipe = load_pipeline(args)
     height, width = image_size(pipe, args)
     options = call_options(pipe, args, height, width)
     images, labels = [], []
     if "image" in options:
         images.append(options["image"])
-        labels.append(f"control ({args.preprocess or 'as given'})")
+        labels.append(f"control image ({args.preprocess or 'as given'})")
     accepted = call_parameters(type(pipe))
     if "pladis_scale" not in accepted:  # a stock pipeline: check PLADIS fits its denoiser before any generation
         with apply_pladis(pipe, max(args.scales), args.pladis_alpha):
@@ -91,7 +93,7 @@ def generate_panels(args: argparse.Namespace) -> tuple[list[Image.Image], list[s
             if "callback_on_step_end" not in accepted:
                 bar.update(args.steps)
             images.append(first_image(result))
-            labels.append(panel_label(scale, args.pladis_alpha))
+            labels.append(scale_label(method_of(args), scale))
     return images, labels
 
 
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> Path:
     """Write the grid and, next to it, a JSON of every setting (rerun it with `--settings`); return the grid path."""
     args = parse_args(argv)
     images, labels = generate_panels(args)
-    path = save_grid(images, labels, args.out)
+    path = save_grid(images, labels, args.out, caption=run_caption(args))
     settings = write_json(path.with_suffix(".json"), run_settings("scripts.compare", args, argv, panels=labels))
     print(f"wrote {path} and {settings}")
     return path

@@ -13,15 +13,11 @@ import json
 from itertools import groupby
 from pathlib import Path
 
-import torch
-from accelerate import PartialState
-from accelerate.utils import broadcast_object_list, parse_flag_from_env
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
 from scripts.cli import checks
-from scripts.cli.loading import call_options, image_size, load_pipeline, seeded_generator
 from scripts.cli.options import (
     add_generation_options,
     add_model_options,
@@ -29,7 +25,9 @@ from scripts.cli.options import (
     finish_common_options,
     parse_scales,
     parse_with_settings,
+    prefer_toy,
 )
+from scripts.cli.parsers import command_parser
 from scripts.cli.prompts import MANIFEST, SETTINGS, PromptEntry, image_path, read_prompts, scale_folder
 from scripts.cli.records import read_settings, read_text_file, run_settings, write_image, write_json, write_text
 
@@ -41,7 +39,7 @@ _RESUMABLE_OPTIONS = {"batch_size", "device", "out", "settings", "scales", "prom
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and check the options (`--settings FILE` starts from a recorded run)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = command_parser(__doc__)
     parser.add_argument(
         "--prompts",
         type=Path,
@@ -83,6 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(problem)
     if problem := checks.output_folder_problem("--out", args.out):
         parser.error(problem)
+    prefer_toy(args)
     return finish_common_options(parser, args)
 
 
@@ -105,6 +104,9 @@ def prompt_seed(entry: PromptEntry, base_seed: int) -> int:
 
 def runs_on_cpu(args: argparse.Namespace) -> bool:
     """CPU processes: asked for, set by `accelerate launch --cpu`, or no accelerator present."""
+    import torch
+    from accelerate.utils import parse_flag_from_env
+
     asked = args.device is not None and str(args.device).startswith("cpu")
     return asked or parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.accelerator.is_available()
 
@@ -194,6 +196,12 @@ def batches(entries: list[PromptEntry], batch_size: int) -> list[list[PromptEntr
 def main(argv: list[str] | None = None) -> list[Path]:
     """Generate this process's share of the missing images; return the paths it wrote."""
     args = parse_args(argv)
+    import torch  # torch, accelerate and diffusers load once the options are known to be good
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    from scripts.cli.loading import call_options, image_size, load_pipeline, seeded_generator
+
     entries = read_prompts(args.prompts)
     state = PartialState(cpu=runs_on_cpu(args))
     if args.device is not None and state.num_processes > 1 and not str(args.device).startswith("cpu"):

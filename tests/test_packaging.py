@@ -47,13 +47,20 @@ def test_runtime_dependencies_leave_tools_to_extras():
 
 
 def test_console_commands_resolve_to_callables():
+    from scripts.cli.entry_points import console_command, example_names
+
     scripts = PROJECT["project"]["scripts"]
-    assert "pladis-compare" in scripts
+    assert "pladis-compare" in scripts and scripts["pladis-example"] == "scripts.cli.entry_points:example"
     for command, target in scripts.items():
         module_name, _, attribute = target.partition(":")
         function = getattr(importlib.import_module(module_name), attribute)
         assert callable(function), command
-        assert callable(importlib.import_module(function.module).main), command  # the script it runs
+        if command != "pladis-example":  # one script each, named after it (what records write as the command)
+            assert callable(importlib.import_module(function.module).main), command
+            assert console_command(function.module) == [command]
+    for name in example_names():  # `pladis-example NAME`
+        assert callable(importlib.import_module(f"scripts.examples.{name}").main), name
+        assert console_command(f"scripts.examples.{name}") == ["pladis-example", name]
 
 
 def test_packages_found_are_the_top_level_folders():
