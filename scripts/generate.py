@@ -97,6 +97,11 @@ def shared_folder_problem(scales: list[float]) -> str | None:
     return f"--scales: these values would write into one folder ({details}); give each λ once, distinct in 6 digits"
 
 
+def counted(count: int, noun: str) -> str:
+    """`1 image`, `2 images`, `0 images`."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def prompt_seed(entry: PromptEntry, base_seed: int) -> int:
     """The prompt's own seed, else `base_seed + index`: the same whatever the number of processes."""
     return entry.seed if entry.seed is not None else base_seed + entry.index
@@ -208,6 +213,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
         raise SystemExit("leave --device out under `accelerate launch`: each process uses its own device")
     # accelerate names CPU processes' device `cpu:0`; diffusers computes differently on `cpu:0` than on `cpu`
     device = args.device or (torch.device("cpu") if state.device.type == "cpu" else state.device)
+    if state.num_processes == 1:
+        args.device = str(device)  # recorded as it ran (not null); under a launcher each process picks its own
     settings = run_settings(
         "scripts.generate",
         args,
@@ -256,7 +263,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
             bar.close()
         skipped = len(share) * len(args.scales) - total
     print(
-        f"process {state.process_index}/{state.num_processes}: wrote {len(written)} images, "
+        f"process {state.process_index}/{state.num_processes}: wrote {counted(len(written), 'image')}, "
         f"{skipped} already there ({len(share)} of {len(entries)} prompts)",
         flush=True,
     )

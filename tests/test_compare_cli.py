@@ -150,8 +150,8 @@ def test_guidance_options_a_pipeline_does_not_take_are_refused(capsys):
         (["--timesteps", "999", "--steps", "2"], "--steps"),
         (["--preprocess", "canny"], "--control-image"),
         (
-            ["--pipeline", "controlnet", "--model", "someone/sdxl-controlnet"],
-            "--control-image",
+            ["--pipeline", "controlnet", "--model", "asset/toy-sdxl"],
+            "--pipeline controlnet needs --control-image",
         ),  # only tiny has a default
     ],
 )
