@@ -78,3 +78,29 @@ def test_no_module_edits_sys_path():
         if p.name != Path(__file__).name and re.search(r"sys\.path\.(insert|append)", p.read_text())
     ]
     assert offenders == []
+
+
+def test_a_console_command_runs_from_another_folder_and_records_itself(tmp_path):
+    """`.ci/run` installs the project (editable) into its environment, so the README's commands exist there:
+    in CI (PLADIS_CI=1) `pladis-compare` must be on PATH; elsewhere it is checked where installed."""
+    import json
+    import os
+    import shutil
+    import subprocess
+
+    command = shutil.which("pladis-compare")
+    if command is None:
+        assert not os.environ.get("PLADIS_CI"), ".ci/run did not install the project: no pladis-compare on PATH"
+        pytest.skip("the project is not installed here (pip install -e .)")
+    out = tmp_path / "grid.png"
+    result = subprocess.run(
+        [command, "--scales", "0", "--steps", "1", "--out", str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    settings = json.loads(out.with_suffix(".json").read_text())
+    assert settings["command"] == ["pladis-compare", "--scales", "0", "--steps", "1", "--out", str(out)]
+    assert settings["rerun"] == "pladis-compare --settings <this file>"
