@@ -123,7 +123,12 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     """Options choosing and preparing the pipeline: class, weights, device, LoRA, scheduler, guidance extras."""
     group = parser.add_argument_group("model")
     group.add_argument("--pipeline", choices=sorted(PIPELINES), default="sdxl", help="PLADIS pipeline (default sdxl)")
-    group.add_argument("--model", default=None, help="hub id or local folder (default: the pipeline's tiny asset)")
+    group.add_argument(
+        "--model",
+        default=None,
+        help="hub id or local folder (default: the trained toy asset/toy-sdxl for sdxl, sdxl-seg and auto; "
+        "a random-weight tiny asset for flux and controlnet)",
+    )
     group.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
     group.add_argument("--dtype", choices=DTYPE_NAMES, default="float32")
     group.add_argument("--lora", type=Path, default=None, help="local LoRA .safetensors, loaded and fused")
@@ -176,7 +181,10 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--pladis-alpha", type=float, default=PLADIS_ALPHA.default, help=PLADIS_ALPHA.help)
     group.add_argument("--negative-prompt", default=None)
     group.add_argument(
-        "--steps", type=int, default=None, help="denoising steps (default: 2 tiny, else the pipeline's usual)"
+        "--steps",
+        type=int,
+        default=None,
+        help="denoising steps (default: 20 on the toy, 2 tiny, else the pipeline's usual)",
     )
     group.add_argument(
         "--guidance-scale", type=float, default=None, help="CFG scale (default 5 for SDXL, 3.5 for FLUX)"
