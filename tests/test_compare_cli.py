@@ -182,7 +182,7 @@ def test_sdxl_seg_choice_forwards_the_seg_options_to_its_pipeline():
         ]
     )
     images, labels = compare.generate_panels(args)
-    assert labels == ["SEG 3 + PLADIS scale=2"]  # the panel names its guidance, SEG, not CFG
+    assert labels == ["SEG 3 + CFG 5 + PLADIS scale=2"]  # the panel names its guidance: SEG, with CFG 5
     pipe = PLADISStableDiffusionXLSEGPipeline.from_pretrained(
         str(assets.ASSET_DIR / "tiny-sdxl"), local_files_only=True
     )
