@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
@@ -180,6 +181,47 @@ def test_sweep_maps_and_settings_reproduce_with_the_command_line_tool(served, tm
     rerun = pixels(grid)[24:, :, :]  # under the label strip: 32×32 panels enlarged 8×
     for index, image in enumerate((without, pladis, images[1])):
         np.testing.assert_array_equal(rerun[::8, index * 256 : (index + 1) * 256 : 8], pixels(image))
+
+
+def test_two_requests_at_once_run_one_generation_at_a_time(served):
+    inside, most = [], []  # threads inside the denoiser now; the most seen at once
+
+    def enter(module, args):
+        inside.append(threading.get_ident())
+        most.append(len(inside))
+
+    def leave(module, args, output):
+        inside.remove(threading.get_ident())
+
+    hooks = [served.pipe.unet.register_forward_pre_hook(enter), served.pipe.unet.register_forward_hook(leave)]
+    try:
+        jobs = [
+            served.client.submit(prompt=TOY_PROMPT, pladis_scale=scale, seed=0, api_name="/compare")
+            for scale in (1.0, 3.0)
+        ]
+        results = [job.result(timeout=300) for job in jobs]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(results) == 2 and len(most) == 2 * 2 * STEPS  # both requests ran, each two images
+    assert max(most) == 1
+
+
+def test_a_stock_pipeline_is_shared_through_apply_pladis_and_gives_the_pladis_pipelines_images(served, monkeypatch):
+    where, args, sweep = demo.parse_args(["--pipeline", "auto", "--model", "asset/toy-sdxl", "--steps", str(STEPS)])
+    stock = demo.load_pipeline(args)
+    assert type(stock).__name__ == "StableDiffusionXLPipeline"
+    processors = dict(stock.unet.attn_processors)
+    monkeypatch.setattr("scripts.cli.loading.load_pipeline", lambda *args: pytest.fail("a request loaded a model"))
+    page = dict(prompt=TOY_PROMPT, pladis_scale=2.0, seed=0, negative_prompt="", pladis_alpha=1.5, steps=STEPS)
+    progress = lambda *args, **kwargs: None  # noqa: E731
+    stock_images = demo.DemoRequests(stock, args).compare_images(**page, guidance_scale=5.0, progress=progress)
+    pladis_images = demo.DemoRequests(served.pipe, served.args).compare_images(
+        **page, guidance_scale=5.0, progress=progress
+    )
+    for stock_image, pladis_image in zip(stock_images[:2], pladis_images[:2], strict=True):
+        np.testing.assert_array_equal(pixels(stock_image), pixels(pladis_image))
+    assert all(stock.unet.attn_processors[name] is processor for name, processor in processors.items())
 
 
 def test_nothing_connects_beyond_this_machine(served, connections):
