@@ -215,11 +215,12 @@ def test_a_stock_pipeline_is_shared_through_apply_pladis_and_gives_the_pladis_pi
     monkeypatch.setattr("scripts.cli.loading.load_pipeline", lambda *args: pytest.fail("a request loaded a model"))
     page = dict(prompt=TOY_PROMPT, pladis_scale=2.0, seed=0, negative_prompt="", pladis_alpha=1.5, steps=STEPS)
     progress = lambda *args, **kwargs: None  # noqa: E731
-    stock_images = demo.DemoRequests(stock, args).compare_images(**page, guidance_scale=5.0, progress=progress)
-    pladis_images = demo.DemoRequests(served.pipe, served.args).compare_images(
-        **page, guidance_scale=5.0, progress=progress
-    )
-    for stock_image, pladis_image in zip(stock_images[:2], pladis_images[:2], strict=True):
+    results = []
+    for requests in (demo.DemoRequests(stock, args), demo.DemoRequests(served.pipe, served.args)):
+        *pair, request = requests.compare_images(**page, guidance_scale=5.0, progress=progress)
+        maps = requests.extras(request, "", True, "", progress=progress)[1]["value"]  # recorded on the shared U-Net
+        results.append([*pair, maps])
+    for stock_image, pladis_image in zip(*results, strict=True):  # without, PLADIS, attention maps
         np.testing.assert_array_equal(pixels(stock_image), pixels(pladis_image))
     assert all(stock.unet.attn_processors[name] is processor for name, processor in processors.items())
 
