@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 import torch
 from diffusers import ContextParallelConfig, ParallelConfig, TensorParallelConfig
+from diffusers.hooks import tensor_parallel
 from diffusers.models._modeling_parallel import ContextParallelInput
+from PIL import Image
 
 from attention import apply_pladis
 from attention.call_context import LayerCall
@@ -24,6 +26,7 @@ from pipeline.pipeline_flux_pladis import PLADISFluxPipeline
 from scripts.build_tiny_assets import build_tiny_flux, tiny_flux_transformer
 from tests.context_parallel_ranks import as_numpy, parallelise, run_on_ranks
 from tests.families import one_thread  # noqa: F401
+from tests.test_examples import LABEL_HEIGHT
 from tests.tiny import processors_by_name, same_processor_objects
 from tests.tiny_denoisers import DENOISERS, _seeded
 from tests.tiny_pipelines import PIPELINES, build_tiny_wan
@@ -381,3 +384,29 @@ def test_wan_pipeline_on_two_ranks_gives_the_single_process_video():
     for name, video in single.items():
         assert np.abs(got[name] - video).max() <= TOLERANCE, name
     assert np.abs(single["apply"] - single["stock"]).max() > 1e-3
+
+
+def test_many_gpus_example_on_two_ranks_writes_the_single_process_grid(tmp_path):
+    """`scripts/examples/flux_dev_many_gpus.py` (what `torchrun` runs on each GPU) on two CPU ranks, Ulysses and
+    tensor parallelism: process 0 writes the grid one process writes (PNG pixels, ±1 for float rounding)."""
+    from scripts.examples import flux_dev_many_gpus
+
+    options = ["--tiny", "--steps", "1", "--device", "cpu"]
+    single = np.asarray(Image.open(flux_dev_many_gpus.main([*options, "--out", str(tmp_path / "one.png")])))
+
+    def work(rank: int) -> dict:
+        grids = {}
+        for kind in ("ulysses", "tensor"):
+            out = tmp_path / f"{kind}.png"
+            with (
+                mock.patch.object(torch.accelerator, "device_count", return_value=1),
+                mock.patch.object(tensor_parallel, "_SUPPORTED_TP_DEVICES", ("cpu",)),
+            ):
+                written = flux_dev_many_gpus.main([*options, "--parallel", kind, "--out", str(out)])
+            assert (written == out) if rank == 0 else written is None
+            grids[kind] = None if written is None else np.asarray(Image.open(written))
+        return grids
+
+    for kind, grid in run_on_ranks(2, work)[0].items():  # the panels under the labels (which name the mode)
+        panels, single_panels = grid[LABEL_HEIGHT:].astype(int), single[LABEL_HEIGHT:].astype(int)
+        assert panels.shape == single_panels.shape and np.abs(panels - single_panels).max() <= 1, kind
