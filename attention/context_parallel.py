@@ -123,10 +123,11 @@ def _gather_tokens(tensor: torch.Tensor, dim: int, config: object) -> torch.Tens
     return attention_dispatch._wait_tensor(EquipartitionSharder.unshard(tensor, dim, config._flattened_mesh))
 
 
-def _gather_text(
+def gather_text(
     key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, config: object
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Every rank's text keys and values ((B, H, L, D) shards, one collective) and additive key mask."""
+    """Every rank's text keys and values ((B, H, L, D) shards, one collective) and additive key mask: what
+    each rank receives beyond diffusers' own attention (`scripts/context_parallel_cost.py` times it)."""
     gathered = _gather_tokens(torch.cat([key, value], dim=-1), -2, config)
     key, value = gathered.split([key.shape[-1], value.shape[-1]], dim=-1)
     return key, value, None if mask is None else _gather_tokens(mask, -1, config)
@@ -175,7 +176,7 @@ def _mask_for_keys(mask: torch.Tensor | None, keys: int, heads: int, step: int, 
     return mask
 
 
-def _forward_op(mask: torch.Tensor | None, config: object) -> Callable:
+def forward_op_with_log_normaliser(mask: torch.Tensor | None, config: object) -> Callable:
     """A forward op for diffusers' templated context-parallel attention ((B, N, H, D) in and out) returning the
     log-sum-exp (B, N, H), with `mask` (whole, additive) applied to the keys of each call. One per attention call."""
     steps = itertools.count()
@@ -227,7 +228,7 @@ def _dense_context_parallel(
         scale,
         False,
         True,
-        forward_op=_forward_op(whole_mask, config),
+        forward_op=forward_op_with_log_normaliser(whole_mask, config),
         backward_op=_inference_only,
         _parallel_config=parallel_config,
     )
@@ -273,14 +274,14 @@ def context_parallel_attention(
         raise _not_exact(layer.family, config, reason)
     scale = query.shape[-1] ** -0.5 if scale is None else scale
     if layer.text_keys == CROSS:
-        key, value, mask = _gather_text(key, value, mask, config)
+        key, value, mask = gather_text(key, value, mask, config)
         return cross_attention_rule(query, key, value, layer.pladis_scale, layer.pladis_alpha, mask, scale)
 
     text, image = joint_token_slices(query.shape[-2], layer.text_tokens, layer.text_keys == LEADING)
     output, log_normaliser = _dense_context_parallel(query, key, value, mask, scale, parallel_config)
     if layer.pladis_scale == 0.0 or text.start == text.stop or image.start == image.stop:
         return output  # equal shards: every rank takes this branch, or none does
-    key_text, value_text, mask_text = _gather_text(
+    key_text, value_text, mask_text = gather_text(
         key[..., text, :], value[..., text, :], None if mask is None else mask[..., text], config
     )
     text_keys = slice(0, key_text.shape[-2])

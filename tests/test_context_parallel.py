@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from unittest import mock
 
 import numpy as np
@@ -18,10 +19,11 @@ from diffusers import ContextParallelConfig, ParallelConfig, TensorParallelConfi
 from diffusers.hooks import tensor_parallel
 from diffusers.models._modeling_parallel import ContextParallelInput
 from PIL import Image
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from attention import apply_pladis
 from attention.call_context import LayerCall
-from attention.context_parallel import context_parallel_attention
+from attention.context_parallel import context_parallel_attention, forward_op_with_log_normaliser
 from pipeline.pipeline_flux_pladis import PLADISFluxPipeline
 from scripts.build_tiny_assets import build_tiny_flux, tiny_flux_transformer
 from tests.context_parallel_ranks import as_numpy, parallelise, run_on_ranks
@@ -410,3 +412,30 @@ def test_many_gpus_example_on_two_ranks_writes_the_single_process_grid(tmp_path)
     for kind, grid in run_on_ranks(2, work)[0].items():  # the panels under the labels (which name the mode)
         panels, single_panels = grid[LABEL_HEIGHT:].astype(int), single[LABEL_HEIGHT:].astype(int)
         assert panels.shape == single_panels.shape and np.abs(panels - single_panels).max() <= 1, kind
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_cost_script_times_the_layer_and_the_text_gather(mode):
+    from scripts import context_parallel_cost
+
+    sizes = ["--heads", "2", "--head-dim", "8", "--text", "8", "--image", "16", "--repeats", "1", "--mode", mode]
+    timings = run_on_ranks(2, lambda rank: context_parallel_cost.main(sizes))[0]
+    assert timings["gather_mb"] == 0.5 * 8 * 2 * (8 + 8) * 4 / 2**20  # half the text's K and V come from the other
+    assert timings["pladis_ms"] > 0 and timings["gather_ms"] > 0
+    assert ("stock_ms" in timings) == (mode == "ulysses")
+
+
+def test_dense_op_of_a_ring_step_on_cuda_makes_no_host_sync():
+    """The forward op PLADIS gives diffusers' context-parallel attention, on CUDA tensors under `FakeTensorMode`
+    (any op reading a value back to the host raises there): bfloat16 without a mask through CUDA's flash kernel,
+    with a text mask (the ring step's block of it) through the materialised path; both return the log-sum-exp."""
+    config = SimpleNamespace(_ring_local_rank=1, ring_degree=2, _ulysses_local_rank=0)
+    with mock.patch.object(torch.cuda, "get_device_capability", return_value=(9, 0)), FakeTensorMode():
+        query, key, value = (torch.randn(2, 8, 4, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        whole_mask = torch.zeros(2, 1, 1, 16, device="cuda", dtype=torch.bfloat16)  # the keys of both ring blocks
+        for mask in (None, whole_mask):
+            output, log_normaliser = forward_op_with_log_normaliser(mask, config)(
+                None, query, key, value, scale=0.125, return_lse=True
+            )
+            assert output.shape == query.shape and output.dtype == torch.bfloat16 and output.is_cuda
+            assert log_normaliser.shape == (2, 8, 4) and log_normaliser.dtype == torch.float32

@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> Path | None:
         heads = pipe.transformer.config.num_attention_heads
         if processes > 1 and args.parallel != "ring" and heads % processes:
             parser.error(f"--parallel {args.parallel}: the {heads} attention heads do not split over {processes}")
+        if processes > 1 and args.parallel == "ring" and str(device).startswith("cuda"):
+            # diffusers' ring pass needs each block's log-sum-exp, which its default `native` backend cannot give
+            pipe.transformer.set_attention_backend("_native_cudnn")
         if processes > 1:
             pipe.transformer.enable_parallelism(config=parallel_config(args.parallel, processes))
         images = images_with_and_without(
