@@ -60,47 +60,41 @@ def describe(config: object) -> str:
 
 
 def _not_exact(family: str, config: object, reason: str) -> ValueError:
-    return ValueError(
-        f"PLADIS cannot be exact on {family} under {describe(config)}: {reason}. PLADIS covers Ulysses, ring and "
-        "both with even shards (sequence lengths divisible by the degrees); use such a config, or run this model "
-        "without context parallelism"
-    )
+    return ValueError(f"PLADIS cannot be exact on {family} under {describe(config)}: {reason}")
 
 
 def uncovered(config: object, text_keys: str) -> str | None:
     """Why PLADIS on layers laid out as `text_keys` cannot be exact under `config`, or None when it is."""
     if config.ulysses_anything or config.ring_anything:
-        return "uneven shards (the *_anything modes) are not covered"
+        return (
+            "uneven shards (the *_anything modes) are not covered; use even shards (sequence lengths and heads "
+            "divisible by the degrees)"
+        )
     if text_keys == PACKED:
-        return "per-sample packed sequences are not covered"
+        return "per-sample packed sequences are not covered; run this model without context parallelism"
     return None
 
 
-def _text_sharded_by_plan(model: torch.nn.Module, family: str, config: object) -> bool:
-    """Whether the applied plan shards the text where the denoiser is called (FLUX.1/.2: their plan splits
-    `encoder_hidden_states` at the model), so a length recorded there is shared by the ranks; a split
-    deeper in the model would make the recorded length wrong for some layers, so it raises."""
+def _text_split_at(model: torch.nn.Module) -> str | None:
+    """Where the applied plan splits the text across ranks: "" at the denoiser call (FLUX.1/.2's own plans split
+    `encoder_hidden_states` there), a submodule's name, or None when the text stays whole."""
     for name, module in model.named_modules():
         registry = getattr(module, "_diffusers_hook", None)
         hooks = () if registry is None else registry.hooks.values()
         if any(isinstance(hook, ContextParallelSplitHook) and JOINT_TEXT_ARGUMENT in hook.metadata for hook in hooks):
-            if name:
-                raise _not_exact(
-                    family, config, f"the parallel plan splits the text at {name}, not where its length is recorded"
-                )
-            return True
-    return False
+            return name
+    return None
 
 
 def rank_text_length(model: torch.nn.Module, family: str, recorded: TextLength) -> TextLength:
     """The text layout recorded from a denoiser call, as this rank's layers see it: under context parallelism
-    whose plan shards the text at the call, each rank holds `tokens / ranks` of it (diffusers' even shards)."""
+    whose plan splits the text at the call, each rank holds `tokens / ranks` of it (diffusers' even shards)."""
     config = model_sequence_parallel_config(model)
-    if config is None or recorded.tokens is None or not _text_sharded_by_plan(model, family, config):
+    if config is None or recorded.tokens is None or _text_split_at(model) != "":
         return recorded
     ranks = config.ring_degree * config.ulysses_degree
     if recorded.tokens % ranks:
-        raise _not_exact(family, config, f"{recorded.tokens} text tokens do not divide into {ranks} equal shards")
+        raise _not_exact(family, config, f"{recorded.tokens} text tokens do not split into {ranks} equal shards")
     return TextLength(tokens=recorded.tokens // ranks, segments=recorded.segments)
 
 
@@ -114,8 +108,14 @@ def check_context_parallel(model: torch.nn.Module, family: str, text_keys: set[s
         reason = uncovered(config, layout)
         if reason is not None:
             raise _not_exact(family, config, reason)
-    if recorded_text:
-        _text_sharded_by_plan(model, family, config)
+    split = _text_split_at(model) if recorded_text else None
+    if split:  # the single-stream blocks' length is recorded where the text is still whole
+        raise _not_exact(
+            family,
+            config,
+            f"the parallel plan splits the text at {split}, below the call its length is recorded from; split it "
+            "where the transformer is called (as its own plan does) or leave pladis_single_blocks off",
+        )
 
 
 def _gather_tokens(tensor: torch.Tensor, dim: int, config: object) -> torch.Tensor:
@@ -247,7 +247,9 @@ def _key_mask(attn_mask: torch.Tensor | None, keys: int, dtype: torch.dtype) -> 
     while mask.dim() < 4:
         mask = mask[None]
     if mask.shape[-2] != 1 or mask.shape[-1] != keys:
-        raise ValueError(f"a mask of shape {tuple(attn_mask.shape)} is not a mask over the {keys} keys of this rank")
+        raise ValueError(
+            f"a mask of shape {tuple(attn_mask.shape)} (not one over the {keys} keys of this rank) is not covered"
+        )
     return mask
 
 
@@ -265,7 +267,9 @@ def context_parallel_attention(
     config = sequence_parallel_config(parallel_config)
     reason = uncovered(config, layer.text_keys)
     if reason is None and needs_autograd(query, key, value):
-        reason = "autograd is not covered (PLADIS under context parallelism computes inference only)"
+        reason = (
+            "autograd is not covered (PLADIS under context parallelism computes inference only); use torch.no_grad()"
+        )
     try:
         mask = _key_mask(attn_mask, key.shape[-2], query.dtype)
     except ValueError as error:
