@@ -224,6 +224,14 @@ def text_block_rule(
         log_normaliser,
         text_mass,
     )
+    return text_block_correction_(kernel, arguments)
+
+
+def text_block_correction_(kernel: str, arguments: tuple) -> torch.Tensor:
+    """Add the image rows' correction to the dense `output` (the first of `arguments`, which are those of
+    `sync_free_text_block_correction_`) with `kernel` (`choose_kernel`'s pick). The text keys are
+    `key[..., text, :]` and the corrected rows `query[..., image, :]`: under context parallelism (see
+    `context_parallel`) `key` and `value` hold the text gathered from every rank and `query` this rank's shard."""
     if kernel == "torch":
         return sync_free_text_block_correction_(*arguments)
     if kernel == "triton":
