@@ -3,6 +3,7 @@ and the sync-free torch path asks the host nothing and launches few kernels (cou
 
 from __future__ import annotations
 
+import ast
 import warnings
 
 import pytest
@@ -63,13 +64,31 @@ def test_explicit_triton_that_cannot_run_raises_instead_of_falling_back(monkeypa
         pladis_scaled_dot_product_attention(q, k, v, 2.0, 1.3)
 
 
-def test_auto_falls_back_once_with_one_warning_when_the_kernel_fails_to_compile(monkeypatch):
+def _compile_errors():
+    """One instance of each exception Triton raises when a kernel cannot be built for the GPU."""
+    from triton.compiler.errors import CompilationError
+    from triton.runtime.errors import OutOfResources, PTXASError
+
+    node = ast.parse("tl.dot(a, b)").body[0]
+    return {
+        "compilation": CompilationError("tl.dot(a, b)", node, "bf16 dots need sm80"),
+        "out-of-resources": OutOfResources(232448, 101376, "shared memory"),
+        "ptxas": PTXASError("ptxas fatal: Unresolved extern function"),
+    }
+
+
+def _raising(error: BaseException):
+    def kernel():
+        raise error
+
+    return kernel
+
+
+@pytest.mark.parametrize("failure", sorted(_compile_errors()))
+def test_auto_falls_back_once_with_one_warning_when_the_kernel_fails_to_compile(monkeypatch, failure):
     monkeypatch.setenv("PLADIS_KERNEL", "auto")
-
-    def broken():
-        raise RuntimeError("out of resource: shared memory")
-
-    with pytest.warns(RuntimeWarning, match="Triton cross-attention kernel failed"):
+    broken = _raising(_compile_errors()[failure])
+    with pytest.warns(RuntimeWarning, match="Triton cross-attention kernel does not compile"):
         assert run_triton("cross-attention", broken, lambda: "torch result") == "torch result"
     assert choose_kernel("cross-attention", CUDA, None) == "torch"  # not tried again in this process
     assert choose_kernel("text-block", CUDA, None) == "triton"  # the other kernel still is
@@ -78,14 +97,32 @@ def test_auto_falls_back_once_with_one_warning_when_the_kernel_fails_to_compile(
         assert choose_kernel("cross-attention", CUDA, None) == "torch"
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        RuntimeError("CUDA error: an illegal memory access was encountered"),
+        ValueError("pointer argument cannot be accessed from Triton (cpu tensor?)"),
+    ],
+    ids=["out-of-memory", "launch-error", "bad-argument"],
+)
+def test_auto_lets_runtime_errors_through_and_keeps_triton(monkeypatch, error):
+    """Only a kernel that cannot be built falls back: out of memory or a failed launch is the caller's
+    error to see (the torch path would hit it too, or hide a bug), and Triton stays chosen."""
+    monkeypatch.setenv("PLADIS_KERNEL", "auto")
+    fallback_calls = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(type(error), match=str(error)[:20]):
+            run_triton("cross-attention", _raising(error), lambda: fallback_calls.append(1))
+    assert fallback_calls == []
+    assert choose_kernel("cross-attention", CUDA, None) == "triton"
+
+
 def test_explicit_triton_lets_a_compile_failure_through(monkeypatch):
     monkeypatch.setenv("PLADIS_KERNEL", "triton")
-
-    def broken():
-        raise RuntimeError("out of resource: shared memory")
-
-    with pytest.raises(RuntimeError, match="out of resource"):
-        run_triton("cross-attention", broken, lambda: None)
+    with pytest.raises(type(_compile_errors()["out-of-resources"]), match="out of resource"):
+        run_triton("cross-attention", _raising(_compile_errors()["out-of-resources"]), lambda: None)
 
 
 @pytest.mark.parametrize("kernel", ["torch", "triton"])
