@@ -11,6 +11,7 @@ sm90/sm100 this torch prefers cuDNN attention. `stock_sdpa_backend` mirrors torc
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import torch
 
@@ -23,6 +24,16 @@ _HALF = (torch.float16, torch.bfloat16)
 _FUSED_CARDS = ((8, 0), (12, 1))  # flash and cuDNN: sm80 … sm121
 _EFFICIENT_CARDS = ((5, 0), (12, 1))
 _TRUE = {"1", "ON", "YES", "TRUE", "Y"}  # c10::utils::check_env's spellings of true
+
+
+class _Settings(NamedTuple):
+    """What torch's choice reads besides the tensors: the card and torch's global SDPA switches."""
+
+    capability: tuple[int, int]
+    order: tuple[str, ...]  # backends in the order torch tries them
+    enabled: tuple[str, ...]  # the `torch.backends.cuda.enable_*_sdp` switches that are on
+    strict_determinism: bool  # `torch.use_deterministic_algorithms(True)` without warn_only
+    cudnn_version: int
 
 
 def _cudnn_version() -> int:
@@ -41,22 +52,34 @@ def prefers_cudnn_attention(capability: tuple[int, int]) -> bool:
     return cuda_major >= 13 or minor in (0, 3)
 
 
-def _priority_order(capability: tuple[int, int]) -> tuple[str, ...]:
-    """Backends in the order torch tries them: its global order (`sdpa_kernel(..., set_priority=True)`
-    changes it), which torch itself puts cuDNN-first on its first CUDA call where it prefers cuDNN."""
+@torch.compiler.assume_constant_result  # one read per compiled graph, no graph break on torch._C calls
+def _sdpa_settings(device: torch.device) -> _Settings:
+    capability = tuple(torch.cuda.get_device_capability(device))
+    # torch's global order (`sdpa_kernel(..., set_priority=True)` changes it), which torch itself puts
+    # cuDNN-first on its first CUDA call where it prefers cuDNN.
     numbers = getattr(torch._C, "_get_sdp_priority_order", lambda: ())()
     order = tuple(_BACKEND_OF_NUMBER[n] for n in numbers if n in _BACKEND_OF_NUMBER) or _DEFAULT_ORDER
-    return _CUDNN_FIRST if order == _DEFAULT_ORDER and prefers_cudnn_attention(capability) else order
+    if order == _DEFAULT_ORDER and prefers_cudnn_attention(capability):
+        order = _CUDNN_FIRST
+    switches = {
+        FLASH: torch.backends.cuda.flash_sdp_enabled(),
+        EFFICIENT: torch.backends.cuda.mem_efficient_sdp_enabled(),
+        CUDNN: torch.backends.cuda.cudnn_sdp_enabled(),
+        MATH: torch.backends.cuda.math_sdp_enabled(),
+    }
+    strict = torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
+    enabled = tuple(backend for backend, on in switches.items() if on)
+    return _Settings(capability, order, enabled, strict, _cudnn_version())
 
 
 def _on(capability: tuple[int, int], cards: tuple[tuple[int, int], tuple[int, int]]) -> bool:
     return cards[0] <= tuple(capability) <= cards[1]
 
 
-def _cudnn_head_dim_limit(capability: tuple[int, int]) -> int:
-    major, minor = capability
+def _cudnn_head_dim_limit(settings: _Settings) -> int:
+    major, minor = settings.capability
     sm90_or_sm10x = (major == 9 and minor == 0) or major == 10
-    return 256 if sm90_or_sm10x and _cudnn_version() > 92200 and capability != (10, 7) else 128
+    return 256 if sm90_or_sm10x and settings.cudnn_version > 92200 and settings.capability != (10, 7) else 128
 
 
 def _gemm_alignment(capability: tuple[int, int], half: bool) -> int:
@@ -66,10 +89,12 @@ def _gemm_alignment(capability: tuple[int, int], half: bool) -> int:
     return max(alignment, 8 if half else 4) if tensor_cores else alignment
 
 
-def _can_use(backend: str, query, key, value, attn_mask, capability: tuple[int, int]) -> bool:
+def _can_use(backend: str, query, key, value, attn_mask, settings: _Settings) -> bool:
     """torch's `can_use_<backend>` gates for dense (B, H, N, D) CUDA inputs (its mask-shape checks aside)."""
+    if backend not in settings.enabled:
+        return False
     if backend == MATH:
-        return torch.backends.cuda.math_sdp_enabled()
+        return True
     tensors = (query, key, value)
     if any(t.dim() != 4 or t.shape[-2] == 0 for t in tensors):
         return False
@@ -77,45 +102,34 @@ def _can_use(backend: str, query, key, value, attn_mask, capability: tuple[int, 
         return False  # (grouped-query attention aside: PLADIS never calls it)
     if any(t.stride(-1) != 1 and t.shape[-1] != 1 for t in tensors):
         return False
+    capability = settings.capability
     query_dim, key_dim, value_dim = (t.shape[-1] for t in tensors)
     half = query.dtype in _HALF and key.dtype == value.dtype == query.dtype
     if backend == FLASH:
-        return (
-            torch.backends.cuda.flash_sdp_enabled()
-            and attn_mask is None
-            and half
-            and _on(capability, _FUSED_CARDS)
-            and query_dim == key_dim == value_dim <= 256
-        )
+        return attn_mask is None and half and _on(capability, _FUSED_CARDS) and query_dim == key_dim == value_dim <= 256
     if backend == CUDNN:
-        limit = _cudnn_head_dim_limit(capability)
-        deterministic = torch.are_deterministic_algorithms_enabled()
         return (
-            torch.backends.cuda.cudnn_sdp_enabled()
-            and half
+            half
             and _on(capability, _FUSED_CARDS)
-            and not (deterministic and not torch.is_deterministic_algorithms_warn_only_enabled())
+            and not settings.strict_determinism
             and query_dim == key_dim
-            and max(query_dim, value_dim) <= limit
+            and max(query_dim, value_dim) <= _cudnn_head_dim_limit(settings)
             and query_dim % 8 == value_dim % 8 == 0
             and key.shape[-2] != 1
             and max(query.shape[:2]) <= 65535
         )
-    if backend == EFFICIENT:
-        dtypes = (torch.float16, torch.float32) + ((torch.bfloat16,) if capability[0] >= 8 else ())
-        alignment = _gemm_alignment(capability, half)
-        offsets_aligned = capability[0] < 8 or all(t.storage_offset() % alignment == 0 for t in tensors)
-        return (
-            torch.backends.cuda.mem_efficient_sdp_enabled()
-            and _on(capability, _EFFICIENT_CARDS)
-            and query.dtype in dtypes
-            and key.dtype == value.dtype == query.dtype
-            and query_dim == key_dim
-            and query_dim % alignment == value_dim % alignment == 0
-            and offsets_aligned
-            and all(t.stride(-1) == 1 for t in tensors)
-        )
-    return False
+    dtypes = (torch.float16, torch.float32) + ((torch.bfloat16,) if capability[0] >= 8 else ())
+    alignment = _gemm_alignment(capability, half)
+    offsets_aligned = capability[0] < 8 or all(t.storage_offset() % alignment == 0 for t in tensors)
+    return (  # the memory-efficient kernel
+        _on(capability, _EFFICIENT_CARDS)
+        and query.dtype in dtypes
+        and key.dtype == value.dtype == query.dtype
+        and query_dim == key_dim
+        and query_dim % alignment == value_dim % alignment == 0
+        and offsets_aligned
+        and all(t.stride(-1) == 1 for t in tensors)
+    )
 
 
 def stock_sdpa_backend(
@@ -124,8 +138,8 @@ def stock_sdpa_backend(
     """`"cudnn"`, `"flash"`, `"efficient"` or `"math"`: the kernel `F.scaled_dot_product_attention` runs
     for these CUDA (B, H, N, D) tensors on their card — the first backend of torch's priority order
     whose gates pass (card range, dtype, mask, head dims, the `torch.backends.cuda.enable_*_sdp` switches)."""
-    capability = torch.cuda.get_device_capability(query.device)
-    for backend in _priority_order(capability):
-        if _can_use(backend, query, key, value, attn_mask, capability):
+    settings = _sdpa_settings(query.device)
+    for backend in settings.order:
+        if _can_use(backend, query, key, value, attn_mask, settings):
             return backend
     return MATH

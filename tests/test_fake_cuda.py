@@ -158,6 +158,14 @@ def test_stock_sdpa_backend_mirrors_torchs_gates_on_an_a100():
         assert stock_sdpa_backend(offset, offset, offset, mask) == "math"  # on sm80 math comes before cuDNN
 
 
+def test_the_dense_op_choice_traces_into_one_compiled_graph(monkeypatch):
+    """Under `torch.compile` the choice reads torch's switches once per graph (no graph break)."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    query = torch.randn(1, 2, 64, 128, dtype=torch.bfloat16)
+    compiled = torch.compile(lambda q: q + len(stock_sdpa_backend(q, q, q)), backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(query), query + len("cudnn"))
+
+
 # ---- the two rules on every CUDA branch ---------------------------------------------------------------------
 
 
