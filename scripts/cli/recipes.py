@@ -178,6 +178,12 @@ def save_with_and_without(pipe: Any, args: argparse.Namespace, method: str, **ca
     """Generate `args.prompt` twice from the same seed, at λ = 0 and λ = `--pladis-scale`, with the options'
     guidance scale and guidance arguments plus `call_options`, and write the two images side by side, labelled
     `method` and `method + PLADIS`, over the run's caption. Returns the grid path."""
+    return save_pair(images_with_and_without(pipe, args, **call_options), args, method)
+
+
+def images_with_and_without(pipe: Any, args: argparse.Namespace, **call_options: Any) -> list:
+    """The two images of `save_with_and_without`, without writing them (every process of a parallel run
+    generates; one writes)."""
     from .loading import guidance_call_arguments, seeded_generator
 
     options = {
@@ -189,7 +195,7 @@ def save_with_and_without(pipe: Any, args: argparse.Namespace, method: str, **ca
     }
     if "timesteps" not in options:
         options.setdefault("num_inference_steps", args.steps)
-    images = [
+    return [
         pipe(
             args.prompt,
             generator=seeded_generator(args.seed),
@@ -199,6 +205,11 @@ def save_with_and_without(pipe: Any, args: argparse.Namespace, method: str, **ca
         ).images[0]
         for scale in (0.0, args.pladis_scale)
     ]
+
+
+def save_pair(images: list, args: argparse.Namespace, method: str) -> Path:
+    """Write the without/with-PLADIS `images` side by side to `args.out`, labelled by `method` and λ, over the
+    run's caption; returns the path."""
     labels = [scale_label(method, 0.0), scale_label(method, args.pladis_scale)]
     path = save_grid(images, labels, args.out, caption=run_caption(args))
     print(f"wrote {path}")
