@@ -178,7 +178,7 @@ def test_sweep_maps_and_settings_reproduce_with_the_command_line_tool(served, tm
     assert {name: value for name, value in reparsed.items() if name not in ("out", "settings")} == settings["arguments"]
 
     grid = compare.main(["--settings", path, "--out", str(tmp_path / "rerun.png")])
-    rerun = pixels(grid)[24:, :, :]  # under the label strip: 32×32 panels enlarged 8×
+    rerun = pixels(grid)[24 : 24 + 256, :, :]  # under the label strip (over the caption): 32×32 panels enlarged 8×
     for index, image in enumerate((without, pladis, images[1])):
         np.testing.assert_array_equal(rerun[::8, index * 256 : (index + 1) * 256 : 8], pixels(image))
 
