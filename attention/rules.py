@@ -48,9 +48,12 @@ def _packed_attention(layer: LayerCall, query, key, value, attn_mask, scale) -> 
 
 def pladis_attention(layer: LayerCall, query, key, value, attn_mask=None, scale=None) -> torch.Tensor:
     """One attention call of `layer` on (B, H, N, D) tensors, by the layer's rule (SDPA mask semantics)."""
-    if layer.dense_calls > 0:  # keys that are not text (Wan's image context): stock attention
+    if layer.dense_calls > 0:  # keys before the text that are not text (Wan's image context): stock attention
         layer.dense_calls -= 1
         return _sdpa(query, key, value, attn_mask=attn_mask, scale=scale)
+    if layer.text_done:  # keys after the text (an IP-Adapter's image prompt): stock attention
+        return _sdpa(query, key, value, attn_mask=attn_mask, scale=scale)
+    layer.text_done = True
     if layer.text_keys == CROSS:
         return cross_attention_rule(
             query, key, value, layer.pladis_scale, layer.pladis_alpha, attn_mask=attn_mask, scale=scale
