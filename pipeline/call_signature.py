@@ -96,7 +96,8 @@ def _refuse_foreign_keywords(cls: type, given: Sequence[str], keywords: Sequence
 def generated_call(owner: type, body: Body, keywords: Sequence[GuidanceArgument]) -> Callable:
     """`owner.__call__`: binds a call to `call_signature(parent, keywords)` and runs `body(self, keywords, arguments)`
     with the table's keywords (given or default) and the parent's arguments by name (its `**kwargs` merged in)."""
-    signature = call_signature(stock_pipeline_class(owner).__call__, keywords)
+    parent = stock_pipeline_class(owner).__call__
+    signature = call_signature(parent, keywords)
     first, *_ = signature.parameters
     var_keyword = next((p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD), None)
 
@@ -109,7 +110,7 @@ def generated_call(owner: type, body: Body, keywords: Sequence[GuidanceArgument]
         return body(self, chosen, arguments)
 
     __call__.__name__, __call__.__qualname__, __call__.__module__ = body.__name__, body.__qualname__, body.__module__
-    __call__.__doc__ = call_docstring(body.__doc__ or "", stock_pipeline_class(owner).__call__.__doc__, keywords)
+    __call__.__doc__ = call_docstring(body.__doc__ or "", parent.__doc__, keywords)
     __call__.__signature__ = signature
     __call__.__annotations__ = {
         **{p.name: p.annotation for p in signature.parameters.values() if p.annotation is not p.empty},

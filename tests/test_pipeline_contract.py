@@ -21,7 +21,16 @@ from diffusers import (
 )
 from PIL import Image
 
-from pipeline.guidance import CONTROLNET, FLUX, GUIDANCE_ARGUMENTS, SDXL, SDXL_SEG, keywords_of
+from pipeline.guidance import (
+    CONTROLNET,
+    FLUX,
+    GUIDANCE_ARGUMENTS,
+    PLADIS_ARGUMENTS,
+    SDXL,
+    SDXL_SEG,
+    keywords_of,
+    pladis_settings,
+)
 from pipeline.pipeline_controlnet import PLADISStableDiffusionXLControlNetPipeline
 from pipeline.pipeline_flux_pladis import PLADISFluxPipeline
 from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
@@ -72,6 +81,15 @@ def test_each_pipeline_takes_the_keywords_the_table_gives_it():
     }
     assert set(names[CONTROLNET]) - set(names[SDXL_SEG]) == {"pladis_controlnet"}
     assert set(names[FLUX]) - set(names[SDXL]) == {"pladis_single_blocks"}
+
+
+def test_every_pladis_keyword_of_the_table_reaches_the_attention_as_a_setting():
+    """A `pladis_*` row is a `PLADISSettings` field: the pipelines hand it to the attention, never drop it."""
+    assert {a.name for a in GUIDANCE_ARGUMENTS if a.name.startswith("pladis_")} <= set(PLADIS_ARGUMENTS)
+    values = {a.name: a.default for a in GUIDANCE_ARGUMENTS if a.name.startswith("pladis_")}
+    values["pladis_scale"] = 2.0
+    settings = pladis_settings(values)
+    assert {name: getattr(settings, name) for name in values} == values
 
 
 def test_signature_is_the_parents_exact_parameters_plus_the_tables_keywords(case):
