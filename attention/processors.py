@@ -158,6 +158,8 @@ class PLADISProcessor:
         self.text_keys, self.optional, self.image_context_calls = text_keys, optional, image_context_calls
         object.__setattr__(self, "_owner", owner)  # a fixed-setting processor owns itself: not its own submodule
         self._fixed = settings
+        family = getattr(owner, "family", None)  # an installation knows its model's family
+        self.family = family.name if family is not None else self.stock_type.__name__
 
     @property
     def installed_by(self) -> object | None:
@@ -226,6 +228,7 @@ class PLADISProcessor:
             text_tokens,
             segments,
             self.image_context_calls(attn),
+            self.family,
         )
         previous, calls.running = calls.running, layer
         try:
