@@ -21,11 +21,10 @@ from .registry import call_parameters, pipeline_class, set_scheduler
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 # Command-line option → pipeline call argument, forwarded only when given and accepted by the class: the
-# guidance arguments the pipelines define (pipeline/guidance.py), and two more of other pipelines.
+# guidance arguments the pipelines define (pipeline/guidance.py), and one more of the ControlNet pipeline.
 CALL_OPTIONS = {
     **{argument.option: argument.name for argument in GUIDANCE_ARGUMENTS if argument.option is not None},
     "controlnet_scale": "controlnet_conditioning_scale",
-    "pladis_single_blocks": "pladis_single_blocks",
 }
 LAYER_OPTIONS = tuple(argument.option for argument in GUIDANCE_ARGUMENTS if argument.kind is list)
 
