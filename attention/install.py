@@ -131,8 +131,8 @@ def _original_processor(module: torch.nn.Module) -> object:
 
 def text_attention_layers(model: torch.nn.Module, family: Family, single_blocks: bool) -> dict[str, TextLayer]:
     """The layers of `model` PLADIS acts on (optional kinds only with `single_blocks`), checked: a layer
-    holding a processor its record does not name (an IP-Adapter, a custom one) raises, since replacing it
-    would drop what it does and keeping it would silently run without PLADIS; so does a model without any."""
+    holding a processor its record does not name (a custom one) raises, since replacing it would drop what it
+    does and keeping it would silently run without PLADIS; so does a model without any."""
     layers = {}
     for name, module in attention_modules(model).items():
         kind = next((kind for kind in family.text_attention if kind.selects(name, module)), None)
@@ -149,9 +149,9 @@ def text_attention_layers(model: torch.nn.Module, family: Family, single_blocks:
         if runs_as is None:
             stock = sorted({cls.__name__ for cls in kind.processors})
             raise ValueError(
-                f"PLADIS cannot replace {type(original).__name__} on {name} (an IP-Adapter or custom processor would "
-                f"be dropped); it replaces the stock processors {', '.join(stock)}: "
-                "unload or reset that layer's processor"
+                f"PLADIS cannot replace {type(original).__name__} on {name} (what it does would be dropped); "
+                f"{kind.blocks} of {type(model).__name__} run PLADIS with the stock processors {', '.join(stock)} "
+                "(IP-Adapters from load_ip_adapter included): unload or reset that layer's processor"
             )
         if isinstance(module, Attention) and not getattr(module, "scale_qk", True):
             raise ValueError(f"PLADIS needs the standard 1/sqrt(head_dim) logit scale, but {name} has scale_qk=False")
@@ -174,7 +174,9 @@ def fixed_pladis_processors(model: torch.nn.Module, settings: PLADISSettings) ->
     """`pladis_processors` with λ/α already checked (`PLADISSettings`)."""
     model = attention_model(model)
     return {
-        name: pladis_processor_class(layer.runs_as).with_settings(settings, text_keys=layer.kind.text_keys)
+        name: pladis_processor_class(layer.runs_as).with_settings(
+            settings, text_keys=layer.kind.text_keys, original=layer.original
+        )
         for name, layer in text_attention_layers(model, family_of(model), False).items()
     }
 

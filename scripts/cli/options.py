@@ -167,12 +167,6 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         help="DPT model for --preprocess depth (default: asset/tiny-dpt for tiny models, else the preprocessor's)",
     )
     group.add_argument("--controlnet-scale", type=float, default=None, help="controlnet_conditioning_scale")
-    group.add_argument(
-        "--pladis-single-blocks",
-        action="store_true",
-        default=None,
-        help="PLADIS in FLUX's single-stream blocks too (--pipeline flux)",
-    )
 
 
 def add_generation_options(parser: argparse.ArgumentParser) -> None:

@@ -16,11 +16,10 @@ from .assets import TINY_FLUX_SCHNELL, TINY_SDXL, TINY_SDXL_CONTROLNET, reposito
 DTYPE_NAMES = ("bfloat16", "float16", "float32")  # --dtype: the torch dtypes of these names (loading.DTYPES)
 
 # Command-line option → pipeline call argument, forwarded only when given and accepted by the class: the
-# guidance arguments the pipelines define (pipeline/guidance.py), and two more of other pipelines.
+# guidance arguments the pipelines define (pipeline/guidance.py), and one more of the ControlNet pipeline.
 CALL_OPTIONS = {
     **{argument.option: argument.name for argument in GUIDANCE_ARGUMENTS if argument.option is not None},
     "controlnet_scale": "controlnet_conditioning_scale",
-    "pladis_single_blocks": "pladis_single_blocks",
 }
 LAYER_OPTIONS = tuple(argument.option for argument in GUIDANCE_ARGUMENTS if argument.kind is list)
 
