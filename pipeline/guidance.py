@@ -15,13 +15,11 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, fields
 from typing import Any
 
-from diffusers.models.attention_processor import Attention
-
-from attention.install import apply_pladis_settings, swapped_attn_processors
-from attention.seg_blur import SEG_INFINITE_BLUR
-from attention.seg_processor import recording_latent_size, seg_attn_processors
+# Only light modules at import time: the scripts build their options from `GUIDANCE_ARGUMENTS` before any
+# model work, so `--help` must not load torch or diffusers; the processor machinery is imported where used.
 from attention.settings import PLADISSettings
 from attention.validation import (
+    SEG_INFINITE_BLUR,
     check_applied_layers,
     check_flag,
     check_guidance_scale,
@@ -185,6 +183,8 @@ _MISSING = object()
 
 def self_attention_layer_names(unet: Any) -> list[str]:
     """Names of the self-attention (`attn1`) layers of `unet`: what PAG / SEG layer ids are matched against."""
+    from diffusers.models.attention_processor import Attention
+
     return [
         name for name, module in unet.named_modules() if isinstance(module, Attention) and not module.is_cross_attention
     ]
@@ -206,6 +206,9 @@ class PerturbedGuidanceMixin:
     def _perturbed_guidance(self, arguments: Mapping[str, Any]) -> Iterator[dict[str, float]]:
         """Set up one call from its guidance arguments (names of `GUIDANCE_ARGUMENTS`; missing ones take their
         defaults); yields the `pag_scale` / `pag_adaptive_scale` to pass to the parent's `__call__`."""
+        from attention.install import apply_pladis_settings, swapped_attn_processors
+        from attention.seg_processor import recording_latent_size, seg_attn_processors
+
         values, pladis = checked_guidance(arguments)
         pag_scale, pag_adaptive_scale, seg_scale = (
             values["pag_scale"],

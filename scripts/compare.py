@@ -16,10 +16,9 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from attention.install import apply_pladis
 from attention.validation import check_pladis_scale
 from scripts.cli import checks
-from scripts.cli.loading import call_options, default_device, image_size, load_pipeline, seeded_generator, step_progress
+from scripts.cli.captions import method_of, run_caption, scale_label
 from scripts.cli.options import (
     add_generation_options,
     add_model_options,
@@ -29,6 +28,7 @@ from scripts.cli.options import (
     parse_with_settings,
     prefer_toy,
 )
+from scripts.cli.parsers import command_parser
 from scripts.cli.records import run_settings, write_json
 from scripts.cli.registry import call_parameters
 from scripts.grid import save_grid
@@ -37,7 +37,7 @@ from scripts.grid import save_grid
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     """The options of one comparison (prompt, λ, sweep, model, generation, `--settings`), without `--out`: also the
     web demo's (`scripts/demo.py`), where they choose the loaded model and the page's defaults."""
-    parser = argparse.ArgumentParser(description=description or __doc__.splitlines()[0])
+    parser = command_parser(description or __doc__)
     parser.add_argument("--prompt", default=None, help="default: a toy caption on the toy, else an astronaut")
     parser.add_argument("--pladis-scale", type=float, default=2.0, help="λ of the PLADIS panel (default 2.0)")
     parser.add_argument("--scales", default=None, help="λ sweep, e.g. 0,1,1.5,2 (default: 0 and --pladis-scale)")
@@ -70,27 +70,33 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> arg
         args.scales = parse_scales(args.scales) if args.scales is not None else [0.0, args.pladis_scale]
     except (TypeError, ValueError) as error:
         parser.error(str(error))
+    from scripts.cli.loading import default_device  # imports torch: only once the options parsed
+
     args.device = args.device or default_device()  # recorded, so a rerun uses the same kind of device
     prefer_toy(args, "a photo of an astronaut riding a horse on the moon")
     return finish_common_options(parser, args)
 
 
-def panel_label(scale: float, alpha: float) -> str:
-    return "without PLADIS" if scale == 0 else f"PLADIS scale={scale:g} alpha={alpha:g}"
+def panel_label(args: argparse.Namespace, scale: float) -> str:
+    """A panel's label: the run's guidance method and its λ ("CFG 5 (no PLADIS)", "SEG 3 + PLADIS scale=2")."""
+    return scale_label(method_of(args), scale)
 
 
 def generate_panels(args: argparse.Namespace) -> tuple[list[Image.Image], list[str]]:
-    """The grid's images and labels: the control image (ControlNet only), then one image per λ, same seed."""
+    """The grid's images and labels: the control image (ControlNet only), then one image per λ, same seed, each
+    labelled with its guidance method and λ."""
+    from scripts.cli.loading import call_options, image_size, load_pipeline
+
     pipe = load_pipeline(args)
     height, width = image_size(pipe, args)
     options = call_options(pipe, args, height, width)
     images, labels = [], []
     if "image" in options:
         images.append(options["image"])
-        labels.append(f"control ({args.preprocess or 'as given'})")
+        labels.append(f"control image ({args.preprocess or 'as given'})")
     with tqdm(total=len(args.scales) * args.steps, desc="compare", unit="step") as bar:
         images += scale_images(pipe, args, options, args.scales, bar)
-    labels += [panel_label(scale, args.pladis_alpha) for scale in args.scales]
+    labels += [panel_label(args, scale) for scale in args.scales]
     return images, labels
 
 
@@ -100,6 +106,9 @@ def scale_images(
     """One image per λ in `scales`, each from `args.seed`, on a loaded pipeline shared as it is: λ goes through its
     `pladis_scale` argument, or for a stock pipeline through `apply_pladis` around the call (checked to fit the
     denoiser before any generation). `bar.update(n)` hears of every denoising step (a tqdm bar or the like)."""
+    from attention.install import apply_pladis
+    from scripts.cli.loading import seeded_generator, step_progress
+
     accepted = call_parameters(type(pipe))
     if "pladis_scale" not in accepted:
         with apply_pladis(pipe, max(scales), args.pladis_alpha):
@@ -135,7 +144,7 @@ def main(argv: list[str] | None = None) -> Path:
     """Write the grid and, next to it, a JSON of every setting (rerun it with `--settings`); return the grid path."""
     args = parse_args(argv)
     images, labels = generate_panels(args)
-    path = save_grid(images, labels, args.out)
+    path = save_grid(images, labels, args.out, caption=run_caption(args))
     settings = write_json(path.with_suffix(".json"), run_settings("scripts.compare", args, argv, panels=labels))
     print(f"wrote {path} and {settings}")
     return path
