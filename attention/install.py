@@ -22,6 +22,7 @@ from diffusers.models.attention_processor import Attention
 from diffusers.pipelines.pag.pag_utils import PAGMixin
 
 from .call_context import CallSettings, active_calls, calls_in_context
+from .context_parallel import check_context_parallel, rank_text_length
 from .families import FAMILIES, SUPPORTED, Family, TextAttention, family_of
 from .kernel_choice import requested_kernel
 from .processors import PLADISProcessor, pladis_processor_class
@@ -131,8 +132,8 @@ def _original_processor(module: torch.nn.Module) -> object:
 
 def text_attention_layers(model: torch.nn.Module, family: Family, single_blocks: bool) -> dict[str, TextLayer]:
     """The layers of `model` PLADIS acts on (optional kinds only with `single_blocks`), checked: a layer
-    holding a processor its record does not name (an IP-Adapter, a custom one) raises, since replacing it
-    would drop what it does and keeping it would silently run without PLADIS; so does a model without any."""
+    holding a processor its record does not name (a custom one) raises, since replacing it would drop what it
+    does and keeping it would silently run without PLADIS; so does a model without any."""
     layers = {}
     for name, module in attention_modules(model).items():
         kind = next((kind for kind in family.text_attention if kind.selects(name, module)), None)
@@ -149,9 +150,9 @@ def text_attention_layers(model: torch.nn.Module, family: Family, single_blocks:
         if runs_as is None:
             stock = sorted({cls.__name__ for cls in kind.processors})
             raise ValueError(
-                f"PLADIS cannot replace {type(original).__name__} on {name} (an IP-Adapter or custom processor would "
-                f"be dropped); it replaces the stock processors {', '.join(stock)}: "
-                "unload or reset that layer's processor"
+                f"PLADIS cannot replace {type(original).__name__} on {name} (what it does would be dropped); "
+                f"{kind.blocks} of {type(model).__name__} run PLADIS with the stock processors {', '.join(stock)} "
+                "(IP-Adapters from load_ip_adapter included): unload or reset that layer's processor"
             )
         if isinstance(module, Attention) and not getattr(module, "scale_qk", True):
             raise ValueError(f"PLADIS needs the standard 1/sqrt(head_dim) logit scale, but {name} has scale_qk=False")
@@ -174,7 +175,9 @@ def fixed_pladis_processors(model: torch.nn.Module, settings: PLADISSettings) ->
     """`pladis_processors` with λ/α already checked (`PLADISSettings`)."""
     model = attention_model(model)
     return {
-        name: pladis_processor_class(layer.runs_as).with_settings(settings, text_keys=layer.kind.text_keys)
+        name: pladis_processor_class(layer.runs_as).with_settings(
+            settings, text_keys=layer.kind.text_keys, original=layer.original
+        )
         for name, layer in text_attention_layers(model, family_of(model), False).items()
     }
 
@@ -207,7 +210,7 @@ class Installation:
         calls = active_calls()
         settings = None if calls is None else calls.for_owner(self)
         if settings is not None:
-            settings.recorded = self.family.record(args, kwargs)
+            settings.recorded = rank_text_length(self.model, self.family.name, self.family.record(args, kwargs))
 
     def remove(self) -> None:
         """Give every layer still holding one of our processors its original back; remove the hook."""
@@ -373,6 +376,13 @@ def apply_pladis_settings(pipe_or_denoiser: object, settings: PLADISSettings) ->
     requested_kernel()  # a bad PLADIS_KERNEL raises before the first denoising step (λ = 0 is stock: never read)
     layers = [text_attention_layers(model, family_of(model), pladis_single_blocks) for model in models]
     check_pag_leaves_pladis_layers(pipe_or_denoiser, models[0], layers[0])
+    for model, table in zip(models, layers, strict=True):
+        check_context_parallel(
+            model,
+            family_of(model).name,
+            {layer.kind.text_keys for layer in table.values()},
+            recorded_text=family_of(model).record is not None and any(layer.kind.optional for layer in table.values()),
+        )
     with ExitStack() as stack:
         installations = tuple(
             stack.enter_context(installed_pladis(model, table)) for model, table in zip(models, layers, strict=True)

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.attention_dispatch import dispatch_attention_fn as _diffusers_dispatch
 
 from .call_context import CROSS, LEADING, PACKED, LayerCall, active_calls
+from .context_parallel import context_parallel_attention, sequence_parallel_config
 from .functional import cross_attention_rule
 from .joint_text_block import text_block_rule
 
@@ -46,10 +48,21 @@ def _packed_attention(layer: LayerCall, query, key, value, attn_mask, scale) -> 
     return output
 
 
+def _off_text(layer: LayerCall) -> bool:
+    """Whether this attention call of `layer` is not on the text (it stays stock attention): one of the leading
+    calls on other keys (Wan's image context) or a call after the text call (an IP-Adapter's image prompt)."""
+    if layer.dense_calls > 0:
+        layer.dense_calls -= 1
+        return True
+    if layer.text_done:
+        return True
+    layer.text_done = True
+    return False
+
+
 def pladis_attention(layer: LayerCall, query, key, value, attn_mask=None, scale=None) -> torch.Tensor:
     """One attention call of `layer` on (B, H, N, D) tensors, by the layer's rule (SDPA mask semantics)."""
-    if layer.dense_calls > 0:  # keys that are not text (Wan's image context): stock attention
-        layer.dense_calls -= 1
+    if _off_text(layer):
         return _sdpa(query, key, value, attn_mask=attn_mask, scale=scale)
     if layer.text_keys == CROSS:
         return cross_attention_rule(
@@ -105,9 +118,17 @@ def dispatch_attention_fn(
     parallel_config=None,
 ) -> torch.Tensor:
     """diffusers' `dispatch_attention_fn` ((B, N, H, D) tensors) as a PLADIS processor's attention call.
-    The changed layers run PyTorch SDPA whatever attention backend was chosen."""
+    The changed layers run PyTorch SDPA whatever attention backend was chosen. Under context parallelism
+    (`parallel_config` shards the sequence) the rule runs over every rank's keys (`attention.context_parallel`)."""
     layer = _running_layer(dropout_p, is_causal, enable_gqa)
+    sharded = sequence_parallel_config(parallel_config) is not None
+    if sharded and _off_text(layer):  # not on text (Wan's image context, an IP-Adapter's image): diffusers' own
+        return _diffusers_dispatch(
+            query, key, value, attn_mask, scale=scale, backend=backend, parallel_config=parallel_config
+        )
     if attn_mask is not None and attn_mask.ndim == 2 and attn_mask.shape == (query.shape[0], key.shape[1]):
         attn_mask = attn_mask[:, None, None, :]  # (batch, keys), as diffusers' native backend reads it
     query, key, value = (t.transpose(1, 2) for t in (query, key, value))
+    if sharded:
+        return context_parallel_attention(layer, query, key, value, attn_mask, scale, parallel_config).transpose(1, 2)
     return pladis_attention(layer, query, key, value, attn_mask, scale).transpose(1, 2)

@@ -1,30 +1,25 @@
-"""Perturbed-attention guidance for the SDXL pipelines: PAG and SEG set up per call, with PLADIS.
+"""The per-call keywords of the PLADIS pipelines, defined once, and perturbed-attention guidance for SDXL.
 
-`PerturbedGuidanceMixin` is shared by the SEG/PAG and ControlNet pipelines (diffusers' `PAGMixin`
-subclasses): it checks the PAG / SEG / PLADIS arguments, installs the processors for one call and
-puts everything back afterwards, also when the call raises. `GUIDANCE_ARGUMENTS` defines those
-arguments once: both pipelines' keywords, defaults and docstrings, and the scripts' options, come from it.
+`GUIDANCE_ARGUMENTS` is the one table of the keywords the PLADIS pipelines add to their parents' `__call__`
+(PLADIS, PAG, SEG): each row says which pipelines take it, and their signatures, defaults, docstrings and
+checks (`pipeline/call_signature.py`), and the scripts' options, come from it. `PerturbedGuidanceMixin` is
+shared by the SEG/PAG and ControlNet pipelines (diffusers' `PAGMixin` subclasses): it checks the PAG / SEG /
+PLADIS arguments, installs the processors for one call and puts everything back afterwards, also when the
+call raises.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
-from attention.install import apply_pladis_settings
-from attention.perturbation import (
-    current_perturbed_call,
-    perturbed_call,
-    perturbed_layer_names,
-    self_attention_layer_names,
-)
-from attention.seg_blur import SEG_INFINITE_BLUR
-from attention.seg_processor import seg_attn_processors
+# Only light modules at import time: the scripts build their options from `GUIDANCE_ARGUMENTS` before any
+# model work, so `--help` must not load torch or diffusers; the processor machinery is imported where used.
 from attention.settings import PLADISSettings
 from attention.validation import (
+    SEG_INFINITE_BLUR,
     check_applied_layers,
     check_flag,
     check_guidance_scale,
@@ -33,12 +28,18 @@ from attention.validation import (
     check_seg_blur_sigma,
 )
 
+# The PLADIS pipelines, by their `--pipeline` names: what a row of the table says it is a keyword of.
+SDXL, SDXL_SEG, CONTROLNET, FLUX = "sdxl", "sdxl-seg", "controlnet", "flux"
+EVERY_PIPELINE = frozenset({SDXL, SDXL_SEG, CONTROLNET, FLUX})
+PERTURBED_GUIDANCE = frozenset({SDXL_SEG, CONTROLNET})  # diffusers' PAG pipelines underneath
+
 
 @dataclass(frozen=True)
 class GuidanceArgument:
-    """One per-call guidance argument of the PAG/SEG pipelines, defined once: the keyword, its default and
-    type, the line that documents it, the check of its value (given the name to report), and the option
-    the scripts offer for it (None: the scripts set it their own way, as for λ sweeps)."""
+    """One per-call keyword of the PLADIS pipelines, defined once: the keyword, its default and type, the line
+    that documents it, the check of its value (given the name to report), the option the scripts offer for it
+    (None: the scripts set it their own way, as for λ sweeps), and the pipelines that take it. A keyword named
+    like a `PLADISSettings` field goes to the attention as that field (and is checked there)."""
 
     name: str
     default: Any
@@ -47,6 +48,7 @@ class GuidanceArgument:
     check: Callable[[str, Any], Any] | None  # None: layer ids, checked against the model's layers
     option: str | None = None  # `pag_layers` → `--pag-layers`
     kind: type = float  # how the scripts parse it: float, bool, or list (layer ids)
+    pipelines: frozenset[str] = EVERY_PIPELINE
 
 
 GUIDANCE_ARGUMENTS: tuple[GuidanceArgument, ...] = (
@@ -57,6 +59,7 @@ GUIDANCE_ARGUMENTS: tuple[GuidanceArgument, ...] = (
         "PAG strength s (0 = off); the perturbed self-attention is the identity.",
         check_guidance_scale,
         "pag_scale",
+        pipelines=PERTURBED_GUIDANCE,
     ),
     GuidanceArgument(
         "pag_adaptive_scale",
@@ -65,6 +68,7 @@ GUIDANCE_ARGUMENTS: tuple[GuidanceArgument, ...] = (
         "PAG's timestep-adaptive decay (PAG only).",
         check_guidance_scale,
         "pag_adaptive_scale",
+        pipelines=PERTURBED_GUIDANCE,
     ),
     GuidanceArgument(
         "pag_applied_layers",
@@ -75,6 +79,7 @@ GUIDANCE_ARGUMENTS: tuple[GuidanceArgument, ...] = (
         None,
         "pag_layers",
         list,
+        PERTURBED_GUIDANCE,
     ),
     GuidanceArgument(
         "seg_scale",
@@ -83,6 +88,7 @@ GUIDANCE_ARGUMENTS: tuple[GuidanceArgument, ...] = (
         "SEG strength s (0 = off); cannot be combined with pag_scale > 0.",
         check_guidance_scale,
         "seg_scale",
+        pipelines=PERTURBED_GUIDANCE,
     ),
     GuidanceArgument(
         "seg_blur_sigma",
@@ -91,6 +97,7 @@ GUIDANCE_ARGUMENTS: tuple[GuidanceArgument, ...] = (
         "σ of SEG's query blur; above 9999 (the default) the query becomes its mean.",
         lambda name, value: check_seg_blur_sigma(value),
         "seg_blur_sigma",
+        pipelines=PERTURBED_GUIDANCE,
     ),
     GuidanceArgument(
         "seg_applied_layers",
@@ -100,12 +107,14 @@ GUIDANCE_ARGUMENTS: tuple[GuidanceArgument, ...] = (
         None,
         "seg_layers",
         list,
+        PERTURBED_GUIDANCE,
     ),
     GuidanceArgument(
         "pladis_scale",
         0.0,
         "float",
-        "λ in softmax + λ·(entmax_α − softmax) on every cross-attention layer; 0 = off.",
+        "λ of PLADIS: softmax + λ·(entmax_α − softmax) on the denoiser's text attention (cross-attention; FLUX: "
+        "the image-query × text-key block); 0 = off, the stock pipeline bit for bit; 1.5–2.0 is typical.",
         lambda name, value: check_pladis_scale(value),
     ),
     GuidanceArgument(
@@ -123,53 +132,37 @@ GUIDANCE_ARGUMENTS: tuple[GuidanceArgument, ...] = (
         check_flag,
         "pladis_controlnet",
         bool,
+        frozenset({CONTROLNET}),
+    ),
+    GuidanceArgument(
+        "pladis_single_blocks",
+        False,
+        "bool",
+        "also apply PLADIS in FLUX's single-stream blocks (default: the double-stream blocks only; the authors' "
+        "reference is unclear on single-stream blocks).",
+        check_flag,
+        "pladis_single_blocks",
+        bool,
+        frozenset({FLUX}),
     ),
 )
 GUIDANCE_BY_NAME = {argument.name: argument for argument in GUIDANCE_ARGUMENTS}
-# The SEG/PAG pipeline takes all but pladis_controlnet; the ControlNet pipeline takes them all.
-SEG_PIPELINE_ARGUMENTS = tuple(argument for argument in GUIDANCE_ARGUMENTS if argument.name != "pladis_controlnet")
-CONTROLNET_PIPELINE_ARGUMENTS = GUIDANCE_ARGUMENTS
 
 
-def guidance_signature(arguments: Sequence[GuidanceArgument]) -> inspect.Signature:
-    """`(self, *args, <each argument>=<default>, **kwargs)`: what a pipeline's `__call__` taking `arguments`
-    by keyword shows to `inspect.signature` (and so to the scripts' `call_parameters`)."""
-    keyword = inspect.Parameter.KEYWORD_ONLY
-    return inspect.Signature(
-        [
-            inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-            inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL, annotation="Any"),
-            *(inspect.Parameter(a.name, keyword, default=a.default, annotation=a.annotation) for a in arguments),
-            inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD, annotation="Any"),
-        ]
-    )
-
-
-def accepts_guidance(arguments: Sequence[GuidanceArgument]) -> Callable[[Callable], Callable]:
-    """Decorate a pipeline's `__call__(self, guidance, *args, **kwargs)`: callers pass `arguments` by keyword
-    (unset ones take their defaults) and the method gets them as the dict `guidance`; every other keyword
-    goes on to the parent pipeline, which refuses unknown ones. The signature and docstring list them."""
-
-    def decorate(call: Callable) -> Callable:
-        def __call__(self, *args: Any, **kwargs: Any):
-            guidance = {argument.name: kwargs.pop(argument.name, argument.default) for argument in arguments}
-            return call(self, guidance, *args, **kwargs)
-
-        __call__.__name__, __call__.__qualname__, __call__.__module__ = (
-            call.__name__,
-            call.__qualname__,
-            call.__module__,
-        )
-        lines = "\n".join(f"        {argument.name}: {argument.help}" for argument in arguments)
-        __call__.__doc__ = f"{(call.__doc__ or '').rstrip()}\n\n{lines}\n        "
-        __call__.__signature__ = guidance_signature(arguments)
-        return __call__
-
-    return decorate
+def keywords_of(pipeline: str) -> tuple[GuidanceArgument, ...]:
+    """The rows of `GUIDANCE_ARGUMENTS` that `pipeline` (SDXL, SDXL_SEG, CONTROLNET or FLUX) takes, in order."""
+    if pipeline not in EVERY_PIPELINE:
+        raise ValueError(f"unknown PLADIS pipeline {pipeline!r}; the table knows {', '.join(sorted(EVERY_PIPELINE))}")
+    return tuple(argument for argument in GUIDANCE_ARGUMENTS if pipeline in argument.pipelines)
 
 
 # The PLADIS arguments of a call: checked once, together, by `PLADISSettings` (the object the attention trusts).
-PLADIS_ARGUMENTS = ("pladis_scale", "pladis_alpha", "pladis_controlnet")
+PLADIS_ARGUMENTS = tuple(field.name for field in fields(PLADISSettings))
+
+
+def pladis_settings(values: Mapping[str, Any]) -> PLADISSettings:
+    """The call's `PLADISSettings` from its keywords (`PLADISSettings`' defaults for those `values` lacks)."""
+    return PLADISSettings(**{name: values[name] for name in PLADIS_ARGUMENTS if name in values})
 
 
 def checked_guidance(guidance: Mapping[str, Any]) -> tuple[dict[str, Any], PLADISSettings]:
@@ -179,13 +172,20 @@ def checked_guidance(guidance: Mapping[str, Any]) -> tuple[dict[str, Any], PLADI
     for argument in GUIDANCE_ARGUMENTS:
         if argument.check is not None and argument.name not in PLADIS_ARGUMENTS:
             values[argument.name] = argument.check(argument.name, values[argument.name])
-    return values, PLADISSettings(*(values.pop(name) for name in PLADIS_ARGUMENTS))
+    return values, pladis_settings({name: values.pop(name) for name in PLADIS_ARGUMENTS if name in values})
 
 
 DEFAULT_SEG_LAYERS = ("mid",)
 # PAGMixin keeps these on the pipeline object; a call must leave them as it found them.
 _PAG_STATE = ("pag_applied_layers", "_pag_attn_processors", "_pag_scale", "_pag_adaptive_scale")
 _MISSING = object()
+
+
+def self_attention_layer_names(unet: Any) -> list[str]:
+    """Names of the self-attention (`attn1`) layers of `unet`: what PAG / SEG layer ids are matched against."""
+    from attention.perturbation import self_attention_layer_names as layer_names
+
+    return layer_names(unet)
 
 
 class PerturbedGuidanceMixin:
@@ -206,6 +206,10 @@ class PerturbedGuidanceMixin:
     def _perturbed_guidance(self, arguments: Mapping[str, Any]) -> Iterator[dict[str, float]]:
         """Set up one call from its guidance arguments (names of `GUIDANCE_ARGUMENTS`; missing ones take their
         defaults); yields the `pag_scale` / `pag_adaptive_scale` to pass to the parent's `__call__`."""
+        from attention.install import apply_pladis_settings
+        from attention.perturbation import perturbed_call
+        from attention.seg_processor import seg_attn_processors
+
         values, pladis = checked_guidance(arguments)
         pag_scale, pag_adaptive_scale, seg_scale = (
             values["pag_scale"],
@@ -253,6 +257,8 @@ class PerturbedGuidanceMixin:
     def _set_pag_attn_processor(self, pag_applied_layers: list[str], do_classifier_free_guidance: bool) -> None:
         """What diffusers' PAG loop calls when it starts: here the processor goes on this call's layers for
         this call only (`PerturbedCall.perturb`), not on the shared U-Net (outside a call: diffusers' own)."""
+        from attention.perturbation import current_perturbed_call, perturbed_layer_names
+
         call = current_perturbed_call(self.unet)
         if call is None:
             return super()._set_pag_attn_processor(pag_applied_layers, do_classifier_free_guidance)

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from attention.install import apply_pladis
 from attention.validation import check_pladis_scale
 from scripts.cli import checks
-from scripts.cli.loading import call_options, default_device, image_size, load_pipeline, seeded_generator, step_progress
+from scripts.cli.captions import method_of, run_caption, scale_label
 from scripts.cli.options import (
     add_generation_options,
     add_model_options,
@@ -28,71 +28,106 @@ from scripts.cli.options import (
     parse_with_settings,
     prefer_toy,
 )
+from scripts.cli.parsers import command_parser
 from scripts.cli.records import run_settings, write_json
 from scripts.cli.registry import call_parameters
 from scripts.grid import save_grid
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse and check the options; `--settings FILE` starts from the arguments a grid's JSON recorded."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """The options of one comparison (prompt, λ, sweep, model, generation, `--settings`), without `--out`: also the
+    web demo's (`scripts/demo.py`), where they choose the loaded model and the page's defaults."""
+    parser = command_parser(description or __doc__)
     parser.add_argument("--prompt", default=None, help="default: a toy caption on the toy, else an astronaut")
     parser.add_argument("--pladis-scale", type=float, default=2.0, help="λ of the PLADIS panel (default 2.0)")
     parser.add_argument("--scales", default=None, help="λ sweep, e.g. 0,1,1.5,2 (default: 0 and --pladis-scale)")
+    add_model_options(parser)
+    add_generation_options(parser)
+    add_settings_option(parser)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and check the options; `--settings FILE` starts from the arguments a grid's JSON recorded."""
+    parser = build_parser()
     parser.add_argument(
         "--out",
         type=Path,
         default=Path("outputs/compare.png"),
         help="grid PNG to write; its settings go to the same name with .json",
     )
-    add_model_options(parser)
-    add_generation_options(parser)
-    add_settings_option(parser)
     args = parse_with_settings(parser, argv)
+    if problem := checks.output_file_problem("--out", args.out, companions=[".json"]):
+        parser.error(problem)
+    return check_args(parser, args)
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """Check λ and the sweep, and fill the defaults that depend on the pipeline and model (in place); a problem is
+    `parser.error(message)` (the web demo passes a parser that raises it as a ValueError)."""
     try:
         check_pladis_scale(args.pladis_scale)
         args.scales = parse_scales(args.scales) if args.scales is not None else [0.0, args.pladis_scale]
     except (TypeError, ValueError) as error:
         parser.error(str(error))
-    if problem := checks.output_file_problem("--out", args.out, companions=[".json"]):
-        parser.error(problem)
+    from scripts.cli.loading import default_device  # imports torch: only once the options parsed
+
     args.device = args.device or default_device()  # recorded, so a rerun uses the same kind of device
     prefer_toy(args, "a photo of an astronaut riding a horse on the moon")
     return finish_common_options(parser, args)
 
 
-def panel_label(scale: float, alpha: float) -> str:
-    return "without PLADIS" if scale == 0 else f"PLADIS scale={scale:g} alpha={alpha:g}"
+def panel_label(args: argparse.Namespace, scale: float) -> str:
+    """A panel's label: the run's guidance method and its λ ("CFG 5 (no PLADIS)", "SEG 3 + PLADIS scale=2")."""
+    return scale_label(method_of(args), scale)
 
 
 def generate_panels(args: argparse.Namespace) -> tuple[list[Image.Image], list[str]]:
-    """The grid's images and labels: the control image (ControlNet only), then one image per λ, same seed."""
+    """The grid's images and labels: the control image (ControlNet only), then one image per λ, same seed, each
+    labelled with its guidance method and λ."""
+    from scripts.cli.loading import call_options, image_size, load_pipeline
+
     pipe = load_pipeline(args)
     height, width = image_size(pipe, args)
     options = call_options(pipe, args, height, width)
     images, labels = [], []
     if "image" in options:
         images.append(options["image"])
-        labels.append(f"control ({args.preprocess or 'as given'})")
-    accepted = call_parameters(type(pipe))
-    if "pladis_scale" not in accepted:  # a stock pipeline: check PLADIS fits its denoiser before any generation
-        with apply_pladis(pipe, max(args.scales), args.pladis_alpha):
-            pass
+        labels.append(f"control image ({args.preprocess or 'as given'})")
     with tqdm(total=len(args.scales) * args.steps, desc="compare", unit="step") as bar:
-        for scale in args.scales:
-            if "callback_on_step_end" in accepted:
-                options["callback_on_step_end"] = step_progress(bar)
-            generator = seeded_generator(args.seed)
-            if "pladis_scale" in accepted:
-                result = pipe(prompt=args.prompt, generator=generator, pladis_scale=scale, **options)
-            else:
-                with apply_pladis(pipe, scale, args.pladis_alpha):
-                    result = pipe(prompt=args.prompt, generator=generator, **options)
-            if "callback_on_step_end" not in accepted:
-                bar.update(args.steps)
-            images.append(first_image(result))
-            labels.append(panel_label(scale, args.pladis_alpha))
+        images += scale_images(pipe, args, options, args.scales, bar)
+    labels += [panel_label(args, scale) for scale in args.scales]
     return images, labels
+
+
+def scale_images(
+    pipe: Any, args: argparse.Namespace, options: dict[str, Any], scales: list[float], bar: Any
+) -> list[Image.Image]:
+    """One image per λ in `scales`, each from `args.seed`, on a loaded pipeline shared as it is: λ goes through its
+    `pladis_scale` argument, or for a stock pipeline through `apply_pladis` around the call (checked to fit the
+    denoiser before any generation). `bar.update(n)` hears of every denoising step (a tqdm bar or the like)."""
+    from attention.install import apply_pladis
+    from scripts.cli.loading import seeded_generator, step_progress
+
+    accepted = call_parameters(type(pipe))
+    if "pladis_scale" not in accepted:
+        with apply_pladis(pipe, max(scales), args.pladis_alpha):
+            pass
+    options = dict(options)
+    images = []
+    for scale in scales:
+        if "callback_on_step_end" in accepted:
+            options["callback_on_step_end"] = step_progress(bar)
+        generator = seeded_generator(args.seed)
+        if "pladis_scale" in accepted:
+            result = pipe(prompt=args.prompt, generator=generator, pladis_scale=scale, **options)
+        else:
+            with apply_pladis(pipe, scale, args.pladis_alpha):
+                result = pipe(prompt=args.prompt, generator=generator, **options)
+        if "callback_on_step_end" not in accepted:
+            bar.update(args.steps)
+        images.append(first_image(result))
+    return images
 
 
 def first_image(result) -> Image.Image:
@@ -109,7 +144,7 @@ def main(argv: list[str] | None = None) -> Path:
     """Write the grid and, next to it, a JSON of every setting (rerun it with `--settings`); return the grid path."""
     args = parse_args(argv)
     images, labels = generate_panels(args)
-    path = save_grid(images, labels, args.out)
+    path = save_grid(images, labels, args.out, caption=run_caption(args))
     settings = write_json(path.with_suffix(".json"), run_settings("scripts.compare", args, argv, panels=labels))
     print(f"wrote {path} and {settings}")
     return path

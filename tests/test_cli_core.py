@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.guidance import GUIDANCE_ARGUMENTS
+from pipeline.guidance import CONTROLNET, FLUX, GUIDANCE_ARGUMENTS, GUIDANCE_BY_NAME, SDXL, SDXL_SEG
 from pipeline.pipeline_controlnet import PLADISStableDiffusionXLControlNetPipeline
+from pipeline.pipeline_flux_pladis import PLADISFluxPipeline
+from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
 from pipeline.pipeline_sdxl_seg import PLADISStableDiffusionXLSEGPipeline
 from scripts import compare
 from scripts.cli.assets import TINY_SDXL
@@ -26,22 +29,22 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize(
-    "cls,names",
+    "cls,pipeline",
     [
-        (PLADISStableDiffusionXLSEGPipeline, [a.name for a in GUIDANCE_ARGUMENTS if a.name != "pladis_controlnet"]),
-        (PLADISStableDiffusionXLControlNetPipeline, [a.name for a in GUIDANCE_ARGUMENTS]),
+        (PLADISStableDiffusionXLPipeline, SDXL),
+        (PLADISStableDiffusionXLSEGPipeline, SDXL_SEG),
+        (PLADISStableDiffusionXLControlNetPipeline, CONTROLNET),
+        (PLADISFluxPipeline, FLUX),
     ],
 )
-def test_pipeline_signatures_list_the_guidance_arguments_with_the_tables_defaults(cls, names):
+def test_pipeline_calls_take_the_tables_keywords_with_its_defaults_and_help(cls, pipeline):
+    names = [argument.name for argument in GUIDANCE_ARGUMENTS if pipeline in argument.pipelines]
     parameters = inspect.signature(cls.__call__).parameters
-    keywords = [name for name, parameter in parameters.items() if parameter.kind is parameter.KEYWORD_ONLY]
-    assert keywords == names
-    defaults = {argument.name: argument.default for argument in GUIDANCE_ARGUMENTS}
-    assert all(parameters[name].default == defaults[name] for name in names)
-    assert set(names) <= call_parameters(cls)  # what the scripts read to know which options a pipeline takes
-    assert ("pladis_controlnet" in call_parameters(cls)) == (cls is PLADISStableDiffusionXLControlNetPipeline)
-    doc = inspect.getdoc(cls.__call__)
-    assert all(f"{argument.name}: {argument.help}" in doc for argument in GUIDANCE_ARGUMENTS if argument.name in names)
+    assert all(parameters[name].default == GUIDANCE_BY_NAME[name].default for name in names)
+    # What the scripts read to know which options a pipeline takes: its keywords, and no other pipeline's.
+    assert call_parameters(cls) & {argument.name for argument in GUIDANCE_ARGUMENTS} == set(names)
+    doc = " ".join(inspect.getdoc(cls.__call__).split())
+    assert all(" ".join(GUIDANCE_BY_NAME[name].help.split()) in doc for name in names)
 
 
 def test_unknown_keywords_still_fail_as_in_diffusers():
@@ -115,7 +118,11 @@ def test_console_entry_points_run_each_scripts_main_and_exit_zero_on_success():
     from scripts.cli import entry_points
 
     runners = [value for value in vars(entry_points).values() if callable(value) and hasattr(value, "module")]
-    assert len(runners) == 11
+    commands = re.findall(
+        r'^(pladis-[\w-]+) = "scripts\.cli\.entry_points:', (ROOT / "pyproject.toml").read_text(), re.M
+    )
+    scripts = [command for command in commands if command != "pladis-example"]  # that one runs scripts/examples/*
+    assert len(runners) == len(scripts) >= 12  # one per console command
     for runner in runners:
         main = importlib.import_module(runner.module).main
         assert (
@@ -134,3 +141,28 @@ def test_each_example_is_a_recipe_over_the_core(name):
     assert "scripts.cli.recipes" in text and "load_pipeline" in text
     for own in ("argparse", "DTYPES", "TINY_STEPS", "load_lora_weights", "from_config", "ASSET_DIR", "from_pretrained"):
         assert own not in text, own
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--pipeline", "sdxl-seg", "--pag-scale", "2", "--pag-layers", "mid", "down_blocks.1", "--scales", "0,1.5"],
+        ["--freeu", "1.1", "1.2", "0.9", "0.2", "--timesteps", "999,499", "--negative-prompt", "-blurry, dark"],
+        ["--pipeline", "flux", "--pladis-single-blocks", "--prompt", "a cat", "--seed", "7", "--dtype", "bfloat16"],
+    ],
+)
+def test_command_line_of_parsed_arguments_parses_back_to_the_same_arguments(argv):
+    from scripts.cli.options import command_line
+
+    args = compare.parse_args(argv)
+    again = compare.parse_args(command_line(compare.build_parser(), args))
+    assert vars(again) == vars(args)
+
+
+def test_raising_parser_turns_the_command_lines_usage_errors_into_value_errors():
+    from scripts.cli.options import RaisingParser
+
+    args = compare.parse_args([])
+    args.steps = 0
+    with pytest.raises(ValueError, match=r"^--steps must be >= 1, got 0$"):
+        compare.check_args(RaisingParser(), args)

@@ -12,22 +12,12 @@ from typing import Any
 import torch
 from PIL import Image
 
-from pipeline.guidance import GUIDANCE_ARGUMENTS
-
 from . import checks
 from .assets import model_source
-from .registry import call_parameters, pipeline_class, set_scheduler
+from .quiet import text_encoder_lora_warnings_silenced
+from .registry import CALL_OPTIONS, DTYPE_NAMES, LAYER_OPTIONS, call_parameters, pipeline_class, set_scheduler
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-# Command-line option → pipeline call argument, forwarded only when given and accepted by the class: the
-# guidance arguments the pipelines define (pipeline/guidance.py), and two more of other pipelines.
-CALL_OPTIONS = {
-    **{argument.option: argument.name for argument in GUIDANCE_ARGUMENTS if argument.option is not None},
-    "controlnet_scale": "controlnet_conditioning_scale",
-    "pladis_single_blocks": "pladis_single_blocks",
-}
-LAYER_OPTIONS = tuple(argument.option for argument in GUIDANCE_ARGUMENTS if argument.kind is list)
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 def default_device() -> str:
@@ -64,7 +54,8 @@ def fuse_lora_file(pipe: Any, spec: str | Path, scale: float = 1.0) -> None:
     path = lora_file(spec)
     if problem := checks.safetensors_problem(Path(path)):
         raise ValueError(f"--lora {spec}: {problem}")
-    pipe.load_lora_weights(str(path), use_safetensors=True)
+    with text_encoder_lora_warnings_silenced():  # distilled-SDXL LoRAs hold U-Net weights only, as expected
+        pipe.load_lora_weights(str(path), use_safetensors=True)
     pipe.fuse_lora(lora_scale=scale)
 
 

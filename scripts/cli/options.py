@@ -8,11 +8,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-import torch
-
-from attention.kernel_choice import requested_kernel
 from attention.validation import check_pladis_alpha, check_pladis_scale
 from pipeline.guidance import GUIDANCE_ARGUMENTS, GUIDANCE_BY_NAME, GuidanceArgument
 
@@ -31,9 +28,18 @@ from .assets import (
     model_source,
     repository_relative,
 )
-from .loading import CALL_OPTIONS, DTYPES, LAYER_OPTIONS
+from .captions import print_random_weights_note
 from .records import read_settings
-from .registry import FLUX_DISTILLED_STEPS, PIPELINES, SCHEDULERS, call_parameters, pipeline_class
+from .registry import (
+    CALL_OPTIONS,
+    DTYPE_NAMES,
+    FLUX_DISTILLED_STEPS,
+    LAYER_OPTIONS,
+    PIPELINES,
+    SCHEDULERS,
+    call_parameters,
+    pipeline_class,
+)
 
 PLADIS_ALPHA = GUIDANCE_BY_NAME["pladis_alpha"]
 
@@ -117,9 +123,14 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     """Options choosing and preparing the pipeline: class, weights, device, LoRA, scheduler, guidance extras."""
     group = parser.add_argument_group("model")
     group.add_argument("--pipeline", choices=sorted(PIPELINES), default="sdxl", help="PLADIS pipeline (default sdxl)")
-    group.add_argument("--model", default=None, help="hub id or local folder (default: the pipeline's tiny asset)")
+    group.add_argument(
+        "--model",
+        default=None,
+        help="hub id or local folder (default: the trained toy asset/toy-sdxl for sdxl, sdxl-seg and auto; "
+        "a random-weight tiny asset for flux and controlnet)",
+    )
     group.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
-    group.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    group.add_argument("--dtype", choices=DTYPE_NAMES, default="float32")
     group.add_argument("--lora", type=Path, default=None, help="local LoRA .safetensors, loaded and fused")
     group.add_argument("--lora-scale", type=float, default=1.0, help="LoRA strength when fusing (default 1)")
     group.add_argument(
@@ -156,12 +167,6 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         help="DPT model for --preprocess depth (default: asset/tiny-dpt for tiny models, else the preprocessor's)",
     )
     group.add_argument("--controlnet-scale", type=float, default=None, help="controlnet_conditioning_scale")
-    group.add_argument(
-        "--pladis-single-blocks",
-        action="store_true",
-        default=None,
-        help="PLADIS in FLUX's single-stream blocks too (--pipeline flux)",
-    )
 
 
 def add_generation_options(parser: argparse.ArgumentParser) -> None:
@@ -170,7 +175,10 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--pladis-alpha", type=float, default=PLADIS_ALPHA.default, help=PLADIS_ALPHA.help)
     group.add_argument("--negative-prompt", default=None)
     group.add_argument(
-        "--steps", type=int, default=None, help="denoising steps (default: 2 tiny, else the pipeline's usual)"
+        "--steps",
+        type=int,
+        default=None,
+        help="denoising steps (default: 20 on the toy, 2 tiny, else the pipeline's usual)",
     )
     group.add_argument(
         "--guidance-scale", type=float, default=None, help="CFG scale (default 5 for SDXL, 3.5 for FLUX)"
@@ -200,6 +208,8 @@ def parse_with_settings(parser: argparse.ArgumentParser, argv: list[str] | None)
             parser.error(f"--settings: {error}")
         recorded = recorded_arguments(parser, known.settings, settings)
         parser.set_defaults(**recorded)
+        import torch
+
         threads = settings.get("torch_threads")
         if threads is not None and threads != torch.get_num_threads():
             print(
@@ -241,6 +251,38 @@ def _recorded_value_problem(action: argparse.Action, value: Any) -> str | None:
     return None
 
 
+class RaisingParser(argparse.ArgumentParser):
+    """A parser whose usage errors raise `ValueError(message)` instead of printing usage and exiting: the checks
+    written for the command line (`finish_common_options`, a script's own) serve callers without one, such as
+    the web demo, with the same messages."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(message)
+
+
+def command_line(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """The options that give `args` back when `parser` reads them: every option whose value differs from its
+    default (flags bare, one-word lists comma-separated, several-word options word by word); `--settings` and
+    values `args` lacks are left out."""
+    argv: list[str] = []
+    for action in parser._actions:
+        if not action.option_strings or action.dest in ("help", "settings") or not hasattr(args, action.dest):
+            continue
+        value = getattr(args, action.dest)
+        if value is None or value == action.default:
+            continue
+        flag = max(action.option_strings, key=len)
+        if isinstance(action, argparse._StoreTrueAction):
+            argv.append(flag)
+        elif isinstance(value, (list, tuple)) and action.nargs in (None, "?"):
+            argv.append(f"{flag}={','.join(map(str, value))}")
+        elif isinstance(value, (list, tuple)):
+            argv += [flag, *map(str, value)]
+        else:
+            argv.append(f"{flag}={value}")  # `--flag=value`: a value starting with "-" stays a value
+    return argv
+
+
 def parse_scales(text_or_values: str | list[float]) -> list[float]:
     """λ values from `"0,1,1.5,2"` (or a list), each checked like `pladis_scale`."""
     try:
@@ -258,6 +300,19 @@ def _check_model_source(parser: argparse.ArgumentParser, value: str, option: str
         parser.error(f"{option}: no such local folder: {value} (give an existing folder or a hub id like owner/name)")
 
 
+def machine_problem(args: argparse.Namespace) -> str | None:
+    """What this machine lacks for the options, found before any model loads: the CUDA GPU `--device` names,
+    a hub model in the local cache when HF_HUB_OFFLINE=1, controlnet_aux for `--preprocess canny`."""
+    canny = args.preprocess == "canny"
+    return (
+        checks.device_problem("--device", args.device)
+        or checks.hub_offline_problem("--model", args.model)
+        or checks.hub_offline_problem("--controlnet", args.controlnet, "config.json")
+        or checks.hub_offline_problem("--depth-model", args.depth_model, "config.json")
+        or (checks.package_problem("--preprocess canny", "controlnet_aux", "controlnet") if canny else None)
+    )
+
+
 def _timestep_distilled(model: str) -> bool:
     """A FLUX model without guidance embedding (schnell-like), from its config; only where the config
     is not on this machine yet does the name decide ("schnell" in it)."""
@@ -265,14 +320,18 @@ def _timestep_distilled(model: str) -> bool:
     return "schnell" in model.lower() if distilled is None else distilled
 
 
-def prefer_toy(args: argparse.Namespace, fallback_prompt: str) -> bool:
-    """No `--model` with `--pipeline sdxl`: use the trained toy; no `--prompt`: a toy caption on the toy, else
-    `fallback_prompt`; no `--steps` on the toy: TOY_STEPS. Returns whether the toy is the model (in place,
-    before `finish_common_options`)."""
-    if args.model is None and args.pipeline == "sdxl" and (TOY_MODEL / "model_index.json").exists():
+TOY_PIPELINES = ("sdxl", "sdxl-seg", "auto")  # the trained toy is an SDXL pipeline: these load it
+
+
+def prefer_toy(args: argparse.Namespace, fallback_prompt: str | None = None) -> bool:
+    """No `--model` with a pipeline the trained toy fits (`TOY_PIPELINES`): use the toy; no `--prompt` (when
+    the script has one: `fallback_prompt` given): a toy caption on the toy, else `fallback_prompt`; no
+    `--steps` on the toy: TOY_STEPS. Returns whether the toy is the model (in place, before
+    `finish_common_options`)."""
+    if args.model is None and args.pipeline in TOY_PIPELINES and (TOY_MODEL / "model_index.json").exists():
         args.model = repository_relative(TOY_MODEL)
     toy = args.model is not None and is_toy_model(args.model)
-    if args.prompt is None:
+    if fallback_prompt is not None and args.prompt is None:
         args.prompt = TOY_PROMPT if toy else fallback_prompt
     if toy and args.steps is None and args.timesteps is None:
         args.steps = TOY_STEPS
@@ -281,6 +340,8 @@ def prefer_toy(args: argparse.Namespace, fallback_prompt: str) -> bool:
 
 def finish_common_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
     """Check the shared options and fill the defaults that depend on the pipeline and model (in place)."""
+    from attention.kernel_choice import requested_kernel
+
     choice = PIPELINES[args.pipeline]
     try:
         check_pladis_alpha(args.pladis_alpha)
@@ -295,6 +356,8 @@ def finish_common_options(parser: argparse.ArgumentParser, args: argparse.Namesp
         parser.error(f"--steps {args.steps} disagrees with {len(args.timesteps)} --timesteps; give one of them")
     args.model = args.model or choice.tiny_model
     _check_model_source(parser, args.model)
+    if problem := machine_problem(args):
+        parser.error(problem)
     for option in ("lora", "control_image"):
         value = getattr(args, option)
         if value is not None and not Path(model_source(str(value))).exists():
@@ -310,6 +373,7 @@ def finish_common_options(parser: argparse.ArgumentParser, args: argparse.Namesp
     if args.depth_model is not None:
         _check_model_source(parser, str(args.depth_model), option="--depth-model")
     tiny = is_tiny_asset(args.model)
+    print_random_weights_note(args.model)
     if args.pipeline == "controlnet" and args.control_image is None and tiny:
         args.control_image = Path(repository_relative(TINY_CONTROL_IMAGE))  # the tiny ControlNet's example picture
     if args.preprocess is not None and args.control_image is None:

@@ -9,7 +9,19 @@ import inspect
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.guidance import GUIDANCE_ARGUMENTS
+
 from .assets import TINY_FLUX_SCHNELL, TINY_SDXL, TINY_SDXL_CONTROLNET, repository_relative
+
+DTYPE_NAMES = ("bfloat16", "float16", "float32")  # --dtype: the torch dtypes of these names (loading.DTYPES)
+
+# Command-line option → pipeline call argument, forwarded only when given and accepted by the class: the
+# guidance arguments the pipelines define (pipeline/guidance.py), and one more of the ControlNet pipeline.
+CALL_OPTIONS = {
+    **{argument.option: argument.name for argument in GUIDANCE_ARGUMENTS if argument.option is not None},
+    "controlnet_scale": "controlnet_conditioning_scale",
+}
+LAYER_OPTIONS = tuple(argument.option for argument in GUIDANCE_ARGUMENTS if argument.kind is list)
 
 
 @dataclass(frozen=True)
