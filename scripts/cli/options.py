@@ -364,8 +364,6 @@ def finish_common_options(parser: argparse.ArgumentParser, args: argparse.Namesp
             parser.error(f"--{option.replace('_', '-')}: no such file: {value}")
     if args.lora is not None and (problem := checks.lora_problem("--lora", args.lora)):
         parser.error(problem)
-    if problem := _model_fit_problem(args):
-        parser.error(problem)
     _check_guidance_options(parser, args)
     source = model_source(args.model)
     if problem := checks.size_problem(args.height, args.width, checks.size_multiple(source, args.pipeline == "flux")):
@@ -380,6 +378,8 @@ def finish_common_options(parser: argparse.ArgumentParser, args: argparse.Namesp
         parser.error("--preprocess needs --control-image")
     if args.pipeline == "controlnet" and args.control_image is None:
         parser.error("--pipeline controlnet needs --control-image (optionally with --preprocess canny|depth)")
+    if problem := _model_fit_problem(args):
+        parser.error(problem)
     if args.preprocess == "depth" and args.depth_model is None and tiny:
         args.depth_model = repository_relative(TINY_DPT)
     if args.steps is None:
