@@ -20,18 +20,15 @@ import torch
 from diffusers.hooks._helpers import AttentionProcessorRegistry
 from diffusers.hooks.layer_skip import AttentionScoreSkipFunctionMode
 
-# diffusers' modules whose hooks carry results from one denoising step to the next.
-STEP_CACHE_MODULES = tuple(
-    f"diffusers.hooks.{name}"
-    for name in (
-        "first_block_cache",
-        "taylorseer_cache",
-        "mag_cache",
-        "faster_cache",
-        "pyramid_attention_broadcast",
-        "sea_cache",
-    )
-)
+# diffusers' modules whose hooks carry results from one denoising step to the next, and the caches they make.
+STEP_CACHES = {
+    "diffusers.hooks.first_block_cache": "FirstBlockCache",
+    "diffusers.hooks.taylorseer_cache": "TaylorSeerCache",
+    "diffusers.hooks.mag_cache": "MagCache",
+    "diffusers.hooks.faster_cache": "FasterCache",
+    "diffusers.hooks.pyramid_attention_broadcast": "PyramidAttentionBroadcast",
+    "diffusers.hooks.sea_cache": "SeaCache",
+}
 
 
 def perturbed_by_layer_skip() -> bool:
@@ -55,14 +52,14 @@ def register_for_layer_skip(pladis_class: type, stock_type: type) -> None:
 
 
 def step_caches(model: torch.nn.Module) -> list[str]:
-    """The diffusers step-cache hooks on `model` or its submodules, by class name."""
+    """The diffusers step caches hooked on `model` or its submodules, by name (e.g. "FirstBlockCache")."""
     found = []
     for module in model.modules():
         registry = getattr(module, "_diffusers_hook", None)
         for hook in getattr(registry, "hooks", {}).values():
-            name = type(hook).__name__
-            if type(hook).__module__ in STEP_CACHE_MODULES and name not in found:
-                found.append(name)
+            cache = STEP_CACHES.get(type(hook).__module__)
+            if cache is not None and cache not in found:
+                found.append(cache)
     return found
 
 
