@@ -6,6 +6,7 @@ hand-made fixed-λ processors on exactly those steps and layers from the pipelin
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -29,6 +30,7 @@ from attention.settings import PLADISSettings
 from scripts.build_tiny_assets import build_tiny_flux
 from scripts.cli.assets import TINY_SDXL
 from tests.families import one_thread  # noqa: F401
+from tests.test_concurrency import TIMEOUT, fresh, run_threads
 from tests.tiny import processors_by_name, run_pipe, same_processor_objects
 
 STEPS = 4
@@ -280,3 +282,30 @@ def test_choosing_every_flux_layer_by_id_is_the_single_blocks_run_and_each_pair_
         with apply_pladis(flux, SCALE, pladis_layers=list(pair)):
             images.append(run_pipe(flux, **options))
     assert all(np.abs(a - b).max() > 0 for a, b in itertools.combinations(images, 2))
+
+
+def test_overlapping_calls_keep_their_own_windows_and_layers(stock):
+    """Two calls on one U-Net (from_pipe, a scheduler each) in threads, each in the other's loop: each gets its
+    own window and layers, as alone."""
+    pipes = {"early mid": fresh(stock), "late up": fresh(stock)}
+    settings = {
+        "early mid": {"pladis_stop": 0.5, "pladis_layers": "mid"},
+        "late up": {"pladis_start": 0.5, "pladis_layers": "up_blocks"},
+    }
+
+    def call(name, callback=None):
+        with apply_pladis(pipes[name], SCALE, **settings[name]):
+            return run_pipe(pipes[name], num_inference_steps=STEPS, callback_on_step_end=callback)
+
+    solo = {name: call(name) for name in pipes}
+    both_in_loop = threading.Barrier(2, timeout=TIMEOUT)
+
+    def meet(pipeline, step, timestep, callback_kwargs):
+        if step in (0, 2):
+            both_in_loop.wait()
+        return callback_kwargs
+
+    results = run_threads({name: (lambda name=name: call(name, meet)) for name in pipes})
+    for name in pipes:
+        np.testing.assert_array_equal(results[name], solo[name], err_msg=name)
+    assert np.abs(solo["early mid"] - solo["late up"]).max() > 1e-4
