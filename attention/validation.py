@@ -66,15 +66,19 @@ def check_seg_blur_sigma(seg_blur_sigma: object) -> float:
     return sigma
 
 
-def check_pladis_window(pladis_start: object, pladis_stop: object) -> tuple[float, float]:
+def check_pladis_window(
+    pladis_start: object, pladis_stop: object, names: tuple[str, str] = ("pladis_start", "pladis_stop")
+) -> tuple[float, float]:
     """Validate the step window: fractions of the denoising steps with 0 <= pladis_start <= pladis_stop <= 1
-    (PLADIS acts on step i of N iff int(start·N) <= i < int(stop·N), as diffusers' guiders' start/stop)."""
-    start = _check_real("pladis_start", pladis_start, "in [0, 1]")
-    stop = _check_real("pladis_stop", pladis_stop, "in [0, 1]")
+    (PLADIS acts on step i of N iff int(start·N) <= i < int(stop·N), as diffusers' guiders' start/stop);
+    `names` are the names to report (the command line's options, for instance)."""
+    start_name, stop_name = names
+    start = _check_real(start_name, pladis_start, "in [0, 1]")
+    stop = _check_real(stop_name, pladis_stop, "in [0, 1]")
     if not 0.0 <= start <= stop <= 1.0:  # NaN fails too
         raise ValueError(
-            "pladis_start and pladis_stop must satisfy 0 <= pladis_start <= pladis_stop <= 1 (fractions of the "
-            f"denoising steps), got pladis_start={pladis_start!r}, pladis_stop={pladis_stop!r}"
+            f"{start_name} and {stop_name} must satisfy 0 <= {start_name} <= {stop_name} <= 1 (fractions of the "
+            f"denoising steps), got {start_name}={pladis_start!r}, {stop_name}={pladis_stop!r}"
         )
     return start, stop
 

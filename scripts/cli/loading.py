@@ -130,6 +130,16 @@ def guidance_call_arguments(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# The PLADIS options every generation takes besides λ: PLADIS pipelines get them as call arguments, stock
+# pipelines (--pipeline auto) through apply_pladis.
+PLADIS_OPTIONS = {"pladis_alpha": 1.5, "pladis_start": 0.0, "pladis_stop": 1.0, "pladis_layers": None}
+
+
+def pladis_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The PLADIS arguments (besides λ) the options give: α, the step window and the layers."""
+    return {name: getattr(args, name, default) for name, default in PLADIS_OPTIONS.items()}
+
+
 def call_options(pipe: Any, args: argparse.Namespace, height: int, width: int) -> dict[str, Any]:
     """The pipeline call arguments the options give (everything but prompt, λ and generator).
 
@@ -139,8 +149,12 @@ def call_options(pipe: Any, args: argparse.Namespace, height: int, width: int) -
     accepted = call_parameters(type(pipe))
     given = {"height": height, "width": width, "guidance_scale": args.guidance_scale}
     options: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
-    if "pladis_alpha" in accepted:  # a PLADIS pipeline; stock ones (--pipeline auto) get it via apply_pladis
-        options["pladis_alpha"] = args.pladis_alpha
+    if "pladis_alpha" in accepted:  # a PLADIS pipeline; stock ones (--pipeline auto) get these via apply_pladis
+        for name, value in pladis_arguments(args).items():
+            if name in accepted:
+                options[name] = value
+            elif value != PLADIS_OPTIONS[name]:
+                raise ValueError(f"--{name.replace('_', '-')} is not an option of {type(pipe).__name__}")
     if args.timesteps is not None:
         options["timesteps"] = list(args.timesteps)
     else:

@@ -15,8 +15,17 @@ from attention.validation import check_pladis_alpha, check_pladis_scale
 from ..grid import save_grid
 from . import checks
 from .assets import TINY_SDXL, TINY_SDXL_LORA, TINY_SIZE, TINY_STEPS, looks_like_path, model_source
-from .loading import DTYPES, LAYER_OPTIONS, default_device, guidance_call_arguments, lora_spec_problem, seeded_generator
-from .options import PLADIS_ALPHA, add_guidance_options
+from .loading import (
+    DTYPES,
+    LAYER_OPTIONS,
+    PLADIS_OPTIONS,
+    default_device,
+    guidance_call_arguments,
+    lora_spec_problem,
+    pladis_arguments,
+    seeded_generator,
+)
+from .options import PLADIS_ALPHA, add_guidance_options, add_pladis_options, pladis_options_problem
 
 SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 DEFAULT_PROMPT = "a photo of an astronaut riding a horse on the moon"
@@ -54,6 +63,7 @@ def example_parser(
     parser.add_argument("--prompt", default=DEFAULT_PROMPT)
     parser.add_argument("--pladis-scale", type=float, default=pladis_scale, help=f"λ (default {pladis_scale:g})")
     parser.add_argument("--pladis-alpha", type=float, default=PLADIS_ALPHA.default, help=PLADIS_ALPHA.help)
+    add_pladis_options(parser)
     parser.add_argument(
         "--steps", type=int, default=steps, help=f"denoising steps (default {steps}, {TINY_STEPS} with --tiny)"
     )
@@ -117,7 +127,7 @@ def parse_example_args(
     on_gpu = not args.tiny and not str(args.device).startswith("cpu")
     args.dtype = args.dtype or (args.gpu_dtype if on_gpu else "float32")
     args.out = args.out or OUTPUT_DIR / f"{name}.png"
-    if problem := example_args_problem(args, flux):
+    if problem := example_args_problem(args, flux) or pladis_options_problem(args, args.model):
         parser.error(problem)
     return args
 
@@ -158,14 +168,9 @@ def save_with_and_without(pipe: Any, args: argparse.Namespace, method: str, **ca
     }
     if "timesteps" not in options:
         options.setdefault("num_inference_steps", args.steps)
+    pladis = {name: value for name, value in pladis_arguments(args).items() if value != PLADIS_OPTIONS[name]}
     images = [
-        pipe(
-            args.prompt,
-            generator=seeded_generator(args.seed),
-            pladis_scale=scale,
-            pladis_alpha=args.pladis_alpha,
-            **options,
-        ).images[0]
+        pipe(args.prompt, generator=seeded_generator(args.seed), pladis_scale=scale, **pladis, **options).images[0]
         for scale in (0.0, args.pladis_scale)
     ]
     labels = [method, f"{method} + PLADIS (scale {args.pladis_scale:g}, alpha {args.pladis_alpha:g})"]
