@@ -309,3 +309,32 @@ def test_overlapping_calls_keep_their_own_windows_and_layers(stock):
     for name in pipes:
         np.testing.assert_array_equal(results[name], solo[name], err_msg=name)
     assert np.abs(solo["early mid"] - solo["late up"]).max() > 1e-4
+
+
+def test_a_window_under_torch_compile_has_no_graph_break_and_two_graphs():
+    """The step is read in the denoiser's pre-hook (host integers of the scheduler); the compiled transformer
+    runs PLADIS exactly on the window's steps (1, 2 of 4) with one graph for each side of the window."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from torch._dynamo.utils import counters
+
+    from scripts.build_tiny_assets import tiny_flux_transformer
+    from tests.test_install import flux_inputs
+
+    transformer = tiny_flux_transformer(guidance_embeds=False).eval()
+    inputs = flux_inputs(transformer)
+    scheduler = FlowMatchEulerDiscreteScheduler()
+    scheduler.set_timesteps(4)
+    with torch.no_grad():
+        stock = transformer(**inputs).sample
+        with apply_pladis(transformer, SCALE):
+            eager = transformer(**inputs).sample
+        compiled = torch.compile(transformer, backend="eager")
+        counters.clear()
+        outputs = []
+        with apply_pladis(compiled, SCALE, pladis_start=0.25, pladis_stop=0.75, scheduler=scheduler):
+            for step in range(4):
+                scheduler._step_index = step  # where the scheduler stands at this step's denoiser call
+                outputs.append(compiled(**inputs).sample)
+    assert sum(counters["graph_break"].values()) == 0 and counters["stats"]["unique_graphs"] == 2
+    for step, output in enumerate(outputs):
+        torch.testing.assert_close(output, eager if step in (1, 2) else stock, atol=1e-5, rtol=1e-5)
