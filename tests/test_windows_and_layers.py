@@ -338,3 +338,39 @@ def test_a_window_under_torch_compile_has_no_graph_break_and_two_graphs():
     assert sum(counters["graph_break"].values()) == 0 and counters["stats"]["unique_graphs"] == 2
     for step, output in enumerate(outputs):
         torch.testing.assert_close(output, eager if step in (1, 2) else stock, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("scheduler", [EulerDiscreteScheduler, DPMSolverMultistepScheduler])
+def test_placing_a_cuda_call_in_the_window_runs_no_tensor_op(scheduler):
+    """The step is host state of the scheduler (`step_index`, `begin_index`, the length of its CUDA timesteps):
+    no tensor op is dispatched, so no host-device sync (checked with fake CUDA tensors)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from attention.call_context import CallSettings
+    from attention.steps import scheduler_step_source
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(func)
+            return func(*args, **(kwargs or {}))
+
+    instance = scheduler()
+    instance.set_timesteps(8)
+    with FakeTensorMode():
+        instance.timesteps = torch.empty(8, device="cuda")  # as set_timesteps(8, device="cuda") leaves them
+        assert instance.timesteps.is_cuda
+        settings = PLADISSettings(SCALE, pladis_start=0.25, pladis_stop=0.5)
+        call = CallSettings(None, SCALE, 1.5, step=scheduler_step_source(instance), pladis=settings)
+        acting = []
+        with Ops() as recorded:
+            for step in range(8):
+                instance._step_index = step if step else None
+                call.start_denoiser_call()
+                acting.append(call.acting)
+    assert recorded.ops == []
+    assert acting == [False, False, True, True, False, False, False, False]
