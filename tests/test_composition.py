@@ -4,6 +4,7 @@ backends, group offloading and layerwise casting, each cell on tiny models."""
 from __future__ import annotations
 
 import copy
+import re
 
 import numpy as np
 import pytest
@@ -131,37 +132,54 @@ def test_flux2_skip_layer_guider_composes_with_pladis():
     assert np.abs(runs["guided"] - runs["alone"]).max() > 1e-5
 
 
-def denoise(model, inputs) -> torch.Tensor:
+def denoise(model, inputs, output=lambda result: result.sample) -> torch.Tensor:
     with torch.no_grad():
-        return model(**inputs).sample
+        return output(model(**inputs))
 
 
-@pytest.mark.parametrize("family", ["qwen-image", "cogview4"])
-def test_layers_a_pag_guider_perturbs_run_its_identity_attention_and_pladis_elsewhere(family, monkeypatch):
+@pytest.mark.parametrize(
+    "family,blocks",
+    [
+        ("qwen-image", "transformer_blocks"),
+        ("cogview4", "transformer_blocks"),
+        ("hunyuan-image", "transformer_blocks"),
+        ("z-image", "layers"),
+    ],
+)
+def test_layers_a_pag_guider_perturbs_run_its_identity_attention_and_pladis_elsewhere(family, blocks, monkeypatch):
     """diffusers' PAG hooks (hooks/layer_skip.py) replace SDPA by the values inside their layers through a
     TorchFunctionMode; on joint attention PLADIS also acts there. In the perturbed pass the hooked layers must
     be exactly the guider's identity attention — as the stock processor under the mode, which is what a PLADIS
-    run that leaves block 0 out computes there — and every other layer exactly PLADIS."""
+    run that leaves block 0 out computes there — and every other layer exactly PLADIS. (These are the joint
+    families whose processors diffusers 0.42's layer-skip registry knows.)"""
     denoiser = DENOISERS[family]
     model, inputs = denoiser.build(), denoiser.inputs(0)
-    pag = LayerSkipConfig(indices=[0], fqn="transformer_blocks", skip_attention=False, skip_attention_scores=True)
-    pag.skip_ff = False
+    pag = LayerSkipConfig(indices=[0], fqn=blocks, skip_attention=False, skip_attention_scores=True, skip_ff=False)
+    others = [f"^{re.escape(name)}$" for name in text_layer_names(model) if not name.startswith(f"{blocks}.0.")]
 
     def perturbed(**pladis) -> torch.Tensor:
         with apply_pladis(model, 2.0, **pladis):
             _apply_layer_skip_hook(model, copy.deepcopy(pag), name="pag")  # inside the call, as guiders do
             try:
-                return denoise(model, inputs)
+                return denoise(model, inputs, denoiser.output)
             finally:
                 HookRegistry.check_if_exists_or_initialize(model).remove_hook("pag", recurse=True)
 
     with apply_pladis(model, 2.0):
-        unperturbed = denoise(model, inputs)
+        unperturbed = denoise(model, inputs, denoiser.output)
     ours = perturbed()
-    torch.testing.assert_close(ours, perturbed(pladis_layers=r"^transformer_blocks\.[1-9]"), rtol=0, atol=0)
+    torch.testing.assert_close(ours, perturbed(pladis_layers=others), rtol=0, atol=0)
     assert (ours - unperturbed).abs().max() > 1e-4
     monkeypatch.setattr(attention.rules, "perturbed_by_layer_skip", lambda: False)  # PLADIS under the mode
     assert (perturbed() - ours).abs().max() > 1e-4  # would mix the identity into the PLADIS correction
+
+
+def text_layer_names(model) -> list[str]:
+    """The layers PLADIS acts on by default in `model`."""
+    from attention.families import family_of
+    from attention.install import text_attention_layers
+
+    return list(text_attention_layers(model, family_of(model), False))
 
 
 CACHES = {
