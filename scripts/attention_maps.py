@@ -103,6 +103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if prefer_toy(args, "a photo of a red cube on a blue ball") and not prompt_given and args.tokens is None:
         args.tokens = list(TOY_TOKENS)
     args = finish_common_options(parser, args)
+    if (args.pladis_start, args.pladis_stop, args.pladis_layers) != (0.0, 1.0, None):
+        parser.error("--pladis-start, --pladis-stop and --pladis-layers are options of compare.py and generate.py")
     if args.record_steps is not None:
         if not args.record_steps:
             parser.error("--record-steps names no step; give steps like 0-3,7 or 'all'")
