@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from diffusers.models.attention_processor import Attention
@@ -438,6 +439,22 @@ def settings_in_context(pipe_or_denoiser: object) -> PLADISSettings | None:
         return None
     settings = calls.for_owner(installation)
     return None if settings is None else settings.pladis
+
+
+def settings_of_call(pipe_or_denoiser: object, given: Mapping[str, Any]) -> PLADISSettings | None:
+    """The PLADIS settings of a pipeline call whose PLADIS keywords default to None ("not given"): None when it
+    gives none (whatever an enclosing `apply_pladis` set stays in force), else the enclosing call's settings
+    (`PLADISSettings(0.0)` when none) with the given keywords replacing theirs, checked once. A given layer
+    choice replaces an enclosing `pladis_single_blocks=True`, and the other way round (one choice of layers)."""
+    given = {name: value for name, value in given.items() if value is not None}
+    if not given:
+        return None
+    base = settings_in_context(pipe_or_denoiser) or PLADISSettings(0.0)
+    if "pladis_layers" in given:
+        given.setdefault("pladis_single_blocks", False)
+    if given.get("pladis_single_blocks"):
+        given.setdefault("pladis_layers", None)
+    return replace(base, **given)
 
 
 @contextmanager
