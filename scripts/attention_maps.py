@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ from scripts.cli.options import (
     prefer_toy,
 )
 from scripts.cli.records import run_settings, write_json
+from scripts.cli.registry import call_parameters
 from scripts.grid import save_grid
 
 HEAT_OPACITY = 0.6
@@ -189,33 +191,40 @@ def heat_panels(
 
 
 def record_maps(args: argparse.Namespace) -> tuple[Image.Image, AttentionMapStore, list[tuple[int, str]]]:
-    """Generate the image at λ = `args.pladis_scale`, recording both kinds of maps on the way."""
+    """Load the pipeline and generate the image at λ = `args.pladis_scale`, recording both kinds of maps."""
     pipe = load_pipeline(args)
+    with tqdm(total=args.steps, desc="attention maps", unit="step") as bar:
+        return recorded_generation(pipe, args, bar)
+
+
+def recorded_generation(
+    pipe: Any, args: argparse.Namespace, bar: Any
+) -> tuple[Image.Image, AttentionMapStore, list[tuple[int, str]]]:
+    """Generate the image at λ = `args.pladis_scale` on a loaded U-Net pipeline (a PLADIS one or its stock class),
+    recording both kinds of maps on the way; `bar.update(1)` hears of each denoising step. The pipeline's
+    processors are restored afterwards, so a shared pipeline serves the next call unchanged."""
     height, width = image_size(pipe, args)
     options = call_options(pipe, args, height, width)
     uses_cfg = args.guidance_scale > 1 and getattr(pipe.unet.config, "time_cond_proj_dim", None) is None
     condition_rows = slice(1, 2) if uses_cfg else slice(0, 1)  # batch [uncond, cond(, perturbed)] or [cond(, ...)]
     tokens = chosen_tokens(pipe.tokenizer, args.prompt, args.tokens, args.max_tokens)
     store = AttentionMapStore(args.record_steps)
-    with tqdm(total=args.steps, desc="attention maps", unit="step") as bar:
-        with recording_attention_maps(
-            pipe.unet, store, args.pladis_scale, args.pladis_alpha, args.layer_groups, condition_rows
-        ):
-            # λ = 0 here: the recording block already installed PLADIS with the recorders around it.
-            result = pipe(
-                args.prompt,
-                generator=seeded_generator(args.seed),
-                pladis_scale=0.0,
-                callback_on_step_end=step_progress(bar),
-                **options,
-            )
+    if "pladis_scale" in call_parameters(type(pipe)):
+        options["pladis_scale"] = 0.0  # the recording block installs PLADIS with the recorders around it
+    with recording_attention_maps(
+        pipe.unet, store, args.pladis_scale, args.pladis_alpha, args.layer_groups, condition_rows
+    ):
+        result = pipe(
+            args.prompt, generator=seeded_generator(args.seed), callback_on_step_end=step_progress(bar), **options
+        )
     return result.images[0], store, tokens
 
 
-def main(argv: list[str] | None = None) -> Path:
-    """Write the heat-map grid and its settings JSON; return the grid path."""
-    args = parse_args(argv)
-    image, store, tokens = record_maps(args)
+def map_panels(
+    args: argparse.Namespace, image: Image.Image, store: AttentionMapStore, tokens: list[tuple[int, str]]
+) -> tuple[list[Image.Image], list[str]]:
+    """The grid's panels and labels, a row per kind: the image and one softmax overlay per token, then the
+    layers the maps average over and one PLADIS overlay per token (`len(tokens) + 1` columns)."""
     dense, pladis = store.maps("dense", args.layer_groups), store.maps("pladis", args.layer_groups)
     dense_panels, pladis_panels = heat_panels(image, dense, pladis, tokens)
     where = f"{'+'.join(args.layer_groups)} layers"
@@ -226,6 +235,14 @@ def main(argv: list[str] | None = None) -> Path:
         f"maps: {where}",
         *(f"PLADIS {args.pladis_scale:g}: {text}" for _, text in tokens),
     ]
+    return images, labels
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Write the heat-map grid and its settings JSON; return the grid path."""
+    args = parse_args(argv)
+    image, store, tokens = record_maps(args)
+    images, labels = map_panels(args, image, store, tokens)
     path = save_grid(images, labels, args.out, columns=len(tokens) + 1)
     recorded_steps = sorted(store.steps) if store.steps is not None else "all"
     settings = run_settings(

@@ -46,12 +46,22 @@ from scripts.cli.registry import call_parameters
 from scripts.grid import save_grid
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse and check the options; `--settings FILE` starts from the arguments a grid's JSON recorded."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """The options of one comparison (prompt, λ, sweep, model, generation, `--settings`), without `--out`: also the
+    web demo's (`scripts/demo.py`), where they choose the loaded model and the page's defaults."""
+    parser = argparse.ArgumentParser(description=description or __doc__.splitlines()[0])
     parser.add_argument("--prompt", default=None, help="default: a toy caption on the toy, else an astronaut")
     parser.add_argument("--pladis-scale", type=float, default=2.0, help="λ of the PLADIS panel (default 2.0)")
     parser.add_argument("--scales", default=None, help="λ sweep, e.g. 0,1,1.5,2 (default: 0 and --pladis-scale)")
+    add_model_options(parser)
+    add_generation_options(parser)
+    add_settings_option(parser)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and check the options; `--settings FILE` starts from the arguments a grid's JSON recorded."""
+    parser = build_parser()
     parser.add_argument(
         "--windows",
         default=None,
@@ -69,10 +79,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=Path("outputs/compare.png"),
         help="grid PNG to write; its settings go to the same name with .json",
     )
-    add_model_options(parser)
-    add_generation_options(parser)
-    add_settings_option(parser)
     args = parse_with_settings(parser, argv)
+    if problem := checks.output_file_problem("--out", args.out, companions=[".json"]):
+        parser.error(problem)
+    return check_args(parser, args)
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """Check λ and the sweep, and fill the defaults that depend on the pipeline and model (in place); a problem is
+    `parser.error(message)` (the web demo passes a parser that raises it as a ValueError)."""
+    for option in ("windows", "layer_sets"):  # compare.py's sweeps besides λ (the demo sweeps λ only)
+        setattr(args, option, getattr(args, option, None))
     sweeps = [option for option in ("scales", "windows", "layer_sets") if getattr(args, option) is not None]
     if len(sweeps) > 1:
         parser.error(f"give one sweep: {' and '.join('--' + option.replace('_', '-') for option in sweeps)} both given")
@@ -85,8 +102,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(str(error))
     if args.scales is None and args.windows is None and args.layer_sets is None:
         args.scales = [0.0, args.pladis_scale]
-    if problem := checks.output_file_problem("--out", args.out, companions=[".json"]):
-        parser.error(problem)
     args.device = args.device or default_device()  # recorded, so a rerun uses the same kind of device
     prefer_toy(args, "a photo of an astronaut riding a horse on the moon")
     args = finish_common_options(parser, args)
@@ -161,29 +176,51 @@ def generate_panels(args: argparse.Namespace) -> tuple[list[Image.Image], list[s
     if "image" in options:
         images.append(options["image"])
         labels.append(f"control ({args.preprocess or 'as given'})")
-    accepted = call_parameters(type(pipe))
     grid = panels(args)
-    if "pladis_scale" not in accepted:  # a stock pipeline: check PLADIS fits its denoiser before any generation
+    with tqdm(total=len(grid) * args.steps, desc="compare", unit="step") as bar:
+        images += panel_images(pipe, args, options, grid, bar)
+    labels += [panel.label for panel in grid]
+    return images, labels
+
+
+def scale_images(
+    pipe: Any, args: argparse.Namespace, options: dict[str, Any], scales: list[float], bar: Any
+) -> list[Image.Image]:
+    """One image per λ in `scales` (`panel_images` of a λ sweep)."""
+    return panel_images(
+        pipe, args, options, [Panel(scale, panel_label(scale, args.pladis_alpha)) for scale in scales], bar
+    )
+
+
+def panel_images(
+    pipe: Any, args: argparse.Namespace, options: dict[str, Any], grid: list[Panel], bar: Any
+) -> list[Image.Image]:
+    """One image per panel, each from `args.seed`, on a loaded pipeline shared as it is: λ and the panel's window
+    or layers go through its PLADIS arguments, or for a stock pipeline through `apply_pladis` around the call
+    (checked to fit the denoiser before any generation). `bar.update(n)` hears of every denoising step (a tqdm
+    bar or the like)."""
+    accepted = call_parameters(type(pipe))
+    if "pladis_scale" not in accepted:
         for panel in grid:
             if panel.scale > 0:
                 with apply_pladis(pipe, panel.scale, **{**pladis_arguments(args), **panel.overrides}):
                     pass
-    with tqdm(total=len(grid) * args.steps, desc="compare", unit="step") as bar:
-        for panel in grid:
-            if "callback_on_step_end" in accepted:
-                options["callback_on_step_end"] = step_progress(bar)
-            generator = seeded_generator(args.seed)
-            if "pladis_scale" in accepted:
-                call = {**options, **panel.overrides}
-                result = pipe(prompt=args.prompt, generator=generator, pladis_scale=panel.scale, **call)
-            else:
-                with apply_pladis(pipe, panel.scale, **{**pladis_arguments(args), **panel.overrides}):
-                    result = pipe(prompt=args.prompt, generator=generator, **options)
-            if "callback_on_step_end" not in accepted:
-                bar.update(args.steps)
-            images.append(first_image(result))
-            labels.append(panel.label)
-    return images, labels
+    options = dict(options)
+    images = []
+    for panel in grid:
+        if "callback_on_step_end" in accepted:
+            options["callback_on_step_end"] = step_progress(bar)
+        generator = seeded_generator(args.seed)
+        if "pladis_scale" in accepted:
+            call = {**options, **panel.overrides}
+            result = pipe(prompt=args.prompt, generator=generator, pladis_scale=panel.scale, **call)
+        else:
+            with apply_pladis(pipe, panel.scale, **{**pladis_arguments(args), **panel.overrides}):
+                result = pipe(prompt=args.prompt, generator=generator, **options)
+        if "callback_on_step_end" not in accepted:
+            bar.update(args.steps)
+        images.append(first_image(result))
+    return images
 
 
 def first_image(result) -> Image.Image:

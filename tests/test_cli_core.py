@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import re
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +116,8 @@ def test_console_entry_points_run_each_scripts_main_and_exit_zero_on_success():
     from scripts.cli import entry_points
 
     runners = [value for value in vars(entry_points).values() if callable(value) and hasattr(value, "module")]
-    assert len(runners) == 11
+    commands = re.findall(r'^pladis-[\w-]+ = "scripts\.cli\.entry_points:', (ROOT / "pyproject.toml").read_text(), re.M)
+    assert len(runners) == len(commands) >= 12  # one per console command
     for runner in runners:
         main = importlib.import_module(runner.module).main
         assert (
@@ -134,3 +136,28 @@ def test_each_example_is_a_recipe_over_the_core(name):
     assert "scripts.cli.recipes" in text and "load_pipeline" in text
     for own in ("argparse", "DTYPES", "TINY_STEPS", "load_lora_weights", "from_config", "ASSET_DIR", "from_pretrained"):
         assert own not in text, own
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--pipeline", "sdxl-seg", "--pag-scale", "2", "--pag-layers", "mid", "down_blocks.1", "--scales", "0,1.5"],
+        ["--freeu", "1.1", "1.2", "0.9", "0.2", "--timesteps", "999,499", "--negative-prompt", "-blurry, dark"],
+        ["--pipeline", "flux", "--pladis-single-blocks", "--prompt", "a cat", "--seed", "7", "--dtype", "bfloat16"],
+    ],
+)
+def test_command_line_of_parsed_arguments_parses_back_to_the_same_arguments(argv):
+    from scripts.cli.options import command_line
+
+    args = compare.parse_args(argv)
+    again = compare.parse_args(command_line(compare.build_parser(), args))
+    assert vars(again) == vars(args)
+
+
+def test_raising_parser_turns_the_command_lines_usage_errors_into_value_errors():
+    from scripts.cli.options import RaisingParser
+
+    args = compare.parse_args([])
+    args.steps = 0
+    with pytest.raises(ValueError, match=r"^--steps must be >= 1, got 0$"):
+        compare.check_args(RaisingParser(), args)

@@ -28,6 +28,7 @@ def _entry(module: str) -> Callable[[], int | None]:
 
 
 compare = _entry("scripts.compare")
+demo = _entry("scripts.demo")
 generate = _entry("scripts.generate")
 evaluate = _entry("scripts.evaluate")
 attention_maps = _entry("scripts.attention_maps")

@@ -8,7 +8,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -280,6 +280,38 @@ def _recorded_value_problem(action: argparse.Action, value: Any) -> str | None:
     if action.type is Path and not isinstance(value, str):
         return "a path (a string)"
     return None
+
+
+class RaisingParser(argparse.ArgumentParser):
+    """A parser whose usage errors raise `ValueError(message)` instead of printing usage and exiting: the checks
+    written for the command line (`finish_common_options`, a script's own) serve callers without one, such as
+    the web demo, with the same messages."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(message)
+
+
+def command_line(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """The options that give `args` back when `parser` reads them: every option whose value differs from its
+    default (flags bare, one-word lists comma-separated, several-word options word by word); `--settings` and
+    values `args` lacks are left out."""
+    argv: list[str] = []
+    for action in parser._actions:
+        if not action.option_strings or action.dest in ("help", "settings") or not hasattr(args, action.dest):
+            continue
+        value = getattr(args, action.dest)
+        if value is None or value == action.default:
+            continue
+        flag = max(action.option_strings, key=len)
+        if isinstance(action, argparse._StoreTrueAction):
+            argv.append(flag)
+        elif isinstance(value, (list, tuple)) and action.nargs in (None, "?"):
+            argv.append(f"{flag}={','.join(map(str, value))}")
+        elif isinstance(value, (list, tuple)):
+            argv += [flag, *map(str, value)]
+        else:
+            argv.append(f"{flag}={value}")  # `--flag=value`: a value starting with "-" stays a value
+    return argv
 
 
 def parse_scales(text_or_values: str | list[float]) -> list[float]:
