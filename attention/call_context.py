@@ -73,6 +73,7 @@ class LayerCall:
     text_tokens: int | None = None
     segments: tuple[tuple[int, int], ...] | None = None
     dense_calls: int = 0  # leading attention calls of the layer that are not on text (Wan's image context)
+    family: str = ""  # the model family (errors name it)
 
 
 @dataclass

@@ -24,6 +24,7 @@ from diffusers.pipelines.pag.pag_utils import PAGMixin
 
 from .call_context import CallSettings, active_calls, calls_in_context
 from .composition import check_window_without_step_cache
+from .context_parallel import check_context_parallel, rank_text_length
 from .families import FAMILIES, SUPPORTED, Family, TextAttention, family_of
 from .kernel_choice import requested_kernel
 from .processors import PLADISProcessor, pladis_processor_class
@@ -253,7 +254,7 @@ class Installation:
         if settings is not None:
             settings.start_denoiser_call()
             if self.family.record is not None:
-                settings.recorded = self.family.record(args, kwargs)
+                settings.recorded = rank_text_length(self.model, self.family.name, self.family.record(args, kwargs))
 
     def remove(self) -> None:
         """Give every layer still holding one of our processors its original back; remove the hook."""
@@ -494,6 +495,13 @@ def apply_pladis_settings(
         for index, model in enumerate(models)
     ]
     check_pag_leaves_pladis_layers(pipe_or_denoiser, models[0], layers[0])
+    for model, table in zip(models, layers, strict=True):
+        check_context_parallel(
+            model,
+            family_of(model).name,
+            {layer.kind.text_keys for layer in table.values()},
+            recorded_text=family_of(model).record is not None and any(layer.kind.optional for layer in table.values()),
+        )
     with ExitStack() as stack:
         installations = tuple(
             stack.enter_context(installed_pladis(model, table)) for model, table in zip(models, layers, strict=True)

@@ -16,6 +16,7 @@ from .kernel_choice import choose_kernel, run_triton, triton_gap
 from .masks import additive_mask, mask_for_rows, row_values
 from .query_chunks import query_chunks
 from .reference import computing_reference, reference_text_block
+from .sdpa_backend import CUDNN, EFFICIENT, FLASH, stock_sdpa_backend
 from .settings import PLADISSettings
 from .sparse_maps import pladis_shift_
 from .sync_free_attention import sync_free_text_block_correction_
@@ -50,20 +51,21 @@ def dense_attention_and_text_mass(
     V gets one extra channel that is 1 on the text keys and 0 elsewhere, so that channel of the
     output is exactly `m`. Q, K and V are zero-padded to one head dim (a multiple of 8): QKᵀ is
     unchanged (the scale is passed explicitly) and the fused, O(N)-memory kernels stay eligible.
+    Both results are views of the one padded output (five launches on a GPU with SDPA's).
     """
     scale = query.shape[-1] ** -0.5 if scale is None else scale
     value_dim = value.shape[-1]
     padded_dim = -(-max(query.shape[-1], value_dim + 1) // 8) * 8
-    text_indicator = value.new_zeros(*value.shape[:-1], padded_dim - value_dim)
-    text_indicator[..., text_keys, 0] = 1
+    extended_value = F.pad(value, (0, padded_dim - value_dim))
+    extended_value[..., text_keys, value_dim] = 1
     output = F.scaled_dot_product_attention(
         F.pad(query, (0, padded_dim - query.shape[-1])),
         F.pad(key, (0, padded_dim - key.shape[-1])),
-        torch.cat([value, text_indicator], dim=-1),
+        extended_value,
         attn_mask=attn_mask,
         scale=scale,
     )
-    return output[..., :value_dim].contiguous(), output[..., value_dim]
+    return output[..., :value_dim], output[..., value_dim]
 
 
 def dense_attention_and_log_normaliser(
@@ -76,11 +78,12 @@ def dense_attention_and_log_normaliser(
     """`(softmax(z)·V, logsumexp(z))` from one fused SDPA op that returns the log-sum-exp, or None
     where none serves the case (then `dense_attention_and_text_mass` does, with a padded channel).
 
-    On CPU the flash kernel takes any mask; on CUDA the flash kernel serves unmasked float16/bfloat16
-    inputs (FLUX, SD3), which is where nearly all joint-attention calls are.
+    On CPU the flash kernel takes any mask; on CUDA the op stock SDPA runs on the card serves unmasked
+    inputs (`cuda_attention_with_log_normaliser`); masked CUDA calls go through SDPA itself, which
+    prepares the mask for whichever kernel it picks.
     """
     if query.shape[-1] != value.shape[-1] or key.shape[-1] != query.shape[-1]:
-        return None  # the flash kernels take one head size
+        return None  # the fused kernels take one head size
     if query.device.type == "cpu" and query.dtype in (torch.float32, torch.float16, torch.bfloat16):
         if attn_mask is not None and attn_mask.dtype != query.dtype:  # the kernel takes masks in the query dtype
             if attn_mask.dtype != torch.bool:
@@ -90,25 +93,36 @@ def dense_attention_and_log_normaliser(
             query, key, value, attn_mask=attn_mask, scale=scale
         )
         return output, log_normaliser
-    if (
-        query.is_cuda
-        and attn_mask is None
-        and query.dtype in (torch.float16, torch.bfloat16)
-        and query.shape[-1] % 8 == 0
-        and query.shape[-1] <= 256
-    ):
-        return cuda_flash_attention_with_log_normaliser(query, key, value, scale)
+    if query.is_cuda and attn_mask is None and query.shape[-1] % 8 == 0:
+        return cuda_attention_with_log_normaliser(query, key, value, scale)
     return None
 
 
-def cuda_flash_attention_with_log_normaliser(
+def cuda_attention_with_log_normaliser(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """CUDA's flash SDPA (float16/bfloat16, no mask): `(softmax(z)·V, logsumexp(z))`, the log-sum-exp
-    float32 (B, H, N) — the same kernel `F.scaled_dot_product_attention` would pick, so the dense part
-    is the stock one."""
-    output, log_normaliser = torch.ops.aten._scaled_dot_product_flash_attention(query, key, value, scale=scale)[:2]
-    return output, log_normaliser
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Unmasked CUDA attention by the fused op stock SDPA runs on this card (`stock_sdpa_backend`):
+    `(softmax(z)·V, logsumexp(z))`, the log-sum-exp float32 (B, H, N), natural log — or None where
+    stock SDPA would run its unfused math (bfloat16 below sm80), which returns none.
+
+    cuDNN (sm90/sm100 by default) returns it as (B, H, N, 1), the memory-efficient op (float32, and
+    everything below sm80, where flash does not run) padded to a multiple of 32 rows; flash as is.
+    """
+    backend = stock_sdpa_backend(query, key, value)
+    if backend == FLASH:
+        output, log_normaliser = torch.ops.aten._scaled_dot_product_flash_attention(query, key, value, scale=scale)[:2]
+        return output, log_normaliser
+    if backend == CUDNN:
+        output, log_normaliser = torch.ops.aten._scaled_dot_product_cudnn_attention(
+            query, key, value, None, True, scale=scale
+        )[:2]
+        return output, log_normaliser.squeeze(-1)
+    if backend == EFFICIENT:
+        output, log_normaliser = torch.ops.aten._scaled_dot_product_efficient_attention(
+            query, key, value, None, True, scale=scale
+        )[:2]
+        return output, log_normaliser[..., : query.shape[-2]]
+    return None
 
 
 def text_block_pladis_attention(
@@ -224,6 +238,14 @@ def text_block_rule(
         log_normaliser,
         text_mass,
     )
+    return text_block_correction_(kernel, arguments)
+
+
+def text_block_correction_(kernel: str, arguments: tuple) -> torch.Tensor:
+    """Add the image rows' correction to the dense `output` (the first of `arguments`, which are those of
+    `sync_free_text_block_correction_`) with `kernel` (`choose_kernel`'s pick). The text keys are
+    `key[..., text, :]` and the corrected rows `query[..., image, :]`: under context parallelism (see
+    `context_parallel`) `key` and `value` hold the text gathered from every rank and `query` this rank's shard."""
     if kernel == "torch":
         return sync_free_text_block_correction_(*arguments)
     if kernel == "triton":

@@ -79,18 +79,30 @@ def choose_kernel(rule: str, device: torch.device, uncovered: str | None) -> str
     return "chunked"
 
 
+def triton_compile_errors() -> tuple[type[Exception], ...]:
+    """The exceptions with which Triton says a kernel cannot be built for this GPU: a front-end
+    compilation error (`CompilationError`), more shared memory or threads than the card has
+    (`OutOfResources`), and `ptxas` failing (`PTXASError`) — the set Triton's own autotuner treats
+    as "this configuration does not compile here"."""
+    from triton.compiler.errors import CompilationError
+    from triton.runtime.errors import OutOfResources, PTXASError
+
+    return (CompilationError, OutOfResources, PTXASError)
+
+
 def run_triton(rule: str, kernel: Callable[[], T], fallback: Callable[[], T]) -> T:
-    """Run `kernel`; under `auto` a failure to compile it falls back to `fallback`, warning once per
-    process and rule (an explicit `PLADIS_KERNEL=triton` lets the error through)."""
+    """Run `kernel`; under `auto` a failure to compile it (`triton_compile_errors`) falls back to
+    `fallback`, warning once per process and rule. Anything else — out of memory, a launch or
+    runtime error — propagates, as does every error under an explicit `PLADIS_KERNEL=triton`."""
     if requested_kernel() == "triton":
         return kernel()
     try:
         return kernel()
-    except Exception as error:  # noqa: BLE001 - any compile/launch failure of the JIT kernel
+    except triton_compile_errors() as error:
         _failed_triton.add(rule)
         warnings.warn(
-            f"PLADIS: the Triton {rule} kernel failed on this GPU ({type(error).__name__}: {error}); using the "
-            f"sync-free torch path from now on. Set {KERNEL_VARIABLE}=torch to silence this.",
+            f"PLADIS: the Triton {rule} kernel does not compile for this GPU ({type(error).__name__}: {error}); "
+            f"using the sync-free torch path from now on. Set {KERNEL_VARIABLE}=torch to silence this.",
             RuntimeWarning,
             stacklevel=3,
         )

@@ -139,6 +139,8 @@ class PLADISProcessor:
         self._stock = original if type(original) is self.stock_type else self.stock_type()
         self.text_keys, self.layer, self.image_context_calls = text_keys, layer, image_context_calls
         self._owner, self._fixed = owner, settings
+        family = getattr(owner, "family", None)  # an installation knows its model's family
+        self.family = family.name if family is not None else self.stock_type.__name__
 
     @property
     def installed_by(self) -> object | None:
@@ -208,6 +210,7 @@ class PLADISProcessor:
             text_tokens,
             segments,
             self.image_context_calls(attn),
+            self.family,
         )
         previous, calls.running = calls.running, layer
         try:

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_dispatch import dispatch_attention_fn as _dispatch_attention_fn
+from diffusers.models.attention_dispatch import dispatch_attention_fn as _diffusers_dispatch
 
 from .call_context import CROSS, LEADING, PACKED, LayerCall, active_calls
 from .composition import perturbed_by_layer_skip
+from .context_parallel import context_parallel_attention, sequence_parallel_config
 from .functional import cross_attention_rule
 from .joint_text_block import text_block_rule
 
@@ -110,10 +111,12 @@ def dispatch_attention_fn(
     parallel_config=None,
 ) -> torch.Tensor:
     """diffusers' `dispatch_attention_fn` ((B, N, H, D) tensors) as a PLADIS processor's attention call.
-    The changed layers run PyTorch SDPA whatever attention backend was chosen; in the pass a layer-skip guider
-    perturbs, diffusers' own call (which the guider's mode turns into the identity on the native backend)."""
+    The changed layers run PyTorch SDPA whatever attention backend was chosen. Under context parallelism
+    (`parallel_config` shards the sequence) the rule runs over every rank's keys (`attention.context_parallel`);
+    in the pass a layer-skip guider perturbs, diffusers' own call (which the guider's mode turns into the identity
+    on the native backend)."""
     if perturbed_by_layer_skip():
-        return _dispatch_attention_fn(
+        return _diffusers_dispatch(
             query,
             key,
             value,
@@ -127,7 +130,15 @@ def dispatch_attention_fn(
             parallel_config=parallel_config,
         )
     layer = _running_layer(dropout_p, is_causal, enable_gqa)
+    sharded = sequence_parallel_config(parallel_config) is not None
+    if sharded and layer.dense_calls > 0:  # keys that are not text (Wan's image context): diffusers' own call
+        layer.dense_calls -= 1
+        return _diffusers_dispatch(
+            query, key, value, attn_mask, scale=scale, backend=backend, parallel_config=parallel_config
+        )
     if attn_mask is not None and attn_mask.ndim == 2 and attn_mask.shape == (query.shape[0], key.shape[1]):
         attn_mask = attn_mask[:, None, None, :]  # (batch, keys), as diffusers' native backend reads it
     query, key, value = (t.transpose(1, 2) for t in (query, key, value))
+    if sharded:
+        return context_parallel_attention(layer, query, key, value, attn_mask, scale, parallel_config).transpose(1, 2)
     return pladis_attention(layer, query, key, value, attn_mask, scale).transpose(1, 2)

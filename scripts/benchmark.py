@@ -16,6 +16,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 
@@ -123,7 +124,8 @@ def sdxl_attention_case(args) -> dict[str, Callable[[], object]]:
 
 
 def flux_attention_case(args) -> dict[str, Callable[[], object]]:
-    """One FLUX double-stream attention module (24 heads × 128) over 512 text + 2048 image tokens."""
+    """One FLUX double-stream attention module (24 heads × 128) over 512 text + (--resolution / 16)² image
+    tokens: 4,096 at 1024²."""
     from diffusers.models.transformers.transformer_flux import FluxAttention, FluxAttnProcessor
 
     attn = (
@@ -133,7 +135,7 @@ def flux_attention_case(args) -> dict[str, Callable[[], object]]:
         .to(args.device, args.dtype)
         .eval()
     )
-    image = torch.randn(1, 2048, 3072, device=args.device, dtype=args.dtype)
+    image = torch.randn(1, (args.resolution // 16) ** 2, 3072, device=args.device, dtype=args.dtype)
     text = torch.randn(1, 512, 3072, device=args.device, dtype=args.dtype)
     return _module_variants(
         attn, FluxAttnProcessor(), PLADISFluxAttnProcessor(args.pladis_scale, args.pladis_alpha), image, text
@@ -308,7 +310,12 @@ def memory_in_subprocess(case: str, variant: str, argv: list[str]) -> int:
     return json.loads(result.stdout.strip().splitlines()[-1])["extra_bytes"]
 
 
-GPU_CHECK_TESTS = ("tests/test_kernel_paths.py", "tests/test_device_pipelines.py", "tests/test_compat_offload.py")
+GPU_CHECK_TESTS = (
+    "tests/test_kernel_paths.py",
+    "tests/test_device_bf16_flux.py",
+    "tests/test_device_pipelines.py",
+    "tests/test_compat_offload.py",
+)
 # (case, dtype) of `--gpu-check`: the attention modules and one denoiser step of SDXL (fp16) and FLUX (bf16).
 GPU_CHECK_RUNS = (
     ("sdxl-attention", "float16"),
@@ -316,6 +323,9 @@ GPU_CHECK_RUNS = (
     ("sdxl-unet", "float16"),
     ("flux-transformer", "bfloat16"),
 )
+# Device-test processes run at once: each cold Triton compile (one per kernel specialisation) costs seconds
+# of one CPU core, so shards overlap them (a GPU machine here has 16 cores).
+GPU_CHECK_SHARDS = 8
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -325,7 +335,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="sdxl-attention,flux-attention",
         help=f"comma-separated, from {', '.join(CASES)} (the whole-model cases are heavy on CPU)",
     )
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default=None, help="cpu (default) or cuda (default with --gpu-check)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument(
         "--kernels",
@@ -344,6 +354,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "FLUX (bf16) modules and denoiser steps with the torch and triton kernels, with counts",
     )
     parser.add_argument("--skip-tests", action="store_true", help="with --gpu-check: only the timing tables")
+    parser.add_argument(
+        "--shards",
+        type=int,
+        default=GPU_CHECK_SHARDS,
+        help="with --gpu-check: device-test processes run at once (their Triton compiles overlap)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="with --gpu-check: print what it would run, run nothing")
     parser.add_argument("--pladis-scale", type=float, default=2.0)
     parser.add_argument("--pladis-alpha", type=float, default=1.5)
     parser.add_argument("--resolution", type=int, default=1024, help="image side for the whole-model cases")
@@ -359,8 +376,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.kernels = args.kernels.split(",")
     if set(args.kernels) - set(KERNELS) or len(set(args.kernels)) != len(args.kernels):
         parser.error(f"--kernels: {','.join(args.kernels)!r} must list distinct values from {', '.join(KERNELS)}")
-    if args.skip_tests and not args.gpu_check:
-        parser.error("--skip-tests goes with --gpu-check")
+    if (args.skip_tests or args.dry_run) and not args.gpu_check:
+        parser.error("--skip-tests and --dry-run go with --gpu-check")
+    if args.shards < 1:
+        parser.error(f"--shards must be at least 1, got {args.shards}")
+    args.device = args.device or ("cuda" if args.gpu_check else "cpu")
+    if args.gpu_check and not args.dry_run and not (args.device.startswith("cuda") and torch.cuda.is_available()):
+        parser.error(
+            f"--gpu-check needs a CUDA GPU (--device cuda on a machine with one), got --device {args.device} "
+            f"with torch.cuda.is_available()={torch.cuda.is_available()}; --dry-run prints its plan anywhere"
+        )
     args.dtype_name, args.dtype = args.dtype, DTYPES[args.dtype]
     return args
 
@@ -423,22 +448,104 @@ def _device_name(device: str) -> str:
     return torch.cuda.get_device_name(device) if device.startswith("cuda") else device
 
 
-def gpu_check(args, argv: list[str]) -> int:
-    """The GPU check in one command: device tests (kernels vs the `entmax` package, tiny pipelines,
-    sequential offload), then the timing tables with launch and sync counts. Returns an exit code."""
+def gpu_check_commands(shards: int) -> list[list[str]]:
+    """The pytest command of each shard of the device tests (`tests/sharding.py`)."""
+    return [
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.sharding"]
+        + ["--shard", f"{index}/{shards}", *GPU_CHECK_TESTS]
+        for index in range(1, shards + 1)
+    ]
+
+
+def gpu_check_table_argv(args, case: str, dtype: str) -> list[str]:
+    """The benchmark options of one `--gpu-check` table: both kernels, counts, 1 double + 1 single FLUX block."""
+    return [
+        *("--device", args.device, "--cases", case, "--dtype", dtype, "--kernels", "torch,triton", "--counts"),
+        *("--resolution", str(args.resolution), "--flux-blocks", "1"),
+        *("--warmup", str(args.warmup), "--repeats", str(args.repeats)),
+        *("--pladis-scale", str(args.pladis_scale), "--pladis-alpha", str(args.pladis_alpha)),
+        *(["--no-memory"] if args.no_memory else []),
+    ]
+
+
+def run_device_tests(device: str, shards: int) -> int:
+    """The device tests as `shards` pytest processes at once on `device`; prints each one's summary (its
+    whole output when it failed) and returns 0 if all passed."""
+    environment = dict(os.environ, PLADIS_TEST_DEVICE=device)
+    environment.pop("TRITON_INTERPRET", None)
+    commands = gpu_check_commands(shards)
+    print(f"# device tests: PLADIS_TEST_DEVICE={device}, {shards} shards of {' '.join(GPU_CHECK_TESTS)}", flush=True)
     status = 0
-    if not args.skip_tests:
-        environment = dict(os.environ, PLADIS_TEST_DEVICE=args.device)
-        environment.pop("TRITON_INTERPRET", None)
-        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *GPU_CHECK_TESTS]
-        print(f"# device tests: PLADIS_TEST_DEVICE={args.device} {' '.join(command[1:])}", flush=True)
-        status = subprocess.run(command, env=environment, cwd=REPO_ROOT).returncode
-    for case, dtype in GPU_CHECK_RUNS:
-        case_args = parse_args(
-            [*_without_cases(argv), "--cases", case, "--dtype", dtype, "--kernels", "torch,triton", "--counts"]
-        )
-        case_args.flux_blocks = 1
-        run_table(case_args, [*_without_cases(argv), "--dtype", dtype, "--kernels", "torch,triton"])
+    with contextlib.ExitStack() as stack:
+        logs = [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in commands]
+        processes = [
+            subprocess.Popen(command, env=environment, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
+            for command, log in zip(commands, logs, strict=True)
+        ]
+        for index, (process, log) in enumerate(zip(processes, logs, strict=True), start=1):
+            code = process.wait()
+            log.seek(0)
+            output = log.read()
+            failed = code not in (0, 5)  # 5: this shard got no test
+            status = status or (code if failed else 0)
+            print(output if failed else f"## shard {index}/{shards}: {output.strip().splitlines()[-1:]}", flush=True)
+    return status
+
+
+_SDPA_CHOICES = {0: "math", 1: "flash", 2: "efficient", 3: "cudnn", 4: "overrideable"}
+
+
+def sdpa_backend_report(device: str) -> list[str]:
+    """Per production shape, the kernel stock SDPA runs on this card (torch's own `_fused_sdp_choice`) and
+    the one PLADIS's joint rule mirrors (`stock_sdpa_backend`); they must agree."""
+    from attention.sdpa_backend import stock_sdpa_backend
+
+    shapes = {  # (batch, heads, queries, keys, head dim, dtype, masked)
+        "SDXL attn2 1024², fp16": (2, 10, 4096, 77, 64, torch.float16, False),
+        "FLUX joint 1024², bf16": (1, 24, 4608, 4608, 128, torch.bfloat16, False),
+        "SD3.5 joint 1024², fp16": (2, 24, 4429, 4429, 64, torch.float16, False),
+        "Qwen-Image joint with text mask, bf16": (1, 24, 4352, 4352, 128, torch.bfloat16, True),
+    }
+    lines = []
+    for name, (batch, heads, queries, keys, dim, dtype, masked) in shapes.items():
+        query = torch.randn(batch, queries, heads, dim, device=device, dtype=dtype).transpose(1, 2)
+        key, value = (torch.randn(batch, heads, keys, dim, device=device, dtype=dtype) for _ in range(2))
+        mask = torch.zeros(batch, 1, 1, keys, device=device, dtype=dtype) if masked else None
+        stock = _SDPA_CHOICES.get(torch._fused_sdp_choice(query, key, value, mask), "?")
+        mirrored = stock_sdpa_backend(query, key, value, mask)
+        agreement = "agrees" if stock == mirrored else "DISAGREES"
+        lines.append(f"# stock SDPA, {name}: {stock} (PLADIS's dense op mirrors {mirrored}: {agreement})")
+    return lines
+
+
+def gpu_check_header(device: str) -> str:
+    import triton
+
+    major, minor = torch.cuda.get_device_capability(device)
+    deprioritized = os.environ.get("TORCH_CUDNN_SDPA_DEPRIORITIZED", "unset")
+    return (
+        f"# GPU check {time.strftime('%Y-%m-%d')}: {_device_name(device)} (sm{major}{minor}), "
+        f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, "
+        f"Triton {triton.__version__}, TORCH_CUDNN_SDPA_DEPRIORITIZED={deprioritized}"
+    )
+
+
+def gpu_check(args) -> int:
+    """The GPU check in one command: the card, torch versions and the SDPA kernel stock runs; device
+    tests (both kernels and the bf16 production path against float64, tiny pipelines, offload) in
+    parallel shards; then the timing tables with launch and sync counts. Returns an exit code."""
+    tables = [gpu_check_table_argv(args, case, dtype) for case, dtype in GPU_CHECK_RUNS]
+    if args.dry_run:
+        print(f"# GPU check plan: PLADIS_TEST_DEVICE={args.device}, device tests in {args.shards} shards at once")
+        for command in [] if args.skip_tests else gpu_check_commands(args.shards):
+            print(" ".join(command[1:]))
+        for argv in tables:
+            print("-m scripts.benchmark " + " ".join(argv))
+        return 0
+    print(gpu_check_header(args.device), *sdpa_backend_report(args.device), sep="\n", flush=True)
+    status = 0 if args.skip_tests else run_device_tests(args.device, args.shards)
+    for argv in tables:
+        run_table(parse_args(argv), argv)
     return status
 
 
@@ -451,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"extra_bytes": extra_peak_memory(runs, args.memory_of, args)}))
         return 0
     if args.gpu_check:
-        return gpu_check(args, [item for item in argv if item not in ("--gpu-check", "--skip-tests")])
+        return gpu_check(args)
     run_table(args, argv)
     return 0
 

@@ -42,6 +42,7 @@ _FREE_OPS = {
     "sym_numel",
     "sym_storage_offset",
     "copy_meta",
+    "device",  # `prim.device`, seen on fake tensors
 }
 
 
@@ -52,6 +53,25 @@ class DispatchCount:
     ops: int = 0
     syncs: int = 0
     by_name: Counter = field(default_factory=Counter)
+
+    def add_launch(self, name: str) -> None:
+        """Count one kernel launch the dispatcher does not see (a Triton kernel, a fused op run elsewhere)."""
+        self.ops += 1
+        self.by_name[name] += 1
+
+
+def _host_device_copy(name: str, args: tuple, kwargs: dict) -> bool:
+    """A blocking copy between the host and a device (`.cpu()`, `.to("cuda")` of host data): PyTorch
+    waits for it to finish, a sync."""
+    if name == "_to_copy" and kwargs.get("device") is not None:
+        source, target = args[0].device.type, torch.device(kwargs["device"]).type
+        non_blocking = kwargs.get("non_blocking", False)
+    elif name == "copy_" and isinstance(args[1], torch.Tensor):
+        source, target = args[1].device.type, args[0].device.type
+        non_blocking = kwargs.get("non_blocking", len(args) > 2 and args[2])
+    else:
+        return False
+    return source != target and "cpu" in (source, target) and not non_blocking
 
 
 class _Counting(TorchDispatchMode):
@@ -64,7 +84,7 @@ class _Counting(TorchDispatchMode):
         boolean_index = name == "index" and any(
             isinstance(index, torch.Tensor) and index.dtype == torch.bool for index in (args[1] or ())
         )
-        if name in _SYNC_OPS or boolean_index:
+        if name in _SYNC_OPS or boolean_index or _host_device_copy(name, args, kwargs or {}):
             self.count.syncs += 1
         if not (func.is_view or name in _FREE_OPS):
             self.count.ops += 1

@@ -225,9 +225,11 @@ def test_step_caches_run_pladis_at_constant_scale_and_refuse_windows(flux, cache
 
 @pytest.fixture
 def counted_backend(monkeypatch):
-    """Calls of diffusers' `_native_math` attention backend, counted."""
+    """Calls of diffusers' `_native_math` attention backend, counted. (`set_attention_backend` also sets diffusers'
+    process-wide active backend, which `reset_attention_backend` leaves: put back after the test.)"""
     backend = AttentionBackendName._NATIVE_MATH
     original, calls = _AttentionBackendRegistry._backends[backend], []
+    monkeypatch.setattr(_AttentionBackendRegistry, "_active_backend", _AttentionBackendRegistry._active_backend)
 
     def counting(*args, **kwargs):
         calls.append(1)

@@ -133,26 +133,3 @@ def test_torch_path_covers_every_alpha(alpha, case, device):
     )
     ours = sync_free_pladis_attention(*_on(device, query, key, value), 2.0, alpha, *_on(device, mask), scale)
     torch.testing.assert_close(ours.cpu().double(), expected, rtol=1e-5, atol=2e-5)
-
-
-def test_cuda_only_branches_have_the_right_shapes_and_dtypes_on_meta_tensors(monkeypatch):
-    """The branches that only run on CUDA (half GEMMs with float32 output, the flash kernel's
-    log-sum-exp) traced on `meta` tensors at SDXL / FLUX shapes: every op exists and the shapes line up."""
-    import attention.sync_free_attention as sync_free
-    from attention.joint_text_block import cuda_flash_attention_with_log_normaliser
-
-    monkeypatch.setattr(sync_free, "_half_gemm", lambda query, key: True)
-    meta = dict(device="meta", dtype=torch.float16)
-    query = torch.empty(2, 4096, 10, 64, **meta).transpose(1, 2)  # the processors' (B, N, H, D) memory
-    key, value = torch.empty(2, 10, 77, 64, **meta), torch.empty(2, 10, 77, 64, **meta)
-    out = sync_free.sync_free_pladis_attention(query, key, value, 2.0, 1.5, torch.empty(2, 1, 1, 77, **meta), 0.125)
-    assert out.shape == (2, 10, 4096, 64) and out.dtype == torch.float16
-
-    joint = dict(device="meta", dtype=torch.bfloat16)
-    q, k, v = (torch.empty(1, 24, 4608, 128, **joint) for _ in range(3))
-    dense, log_normaliser = cuda_flash_attention_with_log_normaliser(q, k, v, 128**-0.5)
-    assert dense.shape == q.shape and log_normaliser.shape == (1, 24, 4608) and log_normaliser.dtype == torch.float32
-    corrected = sync_free.sync_free_text_block_correction_(
-        dense, q, k, v, slice(0, 512), slice(512, 4608), 2.0, 1.5, None, 128**-0.5, log_normaliser=log_normaliser
-    )
-    assert corrected.shape == q.shape and corrected.dtype == torch.bfloat16

@@ -286,16 +286,27 @@ def test_choosing_every_flux_layer_by_id_is_the_single_blocks_run_and_each_pair_
 
 def test_overlapping_calls_keep_their_own_windows_and_layers(stock):
     """Two calls on one U-Net (from_pipe, a scheduler each) in threads, each in the other's loop: each gets its
-    own window and layers, as alone."""
+    own window and layers, as alone. (The prompt is encoded beforehand: transformers' tokenizers are not safe to
+    share between threads.)"""
     pipes = {"early mid": fresh(stock), "late up": fresh(stock)}
     settings = {
         "early mid": {"pladis_stop": 0.5, "pladis_layers": "mid"},
         "late up": {"pladis_start": 0.5, "pladis_layers": "up_blocks"},
     }
+    names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
+    embeds = dict(zip(names, stock.encode_prompt("a photo of a red cube"), strict=True))
 
     def call(name, callback=None):
         with apply_pladis(pipes[name], SCALE, **settings[name]):
-            return run_pipe(pipes[name], num_inference_steps=STEPS, callback_on_step_end=callback)
+            return pipes[name](
+                **embeds,
+                num_inference_steps=STEPS,
+                height=64,
+                width=64,
+                output_type="np",
+                generator=torch.Generator("cpu").manual_seed(0),
+                callback_on_step_end=callback,
+            ).images
 
     solo = {name: call(name) for name in pipes}
     both_in_loop = threading.Barrier(2, timeout=TIMEOUT)

@@ -159,6 +159,12 @@ def save_with_and_without(pipe: Any, args: argparse.Namespace, method: str, **ca
     """Generate `args.prompt` twice from the same seed, at λ = 0 and λ = `--pladis-scale`, with the options'
     guidance scale and guidance arguments plus `call_options`, and write the two images side by side, labelled
     `method` and `method + PLADIS`. Returns the grid path."""
+    return save_pair(images_with_and_without(pipe, args, **call_options), args, method)
+
+
+def images_with_and_without(pipe: Any, args: argparse.Namespace, **call_options: Any) -> list:
+    """The two images of `save_with_and_without`, without writing them (every process of a parallel run
+    generates; one writes)."""
     options = {
         "height": args.height,
         "width": args.width,
@@ -169,10 +175,14 @@ def save_with_and_without(pipe: Any, args: argparse.Namespace, method: str, **ca
     if "timesteps" not in options:
         options.setdefault("num_inference_steps", args.steps)
     pladis = {name: value for name, value in pladis_arguments(args).items() if value != PLADIS_OPTIONS[name]}
-    images = [
+    return [
         pipe(args.prompt, generator=seeded_generator(args.seed), pladis_scale=scale, **pladis, **options).images[0]
         for scale in (0.0, args.pladis_scale)
     ]
+
+
+def save_pair(images: list, args: argparse.Namespace, method: str) -> Path:
+    """Write the without/with-PLADIS `images` side by side to `args.out`, labelled; returns the path."""
     labels = [method, f"{method} + PLADIS (scale {args.pladis_scale:g}, alpha {args.pladis_alpha:g})"]
     path = save_grid(images, labels, args.out)
     print(f"wrote {path}")
