@@ -74,6 +74,7 @@ class LayerCall:
     segments: tuple[tuple[int, int], ...] | None = None
     dense_calls: int = 0  # leading attention calls of the layer that are not on text (Wan's image context)
     family: str = ""  # the model family (errors name it)
+    text_done: bool = False  # the call on text has run: later ones (an IP-Adapter's image prompt) stay dense
 
 
 @dataclass

@@ -20,13 +20,17 @@ from diffusers.models.attention_processor import (
     AttnProcessor2_0,
     FusedAttnProcessor2_0,
     FusedJointAttnProcessor2_0,
+    IPAdapterAttnProcessor,
+    IPAdapterAttnProcessor2_0,
+    IPAdapterXFormersAttnProcessor,
     JointAttnProcessor2_0,
+    SD3IPAdapterJointAttnProcessor2_0,
     SlicedAttnProcessor,
     XFormersAttnProcessor,
 )
 from diffusers.models.transformers.sana_transformer import SanaAttnProcessor2_0
 from diffusers.models.transformers.transformer_cogview4 import CogView4AttnProcessor
-from diffusers.models.transformers.transformer_flux import FluxAttention, FluxAttnProcessor
+from diffusers.models.transformers.transformer_flux import FluxAttention, FluxAttnProcessor, FluxIPAdapterAttnProcessor
 from diffusers.models.transformers.transformer_flux2 import (
     Flux2Attention,
     Flux2AttnProcessor,
@@ -51,8 +55,10 @@ class TextAttention:
     """One kind of text-seeing attention module in a family, and how PLADIS acts on it.
 
     `processors` maps each stock processor the module may hold to the stock processor whose code runs
-    with PLADIS. `optional` kinds are on only with `pladis_single_blocks=True`. `image_context_calls`
-    counts the leading attention calls of a layer call whose keys are not text (they stay dense).
+    with PLADIS (a processor with weights, an IP-Adapter's, runs that code on its own weights). `optional`
+    kinds are on only with `pladis_single_blocks=True`. A layer call attends to the text in one attention call:
+    `image_context_calls` counts the calls before it whose keys are not text (Wan's image context); the calls
+    after it (an IP-Adapter's image prompt) are not on text either. Both stay dense.
     """
 
     blocks: str
@@ -154,6 +160,12 @@ _SDPA_LIKE = {
         XFormersAttnProcessor,
     )
 }
+# IP-Adapter processors of the U-Nets (`load_ip_adapter`): the text, then each image prompt; the classic and xformers
+# ones hold the same weights as the SDPA one, whose code runs on them.
+_IP_ADAPTER = {
+    processor: IPAdapterAttnProcessor2_0
+    for processor in (IPAdapterAttnProcessor2_0, IPAdapterAttnProcessor, IPAdapterXFormersAttnProcessor)
+}
 
 ATTENTION_MODULES = Family(
     "diffusers Attention (SD 1.5/2.x/SDXL U-Nets and ControlNets, PixArt, SANA, SD3/3.5)",
@@ -163,13 +175,17 @@ ATTENTION_MODULES = Family(
             "every cross-attention (attn2)",
             _is_cross_attention,
             CROSS,
-            {**_SDPA_LIKE, SanaAttnProcessor2_0: SanaAttnProcessor2_0},
+            {**_SDPA_LIKE, **_IP_ADAPTER, SanaAttnProcessor2_0: SanaAttnProcessor2_0},
         ),
         TextAttention(
             "joint attention, text last (SD3)",
             _is_joint_attention,
             TRAILING,
-            {JointAttnProcessor2_0: JointAttnProcessor2_0, FusedJointAttnProcessor2_0: JointAttnProcessor2_0},
+            {
+                JointAttnProcessor2_0: JointAttnProcessor2_0,
+                FusedJointAttnProcessor2_0: JointAttnProcessor2_0,
+                SD3IPAdapterJointAttnProcessor2_0: SD3IPAdapterJointAttnProcessor2_0,  # SD3.5's IP-Adapter
+            },
         ),
     ),
 )
@@ -178,7 +194,7 @@ _FLUX_DOUBLE = TextAttention(
     "double-stream blocks",
     _of_type(FluxAttention, with_text_projections=True),
     LEADING,
-    {FluxAttnProcessor: FluxAttnProcessor},
+    {FluxAttnProcessor: FluxAttnProcessor, FluxIPAdapterAttnProcessor: FluxIPAdapterAttnProcessor},  # + IP-Adapter
 )
 _FLUX_SINGLE = TextAttention(
     "single-stream blocks",

@@ -182,8 +182,8 @@ def text_attention_layers(
     every_id_names_one: bool = True,
 ) -> dict[str, TextLayer]:
     """The layers of `model` PLADIS acts on (`chosen_layer_names`), checked: a layer holding a processor its
-    record does not name (an IP-Adapter, a custom one) raises, since replacing it would drop what it does and
-    keeping it would silently run without PLADIS; so does a model without any."""
+    record does not name (a custom one) raises, since replacing it would drop what it does and keeping it would
+    silently run without PLADIS; so does a model without any."""
     layers = {}
     candidates = text_attention_candidates(model, family)
     for name in chosen_layer_names(candidates, single_blocks, layer_ids, every_id_names_one=every_id_names_one):
@@ -199,9 +199,9 @@ def text_attention_layers(
         if runs_as is None:
             stock = sorted({cls.__name__ for cls in kind.processors})
             raise ValueError(
-                f"PLADIS cannot replace {type(original).__name__} on {name} (an IP-Adapter or custom processor would "
-                f"be dropped); it replaces the stock processors {', '.join(stock)}: "
-                "unload or reset that layer's processor"
+                f"PLADIS cannot replace {type(original).__name__} on {name} (what it does would be dropped); "
+                f"{kind.blocks} of {type(model).__name__} run PLADIS with the stock processors {', '.join(stock)} "
+                "(IP-Adapters from load_ip_adapter included): unload or reset that layer's processor"
             )
         if isinstance(module, Attention) and not getattr(module, "scale_qk", True):
             raise ValueError(f"PLADIS needs the standard 1/sqrt(head_dim) logit scale, but {name} has scale_qk=False")
@@ -219,7 +219,9 @@ def fixed_pladis_processors(model: torch.nn.Module, settings: PLADISSettings) ->
     """`pladis_processors` with λ/α already checked (`PLADISSettings`)."""
     model = attention_model(model)
     return {
-        name: pladis_processor_class(layer.runs_as).with_settings(settings, text_keys=layer.kind.text_keys)
+        name: pladis_processor_class(layer.runs_as).with_settings(
+            settings, text_keys=layer.kind.text_keys, original=layer.original
+        )
         for name, layer in text_attention_layers(model, family_of(model), False).items()
     }
 
@@ -450,12 +452,14 @@ def settings_of_call(pipe_or_denoiser: object, given: Mapping[str, Any]) -> PLAD
     given = {name: value for name, value in given.items() if value is not None}
     if not given:
         return None
-    base = settings_in_context(pipe_or_denoiser) or PLADISSettings(0.0)
+    enclosing = settings_in_context(pipe_or_denoiser)
+    if enclosing is None:
+        return PLADISSettings(**{"pladis_scale": 0.0, **given})
     if "pladis_layers" in given:
         given.setdefault("pladis_single_blocks", False)
     if given.get("pladis_single_blocks"):
         given.setdefault("pladis_layers", None)
-    return replace(base, **given)
+    return replace(enclosing, **given)
 
 
 @contextmanager

@@ -95,14 +95,26 @@ class PLADISProcessor:
 
     @classmethod
     def with_settings(
-        cls, settings: PLADISSettings, text_length: TextLength | None = None, *, text_keys: str | None = None
+        cls,
+        settings: PLADISSettings,
+        text_length: TextLength | None = None,
+        *,
+        text_keys: str | None = None,
+        original: object | None = None,
     ) -> PLADISProcessor:
-        """A processor with fixed, already checked `settings` (as `Cls(λ, α, ...)` without checking λ/α again)."""
+        """A processor with fixed, already checked `settings` (as `Cls(λ, α, ...)` without checking λ/α again);
+        `original`: the layer's processor, whose weights a processor with weights (an IP-Adapter's) runs on."""
         processor = cls.__new__(cls)
-        processor._set_fixed(settings, text_length, text_keys)
+        processor._set_fixed(settings, text_length, text_keys, original)
         return processor
 
-    def _set_fixed(self, settings: PLADISSettings, text_length: TextLength | None, text_keys: str | None) -> None:
+    def _set_fixed(
+        self,
+        settings: PLADISSettings,
+        text_length: TextLength | None,
+        text_keys: str | None,
+        original: object | None = None,
+    ) -> None:
         if text_length is not None and not isinstance(text_length, TextLength):
             raise TypeError(f"text_length must be a TextLength (see recorded_text_length), got {text_length!r}")
         fixed = CallSettings(
@@ -111,7 +123,8 @@ class PLADISProcessor:
             settings.pladis_alpha,
             recorded=text_length if text_length is not None else TextLength(),
         )
-        self._setup(self.stock_type(), text_keys or self.default_text_keys, None, _no_image_context, self, fixed)
+        original = self.stock_type() if original is None else original
+        self._setup(original, text_keys or self.default_text_keys, None, _no_image_context, self, fixed)
 
     @classmethod
     def installed(
@@ -133,12 +146,20 @@ class PLADISProcessor:
     def _setup(self, original, text_keys, layer, image_context_calls, owner, settings) -> None:
         if text_keys not in TEXT_KEYS:
             raise ValueError(f"text_keys must be one of {TEXT_KEYS}, got {text_keys!r}")
+        if isinstance(self, torch.nn.Module):
+            # A processor with weights (an IP-Adapter's) is a submodule of its layer: so is this one, holding the
+            # original, so its weights stay in the model (`.to()`, offloading hooks) while PLADIS is installed.
+            torch.nn.Module.__init__(self)
         self.original = original
-        # The stock code runs on the original processor when it is of that type (its backend settings),
-        # else on a fresh stock processor (a sliced or xformers original is run as the SDPA processor).
-        self._stock = original if type(original) is self.stock_type else self.stock_type()
+        # The stock code runs on the original processor when it is of that type (its backend settings) or has
+        # weights (an IP-Adapter's: the classic and xformers ones hold the SDPA one's), else on a fresh stock
+        # processor (a sliced or xformers original is run as the SDPA processor).
+        source = original._stock if isinstance(original, PLADISProcessor) else original  # one set by hand
+        reused = type(source) is self.stock_type or isinstance(source, torch.nn.Module)
+        object.__setattr__(self, "_stock", source if reused else self.stock_type())  # not a second submodule
         self.text_keys, self.layer, self.image_context_calls = text_keys, layer, image_context_calls
-        self._owner, self._fixed = owner, settings
+        object.__setattr__(self, "_owner", owner)  # a fixed-setting processor owns itself: not its own submodule
+        self._fixed = settings
         family = getattr(owner, "family", None)  # an installation knows its model's family
         self.family = family.name if family is not None else self.stock_type.__name__
 
@@ -225,7 +246,7 @@ _CLASSES: dict[type, type] = {}
 def pladis_processor_class(stock_type: type, name: str | None = None, text_keys: str | None = None) -> type:
     """The PLADIS processor class of `stock_type` (one per stock type): same call signature (diffusers
     passes a processor only the keyword arguments its `__call__` names), the stock code with its attention
-    call bound to PLADIS."""
+    call bound to PLADIS; a `torch.nn.Module` when the stock processor is one (it has weights)."""
     if stock_type in _CLASSES:
         return _CLASSES[stock_type]
     signature = inspect.signature(stock_type.__call__)
@@ -238,7 +259,7 @@ def pladis_processor_class(stock_type: type, name: str | None = None, text_keys:
     __call__.__signature__ = signature
     cls = type(
         name or f"PLADIS{stock_type.__name__}",
-        (PLADISProcessor,),
+        (PLADISProcessor, torch.nn.Module) if issubclass(stock_type, torch.nn.Module) else (PLADISProcessor,),
         {
             "__call__": __call__,
             "__module__": __name__,

@@ -49,10 +49,21 @@ def _packed_attention(layer: LayerCall, query, key, value, attn_mask, scale) -> 
     return output
 
 
+def _off_text(layer: LayerCall) -> bool:
+    """Whether this attention call of `layer` is not on the text (it stays stock attention): one of the leading
+    calls on other keys (Wan's image context) or a call after the text call (an IP-Adapter's image prompt)."""
+    if layer.dense_calls > 0:
+        layer.dense_calls -= 1
+        return True
+    if layer.text_done:
+        return True
+    layer.text_done = True
+    return False
+
+
 def pladis_attention(layer: LayerCall, query, key, value, attn_mask=None, scale=None) -> torch.Tensor:
     """One attention call of `layer` on (B, H, N, D) tensors, by the layer's rule (SDPA mask semantics)."""
-    if layer.dense_calls > 0:  # keys that are not text (Wan's image context): stock attention
-        layer.dense_calls -= 1
+    if _off_text(layer):
         return _sdpa(query, key, value, attn_mask=attn_mask, scale=scale)
     if layer.text_keys == CROSS:
         return cross_attention_rule(
@@ -131,8 +142,7 @@ def dispatch_attention_fn(
         )
     layer = _running_layer(dropout_p, is_causal, enable_gqa)
     sharded = sequence_parallel_config(parallel_config) is not None
-    if sharded and layer.dense_calls > 0:  # keys that are not text (Wan's image context): diffusers' own call
-        layer.dense_calls -= 1
+    if sharded and _off_text(layer):  # not on text (Wan's image context, an IP-Adapter's image): diffusers' own
         return _diffusers_dispatch(
             query, key, value, attn_mask, scale=scale, backend=backend, parallel_config=parallel_config
         )

@@ -1,22 +1,23 @@
-"""Perturbed-attention guidance for the SDXL pipelines: PAG and SEG set up per call, with PLADIS.
+"""The per-call keywords of the PLADIS pipelines, defined once, and perturbed-attention guidance for SDXL.
 
-`PerturbedGuidanceMixin` is shared by the SEG/PAG and ControlNet pipelines (diffusers' `PAGMixin`
-subclasses): it checks the PAG / SEG / PLADIS arguments, installs the processors for one call and
-puts everything back afterwards, also when the call raises. `GUIDANCE_ARGUMENTS` defines those
-arguments once: both pipelines' keywords, defaults and docstrings, and the scripts' options, come from it.
+`GUIDANCE_ARGUMENTS` is the one table of the keywords the PLADIS pipelines add to their parents' `__call__`
+(PLADIS, PAG, SEG): each row says which pipelines take it, and their signatures, defaults, docstrings and
+checks (`pipeline/call_signature.py`), and the scripts' options, come from it. `PerturbedGuidanceMixin` is
+shared by the SEG/PAG and ControlNet pipelines (diffusers' `PAGMixin` subclasses): it checks the PAG / SEG /
+PLADIS arguments, installs the processors for one call and puts everything back afterwards, also when the
+call raises.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass, fields
 from typing import Any
 
 from diffusers.models.attention_processor import Attention
 
-from attention.install import apply_pladis_settings, swapped_attn_processors
+from attention.install import apply_pladis_settings, settings_of_call, swapped_attn_processors
 from attention.seg_blur import SEG_INFINITE_BLUR
 from attention.seg_processor import recording_latent_size, seg_attn_processors
 from attention.settings import PLADISSettings
@@ -29,12 +30,18 @@ from attention.validation import (
     check_seg_blur_sigma,
 )
 
+# The PLADIS pipelines, by their `--pipeline` names: what a row of the table says it is a keyword of.
+SDXL, SDXL_SEG, CONTROLNET, FLUX = "sdxl", "sdxl-seg", "controlnet", "flux"
+EVERY_PIPELINE = frozenset({SDXL, SDXL_SEG, CONTROLNET, FLUX})
+PERTURBED_GUIDANCE = frozenset({SDXL_SEG, CONTROLNET})  # diffusers' PAG pipelines underneath
+
 
 @dataclass(frozen=True)
 class GuidanceArgument:
-    """One per-call guidance argument of the PAG/SEG pipelines, defined once: the keyword, its default and
-    type, the line that documents it, the check of its value (given the name to report), and the option
-    the scripts offer for it (None: the scripts set it their own way, as for λ sweeps)."""
+    """One per-call keyword of the PLADIS pipelines, defined once: the keyword, its default and type, the line
+    that documents it, the check of its value (given the name to report), the option the scripts offer for it
+    (None: the scripts set it their own way, as for λ sweeps), and the pipelines that take it. A keyword named
+    like a `PLADISSettings` field goes to the attention as that field (and is checked there)."""
 
     name: str
     default: Any
@@ -43,6 +50,7 @@ class GuidanceArgument:
     check: Callable[[str, Any], Any] | None  # None: layer ids, checked against the model's layers
     option: str | None = None  # `pag_layers` → `--pag-layers`
     kind: type = float  # how the scripts parse it: float, bool, or list (layer ids)
+    pipelines: frozenset[str] = EVERY_PIPELINE
 
 
 GUIDANCE_ARGUMENTS: tuple[GuidanceArgument, ...] = (
@@ -53,6 +61,7 @@ GUIDANCE_ARGUMENTS: tuple[GuidanceArgument, ...] = (
         "PAG strength s (0 = off); the perturbed self-attention is the identity.",
         check_guidance_scale,
         "pag_scale",
+        pipelines=PERTURBED_GUIDANCE,
     ),
     GuidanceArgument(
         "pag_adaptive_scale",
@@ -61,6 +70,7 @@ GUIDANCE_ARGUMENTS: tuple[GuidanceArgument, ...] = (
         "PAG's timestep-adaptive decay (PAG only).",
         check_guidance_scale,
         "pag_adaptive_scale",
+        pipelines=PERTURBED_GUIDANCE,
     ),
     GuidanceArgument(
         "pag_applied_layers",
@@ -71,6 +81,7 @@ GUIDANCE_ARGUMENTS: tuple[GuidanceArgument, ...] = (
         None,
         "pag_layers",
         list,
+        PERTURBED_GUIDANCE,
     ),
     GuidanceArgument(
         "seg_scale",
@@ -79,6 +90,7 @@ GUIDANCE_ARGUMENTS: tuple[GuidanceArgument, ...] = (
         "SEG strength s (0 = off); cannot be combined with pag_scale > 0.",
         check_guidance_scale,
         "seg_scale",
+        pipelines=PERTURBED_GUIDANCE,
     ),
     GuidanceArgument(
         "seg_blur_sigma",
@@ -87,6 +99,7 @@ GUIDANCE_ARGUMENTS: tuple[GuidanceArgument, ...] = (
         "σ of SEG's query blur; above 9999 (the default) the query becomes its mean.",
         lambda name, value: check_seg_blur_sigma(value),
         "seg_blur_sigma",
+        pipelines=PERTURBED_GUIDANCE,
     ),
     GuidanceArgument(
         "seg_applied_layers",
@@ -96,86 +109,111 @@ GUIDANCE_ARGUMENTS: tuple[GuidanceArgument, ...] = (
         None,
         "seg_layers",
         list,
+        PERTURBED_GUIDANCE,
     ),
     GuidanceArgument(
         "pladis_scale",
-        0.0,
-        "float",
-        "λ in softmax + λ·(entmax_α − softmax) on every cross-attention layer; 0 = off.",
+        None,
+        "float | None",
+        "λ of PLADIS: softmax + λ·(entmax_α − softmax) on the denoiser's text attention (cross-attention; FLUX: "
+        "the image-query × text-key block); 0 = off, the stock pipeline bit for bit; 1.5–2.0 is typical. None (the "
+        "default): what an enclosing apply_pladis set, else 0. Every PLADIS keyword left at None keeps the enclosing "
+        "apply_pladis's value (else its usual default); one given replaces it for this call.",
         lambda name, value: check_pladis_scale(value),
     ),
     GuidanceArgument(
         "pladis_alpha",
-        1.5,
-        "float",
-        "α of the sparse map, in (1, 2]; 1.5 = entmax15 (default), 2.0 = sparsemax.",
+        None,
+        "float | None",
+        "α of the sparse map, in (1, 2]; 1.5 = entmax15 (the usual default), 2.0 = sparsemax.",
         lambda name, value: check_pladis_alpha(value),
     ),
     GuidanceArgument(
+        "pladis_start",
+        None,
+        "float | None",
+        "the step window's start, a fraction of the denoising steps: PLADIS acts on step i of N iff "
+        "int(start·N) <= i < int(stop·N), as diffusers' guiders' start/stop (usual default 0).",
+        None,
+    ),
+    GuidanceArgument(
+        "pladis_stop",
+        None,
+        "float | None",
+        "the step window's stop, a fraction of the denoising steps, pladis_start <= pladis_stop <= 1 (usual "
+        "default 1).",
+        None,
+    ),
+    GuidanceArgument(
+        "pladis_layers",
+        None,
+        "str | list[str] | None",
+        'the text-attention layers PLADIS acts on, ids as pag_applied_layers ("mid", "down_blocks.2", '
+        '"up_blocks.0.attentions.1", "transformer_blocks.3", "single_transformer_blocks"); usual default: the '
+        "model's default layers.",
+        None,
+    ),
+    GuidanceArgument(
         "pladis_controlnet",
-        False,
-        "bool",
+        None,
+        "bool | None",
         "also put PLADIS on every cross-attention layer of the ControlNet(s) (ControlNet pipeline).",
         check_flag,
         "pladis_controlnet",
         bool,
+        frozenset({CONTROLNET}),
+    ),
+    GuidanceArgument(
+        "pladis_single_blocks",
+        None,
+        "bool | None",
+        "also apply PLADIS in FLUX's single-stream blocks (default: the double-stream blocks only; the authors' "
+        "reference is unclear on single-stream blocks).",
+        check_flag,
+        "pladis_single_blocks",
+        bool,
+        frozenset({FLUX}),
     ),
 )
 GUIDANCE_BY_NAME = {argument.name: argument for argument in GUIDANCE_ARGUMENTS}
-# The SEG/PAG pipeline takes all but pladis_controlnet; the ControlNet pipeline takes them all.
-SEG_PIPELINE_ARGUMENTS = tuple(argument for argument in GUIDANCE_ARGUMENTS if argument.name != "pladis_controlnet")
-CONTROLNET_PIPELINE_ARGUMENTS = GUIDANCE_ARGUMENTS
 
 
-def guidance_signature(arguments: Sequence[GuidanceArgument]) -> inspect.Signature:
-    """`(self, *args, <each argument>=<default>, **kwargs)`: what a pipeline's `__call__` taking `arguments`
-    by keyword shows to `inspect.signature` (and so to the scripts' `call_parameters`)."""
-    keyword = inspect.Parameter.KEYWORD_ONLY
-    return inspect.Signature(
-        [
-            inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-            inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL, annotation="Any"),
-            *(inspect.Parameter(a.name, keyword, default=a.default, annotation=a.annotation) for a in arguments),
-            inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD, annotation="Any"),
-        ]
-    )
-
-
-def accepts_guidance(arguments: Sequence[GuidanceArgument]) -> Callable[[Callable], Callable]:
-    """Decorate a pipeline's `__call__(self, guidance, *args, **kwargs)`: callers pass `arguments` by keyword
-    (unset ones take their defaults) and the method gets them as the dict `guidance`; every other keyword
-    goes on to the parent pipeline, which refuses unknown ones. The signature and docstring list them."""
-
-    def decorate(call: Callable) -> Callable:
-        def __call__(self, *args: Any, **kwargs: Any):
-            guidance = {argument.name: kwargs.pop(argument.name, argument.default) for argument in arguments}
-            return call(self, guidance, *args, **kwargs)
-
-        __call__.__name__, __call__.__qualname__, __call__.__module__ = (
-            call.__name__,
-            call.__qualname__,
-            call.__module__,
-        )
-        lines = "\n".join(f"        {argument.name}: {argument.help}" for argument in arguments)
-        __call__.__doc__ = f"{(call.__doc__ or '').rstrip()}\n\n{lines}\n        "
-        __call__.__signature__ = guidance_signature(arguments)
-        return __call__
-
-    return decorate
+def keywords_of(pipeline: str) -> tuple[GuidanceArgument, ...]:
+    """The rows of `GUIDANCE_ARGUMENTS` that `pipeline` (SDXL, SDXL_SEG, CONTROLNET or FLUX) takes, in order."""
+    if pipeline not in EVERY_PIPELINE:
+        raise ValueError(f"unknown PLADIS pipeline {pipeline!r}; the table knows {', '.join(sorted(EVERY_PIPELINE))}")
+    return tuple(argument for argument in GUIDANCE_ARGUMENTS if pipeline in argument.pipelines)
 
 
 # The PLADIS arguments of a call: checked once, together, by `PLADISSettings` (the object the attention trusts).
-PLADIS_ARGUMENTS = ("pladis_scale", "pladis_alpha", "pladis_controlnet")
+PLADIS_ARGUMENTS = tuple(field.name for field in fields(PLADISSettings))
 
 
-def checked_guidance(guidance: Mapping[str, Any]) -> tuple[dict[str, Any], PLADISSettings]:
+def pladis_settings(pipe: Any, values: Mapping[str, Any]) -> PLADISSettings | None:
+    """The call's `PLADISSettings` from its PLADIS keywords (None = not given): None when it gives none, so what
+    an enclosing `apply_pladis` set stays in force; else that call's settings (or `PLADISSettings`' defaults)
+    with the given keywords replacing theirs, checked once (`attention.install.settings_of_call`)."""
+    return settings_of_call(pipe, {name: values[name] for name in PLADIS_ARGUMENTS if name in values})
+
+
+@contextmanager
+def pladis_for_call(pipe: Any, values: Mapping[str, Any]) -> Iterator[None]:
+    """The body with this call's PLADIS settings (`pladis_settings`), or, when it gives none, with what an
+    enclosing `apply_pladis` set (nothing when none did)."""
+    settings = pladis_settings(pipe, values)
+    with nullcontext() if settings is None else apply_pladis_settings(pipe, settings):
+        yield
+
+
+def checked_guidance(pipe: Any, guidance: Mapping[str, Any]) -> tuple[dict[str, Any], PLADISSettings | None]:
     """Every guidance argument (the table's default where `guidance` has none), checked in the table's order
-    and normalised (scales as floats), and the call's PLADIS settings; layer ids are left to the model's check."""
+    and normalised (scales as floats), and the call's PLADIS settings (`pladis_settings`); layer ids are left to
+    the model's check."""
     values = {argument.name: guidance.get(argument.name, argument.default) for argument in GUIDANCE_ARGUMENTS}
     for argument in GUIDANCE_ARGUMENTS:
         if argument.check is not None and argument.name not in PLADIS_ARGUMENTS:
             values[argument.name] = argument.check(argument.name, values[argument.name])
-    return values, PLADISSettings(*(values.pop(name) for name in PLADIS_ARGUMENTS))
+    return values, pladis_settings(pipe, {name: values.pop(name) for name in PLADIS_ARGUMENTS if name in values})
 
 
 DEFAULT_SEG_LAYERS = ("mid",)
@@ -207,7 +245,7 @@ class PerturbedGuidanceMixin:
     def _perturbed_guidance(self, arguments: Mapping[str, Any]) -> Iterator[dict[str, float]]:
         """Set up one call from its guidance arguments (names of `GUIDANCE_ARGUMENTS`; missing ones take their
         defaults); yields the `pag_scale` / `pag_adaptive_scale` to pass to the parent's `__call__`."""
-        values, pladis = checked_guidance(arguments)
+        values, pladis = checked_guidance(self, arguments)
         pag_scale, pag_adaptive_scale, seg_scale = (
             values["pag_scale"],
             values["pag_adaptive_scale"],
@@ -249,7 +287,8 @@ class PerturbedGuidanceMixin:
             else:
                 guidance = {"pag_scale": 0.0, "pag_adaptive_scale": 0.0}
             # After this call's PAG/SEG layers are set, so apply_pladis checks them, not the last call's.
-            stack.enter_context(apply_pladis_settings(self, pladis))
+            if pladis is not None:  # None: no PLADIS keyword given, what an enclosing apply_pladis set stays
+                stack.enter_context(apply_pladis_settings(self, pladis))
             yield guidance
 
     def _restore_pag_state(self, saved_state: dict[str, object]) -> None:

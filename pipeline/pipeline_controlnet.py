@@ -11,7 +11,8 @@ from typing import Any
 
 from diffusers import StableDiffusionXLControlNetPAGPipeline
 
-from .guidance import CONTROLNET_PIPELINE_ARGUMENTS, PerturbedGuidanceMixin, accepts_guidance
+from .call_signature import pipeline_call
+from .guidance import CONTROLNET, PerturbedGuidanceMixin
 from .saving import SavesAsStockPipeline
 
 
@@ -24,12 +25,9 @@ class PLADISStableDiffusionXLControlNetPipeline(
     `StableDiffusionXLControlNetPipeline`'s images (that pipeline's `guess_mode` is not offered).
     """
 
-    @accepts_guidance(CONTROLNET_PIPELINE_ARGUMENTS)
-    def __call__(self, guidance: dict[str, Any], *args: Any, **kwargs: Any):
-        """Call `StableDiffusionXLControlNetPAGPipeline.__call__` with the chosen guidance.
-
-        The guidance and PLADIS arguments are `PLADISStableDiffusionXLSEGPipeline.__call__`'s (PAG and
-        SEG act on the UNet's self-attention) and `pladis_controlnet`; other arguments are the parent's.
-        """
-        with self._perturbed_guidance(guidance) as perturbed:
-            return super().__call__(*args, **perturbed, **kwargs)
+    @pipeline_call(CONTROLNET)
+    def __call__(self, keywords: dict[str, Any], arguments: dict[str, Any]):
+        """`StableDiffusionXLControlNetPAGPipeline.__call__` with CFG, PAG or SEG on the UNet's self-attention and
+        PLADIS on its cross-attention (and on the ControlNet's with `pladis_controlnet=True`)."""
+        with self._perturbed_guidance(keywords) as perturbed:
+            return super().__call__(**arguments, **perturbed)

@@ -12,7 +12,8 @@ from typing import Any
 
 from diffusers import StableDiffusionXLPAGPipeline
 
-from .guidance import SEG_PIPELINE_ARGUMENTS, PerturbedGuidanceMixin, accepts_guidance
+from .call_signature import pipeline_call
+from .guidance import SDXL_SEG, PerturbedGuidanceMixin
 from .saving import SavesAsStockPipeline
 
 
@@ -22,11 +23,12 @@ class PLADISStableDiffusionXLSEGPipeline(SavesAsStockPipeline, PerturbedGuidance
     With `pag_scale=0` and `seg_scale=0` (the defaults) it is plain CFG, as `StableDiffusionXLPipeline`.
     """
 
-    @accepts_guidance(SEG_PIPELINE_ARGUMENTS)
-    def __call__(self, guidance: dict[str, Any], *args: Any, **kwargs: Any):
-        """Call `StableDiffusionXLPAGPipeline.__call__` with the chosen guidance; other arguments are its own."""
-        with self._perturbed_guidance(guidance) as perturbed:
-            return super().__call__(*args, **perturbed, **kwargs)
+    @pipeline_call(SDXL_SEG)
+    def __call__(self, keywords: dict[str, Any], arguments: dict[str, Any]):
+        """`StableDiffusionXLPAGPipeline.__call__` with CFG, PAG or SEG on the UNet's self-attention and PLADIS on
+        its cross-attention."""
+        with self._perturbed_guidance(keywords) as perturbed:
+            return super().__call__(**arguments, **perturbed)
 
 
 # The reference repository's name for this pipeline (`from pipeline_sdxl_seg import PLADISStableDiffusionXLPipeline`).

@@ -4,11 +4,11 @@ Why it exists beside `attention/reference.py`: the family tests check PLADIS on 
 reference must reach every attention call of a stock model with no PLADIS processor, rule or family record
 involved. `materialised_pladis(model, module, layouts, λ, α)` replaces the stock processors' attention function
 (`module.dispatch_attention_fn`, or torch's SDPA) while the body runs: calls inside the layers named in `layouts` use
-the
-rule their layout names (cross, leading/trailing text of a joint sequence, per-sample packed), every other call dense
-softmax attention, all materialised in float64. Which layer is running is tracked with forward hooks on the attention
-modules; the maps themselves are `attention/reference.py`'s (the `entmax` package on materialised scores), the one
-reference formulation, which uses none of the fast paths it checks.
+the rule their layout names (cross, leading/trailing text of a joint sequence, per-sample packed), every other call of
+`model` dense softmax attention, all materialised in float64 (calls outside `model`, a pipeline's encoders, stay
+torch's). Which layer is running is tracked with forward hooks on the attention modules; the maps themselves are
+`attention/reference.py`'s (the `entmax` package on materialised scores), the one reference formulation, which uses
+none of the fast paths it checks.
 """
 
 from __future__ import annotations
@@ -24,6 +24,21 @@ from attention.reference import (
     reference_softmax,
     reference_text_block_weights,
 )
+
+
+def as_double(value):
+    """A denoiser's call inputs in float64 (tensors inside lists and dicts too)."""
+    if isinstance(value, torch.Tensor):
+        return value.double() if value.is_floating_point() else value
+    if isinstance(value, list):
+        return [as_double(item) for item in value]
+    if isinstance(value, dict):
+        return {name: as_double(item) for name, item in value.items()}
+    return value
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.double() - want.double()).norm() / want.double().norm())
 
 
 def scores_of(query, key, mask, scale) -> torch.Tensor:
@@ -78,15 +93,19 @@ def packed_reference(query, key, value, segments, pladis_scale, alpha, scale=Non
 
 def layout_rule(layout: tuple, query, key, value, pladis_scale, alpha, mask, scale) -> torch.Tensor:
     """The reference of one attention call (B, H, N, D) in a layer with `layout`: ("cross", text tokens) — the
-    cross rule on calls whose keys are the text, dense otherwise (Wan's image context) —, ("leading" |
-    "trailing", text tokens) or ("packed", segments)."""
+    cross rule on calls whose keys are the text, dense otherwise (Wan's image context, an IP-Adapter's image
+    prompt); text None: on every call —, ("leading" | "trailing", text tokens) — the joint rule on the call over
+    the joint sequence, dense on calls whose queries and keys are not one sequence (an IP-Adapter's image
+    prompt) — or ("packed", segments)."""
     kind, text = layout
     if kind == "cross":
-        if key.shape[2] != text:
+        if text is not None and key.shape[2] != text:
             return dense_reference(query, key, value, mask, scale)
         return cross_reference(query, key, value, pladis_scale, alpha, mask, scale)
     if kind == "packed":
         return packed_reference(query, key, value, text, pladis_scale, alpha, scale)
+    if key.shape[2] != query.shape[2]:
+        return dense_reference(query, key, value, mask, scale)
     return joint_reference(query, key, value, text, pladis_scale, alpha, mask, scale, text_first=kind == "leading")
 
 
@@ -119,10 +138,21 @@ def materialised_pladis(model, module, layouts: dict[str, tuple], pladis_scale: 
         q, k, v = (t.transpose(1, 2) for t in (query, key, value))
         return reference_call(q, k, v, attn_mask, scale).to(query.dtype).transpose(1, 2)
 
+    torch_sdpa = torch.nn.functional.scaled_dot_product_attention
+
     def scaled_dot_product_attention(
         query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False
     ):
-        return reference_call(query, key, value, attn_mask, scale).to(query.dtype)
+        if not running:  # outside `model` (a pipeline's text or image encoder): torch's own
+            return torch_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
+        # Laid out in memory as torch's SDPA returns it, (B, N, H, D): SD3's IP-Adapter processor `.view`s it.
+        return (
+            reference_call(query, key, value, attn_mask, scale)
+            .to(query.dtype)
+            .transpose(1, 2)
+            .contiguous()
+            .transpose(1, 2)
+        )
 
     with ExitStack() as stack:
         for name, submodule in model.named_modules():
@@ -132,7 +162,7 @@ def materialised_pladis(model, module, layouts: dict[str, tuple], pladis_scale: 
                 stack.callback(enter.remove)
                 stack.callback(leave.remove)
         # Processors calling `dispatch_attention_fn` get it replaced in their module; those calling
-        # `F.scaled_dot_product_attention` (CogView4) get torch's replaced while the body runs.
+        # `F.scaled_dot_product_attention` (CogView4, the U-Nets' IP-Adapter) get torch's replaced while the body runs.
         target, name, replacement = (
             (module, "dispatch_attention_fn", dispatch_attention_fn)
             if hasattr(module, "dispatch_attention_fn")

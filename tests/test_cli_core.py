@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.guidance import GUIDANCE_ARGUMENTS
+from pipeline.guidance import CONTROLNET, FLUX, GUIDANCE_ARGUMENTS, GUIDANCE_BY_NAME, SDXL, SDXL_SEG
 from pipeline.pipeline_controlnet import PLADISStableDiffusionXLControlNetPipeline
+from pipeline.pipeline_flux_pladis import PLADISFluxPipeline
+from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
 from pipeline.pipeline_sdxl_seg import PLADISStableDiffusionXLSEGPipeline
 from scripts import compare
 from scripts.cli.assets import TINY_SDXL
@@ -27,22 +29,22 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize(
-    "cls,names",
+    "cls,pipeline",
     [
-        (PLADISStableDiffusionXLSEGPipeline, [a.name for a in GUIDANCE_ARGUMENTS if a.name != "pladis_controlnet"]),
-        (PLADISStableDiffusionXLControlNetPipeline, [a.name for a in GUIDANCE_ARGUMENTS]),
+        (PLADISStableDiffusionXLPipeline, SDXL),
+        (PLADISStableDiffusionXLSEGPipeline, SDXL_SEG),
+        (PLADISStableDiffusionXLControlNetPipeline, CONTROLNET),
+        (PLADISFluxPipeline, FLUX),
     ],
 )
-def test_pipeline_signatures_list_the_guidance_arguments_with_the_tables_defaults(cls, names):
+def test_pipeline_calls_take_the_tables_keywords_with_its_defaults_and_help(cls, pipeline):
+    names = [argument.name for argument in GUIDANCE_ARGUMENTS if pipeline in argument.pipelines]
     parameters = inspect.signature(cls.__call__).parameters
-    keywords = [name for name, parameter in parameters.items() if parameter.kind is parameter.KEYWORD_ONLY]
-    assert keywords == names
-    defaults = {argument.name: argument.default for argument in GUIDANCE_ARGUMENTS}
-    assert all(parameters[name].default == defaults[name] for name in names)
-    assert set(names) <= call_parameters(cls)  # what the scripts read to know which options a pipeline takes
-    assert ("pladis_controlnet" in call_parameters(cls)) == (cls is PLADISStableDiffusionXLControlNetPipeline)
-    doc = inspect.getdoc(cls.__call__)
-    assert all(f"{argument.name}: {argument.help}" in doc for argument in GUIDANCE_ARGUMENTS if argument.name in names)
+    assert all(parameters[name].default == GUIDANCE_BY_NAME[name].default for name in names)
+    # What the scripts read to know which options a pipeline takes: its keywords, and no other pipeline's.
+    assert call_parameters(cls) & {argument.name for argument in GUIDANCE_ARGUMENTS} == set(names)
+    doc = " ".join(inspect.getdoc(cls.__call__).split())
+    assert all(" ".join(GUIDANCE_BY_NAME[name].help.split()) in doc for name in names)
 
 
 def test_unknown_keywords_still_fail_as_in_diffusers():

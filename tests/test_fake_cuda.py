@@ -11,9 +11,15 @@ import os
 
 import pytest
 import torch
-from diffusers.models.attention_processor import Attention, AttnProcessor2_0, JointAttnProcessor2_0
+from diffusers.models.attention_processor import (
+    Attention,
+    AttnProcessor2_0,
+    IPAdapterAttnProcessor2_0,
+    JointAttnProcessor2_0,
+    SD3IPAdapterJointAttnProcessor2_0,
+)
 from diffusers.models.transformers.sana_transformer import SanaAttnProcessor2_0
-from diffusers.models.transformers.transformer_flux import FluxAttention, FluxAttnProcessor
+from diffusers.models.transformers.transformer_flux import FluxAttention, FluxAttnProcessor, FluxIPAdapterAttnProcessor
 
 from attention import (
     PLADISAttnProcessor,
@@ -21,13 +27,15 @@ from attention import (
     PLADISJointAttnProcessor,
     PLADISSanaAttnProcessor,
     apply_pladis,
+    pladis_processor_class,
 )
-from attention.call_context import TextLength
+from attention.call_context import CROSS, LEADING, TRAILING, TextLength
 from attention.families import ATTENTION_MODULES, FAMILIES
 from attention.functional import cross_attention_rule
 from attention.joint_text_block import text_block_rule
 from attention.sdpa_backend import prefers_cudnn_attention, stock_sdpa_backend
 from attention.seg_processor import LatentSize, SmoothedEnergyAttnProcessor
+from attention.settings import PLADISSettings
 from tests.fake_cuda import CARDS, building_on_cuda, count_launches, fake_cuda
 from tests.tiny_denoisers import DENOISERS
 
@@ -333,6 +341,62 @@ def test_each_processor_kind_launches_stock_plus_one_with_triton_and_stays_in_bu
     assert counts["torch"].ops <= budget, counts["torch"].by_name
 
 
+def _sdxl_attn2_ip_adapter():
+    """SDXL's widest `attn2` with an IP-Adapter Plus: the text call, then one over 16 image-prompt tokens."""
+    attn, (hidden, text), _ = _sdxl_attn2()
+    attn.set_processor(IPAdapterAttnProcessor2_0(640, 2048, num_tokens=(16,)).eval())
+    return attn, (hidden, (text, [torch.randn(2, 16, 2048)])), {}
+
+
+def _sd35_joint_ip_adapter():
+    """SD3.5's joint attention with its IP-Adapter: the joint call, then image queries over image + 64 prompt keys."""
+    attn, inputs, _ = _sd3_joint()
+    attn.set_processor(SD3IPAdapterJointAttnProcessor2_0(1536, 1152, 64, timesteps_emb_dim=1280).eval())
+    return attn, inputs, {"ip_hidden_states": torch.randn(2, 64, 1152), "temb": torch.randn(2, 1280)}
+
+
+def _flux_double_block_ip_adapter():
+    """A FLUX.1 double-stream attention with an IP-Adapter: the joint call, then image queries over 16 prompt keys."""
+    attn, inputs, _ = _flux_double_block()
+    attn.set_processor(FluxIPAdapterAttnProcessor(3072, 4096, num_tokens=(16,)).eval())
+    return attn, inputs, {"ip_hidden_states": [torch.randn(1, 16, 4096)]}
+
+
+# Processors with weights (IP-Adapters), built on their layer; PLADIS runs on them: (build, dtype, stock, text keys)
+ADAPTER_MODULES = {
+    "sdxl-attn2-ip-adapter": (_sdxl_attn2_ip_adapter, torch.float16, IPAdapterAttnProcessor2_0, CROSS),
+    "sd35-joint-ip-adapter": (_sd35_joint_ip_adapter, torch.float16, SD3IPAdapterJointAttnProcessor2_0, TRAILING),
+    "flux-double-block-ip-adapter": (
+        _flux_double_block_ip_adapter,
+        torch.bfloat16,
+        FluxIPAdapterAttnProcessor,
+        LEADING,
+    ),
+}
+
+
+@pytest.mark.parametrize("capability", [(8, 0), (9, 0)], ids=["sm80", "sm90"])
+@pytest.mark.parametrize("name", sorted(ADAPTER_MODULES))
+def test_ip_adapter_processors_launch_stock_plus_one_with_triton_and_make_no_host_sync(monkeypatch, name, capability):
+    """The text call as for the plain processor kinds; the image-prompt calls stay stock SDPA launches."""
+    monkeypatch.setenv("PLADIS_KERNEL", "auto")
+    build, dtype, stock, text_keys = ADAPTER_MODULES[name]
+    counts = {}
+    with fake_cuda(capability), torch.no_grad():
+        with building_on_cuda(dtype):
+            attn, inputs, extra = build()
+        adapter = attn.processor
+        pladis = pladis_processor_class(stock).with_settings(PLADISSettings(2.0), text_keys=text_keys, original=adapter)
+        for variant, processor in (("stock", adapter), ("triton", pladis), ("torch", pladis)):
+            attn.set_processor(processor)
+            os.environ["PLADIS_KERNEL"] = "torch" if variant == "torch" else "auto"
+            counts[variant] = count_launches(lambda: attn(*inputs, **extra))[1]
+    assert all(count.syncs == 0 for count in counts.values()), {k: c.syncs for k, c in counts.items()}
+    assert counts["triton"].ops <= counts["stock"].ops + 1, (counts["stock"].by_name, counts["triton"].by_name)
+    assert sum(v for k, v in counts["triton"].by_name.items() if k.startswith("triton:")) == 1
+    assert counts["torch"].ops <= counts["stock"].ops + TORCH_EXTRA_PER_CALL, counts["torch"].by_name
+
+
 @pytest.mark.parametrize("sigma", [10.0, 1e7], ids=["gaussian", "infinite"])
 def test_seg_processor_makes_no_host_sync(sigma):
     """SEG's perturbed self-attention on an SDXL layer at 1024² (64 × 64 tokens, CFG + perturbed batch)."""
@@ -391,12 +455,12 @@ def test_every_family_on_cuda_makes_no_host_sync_and_one_launch_per_pladis_call(
 
 def test_the_fake_cuda_tests_cover_every_family_and_processor_kind():
     """Each family record has a tiny denoiser above, and each stock processor the generic `Attention`
-    record runs with PLADIS has a module case."""
+    record runs with PLADIS has a module case (an IP-Adapter's, an adapter case)."""
     built = {type(DENOISERS[name].build()).__name__ for name in DENOISERS}
     uncovered = [family.name for family in FAMILIES if not set(family.denoisers) & built]
     assert set(uncovered) == set(MODULE_FAMILIES)
     assert all(set(cases) <= set(MODULES) for cases in MODULE_FAMILIES.values())
-    module_kinds = {MODULES[name][2] for name in MODULES}
+    module_kinds = {MODULES[name][2] for name in MODULES} | {ADAPTER_MODULES[name][2] for name in ADAPTER_MODULES}
     assert {stock for kind in ATTENTION_MODULES.text_attention for stock in kind.processors.values()} <= module_kinds
 
 

@@ -13,7 +13,7 @@ import torch
 
 from attention import PLADISProcessor, apply_pladis
 from tests.families import one_thread  # noqa: F401
-from tests.materialised_reference import materialised_pladis
+from tests.materialised_reference import as_double, materialised_pladis, relative_error
 from tests.tiny_denoisers import DENOISERS, PADDING
 
 SETTINGS = [(2.0, 1.5), (1.5, 2.0)]  # (λ, α): entmax15 and sparsemax
@@ -27,20 +27,6 @@ def family(request):
 @pytest.fixture(scope="module")
 def model(family):
     return DENOISERS[family].build()
-
-
-def as_double(value):
-    if isinstance(value, torch.Tensor):
-        return value.double() if value.is_floating_point() else value
-    if isinstance(value, list):
-        return [as_double(item) for item in value]
-    if isinstance(value, dict):
-        return {name: as_double(item) for name, item in value.items()}
-    return value
-
-
-def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    return float((got.double() - want.double()).norm() / want.double().norm())
 
 
 def processor_objects(model) -> dict:

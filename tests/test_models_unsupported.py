@@ -118,12 +118,21 @@ def sd15():
     return build("sd15")
 
 
-def test_ip_adapter_layer_is_refused_and_the_pipeline_left_untouched(sd15):
+def test_a_custom_processor_with_weights_is_refused_naming_what_works_and_the_pipeline_left_untouched(sd15):
+    class MyIPAdapter(IPAdapterAttnProcessor2_0):
+        """Derived from the IP-Adapter processor, with weights, but it may do anything: refuse, don't guess."""
+
     layer = sd15.unet.mid_block.attentions[0].transformer_blocks[0].attn2
-    layer.set_processor(IPAdapterAttnProcessor2_0(hidden_size=32, cross_attention_dim=32))
+    layer.set_processor(MyIPAdapter(hidden_size=32, cross_attention_dim=32))
     before = processors_by_name(sd15.unet)
     counter = CallCounter(sd15.unet)
-    pladis_error(sd15, ValueError, "IPAdapterAttnProcessor2_0 on mid_block.attentions.0.transformer_blocks.0.attn2")
+    pladis_error(
+        sd15,
+        ValueError,
+        r"MyIPAdapter on mid_block.attentions.0.transformer_blocks.0.attn2 \(what it does would be dropped\); "
+        r"every cross-attention \(attn2\) of UNet2DConditionModel run PLADIS with the stock processors "
+        r"AttnProcessor, AttnProcessor2_0, .*IPAdapterAttnProcessor2_0.* \(IP-Adapters from load_ip_adapter included\)",
+    )
     counter.remove()
     assert counter.count == 0 and same_processor_objects(sd15.unet, before)
 

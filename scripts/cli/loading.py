@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
+from attention.settings import PLADISSettings
 from pipeline.guidance import GUIDANCE_ARGUMENTS
 
 from . import checks
@@ -21,11 +23,10 @@ from .registry import call_parameters, pipeline_class, set_scheduler
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 # Command-line option → pipeline call argument, forwarded only when given and accepted by the class: the
-# guidance arguments the pipelines define (pipeline/guidance.py), and two more of other pipelines.
+# guidance arguments the pipelines define (pipeline/guidance.py), and one more of the ControlNet pipeline.
 CALL_OPTIONS = {
     **{argument.option: argument.name for argument in GUIDANCE_ARGUMENTS if argument.option is not None},
     "controlnet_scale": "controlnet_conditioning_scale",
-    "pladis_single_blocks": "pladis_single_blocks",
 }
 LAYER_OPTIONS = tuple(argument.option for argument in GUIDANCE_ARGUMENTS if argument.kind is list)
 
@@ -132,7 +133,11 @@ def guidance_call_arguments(args: argparse.Namespace) -> dict[str, Any]:
 
 # The PLADIS options every generation takes besides λ: PLADIS pipelines get them as call arguments, stock
 # pipelines (--pipeline auto) through apply_pladis.
-PLADIS_OPTIONS = {"pladis_alpha": 1.5, "pladis_start": 0.0, "pladis_stop": 1.0, "pladis_layers": None}
+PLADIS_OPTIONS = {
+    field.name: field.default
+    for field in fields(PLADISSettings)
+    if field.name in ("pladis_alpha", "pladis_start", "pladis_stop", "pladis_layers")
+}
 
 
 def pladis_arguments(args: argparse.Namespace) -> dict[str, Any]:

@@ -156,17 +156,13 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         help="DPT model for --preprocess depth (default: asset/tiny-dpt for tiny models, else the preprocessor's)",
     )
     group.add_argument("--controlnet-scale", type=float, default=None, help="controlnet_conditioning_scale")
-    group.add_argument(
-        "--pladis-single-blocks",
-        action="store_true",
-        default=None,
-        help="PLADIS in FLUX's single-stream blocks too (--pipeline flux)",
-    )
 
 
 def add_pladis_options(group: Any) -> None:
-    """`--pladis-start`, `--pladis-stop`, `--pladis-layers`: when and where PLADIS acts (the pipelines' and
-    `apply_pladis`'s arguments of the same names)."""
+    """`--pladis-alpha`, and `--pladis-start`, `--pladis-stop`, `--pladis-layers`: when and where PLADIS acts (the
+    pipelines' and `apply_pladis`'s arguments of the same names; defaults those of `PLADISSettings`)."""
+    alpha = PLADIS_OPTIONS["pladis_alpha"]
+    group.add_argument("--pladis-alpha", type=float, default=alpha, help=f"{PLADIS_ALPHA.help} Default {alpha:g}.")
     group.add_argument(
         "--pladis-start",
         type=float,
@@ -207,7 +203,6 @@ def pladis_options_problem(args: argparse.Namespace, model: str | None) -> str |
 def add_generation_options(parser: argparse.ArgumentParser) -> None:
     """Options of one generation: PLADIS α, window and layers, steps, guidance, size, seed, negative prompt."""
     group = parser.add_argument_group("generation")
-    group.add_argument("--pladis-alpha", type=float, default=PLADIS_ALPHA.default, help=PLADIS_ALPHA.help)
     add_pladis_options(group)
     group.add_argument("--negative-prompt", default=None)
     group.add_argument(

@@ -25,7 +25,7 @@ from .loading import (
     pladis_arguments,
     seeded_generator,
 )
-from .options import PLADIS_ALPHA, add_guidance_options, add_pladis_options, pladis_options_problem
+from .options import add_guidance_options, add_pladis_options, pladis_options_problem
 
 SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 DEFAULT_PROMPT = "a photo of an astronaut riding a horse on the moon"
@@ -62,7 +62,6 @@ def example_parser(
     )
     parser.add_argument("--prompt", default=DEFAULT_PROMPT)
     parser.add_argument("--pladis-scale", type=float, default=pladis_scale, help=f"λ (default {pladis_scale:g})")
-    parser.add_argument("--pladis-alpha", type=float, default=PLADIS_ALPHA.default, help=PLADIS_ALPHA.help)
     add_pladis_options(parser)
     parser.add_argument(
         "--steps", type=int, default=steps, help=f"denoising steps (default {steps}, {TINY_STEPS} with --tiny)"
