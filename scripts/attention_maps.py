@@ -16,10 +16,19 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from attention.attention_maps import LAYER_GROUPS, AttentionMapStore, recording_attention_maps
+from attention.install import apply_pladis
 from attention.validation import check_pladis_scale
 from scripts.cli import checks
 from scripts.cli.assets import model_source
-from scripts.cli.loading import call_options, default_device, image_size, load_pipeline, seeded_generator, step_progress
+from scripts.cli.loading import (
+    call_options,
+    default_device,
+    image_size,
+    load_pipeline,
+    pladis_arguments,
+    seeded_generator,
+    step_progress,
+)
 from scripts.cli.options import (
     add_generation_options,
     add_model_options,
@@ -30,7 +39,6 @@ from scripts.cli.options import (
     prefer_toy,
 )
 from scripts.cli.records import run_settings, write_json
-from scripts.cli.registry import call_parameters
 from scripts.grid import save_grid
 
 HEAT_OPACITY = 0.6
@@ -105,8 +113,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if prefer_toy(args, "a photo of a red cube on a blue ball") and not prompt_given and args.tokens is None:
         args.tokens = list(TOY_TOKENS)
     args = finish_common_options(parser, args)
-    if (args.pladis_start, args.pladis_stop, args.pladis_layers) != (0.0, 1.0, None):
-        parser.error("--pladis-start, --pladis-stop and --pladis-layers are options of compare.py and generate.py")
     if args.record_steps is not None:
         if not args.record_steps:
             parser.error("--record-steps names no step; give steps like 0-3,7 or 'all'")
@@ -209,10 +215,21 @@ def recorded_generation(
     condition_rows = slice(1, 2) if uses_cfg else slice(0, 1)  # batch [uncond, cond(, perturbed)] or [cond(, ...)]
     tokens = chosen_tokens(pipe.tokenizer, args.prompt, args.tokens, args.max_tokens)
     store = AttentionMapStore(args.record_steps)
-    if "pladis_scale" in call_parameters(type(pipe)):
-        options["pladis_scale"] = 0.0  # the recording block installs PLADIS with the recorders around it
-    with recording_attention_maps(
-        pipe.unet, store, args.pladis_scale, args.pladis_alpha, args.layer_groups, condition_rows
+    # PLADIS (λ, α, window, layers, ControlNet) from apply_pladis around the call, which a PLADIS pipeline called
+    # without PLADIS keywords keeps; the recorders wrap the processors it installed.
+    options = {name: value for name, value in options.items() if not name.startswith("pladis_")}
+    pladis = {**pladis_arguments(args), "pladis_controlnet": bool(getattr(args, "pladis_controlnet", False))}
+    with (
+        apply_pladis(pipe, args.pladis_scale, **pladis),
+        recording_attention_maps(
+            pipe.unet,
+            store,
+            args.pladis_scale,
+            args.pladis_alpha,
+            args.layer_groups,
+            condition_rows,
+            install_pladis=False,
+        ),
     ):
         result = pipe(
             args.prompt, generator=seeded_generator(args.seed), callback_on_step_end=step_progress(bar), **options

@@ -130,3 +130,54 @@ def test_window_and_layers_options_apply_to_every_panel_of_a_scale_sweep(stock, 
     )
     (panel,) = panels_of(path, 1)
     np.testing.assert_array_equal(panel, image_of(stock, pladis_start=0.5, pladis_layers=["mid", "up_blocks.0"]))
+
+
+@pytest.mark.parametrize("pipeline", ["sdxl", "auto"])
+def test_attention_maps_generate_with_the_window_and_layers(stock, pipeline):
+    """attention_maps.py: the image is the one apply_pladis gives with the options' window and layers (the
+    recorders wrap the processors it installed), on a PLADIS pipeline and on the stock one alike."""
+    from tqdm.auto import tqdm
+
+    from scripts import attention_maps
+    from scripts.cli.loading import load_pipeline
+
+    args = attention_maps.parse_args(
+        [
+            *AUTO,
+            "--pipeline",
+            pipeline,
+            "--prompt",
+            "a photo of an astronaut riding a horse on the moon",
+            "--pladis-start",
+            "0.5",
+            "--pladis-layers",
+            "mid",
+        ]
+    )
+    pipe = load_pipeline(args)
+    with tqdm(disable=True) as bar:
+        image, store, _ = attention_maps.recorded_generation(pipe, args, bar)
+    np.testing.assert_array_equal(np.asarray(image), image_of(stock, pladis_start=0.5, pladis_layers=["mid"]))
+    assert store.counts  # the maps were recorded
+
+
+def test_a_pladis_pipeline_gets_the_panels_window_and_layers_as_call_keywords(stock, tmp_path):
+    """--pipeline sdxl (a PLADIS pipeline): the same panels as the stock pipeline under apply_pladis."""
+    path = compare.main(
+        [
+            *AUTO,
+            "--pipeline",
+            "sdxl",
+            "--prompt",
+            "a photo of an astronaut riding a horse on the moon",
+            "--windows",
+            "0.5:1",
+            "--pladis-layers",
+            "mid",
+            "--out",
+            str(tmp_path / "grid.png"),
+        ]
+    )
+    without, windowed = panels_of(path, 2)
+    np.testing.assert_array_equal(windowed, image_of(stock, pladis_start=0.5, pladis_layers=["mid"]))
+    np.testing.assert_array_equal(without, image_of(stock, pladis_stop=0.0))

@@ -155,11 +155,7 @@ def call_options(pipe: Any, args: argparse.Namespace, height: int, width: int) -
     given = {"height": height, "width": width, "guidance_scale": args.guidance_scale}
     options: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
     if "pladis_alpha" in accepted:  # a PLADIS pipeline; stock ones (--pipeline auto) get these via apply_pladis
-        for name, value in pladis_arguments(args).items():
-            if name in accepted:
-                options[name] = value
-            elif value != PLADIS_OPTIONS[name]:
-                raise ValueError(f"--{name.replace('_', '-')} is not an option of {type(pipe).__name__}")
+        options.update(pladis_arguments(args))
     if args.timesteps is not None:
         options["timesteps"] = list(args.timesteps)
     else:

@@ -31,7 +31,7 @@ from .assets import (
     model_source,
     repository_relative,
 )
-from .loading import CALL_OPTIONS, DTYPES, LAYER_OPTIONS, PLADIS_OPTIONS, pladis_arguments
+from .loading import CALL_OPTIONS, DTYPES, LAYER_OPTIONS, PLADIS_OPTIONS
 from .records import read_settings
 from .registry import FLUX_DISTILLED_STEPS, PIPELINES, SCHEDULERS, call_parameters, pipeline_class
 
@@ -190,11 +190,6 @@ def pladis_options_problem(args: argparse.Namespace, model: str | None) -> str |
         check_pladis_window(args.pladis_start, args.pladis_stop, ("--pladis-start", "--pladis-stop"))
     except (TypeError, ValueError) as error:
         return str(error)
-    if args.pipeline in PIPELINES and args.pipeline != "auto":  # stock pipelines take them through apply_pladis
-        accepted = call_parameters(pipeline_class(args.pipeline))
-        for name, value in pladis_arguments(args).items():
-            if name not in accepted and value != PLADIS_OPTIONS[name]:
-                return f"--{name.replace('_', '-')} is not an option of --pipeline {args.pipeline}"
     if args.pladis_layers is None or model is None:
         return None
     return checks.pladis_layers_problem("--pladis-layers", args.pladis_layers, checks.text_attention_names(model))
