@@ -4,41 +4,47 @@ The user API is what the README's "The `attention` API" section lists: `from att
 PLADISAttnProcessor`. Everything else is internal and imported from its submodule by the code that uses it.
 """
 
-from .call_context import TextLength
-from .families import FAMILIES, Family, TextAttention, family_of
-from .flux_processor import recorded_text_length
-from .functional import pladis_scaled_dot_product_attention
-from .install import apply_pladis, pladis_processors, swapped_attn_processors
-from .joint_text_block import text_block_pladis_attention
-from .processors import (
-    PLADISAttnProcessor,
-    PLADISFluxAttnProcessor,
-    PLADISJointAttnProcessor,
-    PLADISProcessor,
-    PLADISSanaAttnProcessor,
-    pladis_processor_class,
-)
-from .sparse_maps import entmax_attention, pladis_weights, softmax_attention
+from __future__ import annotations
 
-__all__ = [
-    "FAMILIES",
-    "Family",
-    "PLADISAttnProcessor",
-    "PLADISFluxAttnProcessor",
-    "PLADISJointAttnProcessor",
-    "PLADISProcessor",
-    "PLADISSanaAttnProcessor",
-    "TextAttention",
-    "TextLength",
-    "apply_pladis",
-    "entmax_attention",
-    "family_of",
-    "pladis_processor_class",
-    "pladis_processors",
-    "pladis_scaled_dot_product_attention",
-    "pladis_weights",
-    "recorded_text_length",
-    "softmax_attention",
-    "swapped_attn_processors",
-    "text_block_pladis_attention",
-]
+import importlib
+from typing import Any
+
+# Each public name and the submodule that defines it. They are imported on first use (PEP 562), so importing a
+# light submodule such as `attention.validation` (what the command-line tools need to build and check their
+# options) loads neither torch nor diffusers: `--help` answers at once.
+_EXPORTS = {
+    "TextLength": "call_context",
+    "FAMILIES": "families",
+    "Family": "families",
+    "TextAttention": "families",
+    "family_of": "families",
+    "recorded_text_length": "flux_processor",
+    "pladis_scaled_dot_product_attention": "functional",
+    "apply_pladis": "install",
+    "pladis_processors": "install",
+    "swapped_attn_processors": "install",
+    "text_block_pladis_attention": "joint_text_block",
+    "PLADISAttnProcessor": "processors",
+    "PLADISFluxAttnProcessor": "processors",
+    "PLADISJointAttnProcessor": "processors",
+    "PLADISProcessor": "processors",
+    "PLADISSanaAttnProcessor": "processors",
+    "pladis_processor_class": "processors",
+    "entmax_attention": "sparse_maps",
+    "pladis_weights": "sparse_maps",
+    "softmax_attention": "sparse_maps",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """The public name `name`, imported from its submodule the first time it is asked for."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -11,10 +11,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-# SEG's convention: a sigma above this means "infinite blur", i.e. every token gets the mean query.
-INFINITE_BLUR_SIGMA = 9999.0
-# The σ that asks for infinite blur: the SEG reference's default (any value above the threshold would do).
-SEG_INFINITE_BLUR = 9999999.0
+# SEG's "infinite blur" threshold and default σ live with the argument checks (no torch there, so the scripts'
+# options can name them without loading it); re-exported here, where the blur uses them.
+from .validation import INFINITE_BLUR_SIGMA
+from .validation import SEG_INFINITE_BLUR as SEG_INFINITE_BLUR
 
 
 def seg_kernel_size(sigma: float) -> int:

@@ -11,7 +11,10 @@ import numbers
 import re
 from collections.abc import Iterable
 
-from .seg_blur import INFINITE_BLUR_SIGMA
+# SEG's convention: a sigma above this means "infinite blur", i.e. every token gets the mean query.
+INFINITE_BLUR_SIGMA = 9999.0
+# The σ that asks for infinite blur: the SEG reference's default (any value above the threshold would do).
+SEG_INFINITE_BLUR = 9999999.0
 
 
 def _check_real(name: str, value: object, accepted: str) -> float:

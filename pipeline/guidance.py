@@ -15,13 +15,11 @@ from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, fields
 from typing import Any
 
-from diffusers.models.attention_processor import Attention
-
-from attention.install import apply_pladis_settings, settings_of_call, swapped_attn_processors
-from attention.seg_blur import SEG_INFINITE_BLUR
-from attention.seg_processor import recording_latent_size, seg_attn_processors
+# Only light modules at import time: the scripts build their options from `GUIDANCE_ARGUMENTS` before any
+# model work, so `--help` must not load torch or diffusers; the processor machinery is imported where used.
 from attention.settings import PLADISSettings
 from attention.validation import (
+    SEG_INFINITE_BLUR,
     check_applied_layers,
     check_flag,
     check_guidance_scale,
@@ -193,6 +191,8 @@ def pladis_settings(pipe: Any, values: Mapping[str, Any]) -> PLADISSettings | No
     """The call's `PLADISSettings` from its PLADIS keywords (None = not given): None when it gives none, so what
     an enclosing `apply_pladis` set stays in force; else that call's settings (or `PLADISSettings`' defaults)
     with the given keywords replacing theirs, checked once (`attention.install.settings_of_call`)."""
+    from attention.install import settings_of_call
+
     return settings_of_call(pipe, {name: values[name] for name in PLADIS_ARGUMENTS if name in values})
 
 
@@ -200,6 +200,8 @@ def pladis_settings(pipe: Any, values: Mapping[str, Any]) -> PLADISSettings | No
 def pladis_for_call(pipe: Any, values: Mapping[str, Any]) -> Iterator[None]:
     """The body with this call's PLADIS settings (`pladis_settings`), or, when it gives none, with what an
     enclosing `apply_pladis` set (nothing when none did)."""
+    from attention.install import apply_pladis_settings
+
     settings = pladis_settings(pipe, values)
     with nullcontext() if settings is None else apply_pladis_settings(pipe, settings):
         yield
@@ -224,6 +226,8 @@ _MISSING = object()
 
 def self_attention_layer_names(unet: Any) -> list[str]:
     """Names of the self-attention (`attn1`) layers of `unet`: what PAG / SEG layer ids are matched against."""
+    from diffusers.models.attention_processor import Attention
+
     return [
         name for name, module in unet.named_modules() if isinstance(module, Attention) and not module.is_cross_attention
     ]
@@ -245,6 +249,9 @@ class PerturbedGuidanceMixin:
     def _perturbed_guidance(self, arguments: Mapping[str, Any]) -> Iterator[dict[str, float]]:
         """Set up one call from its guidance arguments (names of `GUIDANCE_ARGUMENTS`; missing ones take their
         defaults); yields the `pag_scale` / `pag_adaptive_scale` to pass to the parent's `__call__`."""
+        from attention.install import apply_pladis_settings, swapped_attn_processors
+        from attention.seg_processor import recording_latent_size, seg_attn_processors
+
         values, pladis = checked_guidance(self, arguments)
         pag_scale, pag_adaptive_scale, seg_scale = (
             values["pag_scale"],

@@ -8,27 +8,16 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from attention.attention_maps import LAYER_GROUPS, AttentionMapStore, recording_attention_maps
-from attention.install import apply_pladis
 from attention.validation import check_pladis_scale
 from scripts.cli import checks
 from scripts.cli.assets import model_source
-from scripts.cli.loading import (
-    call_options,
-    default_device,
-    image_size,
-    load_pipeline,
-    pladis_arguments,
-    seeded_generator,
-    step_progress,
-)
+from scripts.cli.captions import run_caption
 from scripts.cli.options import (
     add_generation_options,
     add_model_options,
@@ -38,8 +27,14 @@ from scripts.cli.options import (
     parse_with_settings,
     prefer_toy,
 )
+from scripts.cli.parsers import command_parser
 from scripts.cli.records import run_settings, write_json
-from scripts.grid import save_grid
+from scripts.grid import grid_font, save_grid
+
+if TYPE_CHECKING:
+    import torch
+
+    from attention.attention_maps import AttentionMapStore
 
 HEAT_OPACITY = 0.6
 TOY_TOKENS = ("red", "circle", "left", "blue", "square", "right")  # the toy prompt's content words
@@ -61,7 +56,7 @@ def step_indices(text: str) -> list[int] | None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and check the options (`--settings FILE` starts from a recorded run)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = command_parser(__doc__)
     parser.add_argument(
         "--prompt", default=None, help="default: a toy caption on the toy, else a red cube on a blue ball"
     )
@@ -69,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--layer-groups",
         type=comma_words,
-        default=list(LAYER_GROUPS),
+        default=None,
         help="U-Net layer groups whose maps are averaged: any of down,mid,up (default all)",
     )
     parser.add_argument(
@@ -95,10 +90,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_generation_options(parser)
     add_settings_option(parser)
     args = parse_with_settings(parser, argv)
+    from attention.attention_maps import LAYER_GROUPS  # imports torch: only once the options parsed
+    from scripts.cli.loading import default_device
+
     try:
         check_pladis_scale(args.pladis_scale)
     except (TypeError, ValueError) as error:
         parser.error(str(error))
+    args.layer_groups = list(LAYER_GROUPS) if args.layer_groups is None else args.layer_groups
     unknown = sorted(set(args.layer_groups) - set(LAYER_GROUPS))
     if unknown or not args.layer_groups:
         parser.error(f"--layer-groups takes any of {','.join(LAYER_GROUPS)}, got {','.join(args.layer_groups)}")
@@ -196,8 +195,24 @@ def heat_panels(
     return dense_panels, pladis_panels
 
 
+def colour_bar(width: int = 256, height: int = 14) -> Image.Image:
+    """The legend of the heat maps: their colour scale, from 0 to the token's largest weight in its two maps."""
+    font = grid_font()
+    text = "= the token's largest weight in its two maps"
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
+    legend = Image.new("RGB", (int(36 + width + 8 + measure(text, font=font)) + 8, height + 6), "white")
+    draw = ImageDraw.Draw(legend)
+    draw.text((4, 1), "0", fill="black", font=font)
+    ramp = np.uint8(np.round(heat_colors(np.linspace(0.0, 1.0, width)) * 255))
+    legend.paste(Image.fromarray(np.repeat(ramp[None], height, axis=0)), (20, 3))
+    draw.text((28 + width, 1), text, fill="black", font=font)
+    return legend
+
+
 def record_maps(args: argparse.Namespace) -> tuple[Image.Image, AttentionMapStore, list[tuple[int, str]]]:
     """Load the pipeline and generate the image at λ = `args.pladis_scale`, recording both kinds of maps."""
+    from scripts.cli.loading import load_pipeline  # imports torch: only once the options parsed
+
     pipe = load_pipeline(args)
     with tqdm(total=args.steps, desc="attention maps", unit="step") as bar:
         return recorded_generation(pipe, args, bar)
@@ -209,6 +224,10 @@ def recorded_generation(
     """Generate the image at λ = `args.pladis_scale` on a loaded U-Net pipeline (a PLADIS one or its stock class),
     recording both kinds of maps on the way; `bar.update(1)` hears of each denoising step. The pipeline's
     processors are restored afterwards, so a shared pipeline serves the next call unchanged."""
+    from attention.attention_maps import AttentionMapStore, recording_attention_maps
+    from attention.install import apply_pladis
+    from scripts.cli.loading import call_options, image_size, pladis_arguments, seeded_generator, step_progress
+
     height, width = image_size(pipe, args)
     options = call_options(pipe, args, height, width)
     uses_cfg = args.guidance_scale > 1 and getattr(pipe.unet.config, "time_cond_proj_dim", None) is None
@@ -247,20 +266,33 @@ def map_panels(
     where = f"{'+'.join(args.layer_groups)} layers"
     images = [image, *dense_panels, image, *pladis_panels]
     labels = [
-        f"image, PLADIS scale={args.pladis_scale:g}",
+        f"image (PLADIS scale={args.pladis_scale:g})",
         *(f"softmax: {text}" for _, text in tokens),
-        f"maps: {where}",
+        f"maps of {where}",
         *(f"PLADIS {args.pladis_scale:g}: {text}" for _, text in tokens),
     ]
     return images, labels
 
 
+def map_caption(args: argparse.Namespace) -> list[str]:
+    """The caption under the maps: the run (prompt, steps, guidance, model) and what the two rows are."""
+    where = f"{'+'.join(args.layer_groups)} layers"
+    steps = "all steps" if args.record_steps is None else f"steps {','.join(map(str, args.record_steps))}"
+    return [
+        *run_caption(args),
+        f"Rows: the dense softmax map and the PLADIS map (scale {args.pladis_scale:g}) of each token, from the same "
+        f"attention scores of this one generation, averaged over heads, {where} and {steps} (conditional row). "
+        "A token's two maps share one colour scale; negative PLADIS weights show as 0.",
+    ]
+
+
 def main(argv: list[str] | None = None) -> Path:
-    """Write the heat-map grid and its settings JSON; return the grid path."""
+    """Write the heat-map grid (with its colour bar and caption) and its settings JSON; return the grid path."""
     args = parse_args(argv)
     image, store, tokens = record_maps(args)
     images, labels = map_panels(args, image, store, tokens)
-    path = save_grid(images, labels, args.out, columns=len(tokens) + 1)
+    columns = len(tokens) + 1
+    path = save_grid(images, labels, args.out, columns=columns, caption=map_caption(args), legend=colour_bar())
     recorded_steps = sorted(store.steps) if store.steps is not None else "all"
     settings = run_settings(
         "scripts.attention_maps",
@@ -270,8 +302,8 @@ def main(argv: list[str] | None = None) -> Path:
         recorded_steps=recorded_steps,
         recorded_layer_calls=store.counts,
     )
-    write_json(path.with_suffix(".json"), settings)
-    print(f"wrote {path}")
+    settings_path = write_json(path.with_suffix(".json"), settings)
+    print(f"wrote {path} and {settings_path} (its settings: rerun with --settings)")
     return path
 
 

@@ -27,6 +27,7 @@ from attention.kernel_choice import KERNEL_VARIABLE, KERNELS
 from attention.processors import PLADISAttnProcessor, PLADISFluxAttnProcessor
 from attention.reference import reference_formulation
 from scripts.cli.assets import REPO_ROOT
+from scripts.cli.parsers import command_parser
 from scripts.dispatch_counter import count_dispatch
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -217,16 +218,29 @@ CASES = {
 # ---- measurement ------------------------------------------------------------------------------
 
 
-def median_times(runs: dict[str, Callable[[], object]], args) -> dict[str, float]:
-    """Median seconds per variant; variants alternate within every round so drift hits all alike."""
+def progress(message: str) -> None:
+    """One progress line on stderr (the tables stay alone on stdout), shown at once."""
+    print(f"[benchmark] {message}", file=sys.stderr, flush=True)
+
+
+def median_times(runs: dict[str, Callable[[], object]], args, case: str = "") -> dict[str, float]:
+    """Median seconds per variant; variants alternate within every round so drift hits all alike. Reports each
+    round, then each variant's min / median / max, as progress lines."""
     samples = {name: [] for name in runs}
     with torch.inference_mode():
-        for _ in range(args.warmup):
+        for number in range(args.warmup):
+            progress(f"{case}: warm-up round {number + 1}/{args.warmup} ({', '.join(runs)})")
             for run in runs.values():
                 run()
-        for _ in range(args.repeats):
+        for number in range(args.repeats):
             for name, run in runs.items():
                 samples[name].append(_seconds(run, args.device))
+            progress(f"{case}: timed round {number + 1}/{args.repeats}")
+    for name, values in samples.items():
+        progress(
+            f"{case}: {name} ms min / median / max: {min(values) * 1e3:.2f} / {statistics.median(values) * 1e3:.2f} "
+            f"/ {max(values) * 1e3:.2f} ({len(values)} runs)"
+        )
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
@@ -329,7 +343,7 @@ GPU_CHECK_SHARDS = 8
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = command_parser(__doc__)
     parser.add_argument(
         "--cases",
         default="sdxl-attention,flux-attention",
@@ -397,9 +411,10 @@ def run_table(args, argv: list[str]) -> None:
         f"torch={torch.__version__}  threads={torch.get_num_threads()}  λ={args.pladis_scale}  α={args.pladis_alpha}"
     )
     for case in args.cases.split(","):
+        progress(f"{case}: building the modules")
         runs = per_kernel(CASES[case](args), args.kernels)
         names = list(runs)
-        times = median_times(runs, args)
+        times = median_times(runs, args, case)
         stock, reference = times["stock"], times["reference"]
         ours = [name for name in names if name.startswith("pladis")]
         print(
@@ -423,6 +438,7 @@ def run_table(args, argv: list[str]) -> None:
             flush=True,
         )
         if args.counts:
+            progress(f"{case}: counting launches and syncs")
             counts = [launches_and_syncs(runs[name], args.device) for name in names]
             print(
                 "| launches / syncs per call | "
@@ -435,7 +451,10 @@ def run_table(args, argv: list[str]) -> None:
                 peaks = [extra_peak_memory(runs, name, args) for name in names]
             else:
                 del runs
-                peaks = [memory_in_subprocess(case, name, _without_cases(argv)) for name in names]
+                peaks = []
+                for name in names:
+                    progress(f"{case}: peak memory of {name} (a fresh process)")
+                    peaks.append(memory_in_subprocess(case, name, _without_cases(argv)))
             print(
                 "| extra peak MiB | "
                 + " | ".join(f"{peak / 2**20:.0f}" for peak in peaks)

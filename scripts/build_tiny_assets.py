@@ -6,7 +6,6 @@ saved folders with `from_pretrained`, exactly as users load real checkpoints.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
@@ -61,6 +60,7 @@ from scripts.cli.assets import (
     TINY_SDXL_CONTROLNET,
     TINY_SDXL_LORA,
 )
+from scripts.cli.parsers import command_parser
 
 # Tiny prompt words get their own tokens, so prompts that differ in a word give different embeddings.
 _WORDS = [
@@ -546,7 +546,7 @@ def build_tiny_sana(seed: int = 0) -> SanaPipeline:
 
 def main(argv: list[str] | None = None) -> None:
     """Write every tiny asset into `--out` (default `asset/`)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = command_parser(__doc__)
     parser.add_argument("--out", type=Path, default=ASSET_DIR, help="folder to write the pipelines into")
     args = parser.parse_args(argv)
     build_tiny_sdxl().save_pretrained(args.out / TINY_SDXL.name, safe_serialization=True)

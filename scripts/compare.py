@@ -19,18 +19,9 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from attention.install import apply_pladis
 from attention.validation import check_pladis_scale, check_pladis_window
 from scripts.cli import checks
-from scripts.cli.loading import (
-    call_options,
-    default_device,
-    image_size,
-    load_pipeline,
-    pladis_arguments,
-    seeded_generator,
-    step_progress,
-)
+from scripts.cli.captions import method_of, run_caption, scale_label
 from scripts.cli.options import (
     add_generation_options,
     add_model_options,
@@ -41,15 +32,16 @@ from scripts.cli.options import (
     parse_with_settings,
     prefer_toy,
 )
+from scripts.cli.parsers import command_parser
 from scripts.cli.records import run_settings, write_json
-from scripts.cli.registry import call_parameters
+from scripts.cli.registry import call_parameters, pladis_arguments
 from scripts.grid import save_grid
 
 
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     """The options of one comparison (prompt, λ, sweep, model, generation, `--settings`), without `--out`: also the
     web demo's (`scripts/demo.py`), where they choose the loaded model and the page's defaults."""
-    parser = argparse.ArgumentParser(description=description or __doc__.splitlines()[0])
+    parser = command_parser(description or __doc__)
     parser.add_argument("--prompt", default=None, help="default: a toy caption on the toy, else an astronaut")
     parser.add_argument("--pladis-scale", type=float, default=2.0, help="λ of the PLADIS panel (default 2.0)")
     parser.add_argument("--scales", default=None, help="λ sweep, e.g. 0,1,1.5,2 (default: 0 and --pladis-scale)")
@@ -102,6 +94,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> arg
         parser.error(str(error))
     if args.scales is None and args.windows is None and args.layer_sets is None:
         args.scales = [0.0, args.pladis_scale]
+    from scripts.cli.loading import default_device  # imports torch: only once the options parsed
+
     args.device = args.device or default_device()  # recorded, so a rerun uses the same kind of device
     prefer_toy(args, "a photo of an astronaut riding a horse on the moon")
     args = finish_common_options(parser, args)
@@ -146,15 +140,16 @@ class Panel:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
-def panel_label(scale: float, alpha: float) -> str:
-    return "without PLADIS" if scale == 0 else f"PLADIS scale={scale:g} alpha={alpha:g}"
+def panel_label(args: argparse.Namespace, scale: float) -> str:
+    """A panel's label: the run's guidance method and its λ ("CFG 5 (no PLADIS)", "SEG 3 + PLADIS scale=2")."""
+    return scale_label(method_of(args), scale)
 
 
 def panels(args: argparse.Namespace) -> list[Panel]:
     """The λ sweep, or a panel without PLADIS followed by the window or layer sweep at `--pladis-scale`."""
     if args.scales is not None:
-        return [Panel(scale, panel_label(scale, args.pladis_alpha)) for scale in args.scales]
-    scale, head = args.pladis_scale, f"PLADIS {args.pladis_scale:g}"
+        return [Panel(scale, panel_label(args, scale)) for scale in args.scales]
+    scale, head = args.pladis_scale, panel_label(args, args.pladis_scale)
     if args.windows is not None:
         sweep = [
             Panel(scale, f"{head}, steps {start:g}-{stop:g}", {"pladis_start": start, "pladis_stop": stop})
@@ -164,18 +159,21 @@ def panels(args: argparse.Namespace) -> list[Panel]:
         sweep = [
             Panel(scale, f"{head} on {','.join(layers)}", {"pladis_layers": list(layers)}) for layers in args.layer_sets
         ]
-    return [Panel(0.0, "without PLADIS"), *sweep]
+    return [Panel(0.0, panel_label(args, 0.0)), *sweep]
 
 
 def generate_panels(args: argparse.Namespace) -> tuple[list[Image.Image], list[str]]:
-    """The grid's images and labels: the control image (ControlNet only), then one image per λ, same seed."""
+    """The grid's images and labels: the control image (ControlNet only), then one image per λ, same seed, each
+    labelled with its guidance method and λ."""
+    from scripts.cli.loading import call_options, image_size, load_pipeline
+
     pipe = load_pipeline(args)
     height, width = image_size(pipe, args)
     options = call_options(pipe, args, height, width)
     images, labels = [], []
     if "image" in options:
         images.append(options["image"])
-        labels.append(f"control ({args.preprocess or 'as given'})")
+        labels.append(f"control image ({args.preprocess or 'as given'})")
     grid = panels(args)
     with tqdm(total=len(grid) * args.steps, desc="compare", unit="step") as bar:
         images += panel_images(pipe, args, options, grid, bar)
@@ -187,9 +185,7 @@ def scale_images(
     pipe: Any, args: argparse.Namespace, options: dict[str, Any], scales: list[float], bar: Any
 ) -> list[Image.Image]:
     """One image per λ in `scales` (`panel_images` of a λ sweep)."""
-    return panel_images(
-        pipe, args, options, [Panel(scale, panel_label(scale, args.pladis_alpha)) for scale in scales], bar
-    )
+    return panel_images(pipe, args, options, [Panel(scale, panel_label(args, scale)) for scale in scales], bar)
 
 
 def panel_images(
@@ -199,6 +195,9 @@ def panel_images(
     or layers go through its PLADIS arguments, or for a stock pipeline through `apply_pladis` around the call
     (checked to fit the denoiser before any generation). `bar.update(n)` hears of every denoising step (a tqdm
     bar or the like)."""
+    from attention.install import apply_pladis
+    from scripts.cli.loading import seeded_generator, step_progress
+
     accepted = call_parameters(type(pipe))
     if "pladis_scale" not in accepted:
         for panel in grid:
@@ -237,7 +236,7 @@ def main(argv: list[str] | None = None) -> Path:
     """Write the grid and, next to it, a JSON of every setting (rerun it with `--settings`); return the grid path."""
     args = parse_args(argv)
     images, labels = generate_panels(args)
-    path = save_grid(images, labels, args.out)
+    path = save_grid(images, labels, args.out, caption=run_caption(args))
     settings = write_json(path.with_suffix(".json"), run_settings("scripts.compare", args, argv, panels=labels))
     print(f"wrote {path} and {settings}")
     return path

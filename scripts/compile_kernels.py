@@ -7,7 +7,6 @@ and shared memory per launch configuration (the numbers behind `triton_kernels._
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import os
 import subprocess
@@ -19,6 +18,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from attention import triton_kernels
+from scripts.cli.parsers import command_parser
 
 KERNELS = {"cross-attention": triton_kernels._cross_attention_kernel, "text-block": triton_kernels._text_block_kernel}
 _TYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
@@ -69,7 +69,7 @@ def resource_usage(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = command_parser(__doc__)
     parser.add_argument("--arch", type=int, default=90, help="compute capability ×10: 80, 89, 90")
     args = parser.parse_args(argv)
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")

@@ -12,7 +12,6 @@ Each process holds a random shard `[text ; image]` of one FLUX-like layer (defau
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import time
@@ -27,6 +26,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from attention.call_context import LEADING, LayerCall
 from attention.context_parallel import context_parallel_attention, gather_text
 from scripts.cli.loading import DTYPES
+from scripts.cli.parsers import command_parser
 
 
 def _timed(call: Callable[[], object], repeats: int, device: torch.device) -> float:
@@ -76,7 +76,7 @@ def measure(
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser = command_parser(__doc__)
     parser.add_argument("--mode", choices=("ulysses", "ring"), default="ulysses")
     parser.add_argument("--heads", type=int, default=24)
     parser.add_argument("--head-dim", type=int, default=128)

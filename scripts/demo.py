@@ -165,7 +165,7 @@ def settings_record(
     record = copy.deepcopy(args)
     record.scales = scales
     argv = command_line(compare.build_parser(), record)
-    labels = [compare.panel_label(scale, args.pladis_alpha) for scale in scales]
+    labels = [compare.panel_label(args, scale) for scale in scales]
     settings = run_settings("scripts.compare", record, argv, panels=labels, **extra)
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     return settings, write_json(folder / f"pladis-compare-{digest}.json", settings)
@@ -251,7 +251,7 @@ class DemoRequests:
             missing = [scale for scale in dict.fromkeys(sweep) if scale not in images]
             if missing:
                 images.update(zip(missing, self.generate(args, missing, progress, "λ sweep"), strict=True))
-            gallery = [(images[scale], compare.panel_label(scale, args.pladis_alpha)) for scale in sweep]
+            gallery = [(images[scale], compare.panel_label(args, scale)) for scale in sweep]
             extra, grid = {}, None
             if maps and self.has_maps:
                 map_args = map_arguments(args, tokens)

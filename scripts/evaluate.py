@@ -1,10 +1,12 @@
 """Score folders of generated images against their prompts: CLIPScore, FID to a reference folder, ImageReward,
-PickScore.
+PickScore, and the toy scorer's accuracies when the prompts are the toy model's captions.
 
 It prints one table row per folder (e.g. without and with PLADIS, as in the paper's tables); a metric whose
-model or weights are not available reads "n/a" with the reason, and FID is named after the features it used.
-`python -m scripts.evaluate --toy` instead generates and scores the embedded toy model with its deterministic scorer
-(`scripts/toy_eval.py`).
+model or weights are not available (not downloaded, HF_HUB_OFFLINE=1, a package missing) reads "n/a" with the
+reason, and FID is named after the features it used. Folders `generate` made on the trained toy
+(`asset/toy-sdxl`, its default model) from toy captions are scored offline by the toy scorer
+(`scripts/toy_scorer.py`: colour, shape, object, image accuracy). `--toy` instead generates and scores the toy's
+whole evaluation grid (`scripts/toy_eval.py`; every option after `--toy` is that script's).
 """
 
 from __future__ import annotations
@@ -15,21 +17,24 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
 from scripts.cli import checks
 from scripts.cli.assets import model_source
-from scripts.cli.loading import default_device
+from scripts.cli.parsers import command_parser
 from scripts.cli.prompts import IMAGE_NAME, MANIFEST, PromptEntry, folder_label, read_prompts
 from scripts.cli.records import write_json
 
 REFERENCE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 INCEPTION_SIZE = 299
+
+if TYPE_CHECKING:
+    import torch
 
 FeatureExtractor = Callable[[Sequence[Image.Image]], np.ndarray]
 
@@ -58,6 +63,7 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
 
 def inception_features(weights: Path, device: str) -> FeatureExtractor:
     """Pool features (2048) of torchvision's Inception-v3 loaded from a local state-dict file."""
+    import torch
     from torchvision.models import inception_v3
 
     # transform_input=True as torchvision sets for its ImageNet weights (they expect [-1, 1] inputs)
@@ -68,7 +74,6 @@ def inception_features(weights: Path, device: str) -> FeatureExtractor:
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
-    @torch.no_grad()
     def extract(images: Sequence[Image.Image]) -> np.ndarray:
         pixels = np.stack(
             [
@@ -77,7 +82,8 @@ def inception_features(weights: Path, device: str) -> FeatureExtractor:
             ]
         )
         batch = (torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
-        return model(batch.to(device)).float().cpu().numpy()
+        with torch.no_grad():
+            return model(batch.to(device)).float().cpu().numpy()
 
     return extract
 
@@ -85,9 +91,13 @@ def inception_features(weights: Path, device: str) -> FeatureExtractor:
 # ---------------------------------------------------------------- CLIP-based scores
 
 
-def _embedding(output: object) -> torch.Tensor:
-    """`get_*_features` returns a tensor (transformers 4) or an output whose pooler holds the projection (5)."""
-    return output if isinstance(output, torch.Tensor) else output.pooler_output
+def _normalised_embedding(output: object) -> torch.Tensor:
+    """The unit-length float embeddings of a `get_*_features` result: a tensor (transformers 4) or an output
+    whose pooler holds the projection (5)."""
+    import torch
+
+    features = output if isinstance(output, torch.Tensor) else output.pooler_output
+    return torch.nn.functional.normalize(features.float(), dim=-1)
 
 
 @dataclass
@@ -107,18 +117,22 @@ class ClipModel:
         self.model = CLIPModel.from_pretrained(model_source(self.name), use_safetensors=True).eval().to(self.device)
         self.processor = CLIPProcessor.from_pretrained(model_source(self.processor_name or self.name))
 
-    @torch.no_grad()
     def image_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        inputs = self.processor(images=[image.convert("RGB") for image in images], return_tensors="pt")
-        features = _embedding(self.model.get_image_features(pixel_values=inputs["pixel_values"].to(self.device)))
-        return torch.nn.functional.normalize(features.float(), dim=-1)
+        import torch
 
-    @torch.no_grad()
+        inputs = self.processor(images=[image.convert("RGB") for image in images], return_tensors="pt")
+        with torch.no_grad():
+            return _normalised_embedding(
+                self.model.get_image_features(pixel_values=inputs["pixel_values"].to(self.device))
+            )
+
     def text_embeddings(self, texts: Sequence[str]) -> torch.Tensor:
+        import torch
+
         inputs = self.processor(text=list(texts), padding=True, truncation=True, return_tensors="pt")
         inputs = {name: value.to(self.device) for name, value in inputs.items()}
-        features = _embedding(self.model.get_text_features(**inputs))
-        return torch.nn.functional.normalize(features.float(), dim=-1)
+        with torch.no_grad():
+            return _normalised_embedding(self.model.get_text_features(**inputs))
 
     def cosines(self, images: Sequence[Image.Image], texts: Sequence[str]) -> torch.Tensor:
         """cos(image_i, text_i) for each pair."""
@@ -249,8 +263,14 @@ def features_of(paths: Sequence[Path], extract: FeatureExtractor, batch_size: in
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = command_parser(__doc__)
     parser.add_argument("folders", nargs="+", type=Path, help="generated folders, e.g. out/pladis_0 out/pladis_2")
+    parser.add_argument(
+        "--toy",
+        action="store_true",
+        help="generate and score the embedded toy model's evaluation grid instead (scripts/toy_eval.py, no "
+        "folders): every option after --toy is that script's (see pladis-evaluate --toy --help)",
+    )
     parser.add_argument(
         "--prompts",
         type=Path,
@@ -262,7 +282,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--clip-model",
         default="openai/clip-vit-large-patch14",
-        help="CLIP for CLIPScore: local folder or hub id (default ViT-L/14, as torchmetrics)",
+        help="CLIP for CLIPScore: local folder or hub id (default ViT-L/14, as torchmetrics; "
+        "'n/a' with the reason when it cannot load, e.g. offline and not downloaded)",
     )
     parser.add_argument(
         "--fid-features",
@@ -283,7 +304,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="its processor (default: the model's folder; PickScore_v1 uses laion/CLIP-ViT-H-14-laion2B-s32B-b79K)",
     )
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     args = parser.parse_args(argv)
@@ -305,12 +326,81 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ):
         if path is not None and not (path.is_dir() if kind == "folder" else path.is_file()):
             parser.error(f"{option}: no such {kind}: {path}")
+    if problem := checks.device_problem("--device", args.device):
+        parser.error(problem)
+    from scripts.cli.loading import default_device  # imports torch: only once the options parsed
+
     args.device = args.device or default_device()
     return args
 
 
 def _mean(values: list[float]) -> float:
     return float(np.mean(values))
+
+
+def loaded(what: str, name: str, load: Callable[[], object]) -> tuple[object | None, str]:
+    """`load()` and its metric label, or None and "n/a (why)": not in the local cache with HF_HUB_OFFLINE=1, or
+    the loader's own error, in one line."""
+    if problem := checks.hub_offline_problem(what, name, "config.json"):
+        return None, f"n/a ({problem})"
+    try:
+        return load(), ""
+    except (OSError, ValueError, ImportError) as error:  # files, hub and packages: "not available here"
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return None, f"n/a ({what} {name} could not be loaded: {reason})"
+
+
+TOY_METRICS = {
+    "toy_colour": "toy scorer: share of the two objects with the prompted colour on the prompted side",
+    "toy_shape": "toy scorer: share of the two objects with the prompted shape on the prompted side",
+    "toy_object": "toy scorer: share of the two objects right in colour and shape",
+    "toy_image": "toy scorer: share of images with both objects right (scripts/toy_scorer.py, no learned weights)",
+}
+
+
+def toy_scenes(prompts: Sequence[str], folders: Sequence[Path]) -> list | str | None:
+    """The toy scenes the prompts ask for, when the toy scorer can read these folders: every prompt a two-object
+    toy caption. Otherwise the reason (a string) when the folders look like a toy run (a prompt is a toy
+    caption, or generate.py recorded the toy model), else None (the scorer does not apply)."""
+    from scripts.toy_scorer import scene_of_caption
+
+    scenes, problem = [], None
+    for index, prompt in enumerate(prompts):
+        try:
+            scene = scene_of_caption(prompt)
+        except ValueError:
+            problem = problem or f"prompt {index} is not a toy caption: {prompt!r}"
+            continue
+        if scene.left is None or scene.right is None:
+            problem = problem or f"prompt {index} names one object; the toy scorer reads two-object captions"
+        scenes.append(scene)
+    if problem is None:
+        return scenes
+    return f"n/a ({problem})" if scenes or _made_by_the_toy(folders) else None
+
+
+def _made_by_the_toy(folders: Sequence[Path]) -> bool:
+    """Whether generate.py recorded the trained toy as the model of these folders."""
+    from scripts.cli.assets import is_toy_model
+    from scripts.cli.prompts import SETTINGS
+    from scripts.cli.records import read_settings
+
+    for folder in folders:
+        path = Path(folder).parent / SETTINGS
+        try:
+            model = read_settings(path)["arguments"].get("model") if path.exists() else None
+        except ValueError:
+            model = None
+        if model and is_toy_model(model):
+            return True
+    return False
+
+
+def toy_scores(scenes: Sequence, images: Sequence[Image.Image]) -> dict[str, list[float]]:
+    """Per-image toy accuracies (`TOY_METRICS`) of `images` against the scenes their prompts asked for."""
+    from scripts.toy_eval import score_images
+
+    return {f"toy_{metric}": values for metric, values in score_images(list(images), list(scenes)).items()}
 
 
 def evaluate(args: argparse.Namespace) -> dict:
@@ -333,20 +423,25 @@ def evaluate(args: argparse.Namespace) -> dict:
         for label, folder in zip(labels, args.folders, strict=True)
     ]
 
-    clip = ClipModel(args.clip_model, args.device)
-    metrics: dict[str, str] = {"clip_score": f"CLIPScore ({args.clip_model})"}
-    scorers: dict[str, Callable] = {"clip_score": lambda batch, texts: clip_scores(clip, batch, texts)}
+    # Each scorer maps (images, prompts) of a batch to {metric: per-image scores}.
+    scorers: list[Callable[[list[Image.Image], list[str], list[int]], dict[str, list[float]]]] = []
+    metrics: dict[str, str] = {}
+    clip, why = loaded("--clip-model", args.clip_model, lambda: ClipModel(args.clip_model, args.device))
+    metrics["clip_score"] = f"CLIPScore ({args.clip_model})" if clip is not None else why
+    if clip is not None:
+        scorers.append(lambda batch, texts, at: {"clip_score": clip_scores(clip, batch, texts)})
 
     if args.pickscore_model is None:
         metrics["pick_score"] = "n/a (no --pickscore-model given)"
     else:
-        try:
-            pick = ClipModel(args.pickscore_model, args.device, args.pickscore_processor)
-        except (OSError, ValueError) as error:  # weights not available here
-            metrics["pick_score"] = f"n/a (PickScore model {args.pickscore_model} could not be loaded: {error})"
-        else:
-            metrics["pick_score"] = f"PickScore ({args.pickscore_model})"
-            scorers["pick_score"] = lambda batch, texts: pick_scores(pick, batch, texts)
+        pick, why = loaded(
+            "--pickscore-model",
+            args.pickscore_model,
+            lambda: ClipModel(args.pickscore_model, args.device, args.pickscore_processor),
+        )
+        metrics["pick_score"] = f"PickScore ({args.pickscore_model})" if pick is not None else why
+        if pick is not None:
+            scorers.append(lambda batch, texts, at: {"pick_score": pick_scores(pick, batch, texts)})
 
     if args.imagereward_model is None:
         metrics["image_reward"] = "n/a (no --imagereward-model given)"
@@ -359,13 +454,23 @@ def evaluate(args: argparse.Namespace) -> dict:
             metrics["image_reward"] = f"n/a (ImageReward {args.imagereward_model} could not be loaded: {error})"
         else:
             metrics["image_reward"] = f"ImageReward ({args.imagereward_model})"
-            scorers["image_reward"] = lambda batch, texts: image_reward_scores(reward, batch, texts)
+            scorers.append(lambda batch, texts, at: {"image_reward": image_reward_scores(reward, batch, texts)})
+
+    scenes = toy_scenes(prompts, args.folders)
+    if isinstance(scenes, str):
+        metrics.update(dict.fromkeys(TOY_METRICS, scenes))
+    elif scenes is not None:
+        metrics.update(TOY_METRICS)
+        scorers.append(lambda batch, texts, at: toy_scores([scenes[index] for index in at], batch))
 
     extract: FeatureExtractor | None = None
     if args.reference is None:
         metrics["fid"] = "n/a (no --reference folder)"
     elif args.fid_features == "clip":
-        extract, metrics["fid"] = clip.image_features, f"FID (CLIP features, {args.clip_model})"
+        if clip is None:
+            metrics["fid"] = f"n/a (FID on CLIP features needs the --clip-model: {metrics['clip_score'][5:-1]})"
+        else:
+            extract, metrics["fid"] = clip.image_features, f"FID (CLIP features, {args.clip_model})"
     elif args.inception_weights is None:
         metrics["fid"] = (
             "n/a (Inception weights unavailable: pass --inception-weights FILE, "
@@ -379,17 +484,22 @@ def evaluate(args: argparse.Namespace) -> dict:
     if extract is not None:
         reference = features_of(reference_images(args.reference), extract, args.batch_size)
 
+    positions = list(range(len(shared)))
     with tqdm(total=len(args.folders) * len(shared), desc="evaluate", unit="image") as bar:
         for row, found in zip(rows, images, strict=True):
             paths = [found[index] for index in shared]
-            scores: dict[str, list[float]] = {name: [] for name in scorers}
+            scores: dict[str, list[float]] = {}
             features = []
-            for batch_paths, batch_prompts in zip(
-                in_batches(paths, args.batch_size), in_batches(prompts, args.batch_size), strict=True
+            for batch_paths, batch_prompts, batch_positions in zip(
+                in_batches(paths, args.batch_size),
+                in_batches(prompts, args.batch_size),
+                in_batches(positions, args.batch_size),
+                strict=True,
             ):
                 batch = open_images(batch_paths)
-                for name, score in scorers.items():
-                    scores[name] += score(batch, batch_prompts)
+                for scorer in scorers:
+                    for name, values in scorer(batch, batch_prompts, batch_positions).items():
+                        scores.setdefault(name, []).extend(values)
                 if extract is not None:
                     features.append(extract(batch))
                 bar.update(len(batch))
@@ -403,14 +513,22 @@ def _cell(value: float | None) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
+COLUMNS = (
+    ("fid", "FID ↓"),
+    ("clip_score", "CLIPScore ↑"),
+    ("image_reward", "ImageReward ↑"),
+    ("pick_score", "PickScore ↑"),
+    ("toy_colour", "toy colour ↑"),
+    ("toy_shape", "toy shape ↑"),
+    ("toy_object", "toy object ↑"),
+    ("toy_image", "toy image ↑"),
+)
+
+
 def format_table(results: dict) -> str:
-    """A Markdown table (FID ↓, CLIPScore ↑, ImageReward ↑, PickScore ↑ per folder) and what each column is."""
-    columns = [
-        ("fid", "FID ↓"),
-        ("clip_score", "CLIPScore ↑"),
-        ("image_reward", "ImageReward ↑"),
-        ("pick_score", "PickScore ↑"),
-    ]
+    """A Markdown table (FID ↓, CLIPScore ↑, ImageReward ↑, PickScore ↑, and the toy scorer's accuracies where
+    they apply, per folder) and what each column is."""
+    columns = [(name, title) for name, title in COLUMNS if name in results["metrics"]]
     lines = [
         "| | images | " + " | ".join(title for _, title in columns) + " |",
         "| --- | ---: | " + " | ".join("---:" for _ in columns) + " |",
@@ -420,18 +538,18 @@ def format_table(results: dict) -> str:
             f"| {row['label']} | {row['images']} | " + " | ".join(_cell(row.get(name)) for name, _ in columns) + " |"
         )
     lines.append("")
-    lines += [f"{title.split()[0]}: {results['metrics'][name]}" for name, title in columns]
+    lines += [f"{title.removesuffix(' ↑').removesuffix(' ↓')}: {results['metrics'][name]}" for name, title in columns]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Print the table (and write `--json`); return the results. `evaluate.py --toy [options]` runs the toy
-    evaluation instead (`scripts/toy_eval.py`: generation and the toy scorer, no downloaded models)."""
+    """Print the table (and write `--json`); return the results. `--toy [options]` runs the toy evaluation
+    instead (`scripts/toy_eval.py`: generation and the toy scorer, no downloaded models), wherever it stands."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["--toy"]:
+    if "--toy" in argv:
         from scripts.toy_eval import main as toy_main
 
-        return toy_main(argv[1:])
+        return toy_main([item for item in argv if item != "--toy"])
     args = parse_args(argv)
     results = evaluate(args)
     print(format_table(results))

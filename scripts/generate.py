@@ -13,15 +13,11 @@ import json
 from itertools import groupby
 from pathlib import Path
 
-import torch
-from accelerate import PartialState
-from accelerate.utils import broadcast_object_list, parse_flag_from_env
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
 from scripts.cli import checks
-from scripts.cli.loading import call_options, image_size, load_pipeline, seeded_generator
 from scripts.cli.options import (
     add_generation_options,
     add_model_options,
@@ -29,7 +25,9 @@ from scripts.cli.options import (
     finish_common_options,
     parse_scales,
     parse_with_settings,
+    prefer_toy,
 )
+from scripts.cli.parsers import command_parser
 from scripts.cli.prompts import MANIFEST, SETTINGS, PromptEntry, image_path, read_prompts, scale_folder
 from scripts.cli.records import read_settings, read_text_file, run_settings, write_image, write_json, write_text
 
@@ -41,7 +39,7 @@ _RESUMABLE_OPTIONS = {"batch_size", "device", "out", "settings", "scales", "prom
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and check the options (`--settings FILE` starts from a recorded run)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = command_parser(__doc__)
     parser.add_argument(
         "--prompts",
         type=Path,
@@ -83,6 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(problem)
     if problem := checks.output_folder_problem("--out", args.out):
         parser.error(problem)
+    prefer_toy(args)
     return finish_common_options(parser, args)
 
 
@@ -98,6 +97,11 @@ def shared_folder_problem(scales: list[float]) -> str | None:
     return f"--scales: these values would write into one folder ({details}); give each λ once, distinct in 6 digits"
 
 
+def counted(count: int, noun: str) -> str:
+    """`1 image`, `2 images`, `0 images`."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def prompt_seed(entry: PromptEntry, base_seed: int) -> int:
     """The prompt's own seed, else `base_seed + index`: the same whatever the number of processes."""
     return entry.seed if entry.seed is not None else base_seed + entry.index
@@ -105,6 +109,9 @@ def prompt_seed(entry: PromptEntry, base_seed: int) -> int:
 
 def runs_on_cpu(args: argparse.Namespace) -> bool:
     """CPU processes: asked for, set by `accelerate launch --cpu`, or no accelerator present."""
+    import torch
+    from accelerate.utils import parse_flag_from_env
+
     asked = args.device is not None and str(args.device).startswith("cpu")
     return asked or parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.accelerator.is_available()
 
@@ -194,12 +201,20 @@ def batches(entries: list[PromptEntry], batch_size: int) -> list[list[PromptEntr
 def main(argv: list[str] | None = None) -> list[Path]:
     """Generate this process's share of the missing images; return the paths it wrote."""
     args = parse_args(argv)
+    import torch  # torch, accelerate and diffusers load once the options are known to be good
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    from scripts.cli.loading import call_options, image_size, load_pipeline, seeded_generator
+
     entries = read_prompts(args.prompts)
     state = PartialState(cpu=runs_on_cpu(args))
     if args.device is not None and state.num_processes > 1 and not str(args.device).startswith("cpu"):
         raise SystemExit("leave --device out under `accelerate launch`: each process uses its own device")
     # accelerate names CPU processes' device `cpu:0`; diffusers computes differently on `cpu:0` than on `cpu`
     device = args.device or (torch.device("cpu") if state.device.type == "cpu" else state.device)
+    if state.num_processes == 1:
+        args.device = str(device)  # recorded as it ran (not null); under a launcher each process picks its own
     settings = run_settings(
         "scripts.generate",
         args,
@@ -248,7 +263,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
             bar.close()
         skipped = len(share) * len(args.scales) - total
     print(
-        f"process {state.process_index}/{state.num_processes}: wrote {len(written)} images, "
+        f"process {state.process_index}/{state.num_processes}: wrote {counted(len(written), 'image')}, "
         f"{skipped} already there ({len(share)} of {len(entries)} prompts)",
         flush=True,
     )

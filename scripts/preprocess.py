@@ -11,7 +11,6 @@ from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
-import torch
 from PIL import Image
 
 DEFAULT_DEPTH_MODEL = "Intel/dpt-hybrid-midas"
@@ -32,6 +31,8 @@ def depth_map(
     """The relative depth of `image` as a 3-channel 8-bit picture (near = bright), like diffusers' ControlNet
     depth examples: DPT's prediction resized (bicubic) to `size` (width, height; default the input's) and
     min-max normalised."""
+    import torch  # here, so the scripts can name DEFAULT_DEPTH_MODEL in their options without loading torch
+
     estimator, processor = load_depth_estimator(model, str(device))
     width, height = size or image.size
     pixel_values = processor(images=image.convert("RGB"), return_tensors="pt").pixel_values.to(device)

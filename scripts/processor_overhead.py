@@ -10,7 +10,6 @@ seam, its epilogue), the stock `AttnProcessor2_0` under a `TorchFunctionMode` th
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from torch.overrides import TorchFunctionMode
 from attention.functional import pladis_scaled_dot_product_attention
 from attention.install import apply_pladis
 from attention.processor import unet_attention_heads, unet_attention_output
+from scripts.cli.parsers import command_parser
 
 
 class CopiedProcessor:
@@ -126,7 +126,7 @@ def _single_layer_denoiser(attn: torch.nn.Module) -> torch.nn.Module:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = command_parser(__doc__)
     parser.add_argument("--calls", type=int, default=300, help="calls per variant and round (default 300)")
     parser.add_argument("--rounds", type=int, default=9, help="alternating rounds after a warm-up (default 9)")
     args = parser.parse_args(argv)

@@ -11,7 +11,6 @@ tokens, the end token and the padding after it, and the number of keys entmax15 
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from attention.attention_maps import attention_logits
 from attention.install import attention_modules, swapped_attn_processors
 from attention.sparse_maps import entmax_attention, softmax_attention
 from scripts.cli.assets import TOY_MODEL, model_source, repository_relative
+from scripts.cli.parsers import command_parser
 from scripts.cli.records import write_json
 from scripts.toy_data import evaluation_scenes
 
@@ -134,7 +134,7 @@ def summary_lines(stats: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = command_parser(__doc__)
     parser.add_argument("--model", default=repository_relative(TOY_MODEL))
     parser.add_argument("--count", type=int, default=32, help="two-object toy prompts (default 32)")
     parser.add_argument("--steps", type=int, default=20)

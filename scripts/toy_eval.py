@@ -19,11 +19,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from attention.validation import check_pladis_alpha, check_pladis_scale
 from scripts.cli.assets import TOY_MODEL, model_source, repository_relative
+from scripts.cli.entry_points import invoked_command
 from scripts.cli.options import comma_floats
+from scripts.cli.parsers import command_parser
 from scripts.cli.records import package_versions, repository_commit, write_json, write_text
 from scripts.toy_data import evaluation_scenes
 from scripts.toy_scorer import read_scene, score_scene
@@ -71,6 +72,8 @@ def generate(
     batch_size: int,
 ) -> list:
     """One image per caption, each from its own CPU generator seed (the same noise in every setting)."""
+    import torch
+
     images = []
     for start in range(0, len(captions), batch_size):
         chunk = slice(start, start + batch_size)
@@ -125,7 +128,7 @@ def format_table(results: dict, resamples: int, seed: int) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = command_parser(__doc__)
     parser.add_argument(
         "--model", default=repository_relative(TOY_MODEL), help="toy pipeline folder (default asset/toy-sdxl)"
     )
@@ -181,6 +184,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     """Generate, score and tabulate; writes OUT/results.json (after every setting) and OUT/table.md."""
     args = parse_args(argv)
+    import torch  # torch and diffusers load once the options parsed
+
     torch.set_num_threads(args.threads)
     from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
 
@@ -200,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
     results.update(
         versions=package_versions(),
         repository_commit=repository_commit(),
-        command=["python", "-m", "scripts.toy_eval", *(sys.argv[1:] if argv is None else argv)],
+        command=[*invoked_command("scripts.toy_eval"), *(sys.argv[1:] if argv is None else argv)],
     )
     grid = settings_grid(args.guidance, args.scales, args.alphas)
     began = time.time()

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scripts.cli.assets import TOY_MODEL
+from scripts.cli.parsers import command_parser
 from scripts.cli.records import package_versions, repository_commit, write_atomically
 from scripts.toy_data import SIZE, WORDS, all_captions, training_samples
 
@@ -428,7 +429,7 @@ def save_toy(out: Path, vae, te1, te2, tokenizer, unet, record: dict) -> Path:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = command_parser(__doc__)
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--unet-steps", type=int, default=None, help="UNet training steps (exact rebuild)")
     budget.add_argument(

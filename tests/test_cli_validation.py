@@ -10,7 +10,7 @@ import sys
 import pytest
 from diffusers import DiffusionPipeline
 
-from scripts import attention_maps, compare, generate
+from scripts import attention_maps, compare, evaluate, generate
 from scripts.cli.assets import TINY_CONTROL_IMAGE, TINY_SDXL
 
 
@@ -177,3 +177,65 @@ def test_generate_output_folder_must_be_a_writable_folder(tmp_path, capsys, no_m
     prompts.write_text("a photo of a cat\n")
     error = usage_error(generate.main, ["--prompts", str(prompts), "--out", str(prompts)], capsys)
     assert f"--out {prompts}: is an existing file" in error
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """HF_HUB_OFFLINE=1 as huggingface_hub read it, with an empty local cache."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+
+
+@pytest.mark.parametrize(
+    "argv,named",
+    [
+        (["--model", "someone/sdxl"], "--model someone/sdxl: not in the local Hugging Face cache"),
+        (["--pipeline", "flux", "--model", "black-forest-labs/FLUX.1-dev"], "--model black-forest-labs/FLUX.1-dev"),
+        (
+            ["--pipeline", "controlnet", "--controlnet", "diffusers/controlnet-depth-sdxl-1.0"],
+            "--controlnet diffusers/controlnet-depth-sdxl-1.0: not in the local Hugging Face cache",
+        ),
+    ],
+)
+def test_hub_models_missing_from_the_cache_offline_are_usage_errors(argv, named, capsys, offline, no_model_loads):
+    line = usage_error(compare.main, argv, capsys).strip().splitlines()[-1]  # one line after the usage
+    assert named in line and "HF_HUB_OFFLINE=1" in line
+
+
+@pytest.mark.parametrize("name", ["sdxl_cfg", "sdxl_lightning", "flux_dev", "controlnet_depth"])
+def test_examples_without_tiny_offline_say_so_and_name_tiny(name, tmp_path, capsys, offline, no_model_loads):
+    example = importlib.import_module(f"scripts.examples.{name}")
+    error = usage_error(example.main, ["--device", "cpu", "--out", str(tmp_path / "grid.png")], capsys)
+    line = error.strip().splitlines()[-1]
+    assert "HF_HUB_OFFLINE=1" in line and "--tiny" in line
+
+
+def test_a_cuda_device_torch_cannot_see_is_a_usage_error(tmp_path, capsys, monkeypatch, no_model_loads):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of a cat\n")
+    example = importlib.import_module("scripts.examples.sdxl_cfg")
+    for run, argv in (
+        (compare.main, ["--device", "cuda"]),
+        (generate.main, ["--prompts", str(prompts), "--device", "cuda:0"]),
+        (attention_maps.main, ["--device", "cuda"]),
+        (example.main, ["--tiny", "--device", "cuda"]),
+        (evaluate.main, [str(tmp_path), "--device", "cuda"]),
+    ):
+        error = usage_error(run, argv, capsys)
+        assert "torch sees no CUDA GPU" in error and "--device cpu" in error, argv
+
+
+def test_canny_without_controlnet_aux_names_the_extra_to_install(capsys, monkeypatch, no_model_loads):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *rest: None if name == "controlnet_aux" else find_spec(name, *rest)
+    )
+    error = usage_error(compare.main, ["--pipeline", "controlnet", "--preprocess", "canny"], capsys)
+    assert "--preprocess canny needs the controlnet_aux package" in error and "pip install -e .[controlnet]" in error

@@ -17,7 +17,16 @@ from scripts import compare
 from scripts.cli import checks
 from scripts.cli.assets import TINY_FLUX_SCHNELL, TINY_SDXL
 from tests.test_cli_validation import no_model_loads, usage_error  # noqa: F401
-from tests.test_compare_cli import panels_of
+from tests.test_compare_cli import CELL, LABEL
+
+
+def panels_of(path, count):
+    """The 64×64 panels of a one-row grid (each cell at least CELL wide: wider where a label needs it, the
+    enlarged image at its left)."""
+    grid = np.asarray(Image.open(path).convert("RGB"))
+    cell = grid.shape[1] // count
+    return [grid[LABEL : LABEL + CELL : 4, index * cell : index * cell + CELL : 4] for index in range(count)]
+
 
 AUTO = ["--pipeline", "auto", "--model", "asset/tiny-sdxl", "--steps", "2", "--guidance-scale", "5"]
 
@@ -76,12 +85,12 @@ def image_of(pipe, **pladis) -> np.ndarray:
         (
             ["--windows", "0:1,0.5:1"],
             [{}, {"pladis_start": 0.5}],
-            ["PLADIS 2, steps 0-1", "PLADIS 2, steps 0.5-1"],
+            ["CFG 5 + PLADIS scale=2, steps 0-1", "CFG 5 + PLADIS scale=2, steps 0.5-1"],
         ),
         (
             ["--layer-sets", "mid;up_blocks.0,down_blocks.2"],
             [{"pladis_layers": ["mid"]}, {"pladis_layers": ["up_blocks.0", "down_blocks.2"]}],
-            ["PLADIS 2 on mid", "PLADIS 2 on up_blocks.0,down_blocks.2"],
+            ["CFG 5 + PLADIS scale=2 on mid", "CFG 5 + PLADIS scale=2 on up_blocks.0,down_blocks.2"],
         ),
     ],
 )
@@ -99,7 +108,7 @@ def test_window_and_layer_sweeps_make_one_panel_each_and_replay_from_their_json(
         ]
     )
     settings = json.loads(path.with_suffix(".json").read_text())
-    assert settings["panels"] == ["without PLADIS", *labels]
+    assert settings["panels"] == ["CFG 5 (no PLADIS)", *labels]
     panels = panels_of(path, 3)
     for panel, arguments in zip(panels[1:], panel_arguments, strict=True):
         np.testing.assert_array_equal(panel, image_of(stock, **arguments))

@@ -20,10 +20,11 @@ TINY = ["--model", "asset/tiny-sdxl"]  # the random-weight SDXL (the default mod
 
 
 def panels_of(path, count):
-    """The panels of a one-row grid, back at 64×64 (the grid enlarges them by nearest neighbour)."""
+    """The panels of a one-row grid, back at 64×64 (the grid enlarges them by nearest neighbour); its caption
+    lies below them."""
     grid = np.asarray(Image.open(path).convert("RGB"))
-    assert grid.shape == (LABEL + CELL, count * CELL, 3)
-    return [grid[LABEL::4, index * CELL : (index + 1) * CELL : 4] for index in range(count)]
+    assert grid.shape[1:] == (count * CELL, 3) and grid.shape[0] > LABEL + CELL
+    return [grid[LABEL : LABEL + CELL : 4, index * CELL : (index + 1) * CELL : 4] for index in range(count)]
 
 
 def test_sweep_has_one_labelled_panel_per_scale_and_json_records_every_setting(tmp_path, capsys):
@@ -38,7 +39,7 @@ def test_sweep_has_one_labelled_panel_per_scale_and_json_records_every_setting(t
     assert arguments["pipeline"] == "sdxl" and arguments["model"] == "asset/tiny-sdxl"
     assert (arguments["height"], arguments["width"], arguments["guidance_scale"]) == (64, 64, 5.0)
     assert settings["seed"] == 3
-    assert settings["panels"] == ["without PLADIS", "PLADIS scale=1 alpha=1.5", "PLADIS scale=2 alpha=1.5"]
+    assert settings["panels"] == ["CFG 5 (no PLADIS)", "CFG 5 + PLADIS scale=1", "CFG 5 + PLADIS scale=2"]
     for package in ("torch", "diffusers", "transformers", "accelerate", "entmax"):
         assert settings["versions"][package] == importlib.metadata.version(package)
     assert "3/3" in capsys.readouterr().err  # one progress bar over all steps of the job
@@ -79,7 +80,7 @@ def test_scale_zero_panel_is_the_stock_pipeline_image(tmp_path):
         width=64,
         generator=loading.seeded_generator(2),
     ).images[0]
-    assert labels == ["without PLADIS"]
+    assert labels == ["CFG 5 (no PLADIS)"]
     np.testing.assert_array_equal(np.asarray(images[0]), np.asarray(expected))
 
 
@@ -149,8 +150,8 @@ def test_guidance_options_a_pipeline_does_not_take_are_refused(capsys):
         (["--timesteps", "999", "--steps", "2"], "--steps"),
         (["--preprocess", "canny"], "--control-image"),
         (
-            ["--pipeline", "controlnet", "--model", "someone/sdxl-controlnet"],
-            "--control-image",
+            ["--pipeline", "controlnet", "--model", "asset/toy-sdxl"],
+            "--pipeline controlnet needs --control-image",
         ),  # only tiny has a default
     ],
 )
@@ -165,6 +166,7 @@ def test_sdxl_seg_choice_forwards_the_seg_options_to_its_pipeline():
 
     args = compare.parse_args(
         [
+            *TINY,
             "--pipeline",
             "sdxl-seg",
             "--seg-scale",
@@ -180,6 +182,7 @@ def test_sdxl_seg_choice_forwards_the_seg_options_to_its_pipeline():
         ]
     )
     images, labels = compare.generate_panels(args)
+    assert labels == ["SEG 3 + CFG 5 + PLADIS scale=2"]  # the panel names its guidance: SEG, with CFG 5
     pipe = PLADISStableDiffusionXLSEGPipeline.from_pretrained(
         str(assets.ASSET_DIR / "tiny-sdxl"), local_files_only=True
     )
@@ -223,7 +226,7 @@ def test_controlnet_choice_shows_the_preprocessed_control_image_first(tmp_path):
     assert np.abs(plain.astype(int) - boosted).max() > 0
     settings = json.loads(path.with_suffix(".json").read_text())
     assert settings["arguments"]["control_image"] == assets.repository_relative(assets.TINY_CONTROL_IMAGE)
-    assert settings["panels"][0] == "control (canny)"
+    assert settings["panels"][0] == "control image (canny)"
 
 
 def test_flux_choice_runs_the_tiny_flux_and_scale_zero_is_stock_flux():
@@ -231,7 +234,7 @@ def test_flux_choice_runs_the_tiny_flux_and_scale_zero_is_stock_flux():
 
     args = compare.parse_args(["--pipeline", "flux", "--steps", "1"])
     images, labels = compare.generate_panels(args)
-    assert labels == ["without PLADIS", "PLADIS scale=2 alpha=1.5"]
+    assert labels == ["FLUX guidance 3.5 (no PLADIS)", "FLUX guidance 3.5 + PLADIS scale=2"]
     stock = FluxPipeline.from_pretrained(str(assets.ASSET_DIR / "tiny-flux-schnell"), local_files_only=True)
     expected = stock(
         args.prompt,

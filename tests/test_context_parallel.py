@@ -406,8 +406,17 @@ def test_many_gpus_example_on_two_ranks_writes_the_single_process_grid(tmp_path)
         return None if written is None else np.asarray(Image.open(written))
 
     grid = run_on_ranks(2, work)[0]
-    panels, single_panels = grid[LABEL_HEIGHT:].astype(int), single[LABEL_HEIGHT:].astype(int)  # labels name the mode
+    panels, single_panels = (grid_panels(image).astype(int) for image in (grid, single))  # labels name the mode
     assert panels.shape == single_panels.shape and np.abs(panels - single_panels).max() <= 1
+
+
+def grid_panels(grid: np.ndarray, count: int = 2, side: int = 256) -> np.ndarray:
+    """The `count` side-by-side panels of a grid (each `side` pixels: the tiny 64×64 images enlarged ×4), side by
+    side, without the labels above them, the caption below or the label-widened cells' margins."""
+    cell = grid.shape[1] // count
+    return np.concatenate(
+        [grid[LABEL_HEIGHT : LABEL_HEIGHT + side, index * cell : index * cell + side] for index in range(count)], axis=1
+    )
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))

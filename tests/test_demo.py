@@ -161,7 +161,7 @@ def test_sweep_maps_and_settings_reproduce_with_the_command_line_tool(served, tm
     gallery, maps, settings, path = requests.extras(request, "0,1,2", True, "", progress=progress)
 
     images, labels = zip(*gallery["value"], strict=True)
-    assert labels == ("without PLADIS", "PLADIS scale=1 alpha=1.5", "PLADIS scale=2 alpha=1.5")
+    assert labels == ("CFG 5 (no PLADIS)", "CFG 5 + PLADIS scale=1", "CFG 5 + PLADIS scale=2")
     assert images[0] is without and images[2] is pladis  # the pair's panels are reused, not regenerated
     assert len(steps_seen) == 2 * STEPS + STEPS + STEPS  # then the λ = 1 panel and the maps' generation
     columns = len(TOY_TOKENS) + 1  # the image, then a map per content word of the toy caption
@@ -172,13 +172,13 @@ def test_sweep_maps_and_settings_reproduce_with_the_command_line_tool(served, tm
     assert settings["script"] == "scripts.compare" and settings["seed"] == 3
     assert settings["arguments"]["scales"] == [0.0, 2.0, 1.0] and "--scales=0.0,2.0,1.0" in settings["command"]
     assert isinstance(settings["arguments"]["pladis_scale"], float)  # the slider's whole 2, recorded as the CLI does
-    assert settings["panels"] == ["without PLADIS", "PLADIS scale=2 alpha=1.5", "PLADIS scale=1 alpha=1.5"]
+    assert settings["panels"] == ["CFG 5 (no PLADIS)", "CFG 5 + PLADIS scale=2", "CFG 5 + PLADIS scale=1"]
     assert settings["attention_map_tokens"] == list(TOY_TOKENS)
     reparsed = vars(compare.parse_args(settings["command"][3:]))  # the recorded command gives the same arguments
     assert {name: value for name, value in reparsed.items() if name not in ("out", "settings")} == settings["arguments"]
 
     grid = compare.main(["--settings", path, "--out", str(tmp_path / "rerun.png")])
-    rerun = pixels(grid)[24:, :, :]  # under the label strip: 32×32 panels enlarged 8×
+    rerun = pixels(grid)[24 : 24 + 256, :, :]  # under the label strip (over the caption): 32×32 panels enlarged 8×
     for index, image in enumerate((without, pladis, images[1])):
         np.testing.assert_array_equal(rerun[::8, index * 256 : (index + 1) * 256 : 8], pixels(image))
 

@@ -157,3 +157,110 @@ def test_inception_features_load_from_a_local_torchvision_weights_file(tmp_path)
     extract = evaluate.inception_features(weights, "cpu")
     features = extract([random_image(0), random_image(1)])
     assert features.shape == (2, 2048) and np.isfinite(features).all()
+
+
+def save_with_prompts(folder, images, prompts):
+    """generate.py's layout: NNNNN.png with the prompt in its text field, prompts.jsonl beside the folder."""
+    from PIL.PngImagePlugin import PngInfo
+
+    folder.mkdir(parents=True)
+    for index, (image, prompt) in enumerate(zip(images, prompts, strict=True)):
+        info = PngInfo()
+        info.add_text("prompt", prompt)
+        image.save(folder / f"{index:05d}.png", pnginfo=info)
+    manifest = folder.parent / "prompts.jsonl"
+    manifest.write_text("".join(json.dumps({"prompt": prompt, "seed": i}) + "\n" for i, prompt in enumerate(prompts)))
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """HF_HUB_OFFLINE=1 as huggingface_hub read it, with an empty local cache."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+
+
+def test_a_clip_that_cannot_load_reads_na_with_the_reason_and_the_rest_is_scored(generated, tmp_path, offline):
+    out, _ = generated
+    folders = [str(out / "pladis_0"), str(out / "pladis_2")]
+    results = evaluate.main([*folders, "--device", "cpu", "--pickscore-model", "someone/pickscore"])
+    for metric, option in (("clip_score", "--clip-model openai/clip-vit-large-patch14"), ("pick_score", "--pick")):
+        assert results["metrics"][metric].startswith(f"n/a ({option}"), results["metrics"][metric]
+        assert "not in the local Hugging Face cache" in results["metrics"][metric]
+    assert all("clip_score" not in row for row in results["rows"])
+    not_a_clip = tmp_path / "not-a-clip"
+    not_a_clip.mkdir()
+    results = evaluate.main([*folders, "--device", "cpu", "--clip-model", str(not_a_clip), "--fid-features", "clip"])
+    assert results["metrics"]["clip_score"].startswith(f"n/a (--clip-model {not_a_clip} could not be loaded: ")
+    assert results["metrics"]["fid"].startswith("n/a (no --reference")
+    assert "toy_image" not in results["metrics"]  # not toy captions: the toy scorer does not apply
+
+
+def test_toy_folders_are_scored_offline_by_the_toy_scorer(tmp_path, offline, capsys):
+    import random
+
+    from scripts.toy_data import evaluation_scenes
+    from scripts.toy_scorer import read_scene
+
+    chosen = evaluation_scenes(6, seed=3)
+    scenes, captions = [scene for scene, _, _ in chosen], [scene.caption(swap=swap) for scene, _, swap in chosen]
+    drawn = [draw_toy_scene(scene, random.Random(index)) for index, scene in enumerate(scenes)]
+    mirrored = [image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for image in drawn]  # objects on the wrong sides
+    save_with_prompts(tmp_path / "out" / "pladis_0", drawn, captions)
+    save_with_prompts(tmp_path / "out" / "pladis_2", mirrored, captions)
+    results = evaluate.main([str(tmp_path / "out" / "pladis_0"), str(tmp_path / "out" / "pladis_2")])
+    right, wrong = results["rows"]
+    assert right["toy_image"] == right["toy_object"] == 1.0  # the scorer reads drawn objects exactly
+    expected = np.mean([read_scene(image) == scene for image, scene in zip(mirrored, scenes, strict=True)])
+    assert wrong["toy_image"] == expected < 1.0
+    assert results["metrics"]["clip_score"].startswith("n/a (") and results["metrics"]["toy_image"].startswith("toy")
+    table = capsys.readouterr().out
+    assert "| toy colour ↑ | toy shape ↑ | toy object ↑ | toy image ↑ |" in table
+    assert "| without PLADIS | 6 | n/a | n/a | n/a | n/a | 1.000 | 1.000 | 1.000 | 1.000 |" in table
+
+
+def draw_toy_scene(scene, rng):
+    from scripts.toy_data import draw_scene
+
+    return draw_scene(scene, rng)
+
+
+def test_toy_captions_the_scorer_cannot_read_are_named(tmp_path, offline):
+    images = [Image.new("RGB", (32, 32))] * 2
+    save_with_prompts(tmp_path / "out" / "pladis_0", images, ["a red circle on the left", "a blue square"])
+    results = evaluate.main([str(tmp_path / "out" / "pladis_0")])
+    assert results["metrics"]["toy_image"] == (
+        "n/a (prompt 0 names one object; the toy scorer reads two-object captions)"
+    )
+
+
+def test_toy_is_an_option_anywhere_on_the_line_that_hands_the_rest_to_toy_eval(monkeypatch, capsys):
+    import scripts.toy_eval
+
+    seen = []
+    monkeypatch.setattr(scripts.toy_eval, "main", lambda argv: seen.append(argv) or {"settings": {}})
+    evaluate.main(["--out", "x", "--toy", "--count", "4"])
+    evaluate.main(["--toy"])
+    assert seen == [["--out", "x", "--count", "4"], []]
+    with pytest.raises(SystemExit):
+        evaluate.main(["--help"])
+    assert "--toy" in capsys.readouterr().out
+
+
+def test_generate_then_evaluate_works_offline_on_the_default_model(tmp_path, offline, capsys):
+    """The README's path on a fresh machine: `generate` (the trained toy by default) then `evaluate` on its
+    folders, with nothing downloaded: CLIPScore says why it is missing, the toy scorer scores."""
+    from scripts import generate
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle on the left and a blue square on the right\n")
+    out = tmp_path / "out"
+    written = generate.main(["--prompts", str(prompts), "--out", str(out), "--scales", "0", "--steps", "2"])
+    assert capsys.readouterr().out.strip().endswith("wrote 1 image, 0 already there (1 of 1 prompts)")
+    settings = json.loads((tmp_path / "out" / "settings.json").read_text())
+    assert settings["arguments"]["model"] == "asset/toy-sdxl"
+    assert settings["arguments"]["device"] == settings["device"] == "cpu"  # recorded as it ran, never null
+    results = evaluate.main([str(written[0].parent)])
+    assert results["metrics"]["clip_score"].startswith("n/a (--clip-model openai/clip-vit-large-patch14: not in")
+    assert 0.0 <= results["rows"][0]["toy_object"] <= 1.0 and "clip_score" not in results["rows"][0]

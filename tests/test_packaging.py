@@ -47,13 +47,20 @@ def test_runtime_dependencies_leave_tools_to_extras():
 
 
 def test_console_commands_resolve_to_callables():
+    from scripts.cli.entry_points import console_command, example_names
+
     scripts = PROJECT["project"]["scripts"]
-    assert "pladis-compare" in scripts
+    assert "pladis-compare" in scripts and scripts["pladis-example"] == "scripts.cli.entry_points:example"
     for command, target in scripts.items():
         module_name, _, attribute = target.partition(":")
         function = getattr(importlib.import_module(module_name), attribute)
         assert callable(function), command
-        assert callable(importlib.import_module(function.module).main), command  # the script it runs
+        if command != "pladis-example":  # one script each, named after it (what records write as the command)
+            assert callable(importlib.import_module(function.module).main), command
+            assert console_command(function.module) == [command]
+    for name in example_names():  # `pladis-example NAME`
+        assert callable(importlib.import_module(f"scripts.examples.{name}").main), name
+        assert console_command(f"scripts.examples.{name}") == ["pladis-example", name]
 
 
 def test_packages_found_are_the_top_level_folders():
@@ -71,3 +78,29 @@ def test_no_module_edits_sys_path():
         if p.name != Path(__file__).name and re.search(r"sys\.path\.(insert|append)", p.read_text())
     ]
     assert offenders == []
+
+
+def test_a_console_command_runs_from_another_folder_and_records_itself(tmp_path):
+    """`.ci/run` installs the project (editable) into its environment, so the README's commands exist there:
+    in CI (PLADIS_CI=1) `pladis-compare` must be on PATH; elsewhere it is checked where installed."""
+    import json
+    import os
+    import shutil
+    import subprocess
+
+    command = shutil.which("pladis-compare")
+    if command is None:
+        assert not os.environ.get("PLADIS_CI"), ".ci/run did not install the project: no pladis-compare on PATH"
+        pytest.skip("the project is not installed here (pip install -e .)")
+    out = tmp_path / "grid.png"
+    result = subprocess.run(
+        [command, "--scales", "0", "--steps", "1", "--out", str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    settings = json.loads(out.with_suffix(".json").read_text())
+    assert settings["command"] == ["pladis-compare", "--scales", "0", "--steps", "1", "--out", str(out)]
+    assert settings["rerun"] == "pladis-compare --settings <this file>"

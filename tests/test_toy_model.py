@@ -91,13 +91,22 @@ def test_trainer_is_deterministic(two_tiny_runs):
         assert (first / part).read_bytes() == (second / part).read_bytes(), part
 
 
-def test_compare_and_attention_maps_default_to_the_toy_and_its_prompt():
-    from scripts import attention_maps, compare
+def test_the_scripts_default_to_the_toy_wherever_it_fits_and_say_when_weights_are_random(tmp_path, capsys):
+    from scripts import attention_maps, compare, generate
 
     args = compare.parse_args([])
     assert (args.model, args.prompt, args.steps, args.height) == (repository_relative(TOY_MODEL), TOY_PROMPT, 20, None)
+    for pipeline in ("sdxl-seg", "auto"):  # SDXL pipelines: the toy is one
+        assert compare.parse_args(["--pipeline", pipeline]).model == repository_relative(TOY_MODEL)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(TOY_PROMPT + "\n")
+    made = generate.parse_args(["--prompts", str(prompts), "--out", str(tmp_path / "out")])
+    assert (made.model, made.steps) == (repository_relative(TOY_MODEL), 20)
+    assert "random weights" not in capsys.readouterr().err
     assert compare.parse_args(["--model", "asset/tiny-sdxl"]).prompt.startswith("a photo of an astronaut")
     assert compare.parse_args(["--pipeline", "flux"]).model == "asset/tiny-flux-schnell"
+    notes = [line for line in capsys.readouterr().err.splitlines() if "random weights" in line]
+    assert [note.split()[1] for note in notes] == ["asset/tiny-sdxl", "asset/tiny-flux-schnell"]  # one line each
     maps = attention_maps.parse_args([])
     assert maps.model == repository_relative(TOY_MODEL) and maps.tokens == [
         "red",

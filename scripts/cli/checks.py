@@ -16,6 +16,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from .assets import looks_like_path, model_source
+
 COMMON_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tiff")
 SDXL_SIZE_MULTIPLE = 8  # the SDXL pipelines' check_inputs refuse other sizes
 FLUX_DEFAULT_SIZE_MULTIPLE = 16  # 2 × the FLUX VAE's scale factor 8 (latents are packed in 2×2 patches)
@@ -227,3 +229,72 @@ def pladis_layers_problem(
     except (TypeError, ValueError) as error:
         return str(error)
     return None
+
+
+def hub_offline_problem(
+    option: str, value: str | None, filename: str = "model_index.json", hint: str = ""
+) -> str | None:
+    """Why the hub id `value` cannot be used in offline mode (HF_HUB_OFFLINE=1): its `filename` is not in the
+    local Hugging Face cache, so loading would fail once the work began. None for local paths and URLs, for
+    cached ids and when downloads are allowed. `hint` names what else would work (e.g. `, or run with --tiny`)."""
+    if value is None or "://" in str(value) or looks_local(str(value)):
+        return None
+    return hub_file_offline_problem(option, str(value), filename, hint)
+
+
+def hub_file_offline_problem(option: str, repo_id: str, filename: str, hint: str = "", shown: str = "") -> str | None:
+    """`hub_offline_problem` for one file of a hub repository (e.g. a LoRA `<owner>/<repo>/<file>`, `shown`)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if not constants.is_offline_mode() or isinstance(try_to_load_from_cache(repo_id, filename), str):
+        return None
+    return (
+        f"{option} {shown or repo_id}: not in the local Hugging Face cache, and HF_HUB_OFFLINE=1 forbids "
+        f"downloading it; download it once online (hf download {repo_id}), give a local "
+        f"{'file' if shown else 'folder'}{hint}, or unset HF_HUB_OFFLINE"
+    )
+
+
+def url_offline_problem(option: str, value: str | None) -> str | None:
+    """Why a URL cannot be fetched: HF_HUB_OFFLINE=1 says this machine works offline (give a local file)."""
+    if value is None or "://" not in str(value):
+        return None
+    from huggingface_hub import constants
+
+    if not constants.is_offline_mode():
+        return None
+    return f"{option} {value}: a URL cannot be fetched offline (HF_HUB_OFFLINE=1); give a local file"
+
+
+def looks_local(value: str) -> bool:
+    """True for a path that exists (relative to the working folder or the repository) or is spelt as one."""
+    return looks_like_path(value) or Path(model_source(value)).expanduser().exists()
+
+
+def device_problem(option: str, device: str | None) -> str | None:
+    """Why `device` cannot run here: a CUDA device where torch sees no CUDA GPU (a CPU-only machine or torch
+    build), or a GPU index beyond those present. Imports torch."""
+    if device is None or not str(device).startswith("cuda"):
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return (
+            f"{option} {device}: torch sees no CUDA GPU on this machine (torch.cuda.is_available() is False, "
+            f"torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}); use --device cpu or leave "
+            f"--device out"
+        )
+    index = str(device).partition(":")[2]
+    if index.isdigit() and int(index) >= torch.cuda.device_count():
+        return f"{option} {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0"
+    return None
+
+
+def package_problem(option: str, package: str, extra: str) -> str | None:
+    """Why `option` cannot work: the Python package `package` is not installed (it comes with the project's
+    `extra`)."""
+    import importlib.util
+
+    if importlib.util.find_spec(package) is not None:
+        return None
+    return f"{option} needs the {package} package, which is not installed: pip install -e .[{extra}]"

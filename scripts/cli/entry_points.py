@@ -2,13 +2,20 @@
 
 The `main` functions return what they made (a grid path, the written images, a results dict) for tests and
 callers; a console script would hand that to `sys.exit`, which prints it and exits with status 1, so these
-wrappers return only integer exit codes (the benchmark's) and None otherwise.
+wrappers return only integer exit codes (the benchmark's) and None otherwise. `pladis-example NAME` runs one of
+`scripts/examples/`.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
+import sys
 from collections.abc import Callable
+from pathlib import Path
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLE_COMMAND = "pladis-example"
 
 
 def exit_code(result: object) -> int | None:
@@ -39,3 +46,51 @@ toy_attention_stats = _entry("scripts.toy_attention_stats")
 build_tiny_assets = _entry("scripts.build_tiny_assets")
 compile_kernels = _entry("scripts.compile_kernels")
 processor_overhead = _entry("scripts.processor_overhead")
+
+
+def console_command(module: str) -> list[str]:
+    """The console command that runs `module`: `scripts.attention_maps` → `pladis-attention-maps`,
+    `scripts.examples.sdxl_cfg` → `pladis-example sdxl_cfg`."""
+    package, _, name = module.rpartition(".")
+    if package == "scripts.examples":
+        return [EXAMPLE_COMMAND, name]
+    return [f"pladis-{name.replace('_', '-')}"]
+
+
+def invoked_command(module: str) -> list[str]:
+    """The words that started `module`'s command in this process: its console command when that is how the
+    process started (`pladis-compare`), else `python -m <module>` (also when a test or script calls `main`)."""
+    command = console_command(module)
+    return command if Path(sys.argv[0]).name == command[0] else ["python", "-m", module]
+
+
+def example_names() -> list[str]:
+    """The examples `pladis-example` runs: the modules of `scripts/examples/`."""
+    return sorted(path.stem for path in EXAMPLES_DIR.glob("*.py") if path.stem != "__init__")
+
+
+def example_summary(name: str) -> str:
+    """The first sentence of an example's docstring (read from its source: nothing is imported)."""
+    text = ast.get_docstring(ast.parse((EXAMPLES_DIR / f"{name}.py").read_text(encoding="utf-8"))) or ""
+    return " ".join(text.split("\n\n")[0].split())
+
+
+def example_usage() -> str:
+    lines = [f"usage: {EXAMPLE_COMMAND} NAME [options]   ({EXAMPLE_COMMAND} NAME --help for an example's options)", ""]
+    lines += ["Runs one of the examples in scripts/examples/ and writes its grid to outputs/examples/NAME.png:", ""]
+    lines += [f"  {name:<17} {example_summary(name)}" for name in example_names()]
+    return "\n".join(lines)
+
+
+def example(argv: list[str] | None = None) -> int | None:
+    """`pladis-example NAME [options]`: run `scripts/examples/NAME.py`; without a name (or with `--help`),
+    list the examples. An unknown name is a usage error (exit code 2)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(example_usage(), file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in example_names():
+        print(f"{example_usage()}\n\n{EXAMPLE_COMMAND}: error: unknown example {name!r}", file=sys.stderr)
+        return 2
+    return exit_code(importlib.import_module(f"scripts.examples.{name}").main(rest))

@@ -6,29 +6,26 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
-from attention.settings import PLADISSettings
-from pipeline.guidance import GUIDANCE_ARGUMENTS
-
 from . import checks
 from .assets import model_source
-from .registry import call_parameters, pipeline_class, set_scheduler
+from .quiet import text_encoder_lora_warnings_silenced
+from .registry import (
+    CALL_OPTIONS,
+    DTYPE_NAMES,
+    LAYER_OPTIONS,
+    call_parameters,
+    pipeline_class,
+    pladis_arguments,
+    set_scheduler,
+)
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-# Command-line option → pipeline call argument, forwarded only when given and accepted by the class: the
-# guidance arguments the pipelines define (pipeline/guidance.py), and one more of the ControlNet pipeline.
-CALL_OPTIONS = {
-    **{argument.option: argument.name for argument in GUIDANCE_ARGUMENTS if argument.option is not None},
-    "controlnet_scale": "controlnet_conditioning_scale",
-}
-LAYER_OPTIONS = tuple(argument.option for argument in GUIDANCE_ARGUMENTS if argument.kind is list)
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 def default_device() -> str:
@@ -63,7 +60,8 @@ def fuse_lora_file(pipe: Any, spec: str | Path, scale: float = 1.0) -> None:
     `scale`. `use_safetensors=True` turns off diffusers' fallback to pickled weights (a pickle, whatever its
     name, is refused)."""
     path = lora_file(spec)
-    pipe.load_lora_weights(str(path), use_safetensors=True)
+    with text_encoder_lora_warnings_silenced():  # distilled-SDXL LoRAs hold U-Net weights only, as expected
+        pipe.load_lora_weights(str(path), use_safetensors=True)
     pipe.fuse_lora(lora_scale=scale)
 
 
@@ -129,20 +127,6 @@ def guidance_call_arguments(args: argparse.Namespace) -> dict[str, Any]:
         for option, parameter in CALL_OPTIONS.items()
         if getattr(args, option, None) is not None
     }
-
-
-# The PLADIS options every generation takes besides λ: PLADIS pipelines get them as call arguments, stock
-# pipelines (--pipeline auto) through apply_pladis.
-PLADIS_OPTIONS = {
-    field.name: field.default
-    for field in fields(PLADISSettings)
-    if field.name in ("pladis_alpha", "pladis_start", "pladis_stop", "pladis_layers")
-}
-
-
-def pladis_arguments(args: argparse.Namespace) -> dict[str, Any]:
-    """The PLADIS arguments (besides λ) the options give: α, the step window and the layers."""
-    return {name: getattr(args, name, default) for name, default in PLADIS_OPTIONS.items()}
 
 
 def call_options(pipe: Any, args: argparse.Namespace, height: int, width: int) -> dict[str, Any]:

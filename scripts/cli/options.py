@@ -10,9 +10,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-import torch
-
-from attention.kernel_choice import requested_kernel
 from attention.validation import check_pladis_alpha, check_pladis_scale, check_pladis_window
 from pipeline.guidance import GUIDANCE_ARGUMENTS, GUIDANCE_BY_NAME, GuidanceArgument
 
@@ -31,9 +28,19 @@ from .assets import (
     model_source,
     repository_relative,
 )
-from .loading import CALL_OPTIONS, DTYPES, LAYER_OPTIONS, PLADIS_OPTIONS
+from .captions import print_random_weights_note
 from .records import read_settings
-from .registry import FLUX_DISTILLED_STEPS, PIPELINES, SCHEDULERS, call_parameters, pipeline_class
+from .registry import (
+    CALL_OPTIONS,
+    DTYPE_NAMES,
+    FLUX_DISTILLED_STEPS,
+    LAYER_OPTIONS,
+    PIPELINES,
+    PLADIS_OPTIONS,
+    SCHEDULERS,
+    call_parameters,
+    pipeline_class,
+)
 
 PLADIS_ALPHA = GUIDANCE_BY_NAME["pladis_alpha"]
 
@@ -117,9 +124,14 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     """Options choosing and preparing the pipeline: class, weights, device, LoRA, scheduler, guidance extras."""
     group = parser.add_argument_group("model")
     group.add_argument("--pipeline", choices=sorted(PIPELINES), default="sdxl", help="PLADIS pipeline (default sdxl)")
-    group.add_argument("--model", default=None, help="hub id or local folder (default: the pipeline's tiny asset)")
+    group.add_argument(
+        "--model",
+        default=None,
+        help="hub id or local folder (default: the trained toy asset/toy-sdxl for sdxl, sdxl-seg and auto; "
+        "a random-weight tiny asset for flux and controlnet)",
+    )
     group.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
-    group.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    group.add_argument("--dtype", choices=DTYPE_NAMES, default="float32")
     group.add_argument("--lora", type=Path, default=None, help="local LoRA .safetensors, loaded and fused")
     group.add_argument("--lora-scale", type=float, default=1.0, help="LoRA strength when fusing (default 1)")
     group.add_argument(
@@ -201,7 +213,10 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     add_pladis_options(group)
     group.add_argument("--negative-prompt", default=None)
     group.add_argument(
-        "--steps", type=int, default=None, help="denoising steps (default: 2 tiny, else the pipeline's usual)"
+        "--steps",
+        type=int,
+        default=None,
+        help="denoising steps (default: 20 on the toy, 2 tiny, else the pipeline's usual)",
     )
     group.add_argument(
         "--guidance-scale", type=float, default=None, help="CFG scale (default 5 for SDXL, 3.5 for FLUX)"
@@ -231,6 +246,8 @@ def parse_with_settings(parser: argparse.ArgumentParser, argv: list[str] | None)
             parser.error(f"--settings: {error}")
         recorded = recorded_arguments(parser, known.settings, settings)
         parser.set_defaults(**recorded)
+        import torch
+
         threads = settings.get("torch_threads")
         if threads is not None and threads != torch.get_num_threads():
             print(
@@ -321,6 +338,19 @@ def _check_model_source(parser: argparse.ArgumentParser, value: str, option: str
         parser.error(f"{option}: no such local folder: {value} (give an existing folder or a hub id like owner/name)")
 
 
+def machine_problem(args: argparse.Namespace) -> str | None:
+    """What this machine lacks for the options, found before any model loads: the CUDA GPU `--device` names,
+    a hub model in the local cache when HF_HUB_OFFLINE=1, controlnet_aux for `--preprocess canny`."""
+    canny = args.preprocess == "canny"
+    return (
+        checks.device_problem("--device", args.device)
+        or checks.hub_offline_problem("--model", args.model)
+        or checks.hub_offline_problem("--controlnet", args.controlnet, "config.json")
+        or checks.hub_offline_problem("--depth-model", args.depth_model, "config.json")
+        or (checks.package_problem("--preprocess canny", "controlnet_aux", "controlnet") if canny else None)
+    )
+
+
 def _timestep_distilled(model: str) -> bool:
     """A FLUX model without guidance embedding (schnell-like), from its config; only where the config
     is not on this machine yet does the name decide ("schnell" in it)."""
@@ -328,14 +358,18 @@ def _timestep_distilled(model: str) -> bool:
     return "schnell" in model.lower() if distilled is None else distilled
 
 
-def prefer_toy(args: argparse.Namespace, fallback_prompt: str) -> bool:
-    """No `--model` with `--pipeline sdxl`: use the trained toy; no `--prompt`: a toy caption on the toy, else
-    `fallback_prompt`; no `--steps` on the toy: TOY_STEPS. Returns whether the toy is the model (in place,
-    before `finish_common_options`)."""
-    if args.model is None and args.pipeline == "sdxl" and (TOY_MODEL / "model_index.json").exists():
+TOY_PIPELINES = ("sdxl", "sdxl-seg", "auto")  # the trained toy is an SDXL pipeline: these load it
+
+
+def prefer_toy(args: argparse.Namespace, fallback_prompt: str | None = None) -> bool:
+    """No `--model` with a pipeline the trained toy fits (`TOY_PIPELINES`): use the toy; no `--prompt` (when
+    the script has one: `fallback_prompt` given): a toy caption on the toy, else `fallback_prompt`; no
+    `--steps` on the toy: TOY_STEPS. Returns whether the toy is the model (in place, before
+    `finish_common_options`)."""
+    if args.model is None and args.pipeline in TOY_PIPELINES and (TOY_MODEL / "model_index.json").exists():
         args.model = repository_relative(TOY_MODEL)
     toy = args.model is not None and is_toy_model(args.model)
-    if args.prompt is None:
+    if fallback_prompt is not None and args.prompt is None:
         args.prompt = TOY_PROMPT if toy else fallback_prompt
     if toy and args.steps is None and args.timesteps is None:
         args.steps = TOY_STEPS
@@ -344,6 +378,8 @@ def prefer_toy(args: argparse.Namespace, fallback_prompt: str) -> bool:
 
 def finish_common_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
     """Check the shared options and fill the defaults that depend on the pipeline and model (in place)."""
+    from attention.kernel_choice import requested_kernel
+
     choice = PIPELINES[args.pipeline]
     try:
         check_pladis_alpha(args.pladis_alpha)
@@ -356,6 +392,8 @@ def finish_common_options(parser: argparse.ArgumentParser, args: argparse.Namesp
         parser.error(f"--steps {args.steps} disagrees with {len(args.timesteps)} --timesteps; give one of them")
     args.model = args.model or choice.tiny_model
     _check_model_source(parser, args.model)
+    if problem := machine_problem(args):
+        parser.error(problem)
     for option in ("lora", "control_image"):
         value = getattr(args, option)
         if value is not None and not Path(model_source(str(value))).exists():
@@ -371,6 +409,7 @@ def finish_common_options(parser: argparse.ArgumentParser, args: argparse.Namesp
     if args.depth_model is not None:
         _check_model_source(parser, str(args.depth_model), option="--depth-model")
     tiny = is_tiny_asset(args.model)
+    print_random_weights_note(args.model)
     if args.pipeline == "controlnet" and args.control_image is None and tiny:
         args.control_image = Path(repository_relative(TINY_CONTROL_IMAGE))  # the tiny ControlNet's example picture
     if args.preprocess is not None and args.control_image is None:

@@ -15,17 +15,11 @@ from attention.validation import check_pladis_alpha, check_pladis_scale
 from ..grid import save_grid
 from . import checks
 from .assets import TINY_SDXL, TINY_SDXL_LORA, TINY_SIZE, TINY_STEPS, looks_like_path, model_source
-from .loading import (
-    DTYPES,
-    LAYER_OPTIONS,
-    PLADIS_OPTIONS,
-    default_device,
-    guidance_call_arguments,
-    lora_spec_problem,
-    pladis_arguments,
-    seeded_generator,
-)
+from .captions import print_random_weights_note, run_caption, scale_label
+from .entry_points import invoked_command
 from .options import add_guidance_options, add_pladis_options, pladis_options_problem
+from .parsers import command_parser
+from .registry import DTYPE_NAMES, LAYER_OPTIONS, PLADIS_OPTIONS, pladis_arguments
 
 SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 DEFAULT_PROMPT = "a photo of an astronaut riding a horse on the moon"
@@ -49,7 +43,7 @@ def example_parser(
     """The options of an example of `pipeline` (a `--pipeline` name): `lora` (a default LoRA file) adds `--lora`;
     `guidance` (pipeline argument → default) adds those guidance options; `scheduler` (a `--scheduler` name) and
     `freeu` (s1, s2, b1, b2) are applied when loading; `dtype` is the GPU default."""
-    parser = argparse.ArgumentParser(description=description.strip().splitlines()[0])
+    parser = command_parser(description)
     parser.add_argument("--model", default=model, help=f"hub id or local folder (default {model})")
     if lora is not None:
         parser.add_argument(
@@ -79,7 +73,7 @@ def example_parser(
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
     parser.add_argument(
         "--dtype",
-        choices=sorted(DTYPES),
+        choices=DTYPE_NAMES,
         default=None,
         help=f"weights dtype (default: {dtype} on a GPU, float32 on CPU and with --tiny)",
     )
@@ -103,6 +97,7 @@ def parse_example_args(
     """Parse `argv`; with `--tiny`, `tiny` (option → value; the tiny SDXL and its LoRA by default) replaces
     the defaults, with TINY_STEPS steps at TINY_SIZE² (options given explicitly still win). Checks every option
     before anything loads (`example_args_problem`); `flux` selects FLUX's image-size rule."""
+    parser.prog = " ".join(invoked_command(f"scripts.examples.{name}"))
     known, _ = parser.parse_known_args(argv)
     if known.tiny:
         tiny_defaults = {"model": TINY_SDXL, "lora": TINY_SDXL_LORA, **(tiny or {})}
@@ -121,6 +116,8 @@ def parse_example_args(
         parser.error(str(error))
     if args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")
+    from .loading import default_device  # imports torch: only once the options parsed
+
     args.model = model_source(args.model)
     args.device = args.device or default_device()
     on_gpu = not args.tiny and not str(args.device).startswith("cpu")
@@ -128,6 +125,7 @@ def parse_example_args(
     args.out = args.out or OUTPUT_DIR / f"{name}.png"
     if problem := example_args_problem(args, flux) or pladis_options_problem(args, args.model):
         parser.error(problem)
+    print_random_weights_note(args.model)
     return args
 
 
@@ -144,6 +142,8 @@ def example_args_problem(args: argparse.Namespace, flux: bool) -> str | None:
         if "://" not in value and looks_like_path(value) and not Path(model_source(value)).exists():
             return f"--{option.replace('_', '-')}: no such file or folder: {value}"
     if getattr(args, "lora", None) is not None:
+        from .loading import lora_spec_problem
+
         if problem := checks.lora_problem("--lora", args.lora) or lora_spec_problem("--lora", args.lora):
             return problem
     layer_options = [option for option in LAYER_OPTIONS if getattr(args, option, None) is not None]
@@ -151,19 +151,41 @@ def example_args_problem(args: argparse.Namespace, flux: bool) -> str | None:
     for option in layer_options:
         if problem := checks.layer_ids_problem(f"--{option.replace('_', '-')}", getattr(args, option), names):
             return problem
-    return None
+    return example_machine_problem(args)
+
+
+def example_machine_problem(args: argparse.Namespace) -> str | None:
+    """What this machine lacks for an example, found before any model loads: the CUDA GPU `--device` names, and
+    with HF_HUB_OFFLINE=1 its hub models and LoRA in the local cache and no URL to fetch (`--tiny` needs none)."""
+    from .loading import lora_spec_problem
+
+    hint = ", or run the example with --tiny (embedded assets)"
+    problem = checks.device_problem("--device", args.device) or checks.hub_offline_problem(
+        "--model", args.model, hint=hint
+    )
+    for option in ("controlnet", "depth_model"):
+        problem = problem or checks.hub_offline_problem(
+            f"--{option.replace('_', '-')}", getattr(args, option, None), "config.json", hint
+        )
+    lora = str(getattr(args, "lora", None) or "")
+    if not problem and lora and not Path(lora).is_file() and not lora_spec_problem("--lora", lora):
+        repo_id, _, filename = lora.rpartition("/")
+        problem = checks.hub_file_offline_problem("--lora", repo_id, filename, hint, shown=lora)
+    return problem or checks.url_offline_problem("--image", getattr(args, "image", None))
 
 
 def save_with_and_without(pipe: Any, args: argparse.Namespace, method: str, **call_options: Any) -> Path:
     """Generate `args.prompt` twice from the same seed, at λ = 0 and λ = `--pladis-scale`, with the options'
     guidance scale and guidance arguments plus `call_options`, and write the two images side by side, labelled
-    `method` and `method + PLADIS`. Returns the grid path."""
+    `method` and `method + PLADIS`, over the run's caption. Returns the grid path."""
     return save_pair(images_with_and_without(pipe, args, **call_options), args, method)
 
 
 def images_with_and_without(pipe: Any, args: argparse.Namespace, **call_options: Any) -> list:
     """The two images of `save_with_and_without`, without writing them (every process of a parallel run
     generates; one writes)."""
+    from .loading import guidance_call_arguments, seeded_generator
+
     options = {
         "height": args.height,
         "width": args.width,
@@ -181,8 +203,9 @@ def images_with_and_without(pipe: Any, args: argparse.Namespace, **call_options:
 
 
 def save_pair(images: list, args: argparse.Namespace, method: str) -> Path:
-    """Write the without/with-PLADIS `images` side by side to `args.out`, labelled; returns the path."""
-    labels = [method, f"{method} + PLADIS (scale {args.pladis_scale:g}, alpha {args.pladis_alpha:g})"]
-    path = save_grid(images, labels, args.out)
+    """Write the without/with-PLADIS `images` side by side to `args.out`, labelled by `method` and λ, over the
+    run's caption; returns the path."""
+    labels = [scale_label(method, 0.0), scale_label(method, args.pladis_scale)]
+    path = save_grid(images, labels, args.out, caption=run_caption(args))
     print(f"wrote {path}")
     return path

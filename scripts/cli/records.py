@@ -17,11 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from PIL import Image
 
 from .assets import REPO_ROOT, model_source, repository_relative
-from .loading import default_device
+from .entry_points import invoked_command
 
 PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "peft", "entmax", "safetensors", "numpy", "pillow")
 
@@ -107,13 +106,18 @@ def run_settings(module: str, args: argparse.Namespace, argv: list[str] | None, 
     """Everything that reproduces a run of `python -m <module>`: the resolved arguments, the seed, package
     versions, commit, device.
 
-    `argv` is the command line as given (None: `sys.argv[1:]`); `arguments` holds every option after
+    `argv` is the command line as given (None: `sys.argv[1:]`), recorded after the command that ran it (the
+    console command, e.g. `pladis-compare`, or `python -m <module>`); `arguments` holds every option after
     defaults were resolved, which is what `--settings` reads back.
     """
+    import torch
+
+    from .loading import default_device
+
     arguments = {name: _json_value(value) for name, value in sorted(vars(args).items()) if name != "settings"}
     settings = {
         "script": module,
-        "command": ["python", "-m", module, *(sys.argv[1:] if argv is None else argv)],
+        "command": [*invoked_command(module), *(sys.argv[1:] if argv is None else argv)],
         "arguments": arguments,
         "seed": getattr(args, "seed", None),
         "model_source": recorded_path(model_source(args.model)) if getattr(args, "model", None) else None,
@@ -121,7 +125,7 @@ def run_settings(module: str, args: argparse.Namespace, argv: list[str] | None, 
         "repository_commit": repository_commit(),
         "device": str(getattr(args, "device", None) or default_device()),
         "torch_threads": torch.get_num_threads(),  # CPU sums depend on it: bit-identical reruns need the same
-        "rerun": f"python -m {module} --settings <this file>",
+        "rerun": f"{' '.join(invoked_command(module))} --settings <this file>",
     }
     settings.update(extra)
     return settings

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffusers.utils import load_image
-
-from attention.seg_blur import SEG_INFINITE_BLUR
+from attention.validation import SEG_INFINITE_BLUR
 from scripts.cli.assets import TINY_CONTROL_IMAGE, TINY_DPT, TINY_SDXL_CONTROLNET, model_source
-from scripts.cli.loading import load_pipeline
 from scripts.cli.recipes import SDXL_BASE, example_parser, parse_example_args, save_with_and_without
 from scripts.preprocess import DEFAULT_DEPTH_MODEL, depth_map
 
@@ -42,6 +39,10 @@ def main(argv: list[str] | None = None) -> Path:
             "image": TINY_CONTROL_IMAGE,
         },
     )
+    from diffusers.utils import load_image  # diffusers and torch: only once the options parsed
+
+    from scripts.cli.loading import load_pipeline
+
     pipe = load_pipeline(args)
     size = (args.width or 1024, args.height or 1024)
     depth = depth_map(load_image(str(args.image)), model=model_source(args.depth_model), device=args.device, size=size)

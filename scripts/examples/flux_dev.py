@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from scripts.cli.assets import TINY_FLUX_DEV
-from scripts.cli.loading import load_pipeline
 from scripts.cli.recipes import example_parser, parse_example_args, save_with_and_without
 
 
@@ -24,6 +23,8 @@ def main(argv: list[str] | None = None) -> Path:
         dtype="bfloat16",
     )
     args = parse_example_args(parser, argv, name="flux_dev", tiny={"model": TINY_FLUX_DEV}, flux=True)
+    from scripts.cli.loading import load_pipeline  # imports torch: only once the options parsed
+
     return save_with_and_without(
         load_pipeline(args), args, f"FLUX.1-dev (guidance {args.guidance_scale:g})", max_sequence_length=512
     )

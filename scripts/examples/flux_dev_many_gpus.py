@@ -14,22 +14,23 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
-import torch
-import torch.distributed as dist
-from diffusers import ContextParallelConfig, TensorParallelConfig
+from typing import TYPE_CHECKING
 
 from scripts.cli.assets import TINY_FLUX_DEV
-from scripts.cli.loading import load_pipeline
 from scripts.cli.recipes import example_parser, images_with_and_without, parse_example_args, save_pair
 
 PARALLEL = ("ulysses", "ring", "tensor")
 MAX_SEQUENCE_LENGTH = 512  # FLUX.1-dev's text tokens
 FLUX_PIXELS_PER_TOKEN = 16  # 8× VAE, then 2×2 patches
 
+if TYPE_CHECKING:
+    from diffusers import ContextParallelConfig, TensorParallelConfig
+
 
 def parallel_config(kind: str, processes: int) -> ContextParallelConfig | TensorParallelConfig:
     """The config `enable_parallelism` takes for `--parallel kind` over `processes` GPUs."""
+    from diffusers import ContextParallelConfig, TensorParallelConfig
+
     if kind == "tensor":
         return TensorParallelConfig(tp_degree=processes)
     return ContextParallelConfig(**{f"{kind}_degree": processes})
@@ -49,6 +50,9 @@ def sequence_problem(height: int, width: int, processes: int, kind: str) -> str 
 def join_processes(device: str) -> tuple[int, int, str, bool]:
     """(rank, processes, this process's device, whether this call started the process group): under `torchrun`
     it joins the group (NCCL on GPUs, gloo on CPU); one already started (a test) is used as it is."""
+    import torch
+    import torch.distributed as dist
+
     started = False
     if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         dist.init_process_group("nccl" if str(device).startswith("cuda") else "gloo")
@@ -79,6 +83,10 @@ def main(argv: list[str] | None = None) -> Path | None:
         help="split the sequence (ulysses: heads all-to-all; ring: key/value blocks) or the weights (tensor)",
     )
     args = parse_example_args(parser, argv, name="flux_dev_many_gpus", tiny={"model": TINY_FLUX_DEV}, flux=True)
+    import torch.distributed as dist  # torch and diffusers: only once the options parsed
+
+    from scripts.cli.loading import load_pipeline
+
     rank, processes, device, started = join_processes(args.device)
     try:
         height, width = args.height or 1024, args.width or 1024

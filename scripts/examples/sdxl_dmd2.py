@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scripts.cli.loading import load_pipeline
 from scripts.cli.recipes import SDXL_BASE, example_parser, parse_example_args, save_with_and_without
 
 DMD2_TIMESTEPS = [999, 749, 499, 249]  # DMD2's 4-step schedule
@@ -26,6 +25,8 @@ def main(argv: list[str] | None = None) -> Path:
         scheduler="lcm",
     )
     args = parse_example_args(parser, argv, name="sdxl_dmd2")
+    from scripts.cli.loading import load_pipeline  # imports torch: only once the options parsed
+
     schedule = {"timesteps": DMD2_TIMESTEPS} if args.steps == len(DMD2_TIMESTEPS) else {}
     return save_with_and_without(load_pipeline(args), args, "DMD2", **schedule)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scripts.cli.loading import load_pipeline
 from scripts.cli.recipes import SDXL_BASE, example_parser, parse_example_args, save_with_and_without
 
 
@@ -24,6 +23,8 @@ def main(argv: list[str] | None = None) -> Path:
         scheduler="euler-trailing",
     )
     args = parse_example_args(parser, argv, name="sdxl_lightning")
+    from scripts.cli.loading import load_pipeline  # imports torch: only once the options parsed
+
     return save_with_and_without(load_pipeline(args), args, "SDXL-Lightning")
 
 

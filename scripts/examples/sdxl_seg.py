@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scripts.cli.loading import load_pipeline
 from scripts.cli.recipes import SDXL_BASE, example_parser, parse_example_args, save_with_and_without
 
 
@@ -23,6 +22,8 @@ def main(argv: list[str] | None = None) -> Path:
         guidance={"seg_scale": 3.0, "seg_blur_sigma": 100.0, "seg_applied_layers": ["mid"]},
     )
     args = parse_example_args(parser, argv, name="sdxl_seg")
+    from scripts.cli.loading import load_pipeline  # imports torch: only once the options parsed
+
     return save_with_and_without(load_pipeline(args), args, f"SEG {args.seg_scale:g} (sigma {args.seg_blur_sigma:g})")
 
 
