@@ -1,7 +1,15 @@
-"""Count what a call dispatches: kernels (a proxy for CUDA launches) and host–device syncs.
+"""Count what a call dispatches: kernels (a proxy for CUDA launches), host–device syncs, and bytes.
 
 A `TorchDispatchMode` sees every ATen op a call runs, on any device, so the launches and syncs a
 processor would cost on a GPU can be counted on this CPU (tests and the benchmark use it).
+
+The byte count models the memory traffic of a GPU that runs one kernel per op: the sum of every
+counted op's input and output tensor bytes (an in-place op reads and writes its tensor: twice; a
+broadcast dimension counts once). Two refinements keep it a traffic model rather than a sum of
+shapes: lookups (`gather`, `take_along_dim`, `index_select`) read as many source elements as they
+write, a `searchsorted` reads about log2(length) + 1 entries of each sorted row, and the `new_*`
+factories read nothing of the tensor they take their dtype from. On `meta` or fake tensors the count
+costs no memory and no arithmetic, so real SDXL/FLUX shapes count in milliseconds.
 """
 
 from __future__ import annotations
@@ -42,16 +50,61 @@ _FREE_OPS = {
     "sym_numel",
     "sym_storage_offset",
     "copy_meta",
+    "device",
 }
 
 
 @dataclass
 class DispatchCount:
-    """Kernels (`ops`, views and allocations excluded) and host–device `syncs` of one call, by op name."""
+    """Kernels (`ops`, views and allocations excluded), host–device `syncs` and the bytes the kernels
+    read and write (`bytes`: inputs + outputs), of one call, by op name."""
 
     ops: int = 0
     syncs: int = 0
+    bytes: int = 0
     by_name: Counter = field(default_factory=Counter)
+    bytes_by_name: Counter = field(default_factory=Counter)
+
+
+def _elements(tensor: torch.Tensor) -> int:
+    """Elements of `tensor` in memory (a stride-0 dimension counts once)."""
+    elements = 1
+    for size, stride in zip(tensor.shape, tensor.stride(), strict=True):
+        elements *= size if stride else 1
+    return elements
+
+
+def _tensor_bytes(values) -> int:
+    """Bytes of the tensors among `values` (nested lists/tuples too): the elements in memory, so a
+    broadcast (stride-0) dimension counts once, as a kernel reads it from cache."""
+    total = 0
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            total += _elements(value) * value.element_size()
+        elif isinstance(value, (list, tuple)):
+            total += _tensor_bytes(value)
+    return total
+
+
+_LOOKUPS = {"gather", "take_along_dim", "index_select"}  # (source, dim, index): read what they write
+
+
+def _moved_bytes(func, name: str, args: tuple, kwargs: dict, result) -> int:
+    """Bytes one op reads and writes (see the module docstring for the model)."""
+    outputs = result if isinstance(result, (list, tuple)) else (result,)
+    written = _tensor_bytes(outputs)
+    if name.startswith("new_"):
+        return written
+    if name in _LOOKUPS:
+        return 2 * written + _tensor_bytes(args[2:])  # the selected elements, the output, the index
+    if name == "searchsorted":
+        sorted_rows, values = args[0], args[1]
+        probes = max(1, sorted_rows.shape[-1]).bit_length() + 1
+        rows = _elements(sorted_rows) // max(1, sorted_rows.shape[-1])
+        return rows * probes * sorted_rows.element_size() + _tensor_bytes([values]) + written
+    outs = {argument.name for argument in func._schema.arguments if argument.is_out}
+    read = _tensor_bytes(args) + _tensor_bytes(value for key, value in kwargs.items() if key not in outs)
+    return read + written
 
 
 class _Counting(TorchDispatchMode):
@@ -66,14 +119,19 @@ class _Counting(TorchDispatchMode):
         )
         if name in _SYNC_OPS or boolean_index:
             self.count.syncs += 1
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
         if not (func.is_view or name in _FREE_OPS):
             self.count.ops += 1
             self.count.by_name[name] += 1
-        return func(*args, **(kwargs or {}))
+            moved = _moved_bytes(func, name, args, kwargs, result)
+            self.count.bytes += moved
+            self.count.bytes_by_name[name] += moved
+        return result
 
 
 def count_dispatch(call: Callable[[], object]) -> tuple[object, DispatchCount]:
-    """Run `call()` once and return its result with the kernels and syncs it dispatched."""
+    """Run `call()` once and return its result with the kernels, syncs and bytes it dispatched."""
     count = DispatchCount()
     with _Counting(count):
         result = call()
