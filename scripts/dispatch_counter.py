@@ -136,3 +136,59 @@ def count_dispatch(call: Callable[[], object]) -> tuple[object, DispatchCount]:
     with _Counting(count):
         result = call()
     return result, count
+
+
+def _processor_layout(batch: int, tokens: int, heads: int, dim: int, dtype: torch.dtype) -> torch.Tensor:
+    """A (B, H, N, D) view of (B, N, H, D) memory on the current device, as the processors hand it over."""
+    return torch.empty(batch, tokens, heads, dim, device="cuda", dtype=dtype).transpose(1, 2)
+
+
+def _sdxl_cross_attention(alpha: float):
+    """One SDXL `attn2` call at its 4096-query level (1024², CFG batch 2, 10 heads × 64, 77 text keys)."""
+    from attention.sync_free_attention import sync_free_pladis_attention
+
+    query = _processor_layout(2, 4096, 10, 64, torch.float16)
+    key, value = (_processor_layout(2, 77, 10, 64, torch.float16) for _ in range(2))
+    return lambda: sync_free_pladis_attention(query, key, value, 2.0, alpha, None, 64**-0.5)
+
+
+def _flux_text_block(alpha: float):
+    """One FLUX double block's text-block correction (1024²: 4096 image + 512 text tokens, 24 heads × 128)."""
+    from attention.sync_free_attention import sync_free_text_block_correction_
+
+    query, key, value, output = (_processor_layout(1, 4608, 24, 128, torch.bfloat16) for _ in range(4))
+    log_normaliser = torch.empty(1, 24, 4608, device="cuda")
+    return lambda: sync_free_text_block_correction_(
+        output, query, key, value, slice(0, 512), slice(512, 4608), 2.0, alpha, None, 128**-0.5, log_normaliser
+    )
+
+
+TORCH_PATH_CASES = {
+    "SDXL attn2 call, 2 × 4096 queries × 77 keys, 10 heads × 64, fp16": _sdxl_cross_attention,
+    "FLUX double-block correction, 4096 image × 512 text, 24 heads × 128, bf16": _flux_text_block,
+}
+
+
+def torch_path_counts(case: str, alpha: float = 1.5) -> tuple[object, DispatchCount]:
+    """The sync-free `torch` path's launches, syncs and bytes for one of `TORCH_PATH_CASES`, counted on
+    fake CUDA tensors (`FakeTensorMode`: the CUDA branches run, nothing is allocated, any data-dependent
+    op raises) with the device patched to an sm_90 card."""
+    from unittest import mock
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with mock.patch.object(torch.cuda, "get_device_capability", lambda device=None: (9, 0)), FakeTensorMode():
+        return count_dispatch(TORCH_PATH_CASES[case](alpha))
+
+
+def main() -> None:
+    print("| `torch` path call (fake CUDA, sm_90) | α | launches | syncs | bytes moved |")
+    print("|---|---|---|---|---|")
+    for case in TORCH_PATH_CASES:
+        for alpha in (1.5, 2.0):
+            _, count = torch_path_counts(case, alpha)
+            print(f"| {case} | {alpha} | {count.ops} | {count.syncs} | {count.bytes / 1e9:.3f} GB |")
+
+
+if __name__ == "__main__":
+    main()

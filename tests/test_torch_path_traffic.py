@@ -10,45 +10,25 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from attention.sync_free_attention import sync_free_pladis_attention, sync_free_text_block_correction_
-from scripts.dispatch_counter import count_dispatch
+from scripts.dispatch_counter import TORCH_PATH_CASES, count_dispatch, torch_path_counts
 
 GB = 1e9
-
-
-def _processor_layout(batch: int, tokens: int, heads: int, dim: int, dtype: torch.dtype) -> torch.Tensor:
-    """A (B, H, N, D) view of (B, N, H, D) memory on fake CUDA, as the processors hand it over."""
-    return torch.empty(batch, tokens, heads, dim, device="cuda", dtype=dtype).transpose(1, 2)
-
-
-@pytest.fixture
-def fake_cuda(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
-    with FakeTensorMode():
-        yield
+SDXL, FLUX = TORCH_PATH_CASES
 
 
 @pytest.mark.parametrize("alpha", [1.5, 2.0])
-def test_sdxl_cross_attention_call_moves_under_0_7_gb(fake_cuda, alpha):
-    query = _processor_layout(2, 4096, 10, 64, torch.float16)
-    key, value = _processor_layout(2, 77, 10, 64, torch.float16), _processor_layout(2, 77, 10, 64, torch.float16)
-    output, count = count_dispatch(lambda: sync_free_pladis_attention(query, key, value, 2.0, alpha, None, 64**-0.5))
+def test_sdxl_cross_attention_call_moves_under_0_7_gb(alpha):
+    output, count = torch_path_counts(SDXL, alpha)
     assert output.shape == (2, 10, 4096, 64) and output.dtype == torch.float16
     assert count.syncs == 0
     assert count.bytes <= 0.7 * GB, count.bytes_by_name.most_common(8)
 
 
 @pytest.mark.parametrize("alpha", [1.5, 2.0])
-def test_flux_double_block_correction_moves_under_6_gb(fake_cuda, alpha):
-    query, key, value = (_processor_layout(1, 4608, 24, 128, torch.bfloat16) for _ in range(3))
-    output = _processor_layout(1, 4608, 24, 128, torch.bfloat16)
-    log_normaliser = torch.empty(1, 24, 4608, device="cuda")
-    corrected, count = count_dispatch(
-        lambda: sync_free_text_block_correction_(
-            output, query, key, value, slice(0, 512), slice(512, 4608), 2.0, alpha, None, 128**-0.5, log_normaliser
-        )
-    )
-    assert corrected is output and count.syncs == 0
+def test_flux_double_block_correction_moves_under_6_gb(alpha):
+    output, count = torch_path_counts(FLUX, alpha)
+    assert output.shape == (1, 24, 4608, 128) and output.dtype == torch.bfloat16
+    assert count.syncs == 0
     assert count.bytes <= 6 * GB, count.bytes_by_name.most_common(8)
 
 
