@@ -68,13 +68,13 @@ def _to_output(x, dtype: tl.constexpr, DOT: tl.constexpr):
 
 
 @triton.jit
-def _product(a, b, DOT: tl.constexpr):
-    """`a·b` with float32 accumulation: `a` float32 or the input dtype, `b` the input dtype."""
+def _product(a, b, acc, DOT: tl.constexpr):
+    """`acc + a·b` with float32 accumulation: `a` float32 or the input dtype, `b` the input dtype."""
     if DOT == _DOT_IEEE:
-        return tl.dot(a, b, input_precision="ieee")
+        return tl.dot(a, b, acc, input_precision="ieee")
     if DOT == _DOT_HALF:  # half MMAs: `a` rounded to `b`'s dtype first (the weights of `A·V`)
-        return tl.dot(a.to(b.dtype), b)
-    return tl.dot(_round_bf16(a.to(tl.float32)), b.to(tl.float32), input_precision="ieee")
+        return tl.dot(a.to(b.dtype), b, acc)
+    return tl.dot(_round_bf16(a.to(tl.float32)), b.to(tl.float32), acc, input_precision="ieee")
 
 
 @triton.jit
@@ -101,13 +101,15 @@ def _key_block_x(
         k = tl.load(keys, mask=(dims < D)[:, None], other=0.0)
     else:
         k = tl.load(keys, mask=(cols < L)[None, :] & (dims < D)[:, None], other=0.0)
-    x = _product(q, k, DOT) * (scale * factor) - shift[:, None]
-    if HAS_MASK:
-        x += factor * tl.load(
+    if HAS_MASK:  # the mask in units of QKᵀ enters as the product's accumulator: the tensor cores add it
+        acc = tl.load(
             m_ptr + rows[:, None] * stride_mn + cols[None, :] * stride_mk,
             mask=row_ok[:, None] & (cols < L)[None, :],
             other=0.0,
-        ).to(tl.float32)
+        ).to(tl.float32) * (1.0 / scale)
+    else:
+        acc = tl.zeros((q.shape[0], BLOCK_NK), dtype=tl.float32)
+    x = _product(q, k, acc, DOT) * (scale * factor) - shift[:, None]
     if EVEN_KEYS:
         return x
     return tl.where((cols < L)[None, :], x, float("-inf"))
@@ -301,7 +303,7 @@ def _pladis_rows(
             mask=(cols < L)[:, None] & (values < DV)[None, :],
             other=0.0,
         )
-        out += _product(w, v, DOT)
+        out = _product(w, v, out, DOT)
     pointers = o_ptr + rows[:, None] * stride_on + values[None, :] * stride_od
     store_ok = row_ok[:, None] & (values < DV)[None, :]
     if ROW_VALUE != 0:
