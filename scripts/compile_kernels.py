@@ -323,17 +323,32 @@ def modelled_step(report: KernelReport, step: str, passes: int | None = None, ca
     programs = sum(count * batch * heads * math.ceil(queries / report.rows) for count, batch, heads, queries in calls)
     instructions = programs * report.warps * per_warp
     seconds = instructions / (card.sms * card.schedulers * card.clock_hz * card.issue)
-    return {"instructions": instructions, "seconds": seconds, "fraction": seconds / STEPS[step][5]}
+    # K and V bytes the programs read (from L2, mostly): whole rows once; key blocks every sweep (the max
+    # sweep, each pass, the final one) for K and once for V
+    keys, head_dim, element = STEPS[step][3], STEPS[step][4], 4 if report.dtype == "float32" else 2
+    key_reads = 1 if report.key_block >= keys else passes + 2
+    kv_bytes = programs * keys * head_dim * element * (key_reads + 1)
+    return {
+        "instructions": instructions,
+        "seconds": seconds,
+        "fraction": seconds / STEPS[step][5],
+        "kv_bytes": kv_bytes,
+    }
 
 
 def _row(report: KernelReport, step: str, passes: int) -> str:
     model = modelled_step(report, step, passes)
     keys = "whole row" if report.key_block >= report.keys else f"blocks of {report.key_block}"
+    modelled = (  # the step model is an H100's: sm_80 code gets its counts only
+        f"{model['instructions'] / 1e9:.2f} G | {model['seconds'] * 1e3:.2f} ms | +{model['fraction']:.1%}"
+        if report.arch == 90
+        else "— | — | —"
+    )
     return (
         f"| {step} {report.rule} | {report.keys} × {report.head_dim} {report.dtype} | {report.rows} × {report.warps} "
         f"| {keys} | {report.registers} | {report.spill_bytes} | {report.shared_bytes // 1024} KB "
         f"| {report.programs_per_sm} ({report.occupancy:.1%}) | {report.straight} | {report.per_pass} "
-        f"| {model['instructions'] / 1e9:.2f} G | {model['seconds'] * 1e3:.2f} ms | +{model['fraction']:.1%} |"
+        f"| {model['kv_bytes'] / 1e9:.1f} GB | {modelled} |"
     )
 
 
@@ -356,15 +371,15 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     passes = dict(zip(PASSES, args.passes or PASSES.values(), strict=True))
     print(
-        f"sm_{args.arch}, modelled on an H100 SXM (132 SMs × 4 schedulers, 1.98 GHz, 50 % issue); passes per "
-        f"program: SDXL {passes['SDXL']}, FLUX {passes['FLUX']}; stock steps SDXL 65 ms, FLUX 190 ms"
+        f"sm_{args.arch}; step model (sm_90 only): an H100 SXM, 132 SMs × 4 schedulers, 1.98 GHz, 50 % issue; passes "
+        f"per program: SDXL {passes['SDXL']}, FLUX {passes['FLUX']}; stock steps SDXL 65 ms, FLUX 190 ms"
     )
     print(
         "| step, kernel | keys × dim, dtype | rows × warps | keys per pass | registers | spill B | shared "
-        "| programs/SM (occupancy) | SASS straight | SASS per pass | warp-instr./step | modelled time/step "
-        "| modelled overhead |"
+        "| programs/SM (occupancy) | SASS straight | SASS per pass | K/V read/step | warp-instr./step "
+        "| modelled time/step | modelled overhead |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for step, (rule, dtype, _, keys, head_dim, _) in STEPS.items():
         for variant in _variants(step, args.candidates):
             try:
