@@ -27,7 +27,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .masks import mask_for_rows, row_values
+from .masks import four_dims, mask_for_rows, row_values
 from .sorted_threshold import centred_rows, sorted_support_threshold
 from .sparse_maps import pladis_shift_, pladis_weights_
 
@@ -135,19 +135,11 @@ def _value_dtype(query: torch.Tensor, value: torch.Tensor) -> torch.dtype:
     return torch.float64 if query.dtype == torch.float64 else torch.float32
 
 
-def _as_4d(tensor: torch.Tensor) -> torch.Tensor:
-    while tensor.dim() < 4:
-        tensor = tensor.unsqueeze(0)
-    return tensor.reshape(-1, *tensor.shape[-3:]) if tensor.dim() > 4 else tensor
-
-
-def _mask_4d(mask: torch.Tensor, query: torch.Tensor, keys: int) -> torch.Tensor:
-    """An additive mask broadcastable to the 4-D view of `query` × `keys` (kept small where it broadcasts)."""
-    if query.dim() <= 4 and mask.dim() <= 4:
-        while mask.dim() < 4:
-            mask = mask.unsqueeze(0)
-        return mask
-    return _as_4d(mask.expand(*query.shape[:-1], keys))
+def _mask_4d(mask: torch.Tensor | None, query: torch.Tensor, keys: int) -> torch.Tensor | None:
+    """An additive mask broadcastable to `four_dims(query)` × `keys` (kept small where it broadcasts)."""
+    if mask is None or (query.dim() <= 4 and mask.dim() <= 4):
+        return four_dims(mask)
+    return four_dims(mask.expand(*query.shape[:-1], keys))
 
 
 def sync_free_pladis_attention(
@@ -163,11 +155,11 @@ def sync_free_pladis_attention(
     if _power(pladis_alpha) is None:
         return _bisected_pladis_attention(query, key, value, pladis_scale, pladis_alpha, mask, scale)
     shape = (*query.shape[:-1], value.shape[-1])
-    query4 = _as_4d(query)
+    query4 = four_dims(query)
     leading = query4.shape[:-2]
-    key4 = _as_4d(key.expand(*query.shape[:-2], *key.shape[-2:]))
-    value4 = _as_4d(value.expand(*query.shape[:-2], *value.shape[-2:]))
-    mask4 = None if mask is None else _mask_4d(mask, query, key.shape[-2])
+    key4 = four_dims(key.expand(*query.shape[:-2], *key.shape[-2:]))
+    value4 = four_dims(value.expand(*query.shape[:-2], *value.shape[-2:]))
+    mask4 = _mask_4d(mask, query, key.shape[-2])
     dtype = _value_dtype(query, value)
     value_in = value4.to(dtype)
     outputs = []

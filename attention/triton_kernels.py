@@ -32,6 +32,7 @@ import triton
 import triton.language as tl
 
 from .kernel_choice import interpreting
+from .masks import four_dims
 
 _FLOAT32_MIN = tl.constexpr(-3.4028234663852886e38)  # jit code reads only constexpr globals
 _LOG2E = tl.constexpr(1.4426950408889634)
@@ -540,14 +541,6 @@ def _strides4(tensor: torch.Tensor | None, shape: tuple[int, int, int, int]) -> 
     return tensor.expand(shape).stride()
 
 
-def _as_4d(mask: torch.Tensor | None) -> torch.Tensor | None:
-    if mask is None:
-        return None
-    while mask.dim() < 4:
-        mask = mask.unsqueeze(0)
-    return mask
-
-
 def triton_pladis_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -563,7 +556,7 @@ def triton_pladis_attention(
     keys, value_dim = key.shape[-2], value.shape[-1]
     key, value = key.expand(batch, heads, keys, head_dim), value.expand(batch, heads, keys, value_dim)
     output = query.new_empty((batch, rows, heads, value_dim)).transpose(1, 2)
-    mask = _as_4d(mask)
+    mask = four_dims(mask)
     config = _launch_config(keys, head_dim, value_dim, _capability(query))
     grid = (triton.cdiv(rows, config["BLOCK_M"]), batch * heads)
     _cross_attention_kernel[grid](
@@ -615,7 +608,7 @@ def triton_text_block_correction_(
     key_text = key[..., text, :].expand(batch, heads, keys, head_dim)
     value_text = value[..., text, :].expand(batch, heads, keys, value_dim)
     row_values = (log_normaliser if log_normaliser is not None else text_mass).expand(batch, heads, joint)
-    mask = _as_4d(mask)
+    mask = four_dims(mask)
     config = _launch_config(keys, head_dim, value_dim, _capability(query))
     grid = (triton.cdiv(rows, config["BLOCK_M"]), batch * heads)
     _text_block_kernel[grid](
