@@ -261,9 +261,8 @@ def _pladis_rows(
         for block in range(KEY_BLOCKS):
             z = _key_block_x(q, keys, block, zero, 1.0, HAS_MASK, EVEN_KEYS, BLOCK_NK, BLOCK_D, DOT)
             new_max = tl.maximum(row_max, tl.max(z, 1))
-            row_sum = row_sum * tl.exp2((row_max - new_max) * _LOG2E) + tl.sum(
-                tl.exp2((z - new_max[:, None]) * _LOG2E), 1
-            )
+            rescale = tl.exp2(tl.maximum(row_max - new_max, -200.0) * _LOG2E)  # (no overflow from the initial max)
+            row_sum = row_sum * rescale + tl.sum(tl.exp2((z - new_max[:, None]) * _LOG2E), 1)
             row_max = new_max
         shift = row_max * factor
         tau = tl.full([BLOCK_M], -1.0, tl.float32)
