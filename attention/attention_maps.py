@@ -177,13 +177,17 @@ def recording_attention_maps(
     pladis_alpha: float = 1.5,
     groups: Iterable[str] = LAYER_GROUPS,
     condition_rows: slice = slice(None),
+    *,
+    install_pladis: bool = True,
 ) -> Iterator[AttentionMapStore]:
     """Run the body with PLADIS (λ = `pladis_scale`; λ = 0: the current processors) on every
     cross-attention layer of `unet`, recording maps of the layers in `groups` into `store`.
 
     The generation is the one the pipeline gives with `pladis_scale` (call it with `pladis_scale=0`
-    inside this block, so it does not swap the recorders out). Processors and hooks are restored
-    on exit, also when the body raises.
+    inside this block, so it does not swap the recorders out). With `install_pladis=False` the recorders
+    wrap the current processors as they are: those an enclosing `apply_pladis` installed (its step window
+    and layers) or the stock ones; call the pipeline without PLADIS keywords then. Processors and hooks are
+    restored on exit, also when the body raises.
     """
     groups = tuple(groups)
     unknown = sorted(set(groups) - set(LAYER_GROUPS))
@@ -191,7 +195,7 @@ def recording_attention_maps(
         raise ValueError(f"unknown layer groups {unknown}; accepted: {', '.join(LAYER_GROUPS)}")
     settings = PLADISSettings(pladis_scale, pladis_alpha)
     current = {name[: -len(".processor")]: processor for name, processor in unet.attn_processors.items()}
-    table = fixed_pladis_processors(unet, settings) if settings.pladis_scale > 0 else {}
+    table = fixed_pladis_processors(unet, settings) if settings.pladis_scale > 0 and install_pladis else {}
     for name, module in attention_modules(unet).items():
         group = layer_group(name)
         if isinstance(module, Attention) and module.is_cross_attention and group in groups:

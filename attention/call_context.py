@@ -7,10 +7,12 @@ sharing the denoiser) never see them. The installed processors read it on every 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+
+from .settings import PLADISSettings
 
 # How the keys of an attention call are laid out: all text (cross-attention), a joint sequence with the
 # text first (FLUX `[txt ; img]`) or last (SD3 `[img ; txt]`), or per-sample packed `[img ; txt ; pad]`.
@@ -33,15 +35,32 @@ class TextLength:
 
 @dataclass
 class CallSettings:
-    """One PLADIS call on one denoiser: λ, α, whether optional (single-stream) blocks are on, and what
-    its denoiser calls recorded. `owner` is the installation (or processor) these settings are for.
-    The values come from a `PLADISSettings` (checked where it was made) and are trusted here."""
+    """One PLADIS call on one denoiser: λ, α, the layers it acts on, its step window, and what its denoiser
+    calls recorded. `owner` is the installation (or processor) these settings are for. The values come from
+    a `PLADISSettings` (`pladis`, checked where it was made) and are trusted here.
+
+    `layers`: the names of the layers this call runs PLADIS on (None: every layer holding its processor).
+    `step`: where the step of each denoiser call comes from when the call has a window (None: every step);
+    the denoiser's pre-hook sets `acting` from it before each denoiser call.
+    """
 
     owner: object
     pladis_scale: float
     pladis_alpha: float
-    single_blocks: bool = False
+    layers: frozenset[str] | None = None
+    step: Callable[[], tuple[int, int]] | None = None
+    pladis: PLADISSettings | None = None
+    acting: bool = True
     recorded: TextLength = field(default_factory=TextLength)
+
+    def acts_on(self, layer: str) -> bool:
+        """Whether this call runs PLADIS on `layer` in the denoiser call happening now."""
+        return self.acting and (self.layers is None or layer in self.layers)
+
+    def start_denoiser_call(self) -> None:
+        """Place the coming denoiser call in the step window (from `step`: host integers, no sync)."""
+        if self.step is not None and self.pladis is not None:
+            self.acting = self.pladis.acts_on_step(*self.step())
 
 
 @dataclass

@@ -13,20 +13,24 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from diffusers.models.attention_processor import Attention
 from diffusers.pipelines.pag.pag_utils import PAGMixin
 
 from .call_context import CallSettings, active_calls, calls_in_context
+from .composition import check_window_without_step_cache
 from .context_parallel import check_context_parallel, rank_text_length
 from .families import FAMILIES, SUPPORTED, Family, TextAttention, family_of
 from .kernel_choice import requested_kernel
 from .processors import PLADISProcessor, pladis_processor_class
 from .settings import PLADISSettings
+from .steps import StepSource, check_step_scheduler, pipeline_step_source, scheduler_step_source
+from .validation import layers_named, names_matching
 from .with_block import SingleUseBlock
 
 _PROCESSOR_SUFFIX = ".processor"
@@ -130,15 +134,61 @@ def _original_processor(module: torch.nn.Module) -> object:
     return processor
 
 
-def text_attention_layers(model: torch.nn.Module, family: Family, single_blocks: bool) -> dict[str, TextLayer]:
-    """The layers of `model` PLADIS acts on (optional kinds only with `single_blocks`), checked: a layer
-    holding a processor its record does not name (a custom one) raises, since replacing it would drop what it
-    does and keeping it would silently run without PLADIS; so does a model without any."""
-    layers = {}
+PLADIS_LAYER_EXAMPLES = (
+    "'mid', 'down_blocks.2', 'up_blocks.0.attentions.1', 'transformer_blocks.3', 'single_transformer_blocks'"
+)
+
+
+def text_attention_candidates(
+    model: torch.nn.Module, family: Family
+) -> dict[str, tuple[torch.nn.Module, TextAttention]]:
+    """Every text-attention layer of `model` by name (optional kinds included), with its kind; a model without
+    any raises, naming its class."""
+    candidates = {}
     for name, module in attention_modules(model).items():
         kind = next((kind for kind in family.text_attention if kind.selects(name, module)), None)
-        if kind is None or (kind.optional and not single_blocks):
-            continue
+        if kind is not None:
+            candidates[name] = (module, kind)
+    if not candidates:
+        raise ValueError(
+            f"PLADIS found no cross-attention or joint text-image attention layer in {type(model).__name__}; it needs "
+            f"a denoiser with softmax text attention ({SUPPORTED})"
+        )
+    return candidates
+
+
+def chosen_layer_names(
+    candidates: dict[str, tuple[torch.nn.Module, TextAttention]],
+    single_blocks: bool,
+    layer_ids: tuple[str, ...] | None = None,
+    *,
+    every_id_names_one: bool = True,
+) -> list[str]:
+    """The names of the `candidates` PLADIS acts on: those `layer_ids` name (`pag_applied_layers` semantics;
+    with `every_id_names_one`, an id naming none is a `ValueError` naming it), or by default every non-optional
+    kind (optional ones too with `single_blocks`); in the model's order."""
+    if layer_ids is None:
+        return [name for name, (module, kind) in candidates.items() if not kind.optional or single_blocks]
+    if every_id_names_one:
+        layers_named("pladis_layers", layer_ids, candidates, "text-attention", PLADIS_LAYER_EXAMPLES)
+    return names_matching(layer_ids, candidates)
+
+
+def text_attention_layers(
+    model: torch.nn.Module,
+    family: Family,
+    single_blocks: bool,
+    layer_ids: tuple[str, ...] | None = None,
+    *,
+    every_id_names_one: bool = True,
+) -> dict[str, TextLayer]:
+    """The layers of `model` PLADIS acts on (`chosen_layer_names`), checked: a layer holding a processor its
+    record does not name (a custom one) raises, since replacing it would drop what it does and keeping it would
+    silently run without PLADIS; so does a model without any."""
+    layers = {}
+    candidates = text_attention_candidates(model, family)
+    for name in chosen_layer_names(candidates, single_blocks, layer_ids, every_id_names_one=every_id_names_one):
+        module, kind = candidates[name]
         original = _original_processor(module)
         runs_as = kind.processors.get(type(original))
         if (
@@ -157,11 +207,6 @@ def text_attention_layers(model: torch.nn.Module, family: Family, single_blocks:
         if isinstance(module, Attention) and not getattr(module, "scale_qk", True):
             raise ValueError(f"PLADIS needs the standard 1/sqrt(head_dim) logit scale, but {name} has scale_qk=False")
         layers[name] = TextLayer(module, kind, original, runs_as)
-    if not layers:
-        raise ValueError(
-            f"PLADIS found no cross-attention or joint text-image attention layer in {type(model).__name__}; it needs "
-            f"a denoiser with softmax text attention ({SUPPORTED})"
-        )
     return layers
 
 
@@ -195,22 +240,24 @@ class Installation:
         """Install PLADIS processors on the `layers` not yet covered (a call asking for more blocks adds them)."""
         new = {
             name: pladis_processor_class(layer.runs_as).installed(
-                layer.original, layer.kind.text_keys, layer.kind.optional, self, layer.kind.image_context_calls
+                layer.original, layer.kind.text_keys, name, self, layer.kind.image_context_calls
             )
             for name, layer in layers.items()
             if name not in self.processors
         }
         _set_processors(self.model, new)
         self.processors.update(new)
-        if self._hook is None and self.family.record is not None:
+        if self._hook is None:
             self._hook = self.model.register_forward_pre_hook(self._record, with_kwargs=True)
 
     def _record(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        """Record the text layout of this denoiser call into the settings of the call it belongs to."""
+        """Place this denoiser call in the step window of the call it belongs to, and record its text layout."""
         calls = active_calls()
         settings = None if calls is None else calls.for_owner(self)
         if settings is not None:
-            settings.recorded = rank_text_length(self.model, self.family.name, self.family.record(args, kwargs))
+            settings.start_denoiser_call()
+            if self.family.record is not None:
+                settings.recorded = rank_text_length(self.model, self.family.name, self.family.record(args, kwargs))
 
     def remove(self) -> None:
         """Give every layer still holding one of our processors its original back; remove the hook."""
@@ -324,8 +371,12 @@ def apply_pladis(
     *,
     pladis_controlnet: bool = False,
     pladis_single_blocks: bool = False,
+    pladis_start: float = 0.0,
+    pladis_stop: float = 1.0,
+    pladis_layers: str | list[str] | None = None,
+    scheduler: object | None = None,
 ) -> SingleUseBlock[None]:
-    """Run the body with PLADIS on every text-attention layer of a pipeline's denoiser, or of a denoiser
+    """Run the body with PLADIS on the text-attention layers of a pipeline's denoiser, or of a denoiser
     given directly (`UNet2DConditionModel` or a transformer: modular pipelines, hand-written loops).
 
     Which layers and which rule come from the denoiser's family record (`attention.families`):
@@ -333,29 +384,94 @@ def apply_pladis(
     joint text+image attention (SD3, FLUX.1/.2, Chroma, Qwen-Image, HunyuanVideo, HunyuanImage, CogView4;
     Z-Image's packed unified blocks) gets the text-block rule on the image-query × text-key block;
     `pladis_single_blocks=True` adds the single-stream blocks of FLUX.1/.2, Chroma and the Hunyuan models. With
-    `pladis_controlnet=True`, the pipeline's
-    ControlNet(s) too. λ = 0 leaves the model untouched (stock attention, bit-identical output).
+    `pladis_controlnet=True`, the pipeline's ControlNet(s) too. λ = 0 leaves the model untouched (stock
+    attention, bit-identical output).
+
+    `pladis_layers` picks layers instead, by ids with the semantics of diffusers' `pag_applied_layers`
+    ("mid", "down_blocks.2", "up_blocks.0.attentions.1", "transformer_blocks.3", "single_transformer_blocks")
+    matched against the text-attention module names; an id naming none raises. `pladis_start` / `pladis_stop`
+    restrict PLADIS to the denoising steps i of N with int(start·N) <= i < int(stop·N); the step of each
+    denoiser call is read from the pipeline's scheduler (for a bare denoiser: from `scheduler`, the one the
+    loop steps; modular pipelines can use `pipeline.guider.PLADISGuidance` instead).
 
     The settings belong to this call: other calls sharing the denoiser in other threads (PLADIS with
-    their own λ/α, or stock pipelines) get exactly what they get alone. Everything is checked before
+    their own settings, or stock pipelines) get exactly what they get alone. Everything is checked before
     anything changes; once the last PLADIS call on the denoiser ends, its exact previous processors are
     back and its hooks removed, also when the body raises. A model without text attention, a layer
-    holding a processor PLADIS does not know (e.g. an IP-Adapter), or PAG layers on the layers PLADIS
-    needs (SD3's PAG pipelines) raise instead of running without PLADIS.
+    holding a processor PLADIS does not know (e.g. an IP-Adapter), PAG layers on the layers PLADIS
+    needs (SD3's PAG pipelines), a window with a scheduler that keeps no step index or on a denoiser with a
+    step cache raise instead of running without PLADIS.
 
     The settings are a `ContextVar` of the thread (or asyncio task) that enters the block: calls made inside the
     block from a new thread or an executor run without PLADIS, unless they run in a copy of this context
     (`asyncio.to_thread`, `contextvars.copy_context().run`). Enter each returned block once, and let it end in
     the thread that entered it: otherwise a `RuntimeError` says so.
     """
-    settings = PLADISSettings(pladis_scale, pladis_alpha, pladis_controlnet, pladis_single_blocks)
-    return SingleUseBlock("apply_pladis", apply_pladis_settings(pipe_or_denoiser, settings))
+    settings = PLADISSettings(
+        pladis_scale,
+        pladis_alpha,
+        pladis_controlnet,
+        pladis_single_blocks,
+        pladis_start,
+        pladis_stop,
+        pladis_layers,
+    )
+    return SingleUseBlock("apply_pladis", apply_pladis_settings(pipe_or_denoiser, settings, scheduler=scheduler))
+
+
+def _step_source(pipe_or_denoiser: object, settings: PLADISSettings, scheduler: object | None) -> StepSource | None:
+    """Where the step of each denoiser call comes from (None without a window): `scheduler` when given, else the
+    pipeline's scheduler; a bare denoiser without `scheduler` cannot place its calls, and is refused."""
+    if not settings.has_window:
+        return None
+    if scheduler is not None:
+        check_step_scheduler(scheduler, "scheduler")
+        return scheduler_step_source(scheduler)
+    if isinstance(getattr(pipe_or_denoiser, "_orig_mod", pipe_or_denoiser), torch.nn.Module):
+        raise ValueError(
+            f"pladis_start/pladis_stop on a bare {type(pipe_or_denoiser).__name__} need the steps of its loop: pass "
+            "scheduler=<the scheduler the loop steps> to apply_pladis, or wrap the guider of a modular pipeline in "
+            "PLADISGuidance"
+        )
+    check_step_scheduler(getattr(pipe_or_denoiser, "scheduler", None), f"{type(pipe_or_denoiser).__name__}.scheduler")
+    return pipeline_step_source(pipe_or_denoiser)
+
+
+def settings_in_context(pipe_or_denoiser: object) -> PLADISSettings | None:
+    """The settings an enclosing `apply_pladis` in this context gave the denoiser of `pipe_or_denoiser` (None
+    when none did, or when it turned PLADIS off), so a pipeline call can keep what it does not set itself."""
+    calls = active_calls()
+    installation = _INSTALLATIONS.get(id(denoisers(pipe_or_denoiser)[0]))
+    if calls is None or installation is None:
+        return None
+    settings = calls.for_owner(installation)
+    return None if settings is None else settings.pladis
+
+
+def settings_of_call(pipe_or_denoiser: object, given: Mapping[str, Any]) -> PLADISSettings | None:
+    """The PLADIS settings of a pipeline call whose PLADIS keywords default to None ("not given"): None when it
+    gives none (whatever an enclosing `apply_pladis` set stays in force), else the enclosing call's settings
+    (`PLADISSettings(0.0)` when none) with the given keywords replacing theirs, checked once. A given layer
+    choice replaces an enclosing `pladis_single_blocks=True`, and the other way round (one choice of layers)."""
+    given = {name: value for name, value in given.items() if value is not None}
+    if not given:
+        return None
+    enclosing = settings_in_context(pipe_or_denoiser)
+    if enclosing is None:
+        return PLADISSettings(**{"pladis_scale": 0.0, **given})
+    if "pladis_layers" in given:
+        given.setdefault("pladis_single_blocks", False)
+    if given.get("pladis_single_blocks"):
+        given.setdefault("pladis_layers", None)
+    return replace(enclosing, **given)
 
 
 @contextmanager
-def apply_pladis_settings(pipe_or_denoiser: object, settings: PLADISSettings) -> Iterator[None]:
+def apply_pladis_settings(
+    pipe_or_denoiser: object, settings: PLADISSettings, *, scheduler: object | None = None
+) -> Iterator[None]:
     """`apply_pladis` with its arguments already checked (`PLADISSettings`), for pipelines that check them
-    before their own set-up: nothing below checks λ/α again."""
+    before their own set-up: nothing below checks them again."""
     if not isinstance(settings, PLADISSettings):
         raise TypeError(f"settings must be a PLADISSettings, got {type(settings).__name__}")
     pladis_single_blocks = settings.pladis_single_blocks
@@ -368,13 +484,24 @@ def apply_pladis_settings(pipe_or_denoiser: object, settings: PLADISSettings) ->
             f"({with_single} have them)"
         )
     if settings.pladis_scale == 0.0:
+        if settings.pladis_layers is not None:  # a mistyped layer id fails even where PLADIS is off
+            chosen_layer_names(text_attention_candidates(models[0], family), False, settings.pladis_layers)
         # Off for this call, also where an enclosing call in this context turned PLADIS on for these models.
         running = tuple(installation for installation in map(_INSTALLATIONS.get, map(id, models)) if installation)
         with calls_in_context((), replacing=running):
             yield
         return
     requested_kernel()  # a bad PLADIS_KERNEL raises before the first denoising step (λ = 0 is stock: never read)
-    layers = [text_attention_layers(model, family_of(model), pladis_single_blocks) for model in models]
+    step = _step_source(pipe_or_denoiser, settings, scheduler)
+    if step is not None:
+        check_window_without_step_cache(models)
+    # pladis_layers names layers of the denoiser; a ControlNet gets those of them it has (maybe none).
+    layers = [
+        text_attention_layers(
+            model, family_of(model), pladis_single_blocks, settings.pladis_layers, every_id_names_one=index == 0
+        )
+        for index, model in enumerate(models)
+    ]
     check_pag_leaves_pladis_layers(pipe_or_denoiser, models[0], layers[0])
     for model, table in zip(models, layers, strict=True):
         check_context_parallel(
@@ -388,8 +515,15 @@ def apply_pladis_settings(pipe_or_denoiser: object, settings: PLADISSettings) ->
             stack.enter_context(installed_pladis(model, table)) for model, table in zip(models, layers, strict=True)
         )
         calls = tuple(
-            CallSettings(installation, settings.pladis_scale, settings.pladis_alpha, pladis_single_blocks)
-            for installation in installations
+            CallSettings(
+                installation,
+                settings.pladis_scale,
+                settings.pladis_alpha,
+                layers=frozenset(table),
+                step=step,
+                pladis=settings,
+            )
+            for installation, table in zip(installations, layers, strict=True)
         )
         stack.enter_context(calls_in_context(calls, replacing=installations))
         yield

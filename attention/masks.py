@@ -25,3 +25,13 @@ def mask_for_rows(mask: torch.Tensor | None, rows: slice) -> torch.Tensor | None
 def row_values(values: torch.Tensor | None, rows: slice) -> torch.Tensor | None:
     """Per-query-row values (…, N) for query `rows`, shaped (…, rows, 1) to scale score rows; None as is."""
     return None if values is None else values[..., rows, None]
+
+
+def four_dims(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """A (…, rows, cols) tensor as 4 dims: leading 1s added (views, so a broadcast mask stays small),
+    more than two leading dims flattened into the first; None as is."""
+    if tensor is None:
+        return None
+    while tensor.dim() < 4:
+        tensor = tensor.unsqueeze(0)
+    return tensor.reshape(-1, *tensor.shape[-3:]) if tensor.dim() > 4 else tensor

@@ -22,7 +22,7 @@ from diffusers.models.attention_processor import Attention
 from .families import family_of
 from .install import _LOCK, _set_processors, attention_modules, installed_pladis, text_attention_layers
 from .seg_processor import LatentSize
-from .validation import names_layer
+from .validation import names_matching
 
 
 def self_attention_layer_names(model: torch.nn.Module) -> list[str]:
@@ -36,10 +36,7 @@ def self_attention_layer_names(model: torch.nn.Module) -> list[str]:
 
 def perturbed_layer_names(model: torch.nn.Module, layer_ids: Iterable[str]) -> frozenset[str]:
     """The self-attention layers of `model` that PAG layer ids name, by diffusers' own matching rule."""
-    ids = list(layer_ids)
-    return frozenset(
-        name for name in self_attention_layer_names(model) if any(names_layer(layer_id, name) for layer_id in ids)
-    )
+    return frozenset(names_matching(layer_ids, self_attention_layer_names(model)))
 
 
 @dataclass

@@ -34,6 +34,7 @@ from .call_context import (
     active_calls,
     calls_in_context,
 )
+from .composition import register_for_layer_skip
 from .settings import PLADISSettings
 
 # `torch.nn.functional` as the stock processors see it, except that its SDPA is the PLADIS one.
@@ -123,25 +124,26 @@ class PLADISProcessor:
             recorded=text_length if text_length is not None else TextLength(),
         )
         original = self.stock_type() if original is None else original
-        self._setup(original, text_keys or self.default_text_keys, False, _no_image_context, self, fixed)
+        self._setup(original, text_keys or self.default_text_keys, None, _no_image_context, self, fixed)
 
     @classmethod
     def installed(
         cls,
         original: object,
         text_keys: str,
-        optional: bool,
+        layer: str,
         owner: object,
         image_context_calls: Callable[[torch.nn.Module], int] | None = None,
     ) -> PLADISProcessor:
-        """The processor `apply_pladis` sets on a layer whose processor was `original`: PLADIS with the
-        settings `owner`'s current call has in this context (optional layers: only with single blocks on),
-        else exactly `original`. `image_context_calls(attn)` counts leading attention calls not on text."""
+        """The processor `apply_pladis` sets on the layer named `layer` whose processor was `original`: PLADIS
+        with the settings `owner`'s current call has in this context where that call acts on this layer in
+        this denoiser call (its layers, its step window), else exactly `original`. `image_context_calls(attn)`
+        counts leading attention calls not on text."""
         processor = cls.__new__(cls)
-        processor._setup(original, text_keys, optional, image_context_calls or _no_image_context, owner, None)
+        processor._setup(original, text_keys, layer, image_context_calls or _no_image_context, owner, None)
         return processor
 
-    def _setup(self, original, text_keys, optional, image_context_calls, owner, settings) -> None:
+    def _setup(self, original, text_keys, layer, image_context_calls, owner, settings) -> None:
         if text_keys not in TEXT_KEYS:
             raise ValueError(f"text_keys must be one of {TEXT_KEYS}, got {text_keys!r}")
         if isinstance(self, torch.nn.Module):
@@ -155,7 +157,7 @@ class PLADISProcessor:
         source = original._stock if isinstance(original, PLADISProcessor) else original  # one set by hand
         reused = type(source) is self.stock_type or isinstance(source, torch.nn.Module)
         object.__setattr__(self, "_stock", source if reused else self.stock_type())  # not a second submodule
-        self.text_keys, self.optional, self.image_context_calls = text_keys, optional, image_context_calls
+        self.text_keys, self.layer, self.image_context_calls = text_keys, layer, image_context_calls
         object.__setattr__(self, "_owner", owner)  # a fixed-setting processor owns itself: not its own submodule
         self._fixed = settings
         family = getattr(owner, "family", None)  # an installation knows its model's family
@@ -188,7 +190,8 @@ class PLADISProcessor:
         if self._fixed is not None:
             return self._fixed
         calls = active_calls()
-        return None if calls is None else calls.for_owner(self._owner)
+        settings = None if calls is None else calls.for_owner(self._owner)
+        return settings if settings is not None and settings.acts_on(self.layer) else None
 
     def _text_layout(self, args: tuple, kwargs: dict, recorded: TextLength) -> tuple[int | None, tuple | None]:
         """(text tokens, packed segments) of this layer call."""
@@ -215,7 +218,7 @@ class PLADISProcessor:
         settings = self._fixed
         if settings is None:
             settings = None if calls is None else calls.for_owner(self._owner)
-            if settings is None or (self.optional and not settings.single_blocks):
+            if settings is None or not settings.acts_on(self.layer):
                 return self.original(attn, *args, **kwargs)
         elif calls is None:  # a processor with fixed settings called outside apply_pladis: a slot for its layer
             with calls_in_context(()):
@@ -267,6 +270,7 @@ def pladis_processor_class(stock_type: type, name: str | None = None, text_keys:
             "__doc__": f"`{stock_type.__name__}` with PLADIS on its attention call (see `PLADISProcessor`).",
         },
     )
+    register_for_layer_skip(cls, stock_type)
     _CLASSES[stock_type] = cls
     return cls
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_dispatch import dispatch_attention_fn as _diffusers_dispatch
 
 from .call_context import CROSS, LEADING, PACKED, LayerCall, active_calls
+from .composition import perturbed_by_layer_skip
 from .context_parallel import context_parallel_attention, sequence_parallel_config
 from .functional import cross_attention_rule
 from .joint_text_block import text_block_rule
@@ -98,7 +99,10 @@ def _running_layer(dropout_p: float, is_causal: bool, enable_gqa: bool) -> Layer
 def scaled_dot_product_attention(
     query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False
 ) -> torch.Tensor:
-    """`F.scaled_dot_product_attention` ((B, H, N, D) tensors) as a PLADIS processor's attention call."""
+    """`F.scaled_dot_product_attention` ((B, H, N, D) tensors) as a PLADIS processor's attention call; in the
+    pass a layer-skip guider perturbs, the stock call (which the guider's mode turns into the identity)."""
+    if perturbed_by_layer_skip():
+        return _sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
     layer = _running_layer(dropout_p, is_causal, enable_gqa)
     return pladis_attention(layer, query, key, value, attn_mask, scale)
 
@@ -119,7 +123,23 @@ def dispatch_attention_fn(
 ) -> torch.Tensor:
     """diffusers' `dispatch_attention_fn` ((B, N, H, D) tensors) as a PLADIS processor's attention call.
     The changed layers run PyTorch SDPA whatever attention backend was chosen. Under context parallelism
-    (`parallel_config` shards the sequence) the rule runs over every rank's keys (`attention.context_parallel`)."""
+    (`parallel_config` shards the sequence) the rule runs over every rank's keys (`attention.context_parallel`);
+    in the pass a layer-skip guider perturbs, diffusers' own call (which the guider's mode turns into the identity
+    on the native backend)."""
+    if perturbed_by_layer_skip():
+        return _diffusers_dispatch(
+            query,
+            key,
+            value,
+            attn_mask=attn_mask,
+            dropout_p=dropout_p,
+            is_causal=is_causal,
+            scale=scale,
+            enable_gqa=enable_gqa,
+            attention_kwargs=attention_kwargs,
+            backend=backend,
+            parallel_config=parallel_config,
+        )
     layer = _running_layer(dropout_p, is_causal, enable_gqa)
     sharded = sequence_parallel_config(parallel_config) is not None
     if sharded and _off_text(layer):  # not on text (Wan's image context, an IP-Adapter's image): diffusers' own

@@ -2,10 +2,15 @@
 
 The pass loop of `sparse_maps.entmax_threshold` asks the host after every pass whether rows are
 still moving; on a GPU each such question is a sync that drains the queue. Here α = 1.5 and α = 2
-take the closed-form roots over the sorted row (the `entmax` package's exact algorithm: the support
-is the longest sorted prefix whose root lies at or below its last entry), and any other α takes a
-fixed number of bisection halvings and monotone Newton steps. Every op is a fixed-size tensor op,
-so the whole threshold is a short, sync-free launch sequence (and traces into `torch.compile` graphs).
+take the closed-form root over the sorted row (the `entmax` package's exact algorithm: the support
+is the longest sorted prefix whose mass at its own last entry is below the target), and any other
+α takes a fixed number of bisection halvings and monotone Newton steps. Every op is a fixed-size
+tensor op, so the whole threshold is a short, sync-free launch sequence (and traces into
+`torch.compile` graphs).
+
+For α = 1.5 / 2 the support size comes from one `searchsorted` over the prefix masses
+`M_k = Σ_{j≤k} (x_j − x_k)^p` (p = 2 / 1), which rise with k: five full-size passes after the sort,
+no per-prefix roots, no comparison masks, and only (rows, 1) index tensors.
 """
 
 from __future__ import annotations
@@ -17,23 +22,53 @@ _NEWTON_STEPS = 3  # monotone from below: they close the last gap to float32 pre
 _FLOOR = -2.0  # entries ≤ −1 never reach the support (τ ≥ −1): clamping them keeps every sum finite
 
 
-def _inverse_ranks(width: int, like: torch.Tensor) -> torch.Tensor:
-    """1/k for k = 1 … width, on `like`'s device and dtype."""
-    return torch.arange(1, width + 1, device=like.device, dtype=like.dtype).reciprocal_()
+def _ranks(width: int, like: torch.Tensor) -> torch.Tensor:
+    """k = 1 … width, on `like`'s device and dtype."""
+    return torch.arange(1, width + 1, device=like.device, dtype=like.dtype)
+
+
+def sorted_support_threshold(ordered: torch.Tensor, mass: float, power: int) -> torch.Tensor:
+    """θ (shape `ordered.shape[:-1] + (1,)`) with Σ_j [x_j − θ]_+^power = mass, exactly, for rows
+    sorted in descending order, finite (power 2: α = 1.5; power 1: α = 2, sparsemax), `mass` > 0.
+
+    The rows should be centred (their maximum at or near 0: `centred_rows`), so the prefix sums stay
+    well conditioned and θ keeps its digits; the map is then `[x − θ]_+^power / mass`, which sums to 1.
+    """
+    shifted = ordered
+    ranks = _ranks(shifted.shape[-1], shifted)
+    first = torch.cumsum(shifted, dim=-1)  # Σ_{j≤k} x_j
+    if power == 1:
+        # M_k = Σ_{j≤k} (x_j − x_k) = first_k − k·x_k
+        prefix_mass = torch.addcmul(first, shifted, ranks, value=-1.0)
+    else:
+        second = torch.square(shifted).cumsum_(dim=-1)  # Σ_{j≤k} x_j²
+        # M_k = second_k − 2·x_k·first_k + k·x_k² = second_k − 2·x_k·(first_k − k·x_k/2)
+        half_gap = torch.addcmul(first, shifted, ranks, value=-0.5)
+        prefix_mass = torch.addcmul(second, shifted, half_gap, value=-2.0, out=half_gap)
+    # M_k rises with k, and k is in the support exactly when M_k < mass: M_1 = 0, so 1 ≤ |S| ≤ width.
+    target = torch.full((*shifted.shape[:-1], 1), mass, device=shifted.device, dtype=shifted.dtype)
+    size = torch.searchsorted(prefix_mass, target)
+    last = size - 1
+    size = size.to(shifted.dtype)
+    mean = first.gather(-1, last).div_(size)
+    if power == 1:
+        root = mean.sub_(mass / size)  # (Σ_S x − mass)/|S|
+    else:  # the smaller root of |S|·θ² − 2·Σ_S x·θ + Σ_S x² − mass = 0
+        spread = second.gather(-1, last).div_(size).addcmul_(mean, mean, value=-1.0)  # the support's variance
+        root = mean.sub_(torch.rsub(spread, mass / size).clamp_min_(0.0).sqrt_())
+    return root
+
+
+def centred_rows(ordered: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(rows − max, max)` for rows sorted in descending order, centred in place (max: (…, 1))."""
+    top = ordered[..., :1].clone()
+    return ordered.sub_(top), top
 
 
 def _sorted_root(shifted: torch.Tensor, alpha: float) -> torch.Tensor:
-    """τ for α = 1.5 or 2 from the descending sort: the root on each prefix, read at the support size."""
+    """τ for α = 1.5 or 2 from the descending sort (`shifted` ∈ [−inf, 0], clamped here)."""
     ordered = shifted.sort(dim=-1, descending=True).values.clamp_min_(_FLOOR)
-    inverse = _inverse_ranks(shifted.shape[-1], ordered)
-    if alpha == 2.0:  # τ_k = (Σ_{j≤k} x_j − 1)/k
-        roots = ordered.cumsum(-1).sub_(1.0).mul_(inverse)
-    else:  # τ_k = mean_k − sqrt(1/k − (mean of squares_k − mean_k²))
-        mean = ordered.cumsum(-1).mul_(inverse)
-        spread = ordered.square().cumsum_(-1).mul_(inverse)
-        roots = mean.sub_(torch.rsub(spread, inverse).addcmul_(mean, mean).clamp_min_(0.0).sqrt_())
-    support = (roots <= ordered).sum(dim=-1, keepdim=True)
-    return roots.gather(-1, support.sub_(1))
+    return sorted_support_threshold(ordered, 1.0, 1 if alpha == 2.0 else 2)
 
 
 def _bisected_root(shifted: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -78,7 +78,45 @@ def check_seg_blur_sigma(seg_blur_sigma: object) -> float:
     return sigma
 
 
-def names_layer(layer_id: str, module_name: str) -> bool:
+def check_pladis_window(
+    pladis_start: object, pladis_stop: object, names: tuple[str, str] = ("pladis_start", "pladis_stop")
+) -> tuple[float, float]:
+    """Validate the step window: fractions of the denoising steps with 0 <= pladis_start <= pladis_stop <= 1
+    (PLADIS acts on step i of N iff int(start·N) <= i < int(stop·N), as diffusers' guiders' start/stop);
+    `names` are the names to report (the command line's options, for instance)."""
+    start_name, stop_name = names
+    start = _check_real(start_name, pladis_start, "in [0, 1]")
+    stop = _check_real(stop_name, pladis_stop, "in [0, 1]")
+    if not 0.0 <= start <= stop <= 1.0:  # NaN fails too
+        raise ValueError(
+            f"{start_name} and {stop_name} must satisfy 0 <= {start_name} <= {stop_name} <= 1 (fractions of the "
+            f"denoising steps), got {start_name}={pladis_start!r}, {stop_name}={pladis_stop!r}"
+        )
+    return start, stop
+
+
+def _layer_ids(name: str, layers: object) -> list[str]:
+    """Layer ids as a non-empty list of valid regular expressions (one id may be given as a string)."""
+    ids = [layers] if isinstance(layers, str) else layers
+    if not isinstance(ids, (list, tuple)) or not all(isinstance(layer, str) for layer in ids):
+        raise TypeError(f"{name} must be a layer id or a list of layer ids (strings), got {layers!r}")
+    if not ids:
+        raise ValueError(f"{name} must name at least one layer, e.g. ['mid']")
+    for layer_id in ids:
+        try:
+            re.compile(layer_id)
+        except re.error as error:
+            raise ValueError(f"{name}: {layer_id!r} is not a valid regular expression ({error})") from None
+    return list(ids)
+
+
+def check_pladis_layers(pladis_layers: object) -> tuple[str, ...] | None:
+    """Validate `pladis_layers`: None (the family's default layers), a layer id or a list of them (PAG's
+    syntax); which layers they name is checked against the model when PLADIS is installed."""
+    return None if pladis_layers is None else tuple(_layer_ids("pladis_layers", pladis_layers))
+
+
+def _names_layer(layer_id: str, module_name: str) -> bool:
     """PAGMixin's matching rule: a regex search of the id in the module name, except where both end in
     the same number (diffusers' "fake integral match": "blocks.1" names the container `…blocks.1` itself,
     which is no attention layer), so only layers inside the named block match."""
@@ -87,26 +125,38 @@ def names_layer(layer_id: str, module_name: str) -> bool:
     return re.search(layer_id, module_name) is not None and not fake_integral_match
 
 
+def names_matching(layer_ids: Iterable[str], layer_names: Iterable[str]) -> list[str]:
+    """The names among `layer_names` that any of the (valid) `layer_ids` names, by the rule diffusers' PAG applies."""
+    ids = list(layer_ids)
+    return [name for name in layer_names if any(_names_layer(layer_id, name) for layer_id in ids)]
+
+
+def layers_named(name: str, layers: object, layer_names: Iterable[str], kind: str, examples: str) -> list[str]:
+    """The names among `layer_names` that the ids `layers` name by the rule diffusers' PAG applies; an id
+    naming none of them (a typo, the docstring style "down.block_1") raises, naming it and the `kind` of
+    layer it was matched against."""
+    ids = _layer_ids(name, layers)
+    candidates = list(layer_names)
+    named = []
+    for layer_id in ids:
+        matched = names_matching([layer_id], candidates)
+        if not matched:
+            raise ValueError(
+                f"{name}: {layer_id!r} matches no {kind} layer; use module-name patterns such as {examples} "
+                f"(e.g. {candidates[:2]})"
+            )
+        named += [module_name for module_name in matched if module_name not in named]
+    return named
+
+
 def check_applied_layers(name: str, layers: object, self_attention_names: Iterable[str]) -> list[str]:
     """Validate layer ids (PAG's regex syntax: "mid", "down_blocks.2", "up_blocks.0.attentions.1").
 
     Each id must match at least one of `self_attention_names` by the rule diffusers' PAG applies,
     so a typo (or the docstring style "down.block_1") fails before any work. Returns them as a list.
     """
-    ids = [layers] if isinstance(layers, str) else layers
-    if not isinstance(ids, (list, tuple)) or not all(isinstance(layer, str) for layer in ids):
-        raise TypeError(f"{name} must be a layer id or a list of layer ids (strings), got {layers!r}")
-    if not ids:
-        raise ValueError(f"{name} must name at least one layer, e.g. ['mid']")
-    candidates = list(self_attention_names)
-    for layer_id in ids:
-        try:
-            matched = any(names_layer(layer_id, module_name) for module_name in candidates)
-        except re.error as error:
-            raise ValueError(f"{name}: {layer_id!r} is not a valid regular expression ({error})") from None
-        if not matched:
-            raise ValueError(
-                f"{name}: {layer_id!r} matches no self-attention layer; use module-name patterns such as "
-                f"'mid', 'down_blocks.2', 'up_blocks.0.attentions.1' (e.g. {candidates[:2]})"
-            )
-    return list(ids)
+    layers_named(name, layers, self_attention_names, "self-attention", PAG_LAYER_EXAMPLES)
+    return _layer_ids(name, layers)
+
+
+PAG_LAYER_EXAMPLES = "'mid', 'down_blocks.2', 'up_blocks.0.attentions.1'"

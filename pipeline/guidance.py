@@ -11,7 +11,7 @@ call raises.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -111,23 +111,50 @@ GUIDANCE_ARGUMENTS: tuple[GuidanceArgument, ...] = (
     ),
     GuidanceArgument(
         "pladis_scale",
-        0.0,
-        "float",
+        None,
+        "float | None",
         "λ of PLADIS: softmax + λ·(entmax_α − softmax) on the denoiser's text attention (cross-attention; FLUX: "
-        "the image-query × text-key block); 0 = off, the stock pipeline bit for bit; 1.5–2.0 is typical.",
+        "the image-query × text-key block); 0 = off, the stock pipeline bit for bit; 1.5–2.0 is typical. None (the "
+        "default): what an enclosing apply_pladis set, else 0. Every PLADIS keyword left at None keeps the enclosing "
+        "apply_pladis's value (else its usual default); one given replaces it for this call.",
         lambda name, value: check_pladis_scale(value),
     ),
     GuidanceArgument(
         "pladis_alpha",
-        1.5,
-        "float",
-        "α of the sparse map, in (1, 2]; 1.5 = entmax15 (default), 2.0 = sparsemax.",
+        None,
+        "float | None",
+        "α of the sparse map, in (1, 2]; 1.5 = entmax15 (the usual default), 2.0 = sparsemax.",
         lambda name, value: check_pladis_alpha(value),
     ),
     GuidanceArgument(
+        "pladis_start",
+        None,
+        "float | None",
+        "the step window's start, a fraction of the denoising steps: PLADIS acts on step i of N iff "
+        "int(start·N) <= i < int(stop·N), as diffusers' guiders' start/stop (usual default 0).",
+        None,
+    ),
+    GuidanceArgument(
+        "pladis_stop",
+        None,
+        "float | None",
+        "the step window's stop, a fraction of the denoising steps, pladis_start <= pladis_stop <= 1 (usual "
+        "default 1).",
+        None,
+    ),
+    GuidanceArgument(
+        "pladis_layers",
+        None,
+        "str | list[str] | None",
+        'the text-attention layers PLADIS acts on, ids as pag_applied_layers ("mid", "down_blocks.2", '
+        '"up_blocks.0.attentions.1", "transformer_blocks.3", "single_transformer_blocks"); usual default: the '
+        "model's default layers.",
+        None,
+    ),
+    GuidanceArgument(
         "pladis_controlnet",
-        False,
-        "bool",
+        None,
+        "bool | None",
         "also put PLADIS on every cross-attention layer of the ControlNet(s) (ControlNet pipeline).",
         check_flag,
         "pladis_controlnet",
@@ -136,8 +163,8 @@ GUIDANCE_ARGUMENTS: tuple[GuidanceArgument, ...] = (
     ),
     GuidanceArgument(
         "pladis_single_blocks",
-        False,
-        "bool",
+        None,
+        "bool | None",
         "also apply PLADIS in FLUX's single-stream blocks (default: the double-stream blocks only; the authors' "
         "reference is unclear on single-stream blocks).",
         check_flag,
@@ -160,19 +187,35 @@ def keywords_of(pipeline: str) -> tuple[GuidanceArgument, ...]:
 PLADIS_ARGUMENTS = tuple(field.name for field in fields(PLADISSettings))
 
 
-def pladis_settings(values: Mapping[str, Any]) -> PLADISSettings:
-    """The call's `PLADISSettings` from its keywords (`PLADISSettings`' defaults for those `values` lacks)."""
-    return PLADISSettings(**{name: values[name] for name in PLADIS_ARGUMENTS if name in values})
+def pladis_settings(pipe: Any, values: Mapping[str, Any]) -> PLADISSettings | None:
+    """The call's `PLADISSettings` from its PLADIS keywords (None = not given): None when it gives none, so what
+    an enclosing `apply_pladis` set stays in force; else that call's settings (or `PLADISSettings`' defaults)
+    with the given keywords replacing theirs, checked once (`attention.install.settings_of_call`)."""
+    from attention.install import settings_of_call
+
+    return settings_of_call(pipe, {name: values[name] for name in PLADIS_ARGUMENTS if name in values})
 
 
-def checked_guidance(guidance: Mapping[str, Any]) -> tuple[dict[str, Any], PLADISSettings]:
+@contextmanager
+def pladis_for_call(pipe: Any, values: Mapping[str, Any]) -> Iterator[None]:
+    """The body with this call's PLADIS settings (`pladis_settings`), or, when it gives none, with what an
+    enclosing `apply_pladis` set (nothing when none did)."""
+    from attention.install import apply_pladis_settings
+
+    settings = pladis_settings(pipe, values)
+    with nullcontext() if settings is None else apply_pladis_settings(pipe, settings):
+        yield
+
+
+def checked_guidance(pipe: Any, guidance: Mapping[str, Any]) -> tuple[dict[str, Any], PLADISSettings | None]:
     """Every guidance argument (the table's default where `guidance` has none), checked in the table's order
-    and normalised (scales as floats), and the call's PLADIS settings; layer ids are left to the model's check."""
+    and normalised (scales as floats), and the call's PLADIS settings (`pladis_settings`); layer ids are left to
+    the model's check."""
     values = {argument.name: guidance.get(argument.name, argument.default) for argument in GUIDANCE_ARGUMENTS}
     for argument in GUIDANCE_ARGUMENTS:
         if argument.check is not None and argument.name not in PLADIS_ARGUMENTS:
             values[argument.name] = argument.check(argument.name, values[argument.name])
-    return values, pladis_settings({name: values.pop(name) for name in PLADIS_ARGUMENTS if name in values})
+    return values, pladis_settings(pipe, {name: values.pop(name) for name in PLADIS_ARGUMENTS if name in values})
 
 
 DEFAULT_SEG_LAYERS = ("mid",)
@@ -210,7 +253,7 @@ class PerturbedGuidanceMixin:
         from attention.perturbation import perturbed_call
         from attention.seg_processor import seg_attn_processors
 
-        values, pladis = checked_guidance(arguments)
+        values, pladis = checked_guidance(self, arguments)
         pag_scale, pag_adaptive_scale, seg_scale = (
             values["pag_scale"],
             values["pag_adaptive_scale"],
@@ -251,7 +294,8 @@ class PerturbedGuidanceMixin:
             else:
                 guidance = {"pag_scale": 0.0, "pag_adaptive_scale": 0.0}
             # After this call's PAG/SEG layers are set, so apply_pladis checks them, not the last call's.
-            stack.enter_context(apply_pladis_settings(self, pladis))
+            if pladis is not None:  # None: no PLADIS keyword given, what an enclosing apply_pladis set stays
+                stack.enter_context(apply_pladis_settings(self, pladis))
             yield guidance
 
     def _set_pag_attn_processor(self, pag_applied_layers: list[str], do_classifier_free_guidance: bool) -> None:

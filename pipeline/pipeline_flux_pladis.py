@@ -11,10 +11,8 @@ from typing import Any
 
 from diffusers import FluxPipeline
 
-from attention.install import apply_pladis_settings
-
 from .call_signature import pipeline_call
-from .guidance import FLUX, pladis_settings
+from .guidance import FLUX, pladis_for_call
 from .saving import SavesAsStockPipeline
 
 
@@ -25,5 +23,5 @@ class PLADISFluxPipeline(SavesAsStockPipeline, FluxPipeline):
     def __call__(self, keywords: dict[str, Any], arguments: dict[str, Any]):
         """`FluxPipeline.__call__` with PLADIS on the image-query × text-key block of the joint attention, by the
         text-block rule `m·[λ·entmax_α + (1 − λ)·softmax]`."""
-        with apply_pladis_settings(self, pladis_settings(keywords)):
+        with pladis_for_call(self, keywords):
             return super().__call__(**arguments)

@@ -10,10 +10,8 @@ from typing import Any
 
 from diffusers import StableDiffusionXLPipeline
 
-from attention.install import apply_pladis_settings
-
 from .call_signature import pipeline_call
-from .guidance import SDXL, pladis_settings
+from .guidance import SDXL, pladis_for_call
 from .saving import SavesAsStockPipeline
 
 
@@ -23,5 +21,5 @@ class PLADISStableDiffusionXLPipeline(SavesAsStockPipeline, StableDiffusionXLPip
     @pipeline_call(SDXL)
     def __call__(self, keywords: dict[str, Any], arguments: dict[str, Any]):
         """`StableDiffusionXLPipeline.__call__` with PLADIS on every UNet cross-attention layer."""
-        with apply_pladis_settings(self, pladis_settings(keywords)):
+        with pladis_for_call(self, keywords):
             return super().__call__(**arguments)

@@ -29,7 +29,6 @@ from scripts.cli.options import (
 )
 from scripts.cli.parsers import command_parser
 from scripts.cli.records import run_settings, write_json
-from scripts.cli.registry import call_parameters
 from scripts.grid import grid_font, save_grid
 
 if TYPE_CHECKING:
@@ -226,7 +225,8 @@ def recorded_generation(
     recording both kinds of maps on the way; `bar.update(1)` hears of each denoising step. The pipeline's
     processors are restored afterwards, so a shared pipeline serves the next call unchanged."""
     from attention.attention_maps import AttentionMapStore, recording_attention_maps
-    from scripts.cli.loading import call_options, image_size, seeded_generator, step_progress
+    from attention.install import apply_pladis
+    from scripts.cli.loading import call_options, image_size, pladis_arguments, seeded_generator, step_progress
 
     height, width = image_size(pipe, args)
     options = call_options(pipe, args, height, width)
@@ -234,10 +234,21 @@ def recorded_generation(
     condition_rows = slice(1, 2) if uses_cfg else slice(0, 1)  # batch [uncond, cond(, perturbed)] or [cond(, ...)]
     tokens = chosen_tokens(pipe.tokenizer, args.prompt, args.tokens, args.max_tokens)
     store = AttentionMapStore(args.record_steps)
-    if "pladis_scale" in call_parameters(type(pipe)):
-        options["pladis_scale"] = 0.0  # the recording block installs PLADIS with the recorders around it
-    with recording_attention_maps(
-        pipe.unet, store, args.pladis_scale, args.pladis_alpha, args.layer_groups, condition_rows
+    # PLADIS (λ, α, window, layers, ControlNet) from apply_pladis around the call, which a PLADIS pipeline called
+    # without PLADIS keywords keeps; the recorders wrap the processors it installed.
+    options = {name: value for name, value in options.items() if not name.startswith("pladis_")}
+    pladis = {**pladis_arguments(args), "pladis_controlnet": bool(getattr(args, "pladis_controlnet", False))}
+    with (
+        apply_pladis(pipe, args.pladis_scale, **pladis),
+        recording_attention_maps(
+            pipe.unet,
+            store,
+            args.pladis_scale,
+            args.pladis_alpha,
+            args.layer_groups,
+            condition_rows,
+            install_pladis=False,
+        ),
     ):
         result = pipe(
             args.prompt, generator=seeded_generator(args.seed), callback_on_step_end=step_progress(bar), **options

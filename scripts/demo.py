@@ -108,14 +108,24 @@ def request_arguments(
     pladis_alpha: float,
     steps: int | None,
     guidance_scale: float | None,
+    pladis_start: float | None = None,
+    pladis_stop: float | None = None,
+    pladis_layers: str | None = None,
 ) -> argparse.Namespace:
     """One request's comparison arguments: the loaded model's, with the page's values, checked and completed by
     `compare.py`'s own code (a problem raises ValueError with the command line's message). λ = 0 and `pladis_scale`
-    are its two panels."""
+    are its two panels. The step window and layers default to the loaded ones (`--pladis-start`, `--pladis-stop`,
+    `--pladis-layers`); layer ids are comma- or space-separated, empty for the model's usual layers."""
     args = copy.deepcopy(loaded)
     args.prompt, args.negative_prompt = prompt, negative_prompt or None
     args.pladis_scale, args.pladis_alpha, args.seed = as_float(pladis_scale), as_float(pladis_alpha), seed
     args.steps, args.guidance_scale, args.scales = steps, as_float(guidance_scale), None
+    if pladis_start is not None:
+        args.pladis_start = as_float(pladis_start)
+    if pladis_stop is not None:
+        args.pladis_stop = as_float(pladis_stop)
+    if pladis_layers is not None:
+        args.pladis_layers = comma_words(pladis_layers.replace(" ", ",")) or None
     return compare.check_args(RaisingParser(), args)
 
 
@@ -199,6 +209,9 @@ class DemoRequests:
         pladis_alpha: float,
         steps: int | None,
         guidance_scale: float | None,
+        pladis_start: float | None,
+        pladis_stop: float | None,
+        pladis_layers: str | None,
         scales: str,
         maps: bool,
         tokens: str,
@@ -206,7 +219,17 @@ class DemoRequests:
         """Every input checked before anything is generated (a `gr.Error` stops the button's chain)."""
         with shown_as_gradio_errors():
             args = request_arguments(
-                self.loaded, prompt, pladis_scale, seed, negative_prompt, pladis_alpha, steps, guidance_scale
+                self.loaded,
+                prompt,
+                pladis_scale,
+                seed,
+                negative_prompt,
+                pladis_alpha,
+                steps,
+                guidance_scale,
+                pladis_start,
+                pladis_stop,
+                pladis_layers,
             )
             if scales.strip():
                 parse_scales(scales)
@@ -222,13 +245,26 @@ class DemoRequests:
         pladis_alpha: float,
         steps: int | None,
         guidance_scale: float | None,
+        pladis_start: float | None = None,
+        pladis_stop: float | None = None,
+        pladis_layers: str | None = None,
         progress: Any = gr.Progress(),  # noqa: B008 (how Gradio hands a function its progress bar)
     ) -> tuple[Image.Image, Image.Image, dict[str, Any]]:
         """The image without PLADIS (λ = 0) and the PLADIS image (λ = pladis_scale) from one seed, and the request
-        (its arguments and images) for `extras`."""
+        (its arguments and images) for `extras`; the step window and layers default to the loaded ones."""
         with shown_as_gradio_errors():
             args = request_arguments(
-                self.loaded, prompt, pladis_scale, seed, negative_prompt, pladis_alpha, steps, guidance_scale
+                self.loaded,
+                prompt,
+                pladis_scale,
+                seed,
+                negative_prompt,
+                pladis_alpha,
+                steps,
+                guidance_scale,
+                pladis_start,
+                pladis_stop,
+                pladis_layers,
             )
             without, with_pladis = self.generate(args, args.scales, progress, "without PLADIS, then PLADIS")
         return without, with_pladis, {"args": args, "images": [without, with_pladis]}
@@ -298,6 +334,21 @@ def build_demo(pipe: Any, loaded: argparse.Namespace, sweep: str = "") -> gr.Blo
                     steps = gr.Number(value=loaded.steps, precision=0, label="steps (--steps)")
                     guidance_scale = gr.Number(value=loaded.guidance_scale, label="guidance (--guidance-scale)")
                     seed = gr.Number(value=loaded.seed, precision=0, label="seed (--seed)")
+                with gr.Accordion("when and where PLADIS acts", open=False):
+                    with gr.Row():
+                        pladis_start = gr.Slider(
+                            0.0, 1.0, value=loaded.pladis_start, step=0.05, label="start (--pladis-start)"
+                        )
+                        pladis_stop = gr.Slider(
+                            0.0, 1.0, value=loaded.pladis_stop, step=0.05, label="stop (--pladis-stop)"
+                        )
+                    pladis_layers = gr.Textbox(
+                        value=",".join(loaded.pladis_layers or []),
+                        label="layers (--pladis-layers)",
+                        placeholder="e.g. mid,up_blocks.0 (empty: every cross-attention layer)",
+                        info="fractions of the denoising steps: PLADIS acts on step i of N iff int(start·N) ≤ i < "
+                        "int(stop·N)",
+                    )
                 with gr.Accordion("λ sweep and attention maps", open=False):
                     scales = gr.Textbox(value=sweep, label="λ sweep (--scales)", placeholder="e.g. 0,1,1.5,2,3")
                     maps = gr.Checkbox(False, label="per-token cross-attention maps, dense vs PLADIS", visible=has_maps)
@@ -317,7 +368,18 @@ def build_demo(pipe: Any, loaded: argparse.Namespace, sweep: str = "") -> gr.Blo
                     settings = gr.JSON(label="settings")
                     settings_file = gr.File(label="download")
         request = gr.State()
-        pair_inputs = [prompt, pladis_scale, seed, negative_prompt, pladis_alpha, steps, guidance_scale]
+        pair_inputs = [
+            prompt,
+            pladis_scale,
+            seed,
+            negative_prompt,
+            pladis_alpha,
+            steps,
+            guidance_scale,
+            pladis_start,
+            pladis_stop,
+            pladis_layers,
+        ]
         gr.on(
             [button.click, prompt.submit],
             requests.check,

@@ -91,7 +91,9 @@ def strings_in(value):
             yield from strings_in(item)
 
 
-@pytest.mark.parametrize("name", ["compare_sweep.json", "attention_maps.json"])
+@pytest.mark.parametrize(
+    "name", ["compare_sweep.json", "compare_windows.json", "compare_layers.json", "attention_maps.json"]
+)
 def test_committed_readme_settings_name_no_absolute_path(name):
     settings = json.loads((ROOT / "asset" / "readme" / name).read_text())
     absolute = [text for text in strings_in(settings) if text.startswith("/") or Path(text).is_absolute()]

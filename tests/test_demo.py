@@ -121,6 +121,23 @@ def test_compare_endpoint_names_prompt_scale_and_seed_first_and_defaults_the_res
     assert len(endpoints["/compare"]["returns"]) == 2
 
 
+def test_the_step_window_and_layers_reach_pladis_through_the_api(served):
+    """A window with no step in it is the stock image; a half window or one layer group is PLADIS on part of the
+    run only (other images); an unknown layer id or a reversed window gets the command line's message."""
+    without, pladis = compare_via_api(served, prompt=TOY_PROMPT, pladis_scale=2.0)
+    empty = compare_via_api(served, prompt=TOY_PROMPT, pladis_scale=2.0, pladis_start=0.5, pladis_stop=0.5)
+    np.testing.assert_array_equal(*empty)
+    np.testing.assert_array_equal(empty[0], without)
+    for partial in ({"pladis_start": 0.5}, {"pladis_layers": "mid"}):
+        half_without, half_pladis = compare_via_api(served, prompt=TOY_PROMPT, pladis_scale=2.0, **partial)
+        np.testing.assert_array_equal(half_without, without)
+        assert np.abs(half_pladis - without).max() > 0 and np.abs(half_pladis - pladis).max() > 0, partial
+    with pytest.raises(AppError, match="--pladis-layers.*nowhere"):
+        compare_via_api(served, prompt=TOY_PROMPT, pladis_scale=2.0, pladis_layers="nowhere")
+    with pytest.raises(AppError, match="--pladis-start.*--pladis-stop"):
+        compare_via_api(served, prompt=TOY_PROMPT, pladis_scale=2.0, pladis_start=0.8, pladis_stop=0.2)
+
+
 def test_bad_input_gets_the_command_lines_message_and_leaves_the_demo_usable(served, capsys):
     with pytest.raises(SystemExit):
         compare.parse_args(["--steps", "0"])
@@ -136,6 +153,7 @@ def test_bad_input_gets_the_command_lines_message_and_leaves_the_demo_usable(ser
 def test_the_page_checks_the_sweep_and_map_words_before_generating(served):
     requests = demo.DemoRequests(served.pipe, served.args)
     page = dict(prompt=TOY_PROMPT, pladis_scale=2.0, seed=0, negative_prompt="", pladis_alpha=1.5, steps=STEPS)
+    page.update(pladis_start=None, pladis_stop=None, pladis_layers=None)
     page["guidance_scale"] = served.args.guidance_scale
     with pytest.raises(gr.Error, match=r"--scales: expected comma-separated numbers, got '0,x'"):
         requests.check(**page, scales="0,x", maps=False, tokens="")
@@ -214,6 +232,7 @@ def test_a_stock_pipeline_is_shared_through_apply_pladis_and_gives_the_pladis_pi
     processors = dict(stock.unet.attn_processors)
     monkeypatch.setattr("scripts.cli.loading.load_pipeline", lambda *args: pytest.fail("a request loaded a model"))
     page = dict(prompt=TOY_PROMPT, pladis_scale=2.0, seed=0, negative_prompt="", pladis_alpha=1.5, steps=STEPS)
+    page.update(pladis_start=None, pladis_stop=None, pladis_layers=None)
     progress = lambda *args, **kwargs: None  # noqa: E731
     results = []
     for requests in (demo.DemoRequests(stock, args), demo.DemoRequests(served.pipe, served.args)):

@@ -98,7 +98,7 @@ def installed_processors(pipe, **options) -> tuple[dict, set]:
             for name, processor in seen.items()
             if name.startswith("single_transformer_blocks.")
             and isinstance(processor, PLADISFluxAttnProcessor)
-            and processor.current_settings().single_blocks
+            and processor.current_settings() is not None
         )
         return callback_kwargs
 

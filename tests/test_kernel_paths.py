@@ -64,6 +64,25 @@ def test_cross_attention_rule_in_half_precision_is_exact_to_the_output_rounding(
 
 
 @pytest.mark.parametrize("kernel", sorted(CROSS))
+@pytest.mark.parametrize("case", ["random", "masked", "fully_masked"])
+def test_cross_attention_over_long_rows_goes_by_key_blocks_exactly(kernel, case, device):
+    """300 keys: the Triton kernel's blocks of 128 keys (the last one partly padding) recomputed at every
+    pass, with the mask and fully masked rows, give the reference maps."""
+    query, key, value, mask, scale = attention_case(case, keys=300, rows=20)
+    expected = reference_pladis_sdpa(
+        query.double(),
+        key.double(),
+        value.double(),
+        2.0,
+        1.5,
+        attn_mask=None if mask is None else mask.double(),
+        scale=scale,
+    )
+    ours = CROSS[kernel](*_on(device, query, key, value), 2.0, 1.5, *_on(device, mask), scale)
+    torch.testing.assert_close(ours.cpu().double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", sorted(CROSS))
 def test_large_lambda_on_fully_masked_rows_gives_zeros_not_nan(kernel, device):
     query, key, value, mask, scale = attention_case("fully_masked")
     ours = CROSS[kernel](*_on(device, query, key, value), 50.0, 1.5, *_on(device, mask), scale).cpu()

@@ -84,12 +84,24 @@ def test_each_pipeline_takes_the_keywords_the_table_gives_it():
 
 
 def test_every_pladis_keyword_of_the_table_reaches_the_attention_as_a_setting():
-    """A `pladis_*` row is a `PLADISSettings` field: the pipelines hand it to the attention, never drop it."""
+    """A `pladis_*` row is a `PLADISSettings` field: the pipelines hand it to the attention, never drop it; left at
+    None (every row's default) it is not given, and the call keeps what an enclosing apply_pladis set."""
     assert {a.name for a in GUIDANCE_ARGUMENTS if a.name.startswith("pladis_")} <= set(PLADIS_ARGUMENTS)
-    values = {a.name: a.default for a in GUIDANCE_ARGUMENTS if a.name.startswith("pladis_")}
-    values["pladis_scale"] = 2.0
-    settings = pladis_settings(values)
-    assert {name: getattr(settings, name) for name in values} == values
+    assert all(a.default is None for a in GUIDANCE_ARGUMENTS if a.name.startswith("pladis_"))
+    given = {
+        "pladis_scale": 2.0,
+        "pladis_alpha": 2.0,
+        "pladis_controlnet": True,
+        "pladis_single_blocks": False,
+        "pladis_start": 0.25,
+        "pladis_stop": 0.75,
+        "pladis_layers": ("mid",),
+    }
+    assert set(given) == {a.name for a in GUIDANCE_ARGUMENTS if a.name.startswith("pladis_")}
+    pipe = StableDiffusionXLPipeline.from_pretrained(TINY_SDXL, local_files_only=True)
+    settings = pladis_settings(pipe, given)
+    assert {name: getattr(settings, name) for name in given} == given
+    assert pladis_settings(pipe, dict.fromkeys(given)) is None
 
 
 def test_signature_is_the_parents_exact_parameters_plus_the_tables_keywords(case):
@@ -140,7 +152,7 @@ def test_docstring_is_the_parents_plus_the_tables_arguments(case):
         assert " ".join(argument.help.split()) in " ".join(ours.split())
     assert ours.index("Args:") < ours.index("pladis_scale (") < ours.index("Returns:")
     rendered = pydoc.render_doc(cls.__call__, renderer=pydoc.plaintext)  # what help(pipe) prints
-    assert "prompt: str | list[str] = None" in rendered and "pladis_scale: 'float' = 0.0" in rendered
+    assert "prompt: str | list[str] = None" in rendered and "pladis_scale: 'float | None' = None" in rendered
 
 
 def _call_values(parent, pipe, case: str) -> dict:

@@ -333,6 +333,66 @@ def layer_ids_problem(option: str, layer_ids: Sequence[str] | None, layer_names:
     return None
 
 
+def _denoiser_class_and_folder(model: str) -> tuple[type, str] | None:
+    """The denoiser class and subfolder a pipeline folder's `model_index.json` names (its `unet` or `transformer`),
+    or None when the index is not on this machine or names neither."""
+    import diffusers
+    from diffusers import DiffusionPipeline
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            index = DiffusionPipeline.load_config(model, local_files_only=True)
+    except (OSError, ValueError):
+        return None
+    for folder in ("unet", "transformer"):
+        entry = index.get(folder)
+        if (
+            isinstance(entry, (list, tuple))
+            and len(entry) == 2
+            and isinstance(getattr(diffusers, entry[1], None), type)
+        ):
+            return getattr(diffusers, entry[1]), folder
+    return None
+
+
+def text_attention_names(model: str) -> list[str] | None:
+    """Names of the denoiser's text-attention layers (what `--pladis-layers` ids match, single-stream blocks
+    included), from its config alone on the meta device. None when the config is not on this machine."""
+    from accelerate import init_empty_weights
+
+    from attention.families import family_of
+    from attention.install import text_attention_candidates
+
+    found = _denoiser_class_and_folder(model)
+    if found is None:
+        return None
+    cls, folder = found
+    config = _model_config(model, folder, cls)
+    if config is None:
+        return None
+    with init_empty_weights():
+        denoiser = cls.from_config(config)
+    return list(text_attention_candidates(denoiser, family_of(denoiser)))
+
+
+def pladis_layers_problem(
+    option: str, layer_ids: Sequence[str] | None, layer_names: Sequence[str] | None
+) -> str | None:
+    """Why `layer_ids` (`--pladis-layers`) name no text-attention layer of the model, or None; `layer_names`
+    None (config not available): left to apply_pladis."""
+    if layer_ids is None or layer_names is None:
+        return None
+    from attention.install import PLADIS_LAYER_EXAMPLES
+    from attention.validation import layers_named
+
+    try:
+        layers_named(option, list(layer_ids), layer_names, "text-attention", PLADIS_LAYER_EXAMPLES)
+    except (TypeError, ValueError) as error:
+        return str(error)
+    return None
+
+
 def hub_offline_problem(
     option: str, value: str | None, filename: str = "model_index.json", hint: str = ""
 ) -> str | None:

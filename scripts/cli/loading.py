@@ -15,7 +15,15 @@ from PIL import Image
 from . import checks
 from .assets import model_source
 from .quiet import text_encoder_lora_warnings_silenced
-from .registry import CALL_OPTIONS, DTYPE_NAMES, LAYER_OPTIONS, call_parameters, pipeline_class, set_scheduler
+from .registry import (
+    CALL_OPTIONS,
+    DTYPE_NAMES,
+    LAYER_OPTIONS,
+    call_parameters,
+    pipeline_class,
+    pladis_arguments,
+    set_scheduler,
+)
 
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
@@ -136,8 +144,8 @@ def call_options(pipe: Any, args: argparse.Namespace, height: int, width: int) -
     accepted = call_parameters(type(pipe))
     given = {"height": height, "width": width, "guidance_scale": args.guidance_scale}
     options: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
-    if "pladis_alpha" in accepted:  # a PLADIS pipeline; stock ones (--pipeline auto) get it via apply_pladis
-        options["pladis_alpha"] = args.pladis_alpha
+    if "pladis_alpha" in accepted:  # a PLADIS pipeline; stock ones (--pipeline auto) get these via apply_pladis
+        options.update(pladis_arguments(args))
     if args.timesteps is not None:
         options["timesteps"] = list(args.timesteps)
     else:

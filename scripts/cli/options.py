@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from attention.validation import check_pladis_alpha, check_pladis_scale
+from attention.validation import check_pladis_alpha, check_pladis_scale, check_pladis_window
 from pipeline.guidance import GUIDANCE_ARGUMENTS, GUIDANCE_BY_NAME, GuidanceArgument
 
 from . import checks
@@ -36,6 +36,7 @@ from .registry import (
     FLUX_DISTILLED_STEPS,
     LAYER_OPTIONS,
     PIPELINES,
+    PLADIS_OPTIONS,
     SCHEDULERS,
     call_parameters,
     pipeline_class,
@@ -169,10 +170,47 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--controlnet-scale", type=float, default=None, help="controlnet_conditioning_scale")
 
 
+def add_pladis_options(group: Any) -> None:
+    """`--pladis-alpha`, and `--pladis-start`, `--pladis-stop`, `--pladis-layers`: when and where PLADIS acts (the
+    pipelines' and `apply_pladis`'s arguments of the same names; defaults those of `PLADISSettings`)."""
+    alpha = PLADIS_OPTIONS["pladis_alpha"]
+    group.add_argument("--pladis-alpha", type=float, default=alpha, help=f"{PLADIS_ALPHA.help} Default {alpha:g}.")
+    group.add_argument(
+        "--pladis-start",
+        type=float,
+        default=0.0,
+        help="PLADIS acts on step i of N iff int(start·N) <= i < int(stop·N): start, a fraction of the steps "
+        "(default 0)",
+    )
+    group.add_argument("--pladis-stop", type=float, default=1.0, help="stop, a fraction of the steps (default 1)")
+    group.add_argument(
+        "--pladis-layers",
+        type=comma_words,
+        nargs="+",
+        action=_Words,
+        default=None,
+        metavar="LAYER",
+        help="text-attention layer ids, regexes as pag_applied_layers: mid, down_blocks.2, up_blocks.0.attentions.1, "
+        "transformer_blocks.3, single_transformer_blocks (default: the model's usual layers)",
+    )
+
+
+def pladis_options_problem(args: argparse.Namespace, model: str | None) -> str | None:
+    """What is wrong with `--pladis-start/--pladis-stop/--pladis-layers`, or None: the window's bounds, and layer
+    ids that name no text-attention layer of `model` (from its config, before any weights load)."""
+    try:
+        check_pladis_window(args.pladis_start, args.pladis_stop, ("--pladis-start", "--pladis-stop"))
+    except (TypeError, ValueError) as error:
+        return str(error)
+    if args.pladis_layers is None or model is None:
+        return None
+    return checks.pladis_layers_problem("--pladis-layers", args.pladis_layers, checks.text_attention_names(model))
+
+
 def add_generation_options(parser: argparse.ArgumentParser) -> None:
-    """Options of one generation: PLADIS α, steps, guidance, size, seed, negative prompt."""
+    """Options of one generation: PLADIS α, window and layers, steps, guidance, size, seed, negative prompt."""
     group = parser.add_argument_group("generation")
-    group.add_argument("--pladis-alpha", type=float, default=PLADIS_ALPHA.default, help=PLADIS_ALPHA.help)
+    add_pladis_options(group)
     group.add_argument("--negative-prompt", default=None)
     group.add_argument(
         "--steps",
@@ -366,6 +404,8 @@ def finish_common_options(parser: argparse.ArgumentParser, args: argparse.Namesp
         parser.error(problem)
     _check_guidance_options(parser, args)
     source = model_source(args.model)
+    if problem := pladis_options_problem(args, source):
+        parser.error(problem)
     if problem := checks.size_problem(args.height, args.width, checks.size_multiple(source, args.pipeline == "flux")):
         parser.error(problem)
     if args.depth_model is not None:

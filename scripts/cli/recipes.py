@@ -17,9 +17,9 @@ from . import checks
 from .assets import TINY_SDXL, TINY_SDXL_LORA, TINY_SIZE, TINY_STEPS, looks_like_path, model_source
 from .captions import print_random_weights_note, run_caption, scale_label
 from .entry_points import invoked_command
-from .options import PLADIS_ALPHA, add_guidance_options, guidance_option_problem
+from .options import add_guidance_options, add_pladis_options, guidance_option_problem, pladis_options_problem
 from .parsers import command_parser
-from .registry import CALL_OPTIONS, DTYPE_NAMES, LAYER_OPTIONS
+from .registry import CALL_OPTIONS, DTYPE_NAMES, LAYER_OPTIONS, PLADIS_OPTIONS, pladis_arguments
 
 SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 DEFAULT_PROMPT = "a photo of an astronaut riding a horse on the moon"
@@ -56,7 +56,7 @@ def example_parser(
     )
     parser.add_argument("--prompt", default=DEFAULT_PROMPT)
     parser.add_argument("--pladis-scale", type=float, default=pladis_scale, help=f"λ (default {pladis_scale:g})")
-    parser.add_argument("--pladis-alpha", type=float, default=PLADIS_ALPHA.default, help=PLADIS_ALPHA.help)
+    add_pladis_options(parser)
     parser.add_argument(
         "--steps", type=int, default=steps, help=f"denoising steps (default {steps}, {TINY_STEPS} with --tiny)"
     )
@@ -123,7 +123,7 @@ def parse_example_args(
     on_gpu = not args.tiny and not str(args.device).startswith("cpu")
     args.dtype = args.dtype or (args.gpu_dtype if on_gpu else "float32")
     args.out = args.out or OUTPUT_DIR / f"{name}.png"
-    if problem := example_args_problem(args, flux):
+    if problem := example_args_problem(args, flux) or pladis_options_problem(args, args.model):
         parser.error(problem)
     print_random_weights_note(args.model)
     return args
@@ -220,14 +220,9 @@ def images_with_and_without(pipe: Any, args: argparse.Namespace, **call_options:
     }
     if "timesteps" not in options:
         options.setdefault("num_inference_steps", args.steps)
+    pladis = {name: value for name, value in pladis_arguments(args).items() if value != PLADIS_OPTIONS[name]}
     return [
-        pipe(
-            args.prompt,
-            generator=seeded_generator(args.seed),
-            pladis_scale=scale,
-            pladis_alpha=args.pladis_alpha,
-            **options,
-        ).images[0]
+        pipe(args.prompt, generator=seeded_generator(args.seed), pladis_scale=scale, **pladis, **options).images[0]
         for scale in (0.0, args.pladis_scale)
     ]
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
+from attention.settings import PLADISSettings
 from pipeline.guidance import GUIDANCE_ARGUMENTS
 
 from .assets import TINY_FLUX_SCHNELL, TINY_SDXL, TINY_SDXL_CONTROLNET, repository_relative
@@ -22,6 +23,18 @@ CALL_OPTIONS = {
     "controlnet_scale": "controlnet_conditioning_scale",
 }
 LAYER_OPTIONS = tuple(argument.option for argument in GUIDANCE_ARGUMENTS if argument.kind is list)
+# The PLADIS options every generation takes besides λ (their defaults `PLADISSettings`'): PLADIS pipelines get
+# them as call arguments, stock pipelines (--pipeline auto) through apply_pladis.
+PLADIS_OPTIONS = {
+    field.name: field.default
+    for field in fields(PLADISSettings)
+    if field.name in ("pladis_alpha", "pladis_start", "pladis_stop", "pladis_layers")
+}
+
+
+def pladis_arguments(args: Any) -> dict[str, Any]:
+    """The PLADIS arguments (besides λ) the options give: α, the step window and the layers."""
+    return {name: getattr(args, name, default) for name, default in PLADIS_OPTIONS.items()}
 
 
 @dataclass(frozen=True)
