@@ -6,7 +6,7 @@ per denoiser, so overlapping calls in several threads share one installation), a
 settings in a `ContextVar` (`attention.call_context`): the installed processors run PLADIS with the settings
 of the call in their context and the original processor everywhere else. When the last call ends, every
 layer gets its exact original processor object back and every hook is removed, also when a call raises.
-`swapped_attn_processors` is the plain swap-for-a-block used by SEG and the attention-map recorder.
+`swapped_attn_processors` is the plain swap-for-a-block used by the attention-map recorder and the benchmark.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from .processors import PLADISProcessor, pladis_processor_class
 from .settings import PLADISSettings
 from .steps import StepSource, check_step_scheduler, pipeline_step_source, scheduler_step_source
 from .validation import layers_named, names_matching
+from .with_block import SingleUseBlock
 
 _PROCESSOR_SUFFIX = ".processor"
 _LOCK = threading.Lock()  # guards every Installation and their table (never held during a denoiser call)
@@ -363,7 +364,6 @@ def check_pag_leaves_pladis_layers(pipe: object, model: torch.nn.Module, table: 
         )
 
 
-@contextmanager
 def apply_pladis(
     pipe_or_denoiser: object,
     pladis_scale: float,
@@ -375,7 +375,7 @@ def apply_pladis(
     pladis_stop: float = 1.0,
     pladis_layers: str | list[str] | None = None,
     scheduler: object | None = None,
-) -> Iterator[None]:
+) -> SingleUseBlock[None]:
     """Run the body with PLADIS on the text-attention layers of a pipeline's denoiser, or of a denoiser
     given directly (`UNet2DConditionModel` or a transformer: modular pipelines, hand-written loops).
 
@@ -401,6 +401,11 @@ def apply_pladis(
     holding a processor PLADIS does not know (e.g. an IP-Adapter), PAG layers on the layers PLADIS
     needs (SD3's PAG pipelines), a window with a scheduler that keeps no step index or on a denoiser with a
     step cache raise instead of running without PLADIS.
+
+    The settings are a `ContextVar` of the thread (or asyncio task) that enters the block: calls made inside the
+    block from a new thread or an executor run without PLADIS, unless they run in a copy of this context
+    (`asyncio.to_thread`, `contextvars.copy_context().run`). Enter each returned block once, and let it end in
+    the thread that entered it: otherwise a `RuntimeError` says so.
     """
     settings = PLADISSettings(
         pladis_scale,
@@ -411,8 +416,7 @@ def apply_pladis(
         pladis_stop,
         pladis_layers,
     )
-    with apply_pladis_settings(pipe_or_denoiser, settings, scheduler=scheduler):
-        yield
+    return SingleUseBlock("apply_pladis", apply_pladis_settings(pipe_or_denoiser, settings, scheduler=scheduler))
 
 
 def _step_source(pipe_or_denoiser: object, settings: PLADISSettings, scheduler: object | None) -> StepSource | None:
@@ -471,7 +475,6 @@ def apply_pladis_settings(
     if not isinstance(settings, PLADISSettings):
         raise TypeError(f"settings must be a PLADISSettings, got {type(settings).__name__}")
     pladis_single_blocks = settings.pladis_single_blocks
-    requested_kernel()  # a bad PLADIS_KERNEL raises before the first denoising step, not inside it
     models = denoisers(pipe_or_denoiser, settings.pladis_controlnet)
     family = family_of(models[0])
     if pladis_single_blocks and not any(kind.optional for kind in family.text_attention):
@@ -488,6 +491,7 @@ def apply_pladis_settings(
         with calls_in_context((), replacing=running):
             yield
         return
+    requested_kernel()  # a bad PLADIS_KERNEL raises before the first denoising step (λ = 0 is stock: never read)
     step = _step_source(pipe_or_denoiser, settings, scheduler)
     if step is not None:
         check_window_without_step_cache(models)

@@ -67,7 +67,7 @@ class SmoothedEnergyAttnProcessor:
         if self.latent_size.height is None:
             raise RuntimeError(
                 "SmoothedEnergyAttnProcessor does not know the latent size: run the U-Net inside "
-                "`recording_latent_size(unet)` (the PLADIS SEG pipelines do)"
+                "`recording_latent_size(unet)` (the PLADIS SEG pipelines record it per call: `attention.perturbation`)"
             )
         return token_grid(num_tokens, self.latent_size.height, self.latent_size.width)
 

@@ -169,14 +169,22 @@ def _sparse_map_(
     scratch: tuple[torch.Tensor, torch.Tensor] | None = None,
     sync_free: bool = False,
 ) -> torch.Tensor:
-    """α-entmax from `shifted = (α−1)·(z − max z)`, overwriting `shifted` with the result."""
+    """α-entmax from `shifted = (α−1)·(z − max z)`, overwriting `shifted` with the result.
+
+    For general α the map `(x − τ)^{1/(α−1)}` is taken as `exp(log1p(x − (τ + 1))/(α−1))`: near α = 1 the gap
+    `x − τ` is 1 plus a term of size α − 1, which float32 would round to ~1e-7 absolute, and the exponent
+    1/(α−1) would magnify that to 1e-3 relative (α = 1.0001); `x − (τ + 1)` keeps it to relative rounding,
+    so the map is as accurate as softmax in float32. (An error in τ scales the row uniformly; renormalising
+    removes it.)
+    """
     tau = entmax_threshold(shifted, alpha, scratch, sync_free)
+    if alpha not in (1.5, 2.0):
+        below_one = shifted.sub_(tau.add(1.0)).clamp_min_(-1.0)  # x − τ − 1 ≥ −1 (−1: outside the support)
+        return renormalised_(below_one.log1p_().mul_(1.0 / (alpha - 1.0)).exp_())
     gap = shifted.sub_(tau).clamp_min_(0.0)
     if alpha == 2.0:
         return gap
-    if alpha == 1.5:
-        return gap.mul_(gap)
-    return renormalised_(gap.pow_(1.0 / (alpha - 1.0)))
+    return gap.mul_(gap)
 
 
 def renormalised_(weights: torch.Tensor) -> torch.Tensor:

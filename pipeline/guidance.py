@@ -226,11 +226,9 @@ _MISSING = object()
 
 def self_attention_layer_names(unet: Any) -> list[str]:
     """Names of the self-attention (`attn1`) layers of `unet`: what PAG / SEG layer ids are matched against."""
-    from diffusers.models.attention_processor import Attention
+    from attention.perturbation import self_attention_layer_names as layer_names
 
-    return [
-        name for name, module in unet.named_modules() if isinstance(module, Attention) and not module.is_cross_attention
-    ]
+    return layer_names(unet)
 
 
 class PerturbedGuidanceMixin:
@@ -239,7 +237,9 @@ class PerturbedGuidanceMixin:
     PAG uses the pipeline's own processors; SEG reuses PAG's loop and formula
     `ε = ε_u + w(ε_c − ε_u) + s(ε_c − ε_perturbed)` with a query-blurring processor pair; PLADIS
     goes on cross-attention only. Arguments are checked before anything is touched, and the
-    processors and PAG attributes are put back in `finally`.
+    processors and PAG attributes are put back in `finally`. The perturbation belongs to the call
+    (`attention.perturbation`): overlapping calls on a shared U-Net, in other threads, each get their own,
+    and stock calls on it get none.
     """
 
     def _self_attention_layer_names(self) -> list[str]:
@@ -249,8 +249,9 @@ class PerturbedGuidanceMixin:
     def _perturbed_guidance(self, arguments: Mapping[str, Any]) -> Iterator[dict[str, float]]:
         """Set up one call from its guidance arguments (names of `GUIDANCE_ARGUMENTS`; missing ones take their
         defaults); yields the `pag_scale` / `pag_adaptive_scale` to pass to the parent's `__call__`."""
-        from attention.install import apply_pladis_settings, swapped_attn_processors
-        from attention.seg_processor import recording_latent_size, seg_attn_processors
+        from attention.install import apply_pladis_settings
+        from attention.perturbation import perturbed_call
+        from attention.seg_processor import seg_attn_processors
 
         values, pladis = checked_guidance(self, arguments)
         pag_scale, pag_adaptive_scale, seg_scale = (
@@ -281,14 +282,13 @@ class PerturbedGuidanceMixin:
         saved_state = {name: getattr(self, name, _MISSING) for name in _PAG_STATE}
         with ExitStack() as stack:
             stack.callback(self._restore_pag_state, saved_state)
-            # The stock PAG loop swaps self-attention processors without a `finally`: snapshot them all.
-            stack.enter_context(swapped_attn_processors(self.unet, {}))
+            # This call's perturbation, set by `_set_pag_attn_processor` when the stock loop starts.
+            call = stack.enter_context(perturbed_call(self.unet))
             if pag_scale > 0:
                 self.set_pag_applied_layers(layers, pag_attn_processors=self._pag_attn_processors)
                 guidance = {"pag_scale": pag_scale, "pag_adaptive_scale": pag_adaptive_scale}
             elif seg_scale > 0:
-                latent_size = stack.enter_context(recording_latent_size(self.unet))
-                seg_processors = seg_attn_processors(seg_blur_sigma, latent_size)
+                seg_processors = seg_attn_processors(seg_blur_sigma, call.latent_size)
                 self.set_pag_applied_layers(layers, pag_attn_processors=seg_processors)
                 guidance = {"pag_scale": seg_scale, "pag_adaptive_scale": 0.0}
             else:
@@ -297,6 +297,17 @@ class PerturbedGuidanceMixin:
             if pladis is not None:  # None: no PLADIS keyword given, what an enclosing apply_pladis set stays
                 stack.enter_context(apply_pladis_settings(self, pladis))
             yield guidance
+
+    def _set_pag_attn_processor(self, pag_applied_layers: list[str], do_classifier_free_guidance: bool) -> None:
+        """What diffusers' PAG loop calls when it starts: here the processor goes on this call's layers for
+        this call only (`PerturbedCall.perturb`), not on the shared U-Net (outside a call: diffusers' own)."""
+        from attention.perturbation import current_perturbed_call, perturbed_layer_names
+
+        call = current_perturbed_call(self.unet)
+        if call is None:
+            return super()._set_pag_attn_processor(pag_applied_layers, do_classifier_free_guidance)
+        processor = self._pag_attn_processors[0 if do_classifier_free_guidance else 1]
+        call.perturb(perturbed_layer_names(self.unet, pag_applied_layers), processor)
 
     def _restore_pag_state(self, saved_state: dict[str, object]) -> None:
         for name, value in saved_state.items():

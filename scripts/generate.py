@@ -18,6 +18,7 @@ from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
 from scripts.cli import checks
+from scripts.cli.assets import model_source
 from scripts.cli.options import (
     add_generation_options,
     add_model_options,
@@ -28,13 +29,23 @@ from scripts.cli.options import (
     prefer_toy,
 )
 from scripts.cli.parsers import command_parser
-from scripts.cli.prompts import MANIFEST, SETTINGS, PromptEntry, image_path, read_prompts, scale_folder
+from scripts.cli.prompts import (
+    MANIFEST,
+    SETTINGS,
+    PromptEntry,
+    image_path,
+    png_damage,
+    read_prompts,
+    scale_folder,
+)
 from scripts.cli.records import read_settings, read_text_file, run_settings, write_image, write_json, write_text
 
 LOCK = ".generate.lock"  # held while a run checks the folder and records its settings
 # Options that may change between runs into the same folder without changing any existing image
 # (the prompts themselves are compared through the manifest, line by line).
 _RESUMABLE_OPTIONS = {"batch_size", "device", "out", "settings", "scales", "prompts"}
+# Options naming a local folder or file (or a hub id): compared as the one path they name, however spelt.
+_PATH_OPTIONS = {"model", "controlnet", "lora", "control_image", "depth_model"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,9 +79,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.prompts.is_file():
         parser.error(f"--prompts: no such file: {args.prompts}")
     try:
-        read_prompts(args.prompts)  # read again in main: here only so a bad file is a usage error
+        entries = read_prompts(args.prompts)  # read again in main: here only so a bad file is a usage error
     except ValueError as error:
         parser.error(f"--prompts: {error}")
+    if problem := resolved_seed_problem(entries, args.seed):
+        parser.error(problem)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     try:
@@ -107,6 +120,14 @@ def prompt_seed(entry: PromptEntry, base_seed: int) -> int:
     return entry.seed if entry.seed is not None else base_seed + entry.index
 
 
+def resolved_seed_problem(entries: list[PromptEntry], base_seed: int) -> str | None:
+    """Why a prompt without its own seed would get `--seed` + its index outside the seeds a generator takes."""
+    for entry in entries:
+        if entry.seed is None and (problem := checks.seed_problem(prompt_seed(entry, base_seed))):
+            return f"--seed {base_seed}: prompt {entry.index} gets --seed + its index, and {problem}"
+    return None
+
+
 def runs_on_cpu(args: argparse.Namespace) -> bool:
     """CPU processes: asked for, set by `accelerate launch --cpu`, or no accelerator present."""
     import torch
@@ -138,7 +159,7 @@ def check_same_settings(out: Path, settings: dict, records: list[dict]) -> str |
         changed = sorted(
             name
             for name in set(before) | set(now)
-            if name not in _RESUMABLE_OPTIONS and before.get(name) != now.get(name)
+            if name not in _RESUMABLE_OPTIONS and _compared(name, before.get(name)) != _compared(name, now.get(name))
         )
         if changed:
             details = ", ".join(f"{name}: {before.get(name)!r} -> {now.get(name)!r}" for name in changed)
@@ -154,6 +175,12 @@ def check_same_settings(out: Path, settings: dict, records: list[dict]) -> str |
                     "choose a new --out"
                 )
     return None
+
+
+def _compared(name: str, value: object) -> object:
+    """A recorded option as resuming compares it: a path option as the absolute path it names (`asset/tiny-sdxl/`,
+    `./asset/tiny-sdxl` and the absolute path are one model), hub ids and other values as they are."""
+    return model_source(value) if name in _PATH_OPTIONS and isinstance(value, str) else value
 
 
 def claim_folder(out: Path, settings: dict, records: list[dict]) -> str | None:
@@ -186,6 +213,19 @@ def save_image(image: Image.Image, path: Path, entry: PromptEntry, seed: int, sc
     info.add_text("seed", str(seed))
     info.add_text("pladis_scale", f"{scale:g}")
     write_image(path, image, pnginfo=info)
+
+
+def images_to_make(out: Path, entries: list[PromptEntry], scale: float) -> list[PromptEntry]:
+    """The prompts whose image at λ = `scale` is missing or damaged (a damaged one is named and made again)."""
+    todo = []
+    for entry in entries:
+        path = image_path(out, entry.index, scale)
+        if path.exists() and (damage := png_damage(path)):
+            print(f"{path} is damaged ({damage}): generating it again", flush=True)
+        elif path.exists():
+            continue
+        todo.append(entry)
+    return todo
 
 
 def batches(entries: list[PromptEntry], batch_size: int) -> list[list[PromptEntry]]:
@@ -230,10 +270,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         raise SystemExit(problem)
     written: list[Path] = []
     with state.split_between_processes(entries) as share:
-        jobs = {
-            scale: [entry for entry in share if not image_path(args.out, entry.index, scale).exists()]
-            for scale in args.scales
-        }
+        jobs = {scale: images_to_make(args.out, share, scale) for scale in args.scales}
         total = sum(len(todo) for todo in jobs.values())
         if total:
             pipe = load_pipeline(args, device)

@@ -1,8 +1,9 @@
 """Train `asset/toy-sdxl`: a 6 M-parameter SDXL-architecture text-to-image model of coloured shapes, on CPU.
 
 Real diffusers/transformers classes end to end (AutoencoderKL, two CLIP text encoders, an SDXL-topology
-UNet2DConditionModel, EulerDiscreteScheduler), saved with `save_pretrained` in fp16 safetensors, so the
-stock `StableDiffusionXLPipeline` and the PLADIS pipelines load it offline. Stages, each seeded:
+UNet2DConditionModel, EulerDiscreteScheduler), saved with `save_pretrained` in safetensors (UNet and VAE in
+fp16, the small text encoders in fp32), so the stock `StableDiffusionXLPipeline` and the PLADIS pipelines load
+it offline, in float32 unless given a dtype. Stages, each seeded:
 
 1. draw the training images (`scripts/toy_data.py`; 60 of the 324 left/right object pairs held out);
 2. train the VAE (32×32×3 ↔ 16×16×4) and store per-channel latent mean/std in its config;
@@ -405,7 +406,11 @@ def train_unet(
 
 
 def save_toy(out: Path, vae, te1, te2, tokenizer, unet, record: dict) -> Path:
-    """Save the pipeline in fp16 safetensors with `save_pretrained`, plus `training.json`; replaces `out` whole."""
+    """Save the pipeline in safetensors with `save_pretrained`, plus `training.json`; replaces `out` whole.
+
+    The UNet and VAE are stored in fp16 (diffusers loads them in float32 unless told otherwise), the text
+    encoders in fp32: transformers loads a checkpoint in its stored dtype, so fp16 text encoders would make a
+    plain `from_pretrained` a mixed-dtype pipeline that fails on its first call."""
     from diffusers import StableDiffusionXLPipeline
 
     pipe = StableDiffusionXLPipeline(
@@ -420,6 +425,8 @@ def save_toy(out: Path, vae, te1, te2, tokenizer, unet, record: dict) -> Path:
         add_watermarker=False,
     )
     pipe.to(torch.float16)
+    te1.to(torch.float32)
+    te2.to(torch.float32)
 
     def write(staging: Path) -> None:
         pipe.save_pretrained(staging, safe_serialization=True)

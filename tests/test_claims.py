@@ -8,13 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
-import safetensors
 import torch
 from diffusers import StableDiffusionXLPipeline
 from safetensors.torch import load_file
 
 from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
-from scripts import compare
+from scripts import attention_maps, compare
 from scripts.cli import loading, records
 from scripts.cli.assets import TINY_SDXL_LORA
 
@@ -33,7 +32,7 @@ def test_lora_loading_refuses_pickles(pickled_lora, tiny_sdxl_path, capsys):
     state_dict = StableDiffusionXLPipeline.lora_state_dict(str(pickled_lora))[0]  # diffusers' default unpickles it
     assert len(state_dict) > 0
     pipe = PLADISStableDiffusionXLPipeline.from_pretrained(tiny_sdxl_path, local_files_only=True)
-    with pytest.raises(safetensors.SafetensorError):
+    with pytest.raises(ValueError, match="not a safetensors file"):  # named before diffusers sees it
         loading.fuse_lora_file(pipe, pickled_lora)
     loading.fuse_lora_file(pipe, TINY_SDXL_LORA)  # real safetensors load and fuse
     with pytest.raises(SystemExit):  # and the scripts refuse the name while parsing
@@ -100,3 +99,17 @@ def test_committed_readme_settings_name_no_absolute_path(name):
     absolute = [text for text in strings_in(settings) if text.startswith("/") or Path(text).is_absolute()]
     assert absolute == []
     assert settings["model_source"] == "asset/toy-sdxl"  # the README's pictures come from the embedded toy
+
+
+@pytest.mark.parametrize("name,script", [("compare_sweep.json", compare), ("attention_maps.json", attention_maps)])
+def test_committed_readme_settings_are_what_a_rerun_of_them_records(name, script):
+    """`--settings FILE` reruns with exactly the recorded arguments (a rerun records the same ones), and the
+    record names the command that made it as it is run today (`python -m scripts.X`); a record with an older
+    command or missing options cannot reproduce its picture bit for bit."""
+    path = ROOT / "asset" / "readme" / name
+    settings = json.loads(path.read_text())
+    module = script.__name__
+    assert settings["command"][:3] == ["python", "-m", module] and settings["script"] == module
+    assert settings["rerun"] == f"python -m {module} --settings <this file>"
+    rerun = records.run_settings(module, script.parse_args(["--settings", str(path)]), ["--settings", str(path)])
+    assert rerun["arguments"] == settings["arguments"]

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
+import shutil
 import sys
 
 import pytest
+import torch
 from diffusers import DiffusionPipeline
 
 from scripts import attention_maps, compare, evaluate, generate
@@ -103,6 +106,27 @@ def test_a_read_only_output_folder_is_a_usage_error(tmp_path, capsys, no_model_l
             "--pag-layers: 'nosuch' matches no",
         ),
         (["--lora", str(TINY_CONTROL_IMAGE)], "only .safetensors LoRA files are loaded"),
+        (["--pipeline", "flux", "--freeu", "1", "1", "1", "1"], "--freeu needs a U-Net pipeline"),
+        (
+            ["--pipeline", "auto", "--model", "asset/tiny-flux-schnell", "--freeu", "1", "1", "1", "1"],
+            "FluxPipeline has no FreeU",
+        ),
+        (
+            ["--pipeline", "controlnet", "--model", "asset/tiny-sdxl"],
+            "--model asset/tiny-sdxl (a StableDiffusionXLPipeline) has no controlnet, which "
+            "PLADISStableDiffusionXLControlNetPipeline (--pipeline controlnet) needs: give the ControlNet with "
+            "--controlnet",
+        ),
+        (
+            ["--pipeline", "flux", "--model", "asset/tiny-sdxl"],
+            "--model asset/tiny-sdxl (a StableDiffusionXLPipeline) has no transformer, which PLADISFluxPipeline "
+            "(--pipeline flux) needs; it loads with --pipeline sdxl or sdxl-seg or auto",
+        ),
+        (
+            ["--model", "asset/tiny-flux-schnell"],
+            "has no unet, which PLADISStableDiffusionXLPipeline (--pipeline sdxl)",
+        ),
+        (["--pipeline", "controlnet", "--control-image", "README.md"], "--control-image README.md: not an image file"),
     ],
 )
 def test_options_only_the_pipeline_checked_are_usage_errors_before_loading(argv, message, capsys, no_model_loads):
@@ -162,6 +186,11 @@ def test_record_steps_beyond_the_run_are_a_usage_error(tmp_path, capsys, no_mode
         ("sdxl_dmd2", ["--lora", "weights.bin"], "only .safetensors LoRA files are loaded"),
         ("sdxl_lightning", ["--lora", "./missing/lora.safetensors"], "--lora: no such file"),
         ("controlnet_depth", ["--image", "./missing/photo.png"], "--image: no such file or folder"),
+        ("controlnet_depth", ["--image", "README.md"], "README.md: not an image file PIL can read"),
+        ("sdxl_seg", ["--seg-scale", "-1"], "--seg-scale must be finite and >= 0"),
+        ("sdxl_seg", ["--seg-blur-sigma", "0"], "seg_blur_sigma must be > 0"),
+        ("sdxl_pag", ["--pag-scale", "nan"], "--pag-scale must be finite and >= 0"),
+        ("sdxl_freeu", ["--model", "asset/tiny-flux-schnell"], "has no unet, which PLADISStableDiffusionXLPipeline"),
     ],
 )
 def test_examples_check_their_options_before_loading(name, argv, message, tmp_path, capsys, no_model_loads):
@@ -170,6 +199,54 @@ def test_examples_check_their_options_before_loading(name, argv, message, tmp_pa
     error = usage_error(example.main, ["--tiny", "--device", "cpu", *out, *argv], capsys)
     assert message in error
     assert not (tmp_path / "grid.png").exists()
+
+
+def damaged_copy(tmp_path, damage: str):
+    """A copy of the tiny SDXL with one thing broken, as a copy cut short or an incomplete download leaves it."""
+    folder = tmp_path / damage
+    shutil.copytree(TINY_SDXL, folder)
+    if damage == "truncated weights":
+        path = folder / "text_encoder" / "model.safetensors"
+        path.write_bytes(path.read_bytes()[:-1000])
+    elif damage == "truncated tokenizer":
+        path = folder / "tokenizer" / "tokenizer.json"
+        path.write_bytes(path.read_bytes()[:-100])
+    else:
+        shutil.rmtree(folder / "tokenizer_2")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        ("truncated weights", "text_encoder/model.safetensors is cut short or damaged: its header describes"),
+        ("truncated tokenizer", "tokenizer/tokenizer.json is not valid JSON"),
+        ("missing tokenizer_2", "the component folder tokenizer_2/ is missing (model_index.json names it)"),
+    ],
+)
+def test_damaged_model_folders_name_the_component_before_and_at_loading(damage, message, tmp_path, capsys):
+    from scripts.cli import loading
+
+    model = damaged_copy(tmp_path, damage)
+    error = usage_error(compare.main, ["--model", str(model), "--out", str(tmp_path / "grid.png")], capsys)
+    assert f"--model {model}: {message}" in error
+    args = compare.parse_args(["--out", str(tmp_path / "grid.png")])
+    args.model = str(model)  # as a script calling the loader directly would
+    with pytest.raises(ValueError, match=re.escape(f"--model {model}: {message}")):
+        loading.load_pipeline(args)
+
+
+def test_a_pickle_named_safetensors_is_refused_as_lora_naming_the_file(tmp_path, capsys, no_model_loads):
+    lora = tmp_path / "weights.safetensors"
+    torch.save({"lora_A.weight": torch.zeros(2, 2)}, lora)
+    error = usage_error(compare.main, ["--lora", str(lora), "--out", str(tmp_path / "grid.png")], capsys)
+    assert f"--lora {lora}: not a safetensors file (no safetensors header: a pickle?)" in error
+    error = usage_error(
+        importlib.import_module("scripts.examples.sdxl_dmd2").main,
+        ["--tiny", "--device", "cpu", "--lora", str(lora), "--out", str(tmp_path / "grid.png")],
+        capsys,
+    )
+    assert f"--lora {lora}: not a safetensors file" in error
 
 
 def test_generate_output_folder_must_be_a_writable_folder(tmp_path, capsys, no_model_loads):

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from scripts import generate
-from scripts.cli.prompts import PromptEntry, read_prompts
+from scripts.cli.prompts import PromptEntry, png_damage, read_prompts
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = [
@@ -90,6 +90,27 @@ def test_images_are_named_by_prompt_and_scale_with_their_seed_and_resume_image_b
     assert all(np.array_equal(pixels(path), before[name]) for name, path in all_images(out).items())
 
 
+def test_resume_makes_empty_cut_short_or_broken_images_again_and_says_so(tmp_path, capsys):
+    prompts, out = tmp_path / "prompts.txt", tmp_path / "out"
+    prompts.write_text("a photo of a cat\na red cube\na dog\na bird\n")
+    options = ["--prompts", str(prompts), "--out", str(out), "--steps", "1", "--scales", "0"]
+    generate.main(options)
+    paths = [out / "pladis_0" / f"{index:05d}.png" for index in range(4)]
+    before = [pixels(path) for path in paths]
+    data = paths[1].read_bytes()
+    paths[0].write_bytes(b"")
+    paths[1].write_bytes(data[: len(data) // 2])
+    middle = len(data) // 2  # one flipped byte inside the image data: its chunk fails the CRC
+    paths[2].write_bytes(data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :])
+    capsys.readouterr()
+    assert [png_damage(path) is None for path in paths] == [False, False, False, True]
+    assert generate.main(options) == paths[:3]
+    said = capsys.readouterr().out
+    assert f"{paths[0]} is damaged (empty)" in said and f"{paths[1]} is damaged (cut short" in said
+    assert f"{paths[2]} is damaged (broken" in said
+    assert all(np.array_equal(pixels(path), image) for path, image in zip(paths, before, strict=True))
+
+
 def test_an_image_depends_on_its_prompt_and_seed_not_on_its_place_in_the_file(tmp_path):
     forward, backward = tmp_path / "forward.jsonl", tmp_path / "backward.jsonl"
     cat, cube = json.dumps({"prompt": "a photo of a cat", "seed": 9}), json.dumps({"prompt": "a red cube", "seed": 4})
@@ -119,6 +140,23 @@ def test_resuming_with_other_settings_or_prompts_is_refused_but_extending_is_not
         "pladis_2/00000.png",
         "pladis_2/00001.png",
     ]
+
+
+def test_resuming_accepts_the_same_model_however_its_path_is_spelt(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    out, text = tmp_path / "out", tmp_path / "one.txt"
+    text.write_text("a photo of a cat\n")
+    options = ["--prompts", str(text), "--out", str(out), "--steps", "1", "--scales", "0"]
+    generate.main([*options, "--model", "asset/tiny-sdxl"])
+    for spelling in (
+        "asset/tiny-sdxl/",
+        "./asset/tiny-sdxl",
+        str(ROOT / "asset" / "tiny-sdxl"),
+        "asset/../asset/tiny-sdxl",
+    ):
+        assert generate.main([*options, "--model", spelling]) == [], spelling
+    with pytest.raises(SystemExit, match=r"other settings \(model: '[^']*' -> 'asset/tiny-sdxl-controlnet'\)"):
+        generate.main([*options, "--model", "asset/tiny-sdxl-controlnet"])
 
 
 def test_two_processes_split_the_prompts_and_write_each_image_once_as_one_process_does(prompt_file, tmp_path):

@@ -7,8 +7,10 @@ import math
 
 import pytest
 from diffusers import StableDiffusionXLPAGPipeline
+from diffusers.models.attention_processor import PAGCFGIdentitySelfAttnProcessor2_0
 
 from attention import swapped_attn_processors
+from attention.perturbation import perturbed_layer_names
 from attention.validation import check_applied_layers, check_guidance_scale, check_seg_blur_sigma
 from pipeline.pipeline_sdxl_seg import PLADISStableDiffusionXLSEGPipeline
 from scripts.cli.assets import TINY_SDXL
@@ -74,13 +76,20 @@ def test_a_single_layer_id_becomes_a_list():
         "blocks.3",
     ],
 )
-def test_layer_check_agrees_with_diffusers_pag(stock, layer_id):
+def test_layer_check_and_per_call_layers_agree_with_diffusers_pag(stock, layer_id):
+    diffusers_layers = set()
     try:
         with swapped_attn_processors(stock.unet, {}):
             stock._set_pag_attn_processor([layer_id], do_classifier_free_guidance=True)
+            diffusers_layers = {
+                name.removesuffix(".processor")
+                for name, processor in stock.unet.attn_processors.items()
+                if isinstance(processor, PAGCFGIdentitySelfAttnProcessor2_0)
+            }
         diffusers_finds_layers = True
     except ValueError:
         diffusers_finds_layers = False
+    assert perturbed_layer_names(stock.unet, [layer_id]) == diffusers_layers  # what a call perturbs (per call)
     names = PLADISStableDiffusionXLSEGPipeline._self_attention_layer_names(stock)
     try:
         check_applied_layers("pag_applied_layers", [layer_id], names)

@@ -26,8 +26,10 @@ from attention import (
     swapped_attn_processors,
     text_block_pladis_attention,
 )
+from attention.validation import MAX_PLADIS_SCALE
+from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
 from tests.families import build, one_thread, run_family  # noqa: F401
-from tests.tiny import CallCounter, processors_by_name, same_processor_objects
+from tests.tiny import CallCounter, processors_by_name, run_pipe, same_processor_objects
 
 PROJECT = Path(__file__).resolve().parent.parent
 PROCESSORS = [PLADISAttnProcessor, PLADISSanaAttnProcessor, PLADISJointAttnProcessor, PLADISFluxAttnProcessor]
@@ -176,13 +178,22 @@ def extreme_cases(dtype: torch.dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("alpha", [1.5, 2.0, 1.3])
-def test_every_processor_kind_is_finite_in_half_precision(dtype, alpha):
+@pytest.mark.parametrize("alpha,pladis_scale", [(1.5, 2.0), (2.0, 2.0), (1.3, 2.0), (1.5, MAX_PLADIS_SCALE)])
+def test_every_processor_kind_is_finite_in_half_precision(dtype, alpha, pladis_scale):
     for label, processor, module, inputs, options in extreme_cases(dtype):
         with torch.no_grad():
-            output = processor(2.0, alpha)(module, *inputs, **options)
+            output = processor(pladis_scale, alpha)(module, *inputs, **options)
         for tensor in output if isinstance(output, tuple) else (output,):
             assert tensor.dtype == dtype and torch.isfinite(tensor).all(), label
+
+
+def test_the_largest_accepted_scale_keeps_a_float16_sdxl_finite(tiny_sdxl_path):
+    """λ = MAX_PLADIS_SCALE in fp16 (larger λ are refused: at 1e5–1e6 these latents turned to NaN)."""
+    pipe = PLADISStableDiffusionXLPipeline.from_pretrained(
+        tiny_sdxl_path, torch_dtype=torch.float16, local_files_only=True
+    )
+    latents = run_pipe(pipe, pladis_scale=MAX_PLADIS_SCALE, output_type="latent")
+    assert latents.dtype == torch.float16 and torch.isfinite(latents).all()
 
 
 @pytest.mark.parametrize("family", ["sd3", "pixart", "sana"])

@@ -23,7 +23,7 @@ from tests.tiny import processors_by_name, same_processor_objects
         ('{"prompt": "a cat", "seed": 4\n{"prompt": "a dog"}\n', 1),  # the first line is broken
         ('a photo of a cat\n\n{"prompt": "a dog", "seed": 2}\n', 1),  # a JSON object further down: JSON lines
         ('{"prompt": "a cat"}\n\n{"prompt": "a dog",}\n', 3),  # blank lines still count for the line number
-        ("{broken\n", 1),
+        ('{"prompt": "a cat"\n', 1),  # a single line that opens like a JSON object
     ],
 )
 def test_json_lines_files_with_a_bad_line_are_refused_naming_the_line(tmp_path, text, line):
@@ -44,6 +44,56 @@ def test_plain_text_files_stay_plain_text_and_fields_are_checked(tmp_path):
     path.write_text('{"prompt": "a cat"}\n{"prompt": "a dog", "negative_prompt": 3}\n')
     with pytest.raises(ValueError, match="line 2: 'negative_prompt' must be a string"):
         read_prompts(path)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_prompt(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_bytes("\ufeffa photo of a cat\na dog\n".encode())
+    assert read_prompts(path) == [PromptEntry(0, "a photo of a cat"), PromptEntry(1, "a dog")]
+    path.write_bytes('\ufeff{"prompt": "a cat", "seed": 3}\n'.encode())
+    assert read_prompts(path) == [PromptEntry(0, "a cat", 3)]
+
+
+def test_prompts_end_at_newlines_only_so_later_indices_and_seeds_never_shift(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("a cat\fon a mat\u2028in a hat\x1c\x85\nsecond\r\nthird\rfourth\n", newline="")
+    prompts = [entry.prompt for entry in read_prompts(path)]
+    assert prompts == ["a cat\fon a mat\u2028in a hat", "second", "third", "fourth"]
+
+
+def test_a_plain_prompt_starting_with_a_brace_is_a_prompt(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("{red|blue} car on a road\n{a} and {b}\n")
+    assert read_prompts(path) == [PromptEntry(0, "{red|blue} car on a road"), PromptEntry(1, "{a} and {b}")]
+
+
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ('{"prompt": "a cat", "sede": 3}', "line 2: unknown field\\(s\\) 'sede'; accepted: prompt, seed"),
+        ('{"prompt": "a cat", "seed": 1180591620717411303424}', "line 2: seed 1180591620717411303424 is outside"),
+        ('{"prompt": "a cat", "seed": -9223372036854775809}', "line 2: seed -9223372036854775809 is outside"),
+        ('{"prompt": "a cat", "index": 5}', "line 2: 'index' is 5, but this is prompt 1"),
+    ],
+)
+def test_json_lines_fields_and_seeds_are_checked_when_the_file_is_read(tmp_path, line, message):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(f'{{"prompt": "a dog", "seed": 18446744073709551615, "index": 0}}\n{line}\n')
+    with pytest.raises(ValueError, match=message):
+        read_prompts(path)
+
+
+def test_a_seed_out_of_range_is_a_usage_error_before_any_model_loads(tmp_path, capsys):
+    path = tmp_path / "prompts.txt"
+    path.write_text("a cat\na dog\n")
+    for argv, message in (
+        (["--seed", str(2**70)], "seed 1180591620717411303424 is outside"),
+        (["--seed", str(2**64 - 1)], "prompt 1 gets --seed + its index, and seed 18446744073709551616 is outside"),
+    ):
+        with pytest.raises(SystemExit) as stop:
+            generate.main(["--prompts", str(path), "--out", str(tmp_path / "out"), *argv])
+        assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_generate_reports_a_bad_prompt_file_as_a_usage_error(tmp_path, capsys):

@@ -7,12 +7,18 @@ from __future__ import annotations
 import ast
 import warnings
 
+import numpy as np
 import pytest
 import torch
+from diffusers import StableDiffusionXLPipeline
 
 from attention import kernel_choice, pladis_scaled_dot_product_attention
 from attention.kernel_choice import choose_kernel, run_triton
+from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
+from pipeline.pipeline_sdxl_seg import PLADISStableDiffusionXLSEGPipeline
+from scripts.cli.assets import TINY_SDXL
 from tests.attention_cases import attention_case
+from tests.tiny import CallCounter, run_pipe
 
 CUDA = torch.device("cuda")  # a device object only: nothing here runs on CUDA
 CPU = torch.device("cpu")
@@ -48,6 +54,19 @@ def test_unknown_values_name_the_variable_and_the_accepted_values(monkeypatch, v
     q, k, v, _, _ = attention_case("random")
     with pytest.raises(ValueError, match="PLADIS_KERNEL"):
         pladis_scaled_dot_product_attention(q, k, v, 2.0)
+
+
+@pytest.mark.parametrize("cls", [PLADISStableDiffusionXLPipeline, PLADISStableDiffusionXLSEGPipeline])
+def test_a_bad_value_leaves_scale_zero_calls_the_stock_pipeline_and_fails_others_before_the_unet(monkeypatch, cls):
+    pipe = cls.from_pretrained(TINY_SDXL, local_files_only=True)
+    stock = run_pipe(StableDiffusionXLPipeline.from_pipe(pipe), num_inference_steps=1)
+    monkeypatch.setenv("PLADIS_KERNEL", "fastest")
+    assert np.array_equal(run_pipe(pipe, num_inference_steps=1, pladis_scale=0.0), stock)
+    counter = CallCounter(pipe.unet)
+    with pytest.raises(ValueError, match="PLADIS_KERNEL must be one of auto, triton, torch"):
+        run_pipe(pipe, num_inference_steps=1, pladis_scale=2.0)
+    counter.remove()
+    assert counter.count == 0
 
 
 def test_explicit_triton_that_cannot_run_raises_instead_of_falling_back(monkeypatch):

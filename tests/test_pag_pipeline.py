@@ -16,7 +16,7 @@ from pipeline import pipeline_sdxl_seg
 from pipeline.pipeline_sdxl_seg import PLADISStableDiffusionXLSEGPipeline
 from scripts.cli.assets import TINY_SDXL
 from tests.guidance_reference import run_latents
-from tests.tiny import processors_by_name, run_pipe, same_processor_objects
+from tests.tiny import processors_by_name, processors_in_effect, run_pipe, same_processor_objects
 
 MID_ATTN1 = "mid_block.attentions.0.transformer_blocks.0.attn1.processor"
 
@@ -86,7 +86,7 @@ def test_pag_and_pladis_sit_on_self_and_cross_attention_during_the_call(pipe):
     seen = {}
 
     def record(pipeline, step, timestep, callback_kwargs):
-        seen.update(pipeline.unet.attn_processors)
+        seen.update(processors_in_effect(pipeline.unet))
         return callback_kwargs
 
     before = processors_by_name(pipe.unet)

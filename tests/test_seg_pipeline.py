@@ -18,7 +18,7 @@ from tests.guidance_reference import (
     self_attention_names,
     stock_pag_as_plain_attention,
 )
-from tests.tiny import processors_by_name, same_processor_objects
+from tests.tiny import processors_by_name, processors_in_effect, same_processor_objects
 
 TOLERANCE = 5e-5  # float32 pipeline vs float64 numpy blur (measured ≤ 7e-6); wrong variants are off by > 1e-2
 
@@ -98,7 +98,7 @@ def test_seg_with_pladis_without_cfg_equals_pladis_around_independent_seg_and_is
     seen = {}
 
     def record(pipeline, step, timestep, callback_kwargs):
-        seen.update(pipeline.unet.attn_processors)
+        seen.update(processors_in_effect(pipeline.unet))
         return callback_kwargs
 
     before, hooks_before = processors_by_name(pipe.unet), dict(pipe.unet._forward_pre_hooks)

@@ -18,13 +18,17 @@ from scripts.cli.assets import REPO_ROOT, TOY_MODEL, TOY_PROMPT, is_tiny_asset, 
 TOY = REPO_ROOT / TOY_MODEL
 
 
-def test_toy_is_small_fp16_safetensors_with_a_16_token_tokenizer():
+STORED_DTYPES = {"unet": "F16", "vae": "F16", "text_encoder": "F32", "text_encoder_2": "F32"}
+
+
+def test_toy_is_small_safetensors_with_a_16_token_tokenizer():
+    """UNet and VAE in fp16; the small text encoders in fp32, the dtype transformers then loads them in."""
     weights = sorted(TOY.rglob("*.safetensors"))
-    assert {path.parent.name for path in weights} == {"unet", "vae", "text_encoder", "text_encoder_2"}
+    assert {path.parent.name for path in weights} == set(STORED_DTYPES)
     assert sum(path.stat().st_size for path in TOY.rglob("*") if path.is_file()) <= 20 * 2**20
     for path in weights:
         with safe_open(str(path), "pt") as handle:
-            assert {handle.get_slice(name).get_dtype() for name in handle.keys()} == {"F16"}, path
+            assert {handle.get_slice(name).get_dtype() for name in handle.keys()} == {STORED_DTYPES[path.parent.name]}
     assert json.loads((TOY / "tokenizer" / "tokenizer_config.json").read_text())["model_max_length"] == 16
     assert "rebuild" in json.loads((TOY / "training.json").read_text())
     assert not is_tiny_asset(TOY_MODEL)  # it gets real steps and its own 32×32 size in the scripts
@@ -40,6 +44,12 @@ def test_toy_generates_with_the_stock_and_the_pladis_pipeline():
     boosted = pipe(TOY_PROMPT, generator=torch.Generator().manual_seed(0), pladis_scale=2.0, **call).images[0]
     np.testing.assert_array_equal(np.asarray(plain), np.asarray(image))
     assert np.abs(np.asarray(plain).astype(int) - np.asarray(boosted)).max() > 0
+
+
+def test_toy_loads_and_generates_from_python_without_a_dtype():
+    pipe = PLADISStableDiffusionXLPipeline.from_pretrained(str(TOY), local_files_only=True)
+    assert {pipe.unet.dtype, pipe.vae.dtype, pipe.text_encoder.dtype, pipe.text_encoder_2.dtype} == {torch.float32}
+    assert pipe(TOY_PROMPT, num_inference_steps=1, pladis_scale=2.0).images[0].size == (32, 32)
 
 
 def test_toy_tokenizer_makes_every_word_one_token_and_fits_the_longest_caption():
@@ -80,7 +90,7 @@ def test_trainer_saves_a_loadable_pipeline_and_records_the_rebuild_command(two_t
     record = json.loads((out / "training.json").read_text())
     assert record["unet_steps"] == 3 and "snapshot" not in record
     assert "--unet-steps 3 " in record["rebuild"] and record["torch_threads"] == train_toy.THREADS
-    pipe = StableDiffusionXLPipeline.from_pretrained(str(out), dtype=torch.float32, local_files_only=True)
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(out), local_files_only=True)  # float32 without a dtype
     assert pipe.vae.config.scaling_factor == 1.0 and len(pipe.vae.config.latents_mean) == 4
     assert pipe("a red circle on the left", num_inference_steps=1).images[0].size == (32, 32)
 

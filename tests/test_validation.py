@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from attention import PLADISAttnProcessor, apply_pladis
-from attention.validation import check_pladis_alpha, check_pladis_scale
+from attention.validation import MAX_PLADIS_SCALE, check_pladis_alpha, check_pladis_scale
 from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
 from tests.tiny import CallCounter, processors_by_name, run_pipe, same_processor_objects
 
@@ -17,6 +17,10 @@ BAD_SCALES = [
     (math.nan, ValueError),
     (math.inf, ValueError),
     (-math.inf, ValueError),
+    (MAX_PLADIS_SCALE * 1.001, ValueError),  # beyond it half-precision attention overflows
+    (1e6, ValueError),
+    (1e30, ValueError),
+    (1.7e308, ValueError),
     ("2.0", TypeError),
     (None, TypeError),
     (True, TypeError),
@@ -47,7 +51,12 @@ def test_bad_alpha_is_rejected_naming_the_argument(value, error):
         PLADISAttnProcessor(2.0, value)
 
 
-@pytest.mark.parametrize("value", [0, 2, 1.5, np.float32(2.0)])
+def test_an_out_of_range_scale_names_the_accepted_range():
+    with pytest.raises(ValueError, match=r"pladis_scale must be in \[0, 100\].*got 1000000.0"):
+        check_pladis_scale(1e6)
+
+
+@pytest.mark.parametrize("value", [0, 2, 1.5, np.float32(2.0), MAX_PLADIS_SCALE])
 def test_numeric_scales_are_accepted(value):
     assert check_pladis_scale(value) == float(value)
 
@@ -67,6 +76,7 @@ def pipe(tiny_sdxl_path):
         ({"pladis_scale": -1.0}, ValueError, "pladis_scale"),
         ({"pladis_scale": math.nan}, ValueError, "pladis_scale"),
         ({"pladis_scale": "big"}, TypeError, "pladis_scale"),
+        ({"pladis_scale": 1e6}, ValueError, "pladis_scale"),
         ({"pladis_scale": 2.0, "pladis_alpha": 1.0}, ValueError, "pladis_alpha"),
         ({"pladis_scale": 0.0, "pladis_alpha": 3.0}, ValueError, "pladis_alpha"),  # checked even when off
     ],

@@ -16,6 +16,22 @@ def processors_by_name(model) -> dict:
     return dict(model.attn_processors)
 
 
+def processors_in_effect(model) -> dict:
+    """Each layer's processor as the current context runs it: a per-call PAG/SEG layer's processor for this call,
+    an installed PLADIS processor only where a PLADIS call is active here (else the original it runs)."""
+    from attention.perturbation import PerturbableProcessor
+    from attention.processors import PLADISProcessor
+
+    def in_effect(processor):
+        if isinstance(processor, PerturbableProcessor):
+            return in_effect(processor.in_effect())
+        if isinstance(processor, PLADISProcessor) and processor.current_settings() is None:
+            return in_effect(processor.original)
+        return processor
+
+    return {name: in_effect(processor) for name, processor in model.attn_processors.items()}
+
+
 def same_processor_objects(model, snapshot: dict) -> bool:
     """True when every layer of `model` holds exactly the processor object it held in `snapshot`."""
     current = model.attn_processors

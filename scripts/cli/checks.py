@@ -8,6 +8,7 @@ folder or the Hugging Face cache, and are skipped when the config is not on this
 from __future__ import annotations
 
 import io
+import json
 import os
 import tempfile
 import warnings
@@ -21,6 +22,7 @@ from .assets import looks_like_path, model_source
 COMMON_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tiff")
 SDXL_SIZE_MULTIPLE = 8  # the SDXL pipelines' check_inputs refuse other sizes
 FLUX_DEFAULT_SIZE_MULTIPLE = 16  # 2 × the FLUX VAE's scale factor 8 (latents are packed in 2×2 patches)
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what `torch.Generator.manual_seed` takes; others fail only at generation
 
 
 def _absolute(path: Path) -> Path:
@@ -85,10 +87,88 @@ def output_folder_problem(option: str, folder: Path) -> str | None:
     return None if problem is None else f"{option} {folder}: {problem}"
 
 
+def seed_problem(seed: object) -> str | None:
+    """Why `seed` cannot seed a generator (not an integer, or outside `SEED_RANGE`), or None."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        return f"non-integer seed {seed!r}"
+    if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        return f"seed {seed} is outside [{SEED_RANGE[0]}, {SEED_RANGE[1]}], the seeds a torch generator takes"
+    return None
+
+
 def lora_problem(option: str, value: str | Path) -> str | None:
-    """LoRA weights are loaded from safetensors only (never pickles): the name must end in `.safetensors`."""
+    """LoRA weights are loaded from safetensors only (never pickles): the name must end in `.safetensors`, and a
+    local file must be one (a pickle renamed `.safetensors` is named, not handed to the loader)."""
     if not str(value).endswith(".safetensors"):
         return f"{option} {value}: only .safetensors LoRA files are loaded (pickled .bin/.pt/.ckpt files are refused)"
+    if Path(value).is_file() and (problem := safetensors_problem(Path(value))):
+        return f"{option} {value}: {problem}"
+    return None
+
+
+SAFETENSORS_MAX_HEADER = 100 * 2**20  # the safetensors format's own limit on the header size
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why `path` is not a complete safetensors file (no safetensors header, e.g. a pickle renamed; or fewer
+    bytes than its header describes, a file cut short), or None. Reads the header only."""
+    try:
+        with open(path, "rb") as file:
+            prefix = file.read(8)
+            size = file.seek(0, 2)
+            header_size = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+            if not 2 <= header_size <= min(SAFETENSORS_MAX_HEADER, size - 8):
+                return "not a safetensors file (no safetensors header: a pickle?)"
+            file.seek(8)
+            header = json.loads(file.read(header_size))
+    except OSError as error:
+        return f"unreadable ({error.strerror or error})"
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return "not a safetensors file (its header is not JSON: a pickle?)"
+    ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
+    expected = 8 + header_size + max(ends, default=0)
+    if size != expected:
+        return f"cut short or damaged: its header describes {expected} bytes, the file has {size}"
+    return None
+
+
+def json_file_problem(path: Path) -> str | None:
+    """Why `path` is not a JSON file (e.g. cut short), or None."""
+    try:
+        json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except OSError as error:
+        return f"unreadable ({error.strerror or error})"
+    except UnicodeDecodeError:
+        return "not UTF-8 text"
+    except json.JSONDecodeError as error:
+        return f"not valid JSON (line {error.lineno} column {error.colno}: {error.msg}; cut short?)"
+    return None
+
+
+def component_files_problem(
+    model: str | Path, option: str = "--model", *, source: str | Path | None = None
+) -> str | None:
+    """Why a local pipeline folder (or a single-model folder such as a ControlNet; read from `source`, its
+    resolved path, when given) cannot load, naming the component folder or file: a component its
+    `model_index.json` names without its folder, a `.safetensors` file cut short or not safetensors, a `.json`
+    file (configs, tokenizers) that does not parse. None when all is there, and for hub ids."""
+    folder = Path(source or model)
+    if not folder.is_dir():
+        return None
+    index_path = folder / "model_index.json"
+    components = ["."]
+    if index_path.is_file():
+        if problem := json_file_problem(index_path):
+            return f"{option} {model}: model_index.json is {problem}"
+        components = sorted(_components(json.loads(index_path.read_text(encoding="utf-8-sig"))))
+    for component in components:
+        part = folder / component
+        if not part.is_dir():
+            return f"{option} {model}: the component folder {component}/ is missing (model_index.json names it)"
+        for path in sorted(part.iterdir()):
+            checker = {".safetensors": safetensors_problem, ".json": json_file_problem}.get(path.suffix)
+            if checker is not None and (problem := checker(path)):
+                return f"{option} {model}: {path.relative_to(folder).as_posix()} is {problem}"
     return None
 
 
@@ -100,6 +180,88 @@ def _model_config(model: str, subfolder: str, config_class: type) -> dict | None
             return config_class.load_config(model, subfolder=subfolder, local_files_only=True)
     except (OSError, ValueError):
         return None
+
+
+def model_index(model: str) -> dict | None:
+    """The `model_index.json` of a pipeline folder or a cached hub model, or None when not on this machine."""
+    from diffusers import DiffusionPipeline
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return DiffusionPipeline.load_config(model, local_files_only=True)
+    except (OSError, ValueError):
+        return None
+
+
+def _components(index: dict) -> set[str]:
+    """The components a `model_index.json` holds (entries like `["diffusers", "UNet2DConditionModel"]`)."""
+    return {name for name, value in index.items() if isinstance(value, list) and value and value[0] is not None}
+
+
+def _required_components(cls: type) -> set[str]:
+    expected, _ = cls._get_signature_keys(cls)
+    return set(expected) - set(getattr(cls, "_optional_components", ()))
+
+
+def components_problem(
+    pipeline: str, model: str, given: Sequence[str] = (), *, source: str | None = None, suggest: bool = True
+) -> str | None:
+    """Why the folder or cached hub model `model` (read from `source`, its resolved path, when given) cannot load
+    as `--pipeline pipeline` (a component that pipeline needs is not in its `model_index.json`, nor `given` by an
+    option such as `--controlnet`), naming the missing component and the option (with `suggest`, the `--pipeline`)
+    to use; None when it can, or when the index is not on this machine."""
+    from .registry import PIPELINES, pipeline_class
+
+    index = model_index(source or model)
+    if index is None or pipeline == "auto":
+        return None
+    present = _components(index) | set(given)
+    cls = pipeline_class(pipeline)
+    missing = sorted(_required_components(cls) - present)
+    if not missing:
+        return None
+    what = f"--model {model} (a {index.get('_class_name', 'pipeline')}) has no {', '.join(missing)}"
+    needs = f"which {cls.__name__} (--pipeline {pipeline}) needs" if suggest else f"which {cls.__name__} needs"
+    if missing == ["controlnet"]:
+        return f"{what}, {needs}: give the ControlNet with --controlnet FOLDER_OR_HUB_ID"
+    if not suggest:
+        return f"{what}, {needs}: give a model with those components"
+    fitting = [
+        name
+        for name in PIPELINES
+        if name not in (pipeline, "auto") and not _required_components(pipeline_class(name)) - present
+    ]
+    return f"{what}, {needs}; it loads with --pipeline {' or '.join([*fitting, 'auto'])}"
+
+
+def freeu_problem(pipeline: str, model: str) -> str | None:
+    """Why `--freeu` cannot apply (the pipeline, or for `auto` the model's stock class, is not a U-Net pipeline
+    with `enable_freeu`), or None; for `auto` without a local `model_index.json`, left to loading."""
+    import diffusers
+
+    from .registry import pipeline_class
+
+    cls = pipeline_class(pipeline)
+    if pipeline == "auto":
+        index = model_index(model)
+        cls = getattr(diffusers, str((index or {}).get("_class_name")), None)
+        if cls is None:
+            return None
+    if hasattr(cls, "enable_freeu"):
+        return None
+    return f"--freeu needs a U-Net pipeline (SDXL, SDXL SEG/PAG, ControlNet); {cls.__name__} has no FreeU"
+
+
+def image_file_problem(option: str, path: str | Path, *, source: str | Path | None = None) -> str | None:
+    """Why `path` (read from `source`, its resolved path, when given) is not an image PIL can open (checked
+    without decoding the pixels), or None."""
+    try:
+        with Image.open(source or path) as image:
+            image.verify()
+    except (OSError, SyntaxError, ValueError) as error:  # UnidentifiedImageError is an OSError
+        return f"{option} {path}: not an image file PIL can read ({error})"
+    return None
 
 
 def flux_is_timestep_distilled(model: str) -> bool | None:

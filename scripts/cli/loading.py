@@ -60,6 +60,8 @@ def fuse_lora_file(pipe: Any, spec: str | Path, scale: float = 1.0) -> None:
     `scale`. `use_safetensors=True` turns off diffusers' fallback to pickled weights (a pickle, whatever its
     name, is refused)."""
     path = lora_file(spec)
+    if problem := checks.safetensors_problem(Path(path)):
+        raise ValueError(f"--lora {spec}: {problem}")
     with text_encoder_lora_warnings_silenced():  # distilled-SDXL LoRAs hold U-Net weights only, as expected
         pipe.load_lora_weights(str(path), use_safetensors=True)
     pipe.fuse_lora(lora_scale=scale)
@@ -70,6 +72,10 @@ def load_pipeline(args: argparse.Namespace, device: str | torch.device | None = 
     cls = pipeline_class(args.pipeline)
     dtype = DTYPES[args.dtype]
     components = {}
+    for option in ("model", "controlnet"):  # damaged or missing files named, not left to the loaders' messages
+        value = getattr(args, option, None)
+        if value and (problem := checks.component_files_problem(value, f"--{option}", source=model_source(str(value)))):
+            raise ValueError(problem)
     if getattr(args, "controlnet", None) is not None:
         from diffusers import ControlNetModel
 

@@ -386,6 +386,8 @@ def finish_common_options(parser: argparse.ArgumentParser, args: argparse.Namesp
         requested_kernel()  # a bad PLADIS_KERNEL fails here, not after the model loaded
     except (TypeError, ValueError) as error:
         parser.error(str(error))
+    if getattr(args, "seed", None) is not None and (problem := checks.seed_problem(args.seed)):
+        parser.error(f"--seed: {problem}")
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")
     if args.timesteps is not None and args.steps is not None and args.steps != len(args.timesteps):
@@ -416,6 +418,8 @@ def finish_common_options(parser: argparse.ArgumentParser, args: argparse.Namesp
         parser.error("--preprocess needs --control-image")
     if args.pipeline == "controlnet" and args.control_image is None:
         parser.error("--pipeline controlnet needs --control-image (optionally with --preprocess canny|depth)")
+    if problem := _model_fit_problem(args):
+        parser.error(problem)
     if args.preprocess == "depth" and args.depth_model is None and tiny:
         args.depth_model = repository_relative(TINY_DPT)
     if args.steps is None:
@@ -433,6 +437,33 @@ def finish_common_options(parser: argparse.ArgumentParser, args: argparse.Namesp
         args.height = args.height or TINY_SIZE
         args.width = args.width or TINY_SIZE
     return args
+
+
+def _model_fit_problem(args: argparse.Namespace) -> str | None:
+    """Whether the model, the control image and `--freeu` fit the chosen pipeline, found before any weights load:
+    a component the pipeline needs and the model lacks, a damaged or missing component file or folder, a control
+    image PIL cannot open, FreeU on a transformer."""
+    source = model_source(args.model)
+    given = ["controlnet"] if args.controlnet is not None else []
+    if problem := checks.components_problem(args.pipeline, args.model, given, source=source):
+        return problem
+    if problem := checks.component_files_problem(args.model, source=source):
+        return problem
+    if args.controlnet is not None and (
+        problem := checks.component_files_problem(
+            args.controlnet, "--controlnet", source=model_source(str(args.controlnet))
+        )
+    ):
+        return problem
+    if args.control_image is not None and (
+        problem := checks.image_file_problem(
+            "--control-image", args.control_image, source=model_source(str(args.control_image))
+        )
+    ):
+        return problem
+    if args.freeu is not None:
+        return checks.freeu_problem(args.pipeline, source)
+    return None
 
 
 def _flag(option: str) -> str:

@@ -17,9 +17,9 @@ from . import checks
 from .assets import TINY_SDXL, TINY_SDXL_LORA, TINY_SIZE, TINY_STEPS, looks_like_path, model_source
 from .captions import print_random_weights_note, run_caption, scale_label
 from .entry_points import invoked_command
-from .options import add_guidance_options, add_pladis_options, pladis_options_problem
+from .options import add_guidance_options, add_pladis_options, guidance_option_problem, pladis_options_problem
 from .parsers import command_parser
-from .registry import DTYPE_NAMES, LAYER_OPTIONS, PLADIS_OPTIONS, pladis_arguments
+from .registry import CALL_OPTIONS, DTYPE_NAMES, LAYER_OPTIONS, PLADIS_OPTIONS, pladis_arguments
 
 SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 DEFAULT_PROMPT = "a photo of an astronaut riding a horse on the moon"
@@ -146,6 +146,8 @@ def example_args_problem(args: argparse.Namespace, flux: bool) -> str | None:
 
         if problem := checks.lora_problem("--lora", args.lora) or lora_spec_problem("--lora", args.lora):
             return problem
+    if problem := _guidance_and_model_problem(args):
+        return problem
     layer_options = [option for option in LAYER_OPTIONS if getattr(args, option, None) is not None]
     names = checks.unet_self_attention_names(args.model) if layer_options else None
     for option in layer_options:
@@ -172,6 +174,29 @@ def example_machine_problem(args: argparse.Namespace) -> str | None:
         repo_id, _, filename = lora.rpartition("/")
         problem = checks.hub_file_offline_problem("--lora", repo_id, filename, hint, shown=lora)
     return problem or checks.url_offline_problem("--image", getattr(args, "image", None))
+
+
+def _guidance_and_model_problem(args: argparse.Namespace) -> str | None:
+    """The example's guidance values (checked as the pipeline checks them), and whether its model, control image
+    and FreeU fit its pipeline (a missing component names the option to use)."""
+    for option in CALL_OPTIONS:
+        if problem := guidance_option_problem(option, getattr(args, option, None)):
+            return problem
+    given = ["controlnet"] if getattr(args, "controlnet", None) else []
+    if problem := checks.components_problem(args.pipeline, args.model, given, suggest=False):
+        return problem
+    for option in ("model", "controlnet"):
+        value = getattr(args, option, None)
+        if value and (problem := checks.component_files_problem(value, f"--{option}", source=model_source(value))):
+            return problem
+    image = str(getattr(args, "image", None) or "")
+    if (
+        image
+        and "://" not in image
+        and (problem := checks.image_file_problem("--image", image, source=model_source(image)))
+    ):
+        return problem
+    return None if args.freeu is None else checks.freeu_problem(args.pipeline, args.model)
 
 
 def save_with_and_without(pipe: Any, args: argparse.Namespace, method: str, **call_options: Any) -> Path:

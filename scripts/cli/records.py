@@ -132,14 +132,14 @@ def run_settings(module: str, args: argparse.Namespace, argv: list[str] | None, 
 
 
 def read_text_file(path: Path) -> str:
-    """The UTF-8 text of `path`, or a ValueError naming the file and the problem (missing, unreadable,
-    not UTF-8 with the line of the first bad byte)."""
+    """The UTF-8 text of `path` (a byte-order mark, as Windows editors write, dropped), or a ValueError naming the
+    file and the problem (missing, unreadable, not UTF-8 with the line of the first bad byte)."""
     try:
         data = Path(path).read_bytes()
     except OSError as error:
         raise ValueError(f"{path}: cannot be read ({error.strerror or error})") from None
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         line = data[: error.start].count(b"\n") + 1
         raise ValueError(
