@@ -22,10 +22,10 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from attention.install import pladis_processors, swapped_attn_processors
-from attention.kernel_choice import KERNEL_VARIABLE, KERNELS
-from attention.processors import PLADISAttnProcessor, PLADISFluxAttnProcessor
-from attention.reference import reference_formulation
+from attention.integration.install import pladis_processors, swapped_attn_processors
+from attention.integration.processors import PLADISAttnProcessor, PLADISFluxAttnProcessor
+from attention.kernels.reference import reference_formulation
+from attention.kernels.table import KERNEL_VARIABLE, KERNELS
 from scripts.cli.assets import REPO_ROOT
 from scripts.cli.parsers import command_parser
 from scripts.dispatch_counter import count_dispatch
@@ -517,7 +517,7 @@ _SDPA_CHOICES = {0: "math", 1: "flash", 2: "efficient", 3: "cudnn", 4: "override
 def sdpa_backend_report(device: str) -> list[str]:
     """Per production shape, the kernel stock SDPA runs on this card (torch's own `_fused_sdp_choice`) and
     the one PLADIS's joint rule mirrors (`stock_sdpa_backend`); they must agree."""
-    from attention.sdpa_backend import stock_sdpa_backend
+    from attention.kernels.sdpa_backend import stock_sdpa_backend
 
     shapes = {  # (batch, heads, queries, keys, head dim, dtype, masked)
         "SDXL attn2 1024², fp16": (2, 10, 4096, 77, 64, torch.float16, False),

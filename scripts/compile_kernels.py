@@ -44,7 +44,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from attention import triton_kernels
+from attention.kernels import triton_kernels
 from scripts.cli.parsers import command_parser
 
 KERNELS = {"cross-attention": triton_kernels._cross_attention_kernel, "text-block": triton_kernels._text_block_kernel}

@@ -36,7 +36,7 @@ from typing import Any
 
 from PIL import Image
 
-from attention.attention_maps import LAYER_GROUPS
+from attention.diagnostics.attention_maps import LAYER_GROUPS
 from scripts import compare
 from scripts.attention_maps import TOY_TOKENS, chosen_tokens, map_panels, recorded_generation
 from scripts.cli.assets import TOY_PROMPT, is_toy_model

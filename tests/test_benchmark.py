@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from attention import pladis_scaled_dot_product_attention, text_block_pladis_attention
-from attention.reference import computing_reference, reference_pladis_sdpa, reference_text_block
+from attention.kernels.reference import computing_reference, reference_pladis_sdpa, reference_text_block
 from scripts import benchmark
 
 

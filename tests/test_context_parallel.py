@@ -21,8 +21,8 @@ from PIL import Image
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from attention import apply_pladis
-from attention.call_context import LayerCall
-from attention.context_parallel import context_parallel_attention, forward_op_with_log_normaliser
+from attention.integration.call_context import LayerCall
+from attention.integration.context_parallel import context_parallel_attention, forward_op_with_log_normaliser
 from pipeline.pipeline_flux_pladis import PLADISFluxPipeline
 from scripts.build_tiny_assets import build_tiny_flux, tiny_flux_transformer
 from tests.context_parallel_ranks import as_numpy, parallelise, run_on_ranks

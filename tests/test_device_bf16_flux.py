@@ -12,9 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attention.joint_text_block import dense_attention_and_log_normaliser, text_block_rule
-from attention.reference import reference_scores, reference_text_block
-from attention.sdpa_backend import stock_sdpa_backend
+from attention.kernels.reference import reference_scores, reference_text_block
+from attention.kernels.sdpa_backend import stock_sdpa_backend
+from attention.kernels.text_block import dense_attention_and_log_normaliser, text_block_rule
 
 ULP = torch.finfo(torch.bfloat16).eps  # spacing of bfloat16 values in [1, 2)
 SCALE = 128**-0.5

@@ -29,12 +29,12 @@ from attention import (
     apply_pladis,
     pladis_processor_class,
 )
-from attention.call_context import CROSS, LEADING, TRAILING, TextLength
-from attention.families import ATTENTION_MODULES, FAMILIES
-from attention.functional import cross_attention_rule
-from attention.joint_text_block import text_block_rule
-from attention.sdpa_backend import prefers_cudnn_attention, stock_sdpa_backend
-from attention.seg_processor import LatentSize, SmoothedEnergyAttnProcessor
+from attention.integration.call_context import CROSS, LEADING, TRAILING, TextLength
+from attention.integration.diffusers_families import ATTENTION_MODULES, FAMILIES
+from attention.kernels.cross_attention import cross_attention_rule
+from attention.kernels.sdpa_backend import prefers_cudnn_attention, stock_sdpa_backend
+from attention.kernels.text_block import text_block_rule
+from attention.perturbation.seg_processor import LatentSize, SmoothedEnergyAttnProcessor
 from attention.settings import PLADISSettings
 from tests.fake_cuda import CARDS, building_on_cuda, count_launches, fake_cuda
 from tests.tiny_denoisers import DENOISERS

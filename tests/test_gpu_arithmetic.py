@@ -7,7 +7,7 @@ the same arithmetic out (`_DOT_BF16_EMULATED`: bfloat16 operands widened exactly
 to nearest on the bits); float16 runs the GPU's own `_DOT_HALF` branch. The `torch` path runs its CUDA
 arithmetic (weights in V's dtype, one half-precision GEMM) on CPU half tensors as is.
 
-Each test builds the GPU's result in float64 from the reference maps (`attention/reference.py`):
+Each test builds the GPU's result in float64 from the reference maps (`attention/kernels/reference.py`):
 the weights rounded to the half dtype, products and sums in float64, one final rounding. Tolerances
 are in output ulps, taken at the scale of each output's largest term |w·v| (where an output cancels
 to near 0, that is the scale its float32 accumulation works at).
@@ -20,9 +20,14 @@ import torch
 import triton
 import triton.language as tl
 
-from attention.reference import reference_pladis_weights, reference_scores, reference_softmax, reference_sparse_map
-from attention.sync_free_attention import sync_free_pladis_attention
-from attention.triton_kernels import _round_bf16, triton_pladis_attention, triton_text_block_correction_
+from attention.kernels.reference import (
+    reference_pladis_weights,
+    reference_scores,
+    reference_softmax,
+    reference_sparse_map,
+)
+from attention.kernels.sync_free_attention import sync_free_pladis_attention
+from attention.kernels.triton_kernels import _round_bf16, triton_pladis_attention, triton_text_block_correction_
 
 HALF = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 

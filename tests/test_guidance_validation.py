@@ -10,7 +10,7 @@ from diffusers import StableDiffusionXLPAGPipeline
 from diffusers.models.attention_processor import PAGCFGIdentitySelfAttnProcessor2_0
 
 from attention import swapped_attn_processors
-from attention.perturbation import perturbed_layer_names
+from attention.perturbation.perturbed_calls import perturbed_layer_names
 from attention.validation import check_applied_layers, check_guidance_scale, check_seg_blur_sigma
 from pipeline.pipeline_sdxl_seg import PLADISStableDiffusionXLSEGPipeline
 from scripts.cli.assets import TINY_SDXL

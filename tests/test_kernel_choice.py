@@ -12,8 +12,9 @@ import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline
 
-from attention import kernel_choice, pladis_scaled_dot_product_attention
-from attention.kernel_choice import choose_kernel, run_triton
+from attention import pladis_scaled_dot_product_attention
+from attention.kernels import table as kernel_choice
+from attention.kernels.table import choose_kernel, run_triton
 from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
 from pipeline.pipeline_sdxl_seg import PLADISStableDiffusionXLSEGPipeline
 from scripts.cli.assets import TINY_SDXL

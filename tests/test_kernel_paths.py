@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attention.joint_text_block import dense_attention_and_log_normaliser, dense_attention_and_text_mass
-from attention.reference import reference_pladis_sdpa, reference_text_block
-from attention.sync_free_attention import sync_free_pladis_attention, sync_free_text_block_correction_
-from attention.triton_kernels import triton_pladis_attention, triton_text_block_correction_
+from attention.kernels.reference import reference_pladis_sdpa, reference_text_block
+from attention.kernels.sync_free_attention import sync_free_pladis_attention, sync_free_text_block_correction_
+from attention.kernels.text_block import dense_attention_and_log_normaliser, dense_attention_and_text_mass
+from attention.kernels.triton_kernels import triton_pladis_attention, triton_text_block_correction_
 from tests.attention_cases import CASES, attention_case
 
 CROSS = {"torch": sync_free_pladis_attention, "triton": triton_pladis_attention}

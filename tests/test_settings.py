@@ -65,7 +65,7 @@ class CheckCounter:
             for module in list(sys.modules.values()):
                 if getattr(module, name, None) is original:
                     monkeypatch.setattr(module, name, counting)
-        rules = sys.modules["attention.rules"]
+        rules = sys.modules["attention.integration.attention_calls"]
         for seam in ("cross_attention_rule", "text_block_rule"):
             monkeypatch.setattr(rules, seam, self._counted_seam(getattr(rules, seam)))
 

@@ -358,8 +358,8 @@ def test_placing_a_cuda_call_in_the_window_runs_no_tensor_op(scheduler):
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from attention.call_context import CallSettings
-    from attention.steps import scheduler_step_source
+    from attention.integration.call_context import CallSettings
+    from attention.integration.steps import scheduler_step_source
 
     class Ops(TorchDispatchMode):
         def __init__(self):

@@ -31,8 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .kernel_choice import interpreting
 from .masks import four_dims
+from .table import interpreting
 
 _FLOAT32_MIN = tl.constexpr(-3.4028234663852886e38)  # jit code reads only constexpr globals
 _LOG2E = tl.constexpr(1.4426950408889634)

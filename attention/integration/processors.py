@@ -2,9 +2,9 @@
 
 `pladis_processor_class(StockProcessor)` runs `StockProcessor.__call__` (projections, norms, RoPE, masks,
 output split: nothing is copied) with the names it calls attention through — `F.scaled_dot_product_attention`
-or `dispatch_attention_fn` — bound to `attention.rules`, which computes the layer's PLADIS rule through the
+or `dispatch_attention_fn` — bound to `attention_calls`, which computes the layer's PLADIS rule through the
 two kernel seams. A processor either has fixed settings (`PLADISAttnProcessor(2.0)`, for hand use) or was
-installed by `apply_pladis` and reads the settings of the current call (`attention.call_context`),
+installed by `apply_pladis` and reads the settings of the current call (`attention.integration.call_context`),
 delegating to the layer's original processor wherever no PLADIS call on its denoiser is active.
 """
 
@@ -21,7 +21,8 @@ from diffusers.models.attention_processor import AttnProcessor2_0, JointAttnProc
 from diffusers.models.transformers.sana_transformer import SanaAttnProcessor2_0
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 
-from . import rules
+from ..settings import PLADISSettings
+from . import attention_calls
 from .call_context import (
     CROSS,
     LEADING,
@@ -35,20 +36,19 @@ from .call_context import (
     calls_in_context,
 )
 from .composition import register_for_layer_skip
-from .settings import PLADISSettings
 
 # `torch.nn.functional` as the stock processors see it, except that its SDPA is the PLADIS one.
 _FUNCTIONAL = types.ModuleType(F.__name__, F.__doc__)
-_FUNCTIONAL.__dict__.update({**vars(F), "scaled_dot_product_attention": rules.scaled_dot_product_attention})
+_FUNCTIONAL.__dict__.update({**vars(F), "scaled_dot_product_attention": attention_calls.scaled_dot_product_attention})
 
 
 def _bound_to_pladis(stock_type: type) -> types.FunctionType:
-    """`stock_type.__call__` with the attention function it calls bound to `attention.rules`."""
+    """`stock_type.__call__` with the attention function it calls bound to `attention.integration.attention_calls`."""
     function = stock_type.__call__
     namespace = dict(function.__globals__)
     names = set(function.__code__.co_names)
     if "dispatch_attention_fn" in names and "dispatch_attention_fn" in namespace:
-        namespace["dispatch_attention_fn"] = rules.dispatch_attention_fn
+        namespace["dispatch_attention_fn"] = attention_calls.dispatch_attention_fn
     elif "F" in names and namespace.get("F") is F:
         namespace["F"] = _FUNCTIONAL
     else:
@@ -73,7 +73,7 @@ class PLADISProcessor:
     Use a class from `pladis_processor_class`. `Cls(pladis_scale, pladis_alpha, text_length=None)` has
     fixed settings, checked once here (`PLADISSettings`), never per call; `Cls.installed(...)` (what
     `apply_pladis` sets) follows the current call's settings, checked by `apply_pladis`.
-    `text_keys` (see `attention.rules`) says where the text keys sit; joint layers read the text length
+    `text_keys` (see `attention_calls`) says where the text keys sit; joint layers read the text length
     from `encoder_hidden_states`, or, where the processor is not given it (single-stream blocks), from
     `text_length` / the length recorded from the denoiser call.
     """

@@ -1,9 +1,9 @@
 """Installing PLADIS on a denoiser while PLADIS calls on it run, and putting the originals back.
 
-`apply_pladis` finds a denoiser's text-attention layers from its family record (`attention.families`),
+`apply_pladis` finds a denoiser's text-attention layers from its family record (`diffusers_families`),
 installs one PLADIS processor per layer while any PLADIS call on that denoiser is active (reference-counted
 per denoiser, so overlapping calls in several threads share one installation), and gives the call its own
-settings in a `ContextVar` (`attention.call_context`): the installed processors run PLADIS with the settings
+settings in a `ContextVar` (`attention.integration.call_context`): the installed processors run PLADIS with the settings
 of the call in their context and the original processor everywhere else. When the last call ends, every
 layer gets its exact original processor object back and every hook is removed, also when a call raises.
 `swapped_attn_processors` is the plain swap-for-a-block used by the attention-map recorder and the benchmark.
@@ -22,16 +22,16 @@ import torch
 from diffusers.models.attention_processor import Attention
 from diffusers.pipelines.pag.pag_utils import PAGMixin
 
+from ..kernels.table import requested_kernel
+from ..settings import PLADISSettings
+from ..validation import layers_named, names_matching
 from .call_context import CallSettings, active_calls, calls_in_context
 from .composition import check_window_without_step_cache
 from .context_parallel import check_context_parallel, rank_text_length
-from .families import FAMILIES, SUPPORTED, Family, TextAttention, family_of
-from .kernel_choice import requested_kernel
+from .diffusers_families import FAMILIES, SUPPORTED, Family, TextAttention, family_of
 from .processors import PLADISProcessor, pladis_processor_class
-from .settings import PLADISSettings
+from .single_use import SingleUseBlock
 from .steps import StepSource, check_step_scheduler, pipeline_step_source, scheduler_step_source
-from .validation import layers_named, names_matching
-from .with_block import SingleUseBlock
 
 _PROCESSOR_SUFFIX = ".processor"
 _LOCK = threading.Lock()  # guards every Installation and their table (never held during a denoiser call)
@@ -379,7 +379,7 @@ def apply_pladis(
     """Run the body with PLADIS on the text-attention layers of a pipeline's denoiser, or of a denoiser
     given directly (`UNet2DConditionModel` or a transformer: modular pipelines, hand-written loops).
 
-    Which layers and which rule come from the denoiser's family record (`attention.families`):
+    Which layers and which rule come from the denoiser's family record (`attention.integration.diffusers_families`):
     cross-attention layers (U-Nets, PixArt, SANA, SANA-Video, Wan, LTX-Video) get the cross-attention rule;
     joint text+image attention (SD3, FLUX.1/.2, Chroma, Qwen-Image, HunyuanVideo, HunyuanImage, CogView4;
     Z-Image's packed unified blocks) gets the text-block rule on the image-query × text-key block;

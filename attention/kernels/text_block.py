@@ -11,15 +11,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .functional import differentiable_score_maps, needs_autograd
-from .kernel_choice import choose_kernel, run_triton, triton_gap
+from ..settings import PLADISSettings
+from .cross_attention import differentiable_score_maps, needs_autograd
 from .masks import additive_mask, mask_for_rows, row_values
 from .query_chunks import query_chunks
 from .reference import computing_reference, reference_text_block
 from .sdpa_backend import CUDNN, EFFICIENT, FLASH, stock_sdpa_backend
-from .settings import PLADISSettings
 from .sparse_maps import pladis_shift_
 from .sync_free_attention import sync_free_text_block_correction_
+from .table import choose_kernel, run_triton, triton_gap
 
 # Image×text scores per query chunk (float32): ~8 MB. At FLUX's 24 heads × 512 text tokens (~171 image
 # rows a chunk) 2, 4 and 16 MB measured no faster on 2 CPU threads (the 77-key U-Net rows prefer 4 MB).

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-from .settings import PLADISSettings
+from ..settings import PLADISSettings
 
 # How the keys of an attention call are laid out: all text (cross-attention), a joint sequence with the
 # text first (FLUX `[txt ; img]`) or last (SD3 `[img ; txt]`), or per-sample packed `[img ; txt ; pad]`.
@@ -65,7 +65,7 @@ class CallSettings:
 
 @dataclass
 class LayerCall:
-    """What the attention call(s) inside one PLADIS layer call need (see `attention.rules`)."""
+    """What the attention call(s) inside one PLADIS layer call need (see `attention.integration.attention_calls`)."""
 
     pladis_scale: float
     pladis_alpha: float

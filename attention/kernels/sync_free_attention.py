@@ -75,7 +75,7 @@ def _dense_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`(softmax(z)·V, logsumexp(z) or None)` from the fused SDPA kernel stock attention would run."""
-    from .joint_text_block import dense_attention_and_log_normaliser  # (it imports this module)
+    from .text_block import dense_attention_and_log_normaliser  # (it imports this module)
 
     fused = dense_attention_and_log_normaliser(query, key, value, mask, scale)
     if fused is not None:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import torch
 
-from .kernel_choice import choose_kernel, run_triton, triton_gap
+from ..settings import PLADISSettings
 from .masks import additive_mask, mask_for_rows
 from .query_chunks import query_chunks
 from .reference import computing_reference, reference_pladis_sdpa
-from .settings import PLADISSettings
 from .sparse_maps import differentiable_maps, pladis_weights_
 from .sync_free_attention import sync_free_pladis_attention
+from .table import choose_kernel, run_triton, triton_gap
 
 # Scores per query chunk (float32): ~4 MB, so the chunk and its workspace mostly stay in cache between
 # the passes of the threshold search while the matmuls stay efficient (2 and 8 MB measured slower).

@@ -2,7 +2,7 @@
 
 FLUX single-stream blocks get `[txt ; img]` already concatenated and are never told the text length;
 `recorded_text_length` keeps a `TextLength` up to date from the transformer's `encoder_hidden_states`
-(for processors with fixed settings; `apply_pladis` records it per call itself, see `attention.install`).
+(for processors with fixed settings; `apply_pladis` records it per call itself, see `attention.integration.install`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import torch
 
 from .call_context import TextLength
-from .families import joint_text_tokens
+from .diffusers_families import joint_text_tokens
 
 
 @contextmanager

@@ -1,7 +1,7 @@
 """Which attention modules of which model family see text, and how PLADIS acts on them: one record a family.
 
 A `Family` names its denoiser classes and its `TextAttention` kinds: which modules (a predicate on name
-and module), where their text keys sit (`attention.rules`: all keys, a leading or trailing slice of a
+and module), where their text keys sit (`attention_calls`: all keys, a leading or trailing slice of a
 joint sequence, per-sample packed positions), which stock processors they may hold (and whose code runs
 with PLADIS: a sliced or xformers original runs as the SDPA processor), whether they are on by default,
 and, where a layer is not told its text length, how it is recorded from each denoiser call.

@@ -12,9 +12,9 @@ from collections.abc import Callable
 
 import torch
 
-from .settings import PLADISSettings
+from ..settings import PLADISSettings
+from ..validation import check_pladis_alpha
 from .sorted_threshold import sorted_entmax_threshold
-from .validation import check_pladis_alpha
 
 # A threshold has converged when no row moves by more than this (τ ∈ [−1, 0), so ~16 float32 ulps).
 _THRESHOLD_TOL = 1e-6

@@ -3,7 +3,7 @@
 Each rank holds a shard of the token sequence, and the processors hand `parallel_config` to
 `dispatch_attention_fn`, whose Ulysses all-to-all or ring pass gives every query row all keys. The PLADIS
 rules need more than the dense result: entmax needs every text key of a row. So, per layer kind
-(`attention.call_context`), on this rank's query rows:
+(`attention.integration.call_context`), on this rank's query rows:
 
 - joint layers (the text a leading or trailing slice of each rank's shard: FLUX.1/.2, Qwen-Image): the dense
   result and its log-sum-exp come from diffusers' own context-parallel attention
@@ -30,11 +30,11 @@ import torch
 from diffusers.hooks.context_parallel import ContextParallelSplitHook, EquipartitionSharder
 from diffusers.models import attention_dispatch
 
+from ..kernels.cross_attention import cross_attention_rule, needs_autograd
+from ..kernels.masks import additive_mask
+from ..kernels.table import choose_kernel, triton_gap
+from ..kernels.text_block import dense_attention_and_log_normaliser, joint_token_slices, text_block_correction_
 from .call_context import CROSS, LEADING, PACKED, LayerCall, TextLength
-from .functional import cross_attention_rule, needs_autograd
-from .joint_text_block import dense_attention_and_log_normaliser, joint_token_slices, text_block_correction_
-from .kernel_choice import choose_kernel, triton_gap
-from .masks import additive_mask
 
 # The denoiser-call argument the single-stream layers' text length is recorded from (`families.joint_text_tokens`).
 JOINT_TEXT_ARGUMENT = "encoder_hidden_states"

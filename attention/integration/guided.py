@@ -14,12 +14,12 @@ from contextlib import ExitStack
 
 import torch
 
+from ..kernels.table import requested_kernel
+from ..settings import PLADISSettings
 from .call_context import CallSettings, calls_in_context
 from .composition import check_window_without_step_cache
-from .families import family_of
+from .diffusers_families import family_of
 from .install import attention_model, installed_pladis, text_attention_layers
-from .kernel_choice import requested_kernel
-from .settings import PLADISSettings
 
 
 class GuidedPLADIS:

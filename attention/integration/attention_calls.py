@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_dispatch import dispatch_attention_fn as _diffusers_dispatch
 
+from ..kernels.cross_attention import cross_attention_rule
+from ..kernels.text_block import text_block_rule
 from .call_context import CROSS, LEADING, PACKED, LayerCall, active_calls
 from .composition import perturbed_by_layer_skip
 from .context_parallel import context_parallel_attention, sequence_parallel_config
-from .functional import cross_attention_rule
-from .joint_text_block import text_block_rule
 
 _sdpa = F.scaled_dot_product_attention  # the real one, for the calls that stay dense
 
@@ -123,9 +123,9 @@ def dispatch_attention_fn(
 ) -> torch.Tensor:
     """diffusers' `dispatch_attention_fn` ((B, N, H, D) tensors) as a PLADIS processor's attention call.
     The changed layers run PyTorch SDPA whatever attention backend was chosen. Under context parallelism
-    (`parallel_config` shards the sequence) the rule runs over every rank's keys (`attention.context_parallel`);
-    in the pass a layer-skip guider perturbs, diffusers' own call (which the guider's mode turns into the identity
-    on the native backend)."""
+    (`parallel_config` shards the sequence) the rule runs over every rank's keys (`context_parallel`); in the pass
+    a layer-skip guider perturbs, diffusers' own call (which the guider's mode turns into the identity on the native
+    backend)."""
     if perturbed_by_layer_skip():
         return _diffusers_dispatch(
             query,
