@@ -200,10 +200,10 @@ def pladis_settings(pipe: Any, values: Mapping[str, Any]) -> PLADISSettings | No
 def pladis_for_call(pipe: Any, values: Mapping[str, Any]) -> Iterator[None]:
     """The body with this call's PLADIS settings (`pladis_settings`), or, when it gives none, with what an
     enclosing `apply_pladis` set (nothing when none did)."""
-    from attention.integration.install import apply_pladis_settings
+    from attention.integration.install import apply_pladis
 
     settings = pladis_settings(pipe, values)
-    with nullcontext() if settings is None else apply_pladis_settings(pipe, settings):
+    with nullcontext() if settings is None else apply_pladis(pipe, settings):
         yield
 
 
@@ -249,7 +249,7 @@ class PerturbedGuidanceMixin:
     def _perturbed_guidance(self, arguments: Mapping[str, Any]) -> Iterator[dict[str, float]]:
         """Set up one call from its guidance arguments (names of `GUIDANCE_ARGUMENTS`; missing ones take their
         defaults); yields the `pag_scale` / `pag_adaptive_scale` to pass to the parent's `__call__`."""
-        from attention.integration.install import apply_pladis_settings
+        from attention.integration.install import apply_pladis
         from attention.perturbation.perturbed_calls import perturbed_call
         from attention.perturbation.seg_processor import seg_attn_processors
 
@@ -295,7 +295,7 @@ class PerturbedGuidanceMixin:
                 guidance = {"pag_scale": 0.0, "pag_adaptive_scale": 0.0}
             # After this call's PAG/SEG layers are set, so apply_pladis checks them, not the last call's.
             if pladis is not None:  # None: no PLADIS keyword given, what an enclosing apply_pladis set stays
-                stack.enter_context(apply_pladis_settings(self, pladis))
+                stack.enter_context(apply_pladis(self, pladis))
             yield guidance
 
     def _set_pag_attn_processor(self, pag_applied_layers: list[str], do_classifier_free_guidance: bool) -> None:

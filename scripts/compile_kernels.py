@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 import re
 import subprocess
 import tempfile
@@ -45,6 +44,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from attention.kernels import triton_kernels
+from attention.settings import PLADISSettings
 from scripts.cli.parsers import command_parser
 
 KERNELS = {"cross-attention": triton_kernels._cross_attention_kernel, "text-block": triton_kernels._text_block_kernel}
@@ -116,7 +116,7 @@ def _launch_arguments(
     try:
         if rule == "cross-attention":
             triton_kernels.triton_pladis_attention(
-                tokens(queries), tokens(keys), tokens(keys), 2.0, alpha, mask, head_dim**-0.5
+                tokens(queries), tokens(keys), tokens(keys), PLADISSettings(2.0, alpha), mask, head_dim**-0.5
             )
         else:
             joint = queries + keys
@@ -132,8 +132,7 @@ def _launch_arguments(
                 value,
                 text,
                 image,
-                2.0,
-                alpha,
+                PLADISSettings(2.0, alpha),
                 mask,
                 head_dim**-0.5,
                 log_normaliser,
@@ -368,7 +367,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--candidates", action="store_true", help="every rows × warps candidate, not just the chosen")
     parser.add_argument("--passes", type=int, nargs=2, metavar=("SDXL", "FLUX"), help="threshold passes per program")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     passes = dict(zip(PASSES, args.passes or PASSES.values(), strict=True))
     print(
         f"sm_{args.arch}; step model (sm_90 only): an H100 SXM, 132 SMs × 4 schedulers, 1.98 GHz, 50 % issue; passes "

@@ -23,8 +23,10 @@ from diffusers import ContextParallelConfig, ParallelConfig
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from torch.distributed.device_mesh import init_device_mesh
 
-from attention.integration.call_context import LEADING, LayerCall
+from attention.integration.call_context import LayerCall
 from attention.integration.context_parallel import context_parallel_attention, gather_text
+from attention.integration.text_layout import LEADING
+from attention.settings import PLADISSettings
 from scripts.cli.loading import DTYPES
 from scripts.cli.parsers import command_parser
 
@@ -57,7 +59,7 @@ def measure(
     generator = torch.Generator(device).manual_seed(rank)
     shard = (1, (text + image) // ranks, heads, head_dim)  # (B, N, H, D), this rank's [text ; image]
     query, key, value = (torch.randn(shard, generator=generator, device=device, dtype=dtype) for _ in range(3))
-    layer = LayerCall(2.0, 1.5, LEADING, text // ranks, family="FLUX.1-like")
+    layer = LayerCall(PLADISSettings(2.0), LEADING, text // ranks, family="FLUX.1-like")
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))
     timings = {
         "pladis_ms": _timed(lambda: context_parallel_attention(layer, q, k, v, None, None, config), repeats, device),

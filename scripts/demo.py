@@ -45,7 +45,6 @@ from scripts.cli.options import RaisingParser, comma_words, command_line, parse_
 from scripts.cli.records import run_settings, write_json
 from scripts.grid import labelled_grid
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read by Gradio when it sends telemetry: off unless asked
 try:
     import gradio as gr
 except ImportError as error:
@@ -310,6 +309,7 @@ def build_demo(pipe: Any, loaded: argparse.Namespace, sweep: str = "") -> gr.Blo
     requests = DemoRequests(pipe, loaded)
     has_maps = requests.has_maps
 
+    # Gradio sends telemetry (version check, launch data) only where a Blocks allows it: this one does not.
     with gr.Blocks(title="PLADIS", analytics_enabled=False) as demo:
         gr.Markdown(INTRODUCTION + (TOY_NOTE if is_toy_model(loaded.model) else ""))
         with gr.Row():

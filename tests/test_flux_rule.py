@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attention.kernels import text_block as joint_text_block
+from attention.kernels import chunked
 from attention.kernels.reference import (
     reference_pladis_weights,
     reference_scores,
@@ -118,7 +118,7 @@ def test_zero_scale_and_empty_blocks_are_plain_sdpa():
 def test_query_chunks_do_not_change_the_result(monkeypatch):
     q, k, v = random_qkv(2, 2, 12 + 50, 16, seed=8)
     whole = text_block_pladis_attention(q, k, v, 12, 2.0)
-    monkeypatch.setattr(joint_text_block, "_CHUNK_ELEMENTS", 2 * 2 * 12 * 7)  # 7 image rows per chunk
+    monkeypatch.setattr(chunked, "TEXT_BLOCK_CHUNK", 2 * 2 * 12 * 7)  # 7 image rows per chunk
     torch.testing.assert_close(text_block_pladis_attention(q, k, v, 12, 2.0), whole, atol=1e-6, rtol=1e-6)
 
 

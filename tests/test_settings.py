@@ -66,7 +66,7 @@ class CheckCounter:
                 if getattr(module, name, None) is original:
                     monkeypatch.setattr(module, name, counting)
         rules = sys.modules["attention.integration.attention_calls"]
-        for seam in ("cross_attention_rule", "text_block_rule"):
+        for seam in ("pladis_scaled_dot_product_attention", "text_block_pladis_attention"):
             monkeypatch.setattr(rules, seam, self._counted_seam(getattr(rules, seam)))
 
     def _counting(self, name, original):

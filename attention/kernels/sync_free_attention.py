@@ -27,6 +27,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..settings import PLADISSettings
+from .dense_attention import dense_attention_and_log_normaliser
 from .masks import four_dims, mask_for_rows, row_values
 from .sorted_threshold import centred_rows, sorted_support_threshold
 from .sparse_maps import pladis_shift_, pladis_weights_
@@ -75,8 +77,6 @@ def _dense_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`(softmax(z)·V, logsumexp(z) or None)` from the fused SDPA kernel stock attention would run."""
-    from .text_block import dense_attention_and_log_normaliser  # (it imports this module)
-
     fused = dense_attention_and_log_normaliser(query, key, value, mask, scale)
     if fused is not None:
         return fused
@@ -146,12 +146,12 @@ def sync_free_pladis_attention(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
-    pladis_scale: float,
-    pladis_alpha: float,
+    settings: PLADISSettings,
     mask: torch.Tensor | None,
     scale: float,
 ) -> torch.Tensor:
     """`(softmax(z) + λ·(entmax_α(z) − softmax(z)))·V`, `z = scale·QKᵀ + mask` (additive), in `query`'s dtype."""
+    pladis_scale, pladis_alpha = settings.pladis_scale, settings.pladis_alpha
     if _power(pladis_alpha) is None:
         return _bisected_pladis_attention(query, key, value, pladis_scale, pladis_alpha, mask, scale)
     shape = (*query.shape[:-1], value.shape[-1])
@@ -184,8 +184,7 @@ def sync_free_text_block_correction_(
     value: torch.Tensor,
     text: slice,
     image: slice,
-    pladis_scale: float,
-    pladis_alpha: float,
+    settings: PLADISSettings,
     mask: torch.Tensor | None,
     scale: float,
     log_normaliser: torch.Tensor | None = None,
@@ -196,6 +195,7 @@ def sync_free_text_block_correction_(
 
     `softmax(z_txt)·V_txt` and its log-sum-exp come from a fused SDPA call over the text keys alone,
     so `m = exp(lse_txt − lse)`; the sparse half is one GEMM over the numerators, in float32."""
+    pladis_scale, pladis_alpha = settings.pladis_scale, settings.pladis_alpha
     if _power(pladis_alpha) is None:
         return _bisected_text_block_correction_(
             output, query, key, value, text, image, pladis_scale, pladis_alpha, mask, scale, log_normaliser, text_mass

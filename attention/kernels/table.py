@@ -1,9 +1,16 @@
-"""Which implementation computes PLADIS attention: the `PLADIS_KERNEL` environment variable.
+"""Which implementation computes a PLADIS rule: the one table of kernels, and the one choice both seams make.
 
-`auto` (default): the Triton kernels for CUDA tensors when Triton imports and the case is covered,
-else the sync-free `torch` path on GPUs and the fast chunked path on CPU. `triton`: the Triton
-kernels or a clear error (never a silent fallback). `torch`: the sync-free path on any device.
-The variable is read on every call, so it can be changed between calls.
+Each kernel is registered once in `KERNELS`, in order, with the functions computing the two rules and the rules
+of where it runs: `takes_over` (the only kernel for a case: the reference formulation when a call asks for it,
+the differentiable one when autograd records the call, the sync-free torch path inside `torch.compile`), `gap`
+(why it cannot run a case it is asked for) and `automatic` (`auto` takes the first kernel it holds for).
+`choose_kernel` takes the call's own choice (`PLADISSettings.kernel`, what the benchmark and tests set), else
+the user's `PLADIS_KERNEL`, read on every call, so it can change between calls:
+
+`auto` (default): the Triton kernels for CUDA tensors when Triton imports and the case is covered, else the
+sync-free `torch` path on GPUs and the chunked path on CPU. `triton`: the Triton kernels or a clear error
+(never a silent fallback). `torch`: the sync-free path on any device. Adding a kernel is adding a record here
+(and a parametrisation of `tests/test_kernel_paths.py`).
 """
 
 from __future__ import annotations
@@ -12,26 +19,51 @@ import functools
 import os
 import warnings
 from collections.abc import Callable
-from typing import TypeVar
+from dataclasses import dataclass
 
 import torch
 
+from ..settings import PLADISSettings
+from . import chunked, materialised, sync_free_attention
+
 KERNEL_VARIABLE = "PLADIS_KERNEL"
-KERNELS = ("auto", "triton", "torch")
-
-_failed_triton: set[str] = set()  # rules whose Triton kernel failed to compile under `auto` (warned once)
-T = TypeVar("T")
+AUTO = "auto"
+CROSS_ATTENTION, TEXT_BLOCK = "cross-attention", "text-block"  # the two rules (seams), as messages name them
 
 
-def requested_kernel() -> str:
-    """`PLADIS_KERNEL` as set (default `auto`); any other value raises a `ValueError` naming it."""
-    value = os.environ.get(KERNEL_VARIABLE, "auto").strip().lower() or "auto"
-    if value not in KERNELS:
-        raise ValueError(
-            f"{KERNEL_VARIABLE} must be one of {', '.join(KERNELS)} (auto picks Triton on CUDA when it can), "
-            f"got {os.environ[KERNEL_VARIABLE]!r}"
-        )
-    return value
+@dataclass(frozen=True)
+class KernelCase:
+    """One call of a seam as the choice sees it: the rule, the query, how many keys and how wide a value the kernel
+    reads, its additive mask over those keys, the call's settings, whether autograd records the call, and whether
+    the sequence is sharded across ranks (context parallelism: the joint correction runs over gathered text)."""
+
+    rule: str
+    query: torch.Tensor
+    keys: int
+    value_dim: int
+    mask: torch.Tensor | None
+    settings: PLADISSettings
+    autograd: bool = False
+    sharded: bool = False
+
+
+def _never(case: KernelCase) -> bool:
+    return False
+
+
+def _always(case: KernelCase) -> bool:
+    return True
+
+
+def _covers_every_case(case: KernelCase) -> str | None:
+    return None
+
+
+def _whole_sequences(case: KernelCase) -> str | None:
+    """The materialised kernels compute the joint rule whole, which context-parallel shards do not hold."""
+    if case.sharded and case.rule == TEXT_BLOCK:
+        return "it computes whole joint sequences, not context-parallel shards"
+    return None
 
 
 @functools.cache
@@ -47,66 +79,6 @@ def triton_available() -> bool:
 def interpreting() -> bool:
     """Whether Triton kernels run in Triton's CPU interpreter (`TRITON_INTERPRET=1`, tests)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def choose_kernel(rule: str, device: torch.device, uncovered: str | None) -> str:
-    """`"triton"`, `"torch"` or `"chunked"` (the CPU path) for one call of `rule` on `device`.
-
-    `uncovered` says why the Triton kernel cannot run this case (None when it can); an explicit
-    `PLADIS_KERNEL=triton` then raises, naming the variable and the reason.
-    """
-    requested = requested_kernel()
-    if torch.compiler.is_compiling():
-        return "torch"  # a compiled graph traces the sync-free ops; a Triton launch would break it
-    triton_device = device.type == "cuda" or (device.type == "cpu" and interpreting())
-    if requested == "triton":
-        reason = uncovered
-        if reason is None and not triton_available():
-            reason = "Triton is not installed"
-        if reason is None and not triton_device:
-            reason = f"tensors are on {device.type} (Triton needs CUDA, or TRITON_INTERPRET=1 on CPU)"
-        if reason is not None:
-            raise ValueError(
-                f"{KERNEL_VARIABLE}=triton cannot run the PLADIS {rule} kernel here: {reason}; "
-                f"use {KERNEL_VARIABLE}=auto or torch"
-            )
-        return "triton"
-    if requested == "torch":
-        return "torch"
-    if device.type == "cuda":
-        covered = uncovered is None and rule not in _failed_triton and triton_available()
-        return "triton" if covered else "torch"
-    return "chunked"
-
-
-def triton_compile_errors() -> tuple[type[Exception], ...]:
-    """The exceptions with which Triton says a kernel cannot be built for this GPU: a front-end
-    compilation error (`CompilationError`), more shared memory or threads than the card has
-    (`OutOfResources`), and `ptxas` failing (`PTXASError`) — the set Triton's own autotuner treats
-    as "this configuration does not compile here"."""
-    from triton.compiler.errors import CompilationError
-    from triton.runtime.errors import OutOfResources, PTXASError
-
-    return (CompilationError, OutOfResources, PTXASError)
-
-
-def run_triton(rule: str, kernel: Callable[[], T], fallback: Callable[[], T]) -> T:
-    """Run `kernel`; under `auto` a failure to compile it (`triton_compile_errors`) falls back to
-    `fallback`, warning once per process and rule. Anything else — out of memory, a launch or
-    runtime error — propagates, as does every error under an explicit `PLADIS_KERNEL=triton`."""
-    if requested_kernel() == "triton":
-        return kernel()
-    try:
-        return kernel()
-    except triton_compile_errors() as error:
-        _failed_triton.add(rule)
-        warnings.warn(
-            f"PLADIS: the Triton {rule} kernel does not compile for this GPU ({type(error).__name__}: {error}); "
-            f"using the sync-free torch path from now on. Set {KERNEL_VARIABLE}=torch to silence this.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return fallback()
 
 
 TRITON_MAX_KEYS = 512
@@ -129,3 +101,208 @@ def triton_gap(query: torch.Tensor, keys: int, value_dim: int, alpha: float, mas
     if mask is not None and mask.dim() > 4:
         return f"a {mask.dim()}-dim mask (the kernels cover up to 4)"
     return None
+
+
+def _triton_case_gap(case: KernelCase) -> str | None:
+    reason = triton_gap(case.query, case.keys, case.value_dim, case.settings.pladis_alpha, case.mask)
+    if reason is None and not triton_available():
+        reason = "Triton is not installed"
+    device = case.query.device
+    if reason is None and not (device.type == "cuda" or (device.type == "cpu" and interpreting())):
+        reason = f"tensors are on {device.type} (Triton needs CUDA, or TRITON_INTERPRET=1 on CPU)"
+    return reason
+
+
+_failed: set[tuple[str, str]] = set()  # (kernel, rule) that failed to compile under `auto` (warned once)
+
+
+def _triton_automatic(case: KernelCase) -> bool:
+    return case.query.device.type == "cuda" and ("triton", case.rule) not in _failed and _triton_case_gap(case) is None
+
+
+def triton_compile_errors() -> tuple[type[Exception], ...]:
+    """The exceptions with which Triton says a kernel cannot be built for this GPU: a front-end
+    compilation error (`CompilationError`), more shared memory or threads than the card has
+    (`OutOfResources`), and `ptxas` failing (`PTXASError`) — the set Triton's own autotuner treats
+    as "this configuration does not compile here"."""
+    from triton.compiler.errors import CompilationError
+    from triton.runtime.errors import OutOfResources, PTXASError
+
+    return (CompilationError, OutOfResources, PTXASError)
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One implementation of both PLADIS rules, and where it runs.
+
+    `cross_attention` and `text_block` are its functions (imported with this table, so a compiled graph never meets
+    an import; Triton's behind a function importing it on first use). The cross-attention function takes
+    `(query, key, value, settings, mask, scale)` (`mask` additive). A text-block function that `adds_to_dense` adds
+    the image rows' correction to the dense attention the seam computed, `(output, query, key, value, text, image,
+    settings, mask, scale, log_normaliser, text_mass)` (`mask` over the text columns); otherwise it computes the whole
+    joint rule, `(query, key, value, text, image, settings, attn_mask, mask, scale)`. Under `auto`, a failure in
+    `compile_errors` falls back to `fallback`.
+    """
+
+    name: str
+    description: str
+    cross_attention: Callable[..., torch.Tensor]
+    text_block: Callable[..., torch.Tensor]
+    adds_to_dense: bool = True
+    takes_over: Callable[[KernelCase], bool] = _never
+    gap: Callable[[KernelCase], str | None] = _covers_every_case
+    automatic: Callable[[KernelCase], bool] = _never
+    user_choice: bool = False  # a value of PLADIS_KERNEL
+    compile_errors: Callable[[], tuple[type[Exception], ...]] | None = None
+    fallback: str | None = None
+
+    def function(self, rule: str) -> Callable:
+        """The function computing `rule` (`CROSS_ATTENTION` or `TEXT_BLOCK`)."""
+        return self.cross_attention if rule == CROSS_ATTENTION else self.text_block
+
+
+def _triton_cross_attention(*arguments: object) -> torch.Tensor:
+    from .triton_kernels import triton_pladis_attention  # Triton is imported only where its kernels run
+
+    return triton_pladis_attention(*arguments)
+
+
+def _triton_text_block_correction_(*arguments: object) -> torch.Tensor:
+    from .triton_kernels import triton_text_block_correction_
+
+    return triton_text_block_correction_(*arguments)
+
+
+KERNELS: tuple[Kernel, ...] = (
+    Kernel(
+        "reference",
+        "reference formulation (materialised maps, the entmax package)",
+        materialised.reference_cross_attention,
+        materialised.reference_joint_text_block,
+        adds_to_dense=False,
+        takes_over=lambda case: case.settings.kernel == "reference",
+        gap=_whole_sequences,
+    ),
+    Kernel(
+        "autograd",
+        "differentiable materialised path",
+        materialised.autograd_pladis_attention,
+        materialised.autograd_text_block,
+        adds_to_dense=False,
+        takes_over=lambda case: case.autograd,  # the fast paths overwrite buffers autograd cannot follow
+        gap=_whole_sequences,
+    ),
+    Kernel(
+        "triton",
+        "Triton",
+        _triton_cross_attention,
+        _triton_text_block_correction_,
+        gap=_triton_case_gap,
+        automatic=_triton_automatic,
+        user_choice=True,
+        compile_errors=triton_compile_errors,
+        fallback="torch",
+    ),
+    Kernel(
+        "torch",
+        "sync-free torch path",
+        sync_free_attention.sync_free_pladis_attention,
+        sync_free_attention.sync_free_text_block_correction_,
+        takes_over=lambda case: torch.compiler.is_compiling(),  # a compiled graph traces it; a Triton launch breaks it
+        automatic=lambda case: case.query.device.type == "cuda",
+        user_choice=True,
+    ),
+    Kernel(
+        "chunked",
+        "chunked CPU path",
+        chunked.chunked_pladis_attention,
+        chunked.chunked_text_block_correction_,
+        automatic=_always,
+    ),
+)
+_BY_NAME = {kernel.name: kernel for kernel in KERNELS}
+USER_KERNELS = (AUTO, *(kernel.name for kernel in KERNELS if kernel.user_choice))  # what PLADIS_KERNEL accepts
+KERNEL_CHOICES = (AUTO, *_BY_NAME)  # what `PLADISSettings.kernel` accepts
+
+
+def check_kernel_choice(kernel: object) -> str:
+    """Validate a per-call kernel choice (`PLADISSettings.kernel`): one of `KERNEL_CHOICES`."""
+    if kernel not in KERNEL_CHOICES:
+        choices = ", ".join(KERNEL_CHOICES)
+        raise ValueError(f"kernel must be one of {choices} (or None: follow {KERNEL_VARIABLE}), got {kernel!r}")
+    return kernel
+
+
+def requested_kernel() -> str:
+    """`PLADIS_KERNEL` as set (default `auto`); any other value raises a `ValueError` naming it."""
+    value = os.environ.get(KERNEL_VARIABLE, AUTO).strip().lower() or AUTO
+    if value not in USER_KERNELS:
+        raise ValueError(
+            f"{KERNEL_VARIABLE} must be one of {', '.join(USER_KERNELS)} (auto picks Triton on CUDA when it can), "
+            f"got {os.environ[KERNEL_VARIABLE]!r}"
+        )
+    return value
+
+
+def kernel_requested(settings: PLADISSettings) -> str:
+    """The kernel a call asks for: its own choice (`settings.kernel`), else `PLADIS_KERNEL` (checked)."""
+    return settings.kernel or requested_kernel()
+
+
+def _asked_by(settings: PLADISSettings, kernel: str) -> str:
+    """Who asked for `kernel`, as an error message names it."""
+    if settings.kernel is not None:
+        return f"PLADISSettings(kernel={kernel!r})"
+    return f"{KERNEL_VARIABLE}={kernel}"
+
+
+def choose_kernel(case: KernelCase) -> Kernel:
+    """The kernel that computes `case`: one that takes it over, else the one asked for (a `ValueError` naming who
+    asked and why when it cannot run the case), else under `auto` the first whose `automatic` rule holds."""
+    for kernel in KERNELS:
+        if kernel.takes_over(case):
+            reason = kernel.gap(case)
+            if reason is not None:
+                raise ValueError(f"the PLADIS {case.rule} rule cannot run on the {kernel.description}: {reason}")
+            return kernel
+    requested = kernel_requested(case.settings)
+    if requested == AUTO:
+        return next(kernel for kernel in KERNELS if kernel.automatic(case))
+    kernel = _BY_NAME[requested]
+    reason = kernel.gap(case)
+    if reason is not None:
+        others = " or ".join(name for name in USER_KERNELS if name != requested)
+        advice = f"use {KERNEL_VARIABLE}={others}" if case.settings.kernel is None else "ask for kernel='auto'"
+        raise ValueError(
+            f"{_asked_by(case.settings, requested)} cannot run the PLADIS {case.rule} kernel here: {reason}; {advice}"
+        )
+    return kernel
+
+
+def run_kernel(kernel: Kernel, case: KernelCase, *arguments: object) -> torch.Tensor:
+    """`kernel`'s function for `case.rule` on `arguments`. Under `auto` a kernel's failure to compile
+    (`compile_errors`) falls back to its `fallback`, warning once per process and rule, and `auto` never picks it
+    for that rule again. Anything else — out of memory, a launch or runtime error — propagates, as does every error
+    of a kernel asked for by name."""
+    function = kernel.function(case.rule)
+    if kernel.compile_errors is None or kernel_requested(case.settings) == kernel.name:
+        return function(*arguments)
+    try:
+        return function(*arguments)
+    except kernel.compile_errors() as error:
+        fallback = _BY_NAME[kernel.fallback]
+        _failed.add((kernel.name, case.rule))
+        warnings.warn(
+            f"PLADIS: the {kernel.description} {case.rule} kernel does not compile for this GPU "
+            f"({type(error).__name__}: {error}); using the {fallback.description} from now on. "
+            f"Set {KERNEL_VARIABLE}={fallback.name} to silence this.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return run_kernel(fallback, case, *arguments)
+
+
+def needs_autograd(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd records this call (grad mode on and an input requiring grad): the fast
+    in-place paths cannot be recorded, so the `autograd` kernel takes the call over."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)

@@ -31,6 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..settings import PLADISSettings
 from .masks import four_dims
 from .table import interpreting
 
@@ -544,8 +545,7 @@ def triton_pladis_attention(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
-    pladis_scale: float,
-    pladis_alpha: float,
+    settings: PLADISSettings,
     mask: torch.Tensor | None,
     scale: float,
 ) -> torch.Tensor:
@@ -564,7 +564,7 @@ def triton_pladis_attention(
         value,
         query if mask is None else mask,
         output,
-        float(pladis_scale),
+        float(settings.pladis_scale),
         float(scale),
         *query.stride(),
         *key.stride(),
@@ -577,7 +577,7 @@ def triton_pladis_attention(
         head_dim,
         value_dim,
         HAS_MASK=mask is not None,
-        SPARSEMAX=pladis_alpha == 2.0,
+        SPARSEMAX=settings.pladis_alpha == 2.0,
         DOT=_dot_kind(query.dtype),
         **config,
     )
@@ -591,8 +591,7 @@ def triton_text_block_correction_(
     value: torch.Tensor,
     text: slice,
     image: slice,
-    pladis_scale: float,
-    pladis_alpha: float,
+    settings: PLADISSettings,
     mask: torch.Tensor | None,
     scale: float,
     log_normaliser: torch.Tensor | None = None,
@@ -617,7 +616,7 @@ def triton_text_block_correction_(
         query if mask is None else mask,
         output,
         row_values,
-        float(pladis_scale),
+        float(settings.pladis_scale),
         float(scale),
         *query.stride(),
         *key_text.stride(),
@@ -632,7 +631,7 @@ def triton_text_block_correction_(
         head_dim,
         value_dim,
         HAS_MASK=mask is not None,
-        SPARSEMAX=pladis_alpha == 2.0,
+        SPARSEMAX=settings.pladis_alpha == 2.0,
         DOT=_dot_kind(query.dtype),
         ROW_IS_LSE=log_normaliser is not None,
         **config,
