@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -106,7 +105,7 @@ def test_gpu_check_options_parse_and_skip_tests_needs_gpu_check(capsys):
                 benchmark.parse_args(bad)
             assert named in capsys.readouterr().err
     assert {case for case, _ in benchmark.GPU_CHECK_RUNS} == set(benchmark.CASES)
-    assert all(Path(benchmark.__file__).parent.parent.joinpath(path).is_file() for path in benchmark.GPU_CHECK_TESTS)
+    assert all(benchmark.REPO_ROOT.joinpath(path).is_file() for path in benchmark.GPU_CHECK_TESTS)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where no GPU is")
