@@ -17,15 +17,14 @@ from typing import Any
 
 # Only light modules at import time: the scripts build their options from `GUIDANCE_ARGUMENTS` before any
 # model work, so `--help` must not load torch or diffusers; the processor machinery is imported where used.
+from attention.perturbation.seg_sigma import SEG_INFINITE_BLUR, check_seg_blur_sigma
 from attention.settings import PLADISSettings
 from attention.validation import (
-    SEG_INFINITE_BLUR,
     check_applied_layers,
     check_flag,
     check_guidance_scale,
     check_pladis_alpha,
     check_pladis_scale,
-    check_seg_blur_sigma,
 )
 
 # The PLADIS pipelines, by their `--pipeline` names: what a row of the table says it is a keyword of.

@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from attention.kernels.kernel_calls import CrossAttentionCall, TextBlockCall
 from attention.kernels.reference import (
     reference_pladis_weights,
     reference_scores,
@@ -98,7 +99,7 @@ def test_triton_cross_attention_rounds_weights_and_output_as_the_gpu(dtype, alph
     query, key, value = _half_case(HALF[dtype])
     weights = reference_pladis_weights(reference_scores(query, key, scale=0.5, float64=True), 2.0, alpha)
     expected, scale = _gpu_output(weights, value, HALF[dtype])
-    ours = triton_pladis_attention(query, key, value, PLADISSettings(2.0, alpha), None, 0.5)
+    ours = triton_pladis_attention(CrossAttentionCall(query, key, value, PLADISSettings(2.0, alpha), None, 0.5))
     assert ours.dtype == HALF[dtype]
     _assert_within_ulps(ours, expected, scale, HALF[dtype], 1.0)
     # and the model tells the rounding modes apart: weights truncated instead land > 1 ulp away
@@ -119,18 +120,10 @@ def test_triton_text_block_adds_the_rounded_correction_as_the_gpu(dtype):
     weights = 2.0 * mass * (reference_sparse_map(text_scores, 1.5) - reference_softmax(text_scores))
     dense = torch.randn(1, 2, 101, 16, generator=torch.Generator().manual_seed(5)).to(HALF[dtype])
     expected, scale = _gpu_output(weights, value[..., text, :], HALF[dtype], base=dense[..., image, :])
-    ours = triton_text_block_correction_(
-        dense.clone(),
-        query,
-        key,
-        value,
-        text,
-        image,
-        PLADISSettings(2.0),
-        None,
-        0.5,
-        log_normaliser=log_normaliser.float(),
+    call = TextBlockCall(
+        query, key, value, text, image, PLADISSettings(2.0), None, None, 0.5, dense.clone(), log_normaliser.float()
     )
+    ours = triton_text_block_correction_(call)
     _assert_within_ulps(ours[..., image, :], expected, scale, HALF[dtype], 1.0)
     assert torch.equal(ours[..., text, :], dense[..., text, :])
 
@@ -146,6 +139,6 @@ def test_torch_path_rounds_sparse_weights_into_value_dtype_as_on_cuda(dtype):
     dense = (reference_softmax(scores) @ value.double()).to(HALF[dtype])
     numerators = mass * reference_sparse_map(scores, 1.5)
     expected, scale = _gpu_output(numerators, value, HALF[dtype], alpha=2.0 / mass, base=dense, beta=1.0 - 2.0)
-    ours = sync_free_pladis_attention(query, key, value, PLADISSettings(2.0), None, 0.5)
+    ours = sync_free_pladis_attention(CrossAttentionCall(query, key, value, PLADISSettings(2.0), None, 0.5))
     assert ours.dtype == HALF[dtype]
     _assert_within_ulps(ours, expected, scale, HALF[dtype], 2.0)

@@ -11,7 +11,8 @@ from diffusers.models.attention_processor import PAGCFGIdentitySelfAttnProcessor
 
 from attention import swapped_attn_processors
 from attention.perturbation.perturbed_calls import perturbed_layer_names
-from attention.validation import check_applied_layers, check_guidance_scale, check_seg_blur_sigma
+from attention.perturbation.seg_sigma import check_seg_blur_sigma
+from attention.validation import check_applied_layers, check_guidance_scale
 from pipeline.pipeline_sdxl_seg import PLADISStableDiffusionXLSEGPipeline
 from scripts.cli.assets import TINY_SDXL
 

@@ -165,7 +165,7 @@ def _raising(error: BaseException):
 def torch_path_calls(monkeypatch) -> list[int]:
     """The table's sync-free kernel with a cross-attention stub that records its calls and answers "torch result"."""
     calls = []
-    stub = replace(BY_NAME["torch"], cross_attention=lambda *arguments: calls.append(1) or "torch result")
+    stub = replace(BY_NAME["torch"], cross_attention=lambda call: calls.append(1) or "torch result")
     monkeypatch.setitem(kernel_table._BY_NAME, "torch", stub)
     return calls
 
@@ -175,7 +175,7 @@ def test_auto_falls_back_once_with_one_warning_when_the_kernel_fails_to_compile(
     monkeypatch.setenv("PLADIS_KERNEL", "auto")
     monkeypatch.setattr(triton_kernels, "triton_pladis_attention", _raising(_compile_errors()[failure]))
     with pytest.warns(RuntimeWarning, match="Triton cross-attention kernel does not compile"):
-        assert run_kernel(BY_NAME["triton"], _case()) == "torch result"
+        assert run_kernel(BY_NAME["triton"], _case(), None) == "torch result"
     assert _chosen() == "torch"  # not tried again in this process
     assert _chosen(rule=TEXT_BLOCK) == "triton"  # the other rule's kernel still is
     with warnings.catch_warnings():
@@ -200,7 +200,7 @@ def test_auto_lets_runtime_errors_through_and_keeps_triton(monkeypatch, error, t
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with pytest.raises(type(error), match=str(error)[:20]):
-            run_kernel(BY_NAME["triton"], _case())
+            run_kernel(BY_NAME["triton"], _case(), None)
     assert torch_path_calls == []
     assert _chosen() == "triton"
 
@@ -214,7 +214,7 @@ def test_explicit_triton_lets_a_compile_failure_through(monkeypatch, asked, torc
     else:
         case = _case(kernel="triton")
     with pytest.raises(type(_compile_errors()["out-of-resources"]), match="out of resource"):
-        run_kernel(BY_NAME["triton"], case)
+        run_kernel(BY_NAME["triton"], case, None)
     assert torch_path_calls == []
 
 
@@ -243,7 +243,7 @@ def test_the_settings_kernel_travels_from_apply_pladis_to_the_kernel(monkeypatch
     calls = []
     sync_free = BY_NAME["torch"]
     recording = replace(
-        sync_free, text_block=lambda *arguments: calls.append(arguments[6].kernel) or sync_free.text_block(*arguments)
+        sync_free, text_block=lambda call: calls.append(call.settings.kernel) or sync_free.text_block(call)
     )
     monkeypatch.setitem(kernel_table._BY_NAME, "torch", recording)
     monkeypatch.setattr(kernel_table, "KERNELS", tuple(recording if k is sync_free else k for k in KERNELS))

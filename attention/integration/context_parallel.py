@@ -32,6 +32,7 @@ from diffusers.models import attention_dispatch
 
 from ..kernels.cross_attention import pladis_scaled_dot_product_attention
 from ..kernels.dense_attention import dense_attention_and_log_normaliser
+from ..kernels.kernel_calls import TextBlockCall
 from ..kernels.masks import additive_mask
 from ..kernels.table import TEXT_BLOCK, KernelCase, choose_kernel, needs_autograd, run_kernel
 from ..kernels.text_block import joint_token_slices
@@ -291,18 +292,8 @@ def context_parallel_attention(
         key[..., text, :], value[..., text, :], None if mask is None else mask[..., text], config
     )
     case = KernelCase(TEXT_BLOCK, query, key_text.shape[-2], value.shape[-1], mask_text, layer.settings, sharded=True)
-    return run_kernel(
-        choose_kernel(case),
-        case,
-        output,
-        query,
-        key_text,
-        value_text,
-        slice(0, key_text.shape[-2]),
-        image,
-        layer.settings,
-        mask_text,
-        scale,
-        log_normaliser,
-        None,
+    text_keys = slice(0, key_text.shape[-2])
+    call = TextBlockCall(
+        query, key_text, value_text, text_keys, image, layer.settings, None, mask_text, scale, output, log_normaliser
     )
+    return run_kernel(choose_kernel(case), case, call)

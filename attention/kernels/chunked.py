@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..settings import PLADISSettings
+from .kernel_calls import CrossAttentionCall, TextBlockCall
 from .masks import mask_for_rows, row_values
 from .query_chunks import query_chunks
 from .sparse_maps import pladis_shift_, pladis_weights_
@@ -32,16 +32,10 @@ def _output_like(query: torch.Tensor, value_dim: int) -> torch.Tensor:
     return query.new_empty(shape, dtype=torch.float32)
 
 
-def chunked_pladis_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    settings: PLADISSettings,
-    mask: torch.Tensor | None,
-    scale: float,
-) -> torch.Tensor:
-    """The cross-attention rule `(softmax(z) + λ·(entmax_α(z) − softmax(z)))·V`, `z = scale·QKᵀ + mask`
-    (additive), in `query`'s dtype: float32 query chunks over one reused workspace, exact pass-solver thresholds."""
+def chunked_pladis_attention(call: CrossAttentionCall) -> torch.Tensor:
+    """The cross-attention rule in `query`'s dtype: float32 query chunks over one reused workspace, exact
+    pass-solver thresholds."""
+    query, key, value, settings, mask, scale = call.query, call.key, call.value, call.settings, call.mask, call.scale
     # K and V in float32 and contiguous once (K scaled once), so no chunk's matmul copies them again.
     key_t = key.float().mul(scale).contiguous().transpose(-1, -2)
     value_f = value.float().contiguous()
@@ -56,21 +50,11 @@ def chunked_pladis_attention(
     return output.to(query.dtype)
 
 
-def chunked_text_block_correction_(
-    output: torch.Tensor,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    text: slice,
-    image: slice,
-    settings: PLADISSettings,
-    mask: torch.Tensor | None,
-    scale: float,
-    log_normaliser: torch.Tensor | None = None,
-    text_mass: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Add `m·λ·(entmax_α(z_txt) − softmax(z_txt))·V_txt` to the image rows of the dense `output`, image-row
+def chunked_text_block_correction_(call: TextBlockCall) -> torch.Tensor:
+    """Add `m·λ·(entmax_α(z_txt) − softmax(z_txt))·V_txt` to the image rows of the dense `call.output`, image-row
     chunks over one reused workspace; `m` from the dense log-sum-exp (`log_normaliser`) or given (`text_mass`)."""
+    output, query, key, value, text, image = call.output, call.query, call.key, call.value, call.text, call.image
+    settings, mask, scale = call.settings, call.mask, call.scale
     # Text keys scaled once and contiguous, so no chunk's matmul scales or copies them again.
     key_text_t = key[..., text, :].float().mul(scale).contiguous().transpose(-1, -2)
     value_text = value[..., text, :].float().contiguous()
@@ -85,8 +69,8 @@ def chunked_text_block_correction_(
             settings.pladis_scale,
             settings.pladis_alpha,
             chunk.workspace,
-            log_normaliser=row_values(log_normaliser, chunk.rows),
-            text_mass=row_values(text_mass, chunk.rows),
+            log_normaliser=row_values(call.log_normaliser, chunk.rows),
+            text_mass=row_values(call.text_mass, chunk.rows),
         )
         output[..., chunk.rows, :].add_(torch.matmul(shift, value_text, out=chunk.product))
     return output

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..settings import PLADISSettings, settings_from
+from .kernel_calls import CrossAttentionCall
 from .masks import additive_mask
 from .table import CROSS_ATTENTION, KernelCase, choose_kernel, needs_autograd, run_kernel
 
@@ -37,4 +38,4 @@ def pladis_scaled_dot_product_attention(
     mask = additive_mask(attn_mask)
     autograd = needs_autograd(query, key, value, mask)
     case = KernelCase(CROSS_ATTENTION, query, key.shape[-2], value.shape[-1], mask, settings, autograd)
-    return run_kernel(choose_kernel(case), case, query, key, value, settings, mask, scale)
+    return run_kernel(choose_kernel(case), case, CrossAttentionCall(query, key, value, settings, mask, scale))

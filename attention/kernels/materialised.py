@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..settings import PLADISSettings
 from .dense_attention import dense_attention_and_text_mass
+from .kernel_calls import CrossAttentionCall, TextBlockCall
 from .masks import mask_for_rows
 from .reference import reference_pladis_sdpa, reference_text_block
 from .sparse_maps import differentiable_maps
@@ -29,76 +29,46 @@ def differentiable_score_maps(
     return differentiable_maps(scores if mask is None else scores + mask, alpha)
 
 
-def autograd_pladis_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    settings: PLADISSettings,
-    mask: torch.Tensor | None,
-    scale: float,
-) -> torch.Tensor:
-    """The cross-attention rule from materialised, differentiable maps (additive `mask`), in `query`'s dtype."""
-    dense, sparse = differentiable_score_maps(query, key, scale, mask, settings.pladis_alpha)
-    weights = dense + settings.pladis_scale * (sparse - dense)
-    return (weights @ value.to(weights.dtype)).to(query.dtype)
+def autograd_pladis_attention(call: CrossAttentionCall) -> torch.Tensor:
+    """The cross-attention rule from materialised, differentiable maps, in `query`'s dtype."""
+    dense, sparse = differentiable_score_maps(call.query, call.key, call.scale, call.mask, call.settings.pladis_alpha)
+    weights = dense + call.settings.pladis_scale * (sparse - dense)
+    return (weights @ call.value.to(weights.dtype)).to(call.query.dtype)
 
 
-def autograd_text_block(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    text: slice,
-    image: slice,
-    settings: PLADISSettings,
-    attn_mask: torch.Tensor | None,
-    mask: torch.Tensor | None,
-    scale: float,
-) -> torch.Tensor:
+def autograd_text_block(call: TextBlockCall) -> torch.Tensor:
     """The joint rule, differentiable: dense attention and text mass from one SDPA call, and the image rows'
-    correction from materialised maps (`mask`: additive, the text columns), added out of place."""
-    output, text_mass = dense_attention_and_text_mass(query, key, value, text, attn_mask, scale)
+    correction from materialised maps, added out of place."""
+    query, key, value, text, image = call.query, call.key, call.value, call.text, call.image
+    output, text_mass = dense_attention_and_text_mass(query, key, value, text, call.attn_mask, call.scale)
     dense, sparse = differentiable_score_maps(
-        query[..., image, :], key[..., text, :], scale, mask_for_rows(mask, image), settings.pladis_alpha
+        query[..., image, :], key[..., text, :], call.scale, mask_for_rows(call.mask, image), call.settings.pladis_alpha
     )
-    shift = text_mass[..., image, None].to(dense.dtype) * settings.pladis_scale * (sparse - dense)
+    shift = text_mass[..., image, None].to(dense.dtype) * call.settings.pladis_scale * (sparse - dense)
     correction = shift @ value[..., text, :].to(dense.dtype)
     # Zero rows for the text queries line the correction up with the joint sequence.
     padding = (0, 0, text.stop - text.start, 0) if text.start == 0 else (0, 0, 0, text.stop - text.start)
     return output + F.pad(correction, padding).to(output.dtype)
 
 
-def reference_cross_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    settings: PLADISSettings,
-    mask: torch.Tensor | None,
-    scale: float,
-) -> torch.Tensor:
+def reference_cross_attention(call: CrossAttentionCall) -> torch.Tensor:
     """The cross-attention rule by the reference formulation (`reference.reference_pladis_sdpa`)."""
-    return reference_pladis_sdpa(query, key, value, settings.pladis_scale, settings.pladis_alpha, mask, scale)
+    settings = call.settings
+    return reference_pladis_sdpa(
+        call.query, call.key, call.value, settings.pladis_scale, settings.pladis_alpha, call.mask, call.scale
+    )
 
 
-def reference_joint_text_block(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    text: slice,
-    image: slice,
-    settings: PLADISSettings,
-    attn_mask: torch.Tensor | None,
-    mask: torch.Tensor | None,
-    scale: float,
-) -> torch.Tensor:
+def reference_joint_text_block(call: TextBlockCall) -> torch.Tensor:
     """The joint rule by the reference formulation on the full (N × N) map (`reference.reference_text_block`)."""
     return reference_text_block(
-        query,
-        key,
-        value,
-        text.stop - text.start,
-        settings.pladis_scale,
-        settings.pladis_alpha,
-        text_first=text.start == 0,
-        attn_mask=attn_mask,
-        scale=scale,
+        call.query,
+        call.key,
+        call.value,
+        call.text.stop - call.text.start,
+        call.settings.pladis_scale,
+        call.settings.pladis_alpha,
+        text_first=call.text.start == 0,
+        attn_mask=call.attn_mask,
+        scale=call.scale,
     )

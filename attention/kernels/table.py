@@ -25,6 +25,7 @@ import torch
 
 from ..settings import PLADISSettings
 from . import chunked, materialised, sync_free_attention
+from .kernel_calls import CrossAttentionCall, TextBlockCall
 
 KERNEL_VARIABLE = "PLADIS_KERNEL"
 AUTO = "auto"
@@ -136,12 +137,10 @@ class Kernel:
     """One implementation of both PLADIS rules, and where it runs.
 
     `cross_attention` and `text_block` are its functions (imported with this table, so a compiled graph never meets
-    an import; Triton's behind a function importing it on first use). The cross-attention function takes
-    `(query, key, value, settings, mask, scale)` (`mask` additive). A text-block function that `adds_to_dense` adds
-    the image rows' correction to the dense attention the seam computed, `(output, query, key, value, text, image,
-    settings, mask, scale, log_normaliser, text_mass)` (`mask` over the text columns); otherwise it computes the whole
-    joint rule, `(query, key, value, text, image, settings, attn_mask, mask, scale)`. Under `auto`, a failure in
-    `compile_errors` falls back to `fallback`.
+    an import; Triton's behind a function importing it on first use), each of one call object (`kernel_calls`): a
+    `CrossAttentionCall`, and a `TextBlockCall` whose `output` is the dense attention the seam computed when the
+    kernel `adds_to_dense` the image rows' correction (otherwise the kernel computes the whole joint rule). Under
+    `auto`, a failure in `compile_errors` falls back to `fallback`.
     """
 
     name: str
@@ -161,16 +160,16 @@ class Kernel:
         return self.cross_attention if rule == CROSS_ATTENTION else self.text_block
 
 
-def _triton_cross_attention(*arguments: object) -> torch.Tensor:
+def _triton_cross_attention(call: CrossAttentionCall) -> torch.Tensor:
     from .triton_kernels import triton_pladis_attention  # Triton is imported only where its kernels run
 
-    return triton_pladis_attention(*arguments)
+    return triton_pladis_attention(call)
 
 
-def _triton_text_block_correction_(*arguments: object) -> torch.Tensor:
+def _triton_text_block_correction_(call: TextBlockCall) -> torch.Tensor:
     from .triton_kernels import triton_text_block_correction_
 
-    return triton_text_block_correction_(*arguments)
+    return triton_text_block_correction_(call)
 
 
 KERNELS: tuple[Kernel, ...] = (
@@ -279,16 +278,16 @@ def choose_kernel(case: KernelCase) -> Kernel:
     return kernel
 
 
-def run_kernel(kernel: Kernel, case: KernelCase, *arguments: object) -> torch.Tensor:
-    """`kernel`'s function for `case.rule` on `arguments`. Under `auto` a kernel's failure to compile
+def run_kernel(kernel: Kernel, case: KernelCase, call: CrossAttentionCall | TextBlockCall) -> torch.Tensor:
+    """`kernel`'s function for `case.rule` on `call`. Under `auto` a kernel's failure to compile
     (`compile_errors`) falls back to its `fallback`, warning once per process and rule, and `auto` never picks it
     for that rule again. Anything else — out of memory, a launch or runtime error — propagates, as does every error
     of a kernel asked for by name."""
     function = kernel.function(case.rule)
     if kernel.compile_errors is None or kernel_requested(case.settings) == kernel.name:
-        return function(*arguments)
+        return function(call)
     try:
-        return function(*arguments)
+        return function(call)
     except kernel.compile_errors() as error:
         fallback = _BY_NAME[kernel.fallback]
         _failed.add((kernel.name, case.rule))
@@ -299,7 +298,7 @@ def run_kernel(kernel: Kernel, case: KernelCase, *arguments: object) -> torch.Te
             RuntimeWarning,
             stacklevel=3,
         )
-        return run_kernel(fallback, case, *arguments)
+        return run_kernel(fallback, case, call)
 
 
 def needs_autograd(*tensors: torch.Tensor | None) -> bool:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..settings import PLADISSettings, settings_from
 from .dense_attention import dense_part
+from .kernel_calls import TextBlockCall
 from .masks import additive_mask
 from .table import TEXT_BLOCK, KernelCase, choose_kernel, needs_autograd, run_kernel
 
@@ -74,9 +75,7 @@ def text_block_pladis_attention(
     autograd = needs_autograd(query, key, value, mask)
     case = KernelCase(TEXT_BLOCK, query, text.stop - text.start, value.shape[-1], mask, settings, autograd)
     kernel = choose_kernel(case)
-    if not kernel.adds_to_dense:
-        return run_kernel(kernel, case, query, key, value, text, image, settings, attn_mask, mask, scale)
-    output, log_normaliser, text_mass = dense_part(query, key, value, text, attn_mask, scale)
+    dense = dense_part(query, key, value, text, attn_mask, scale) if kernel.adds_to_dense else (None, None, None)
     return run_kernel(
-        kernel, case, output, query, key, value, text, image, settings, mask, scale, log_normaliser, text_mass
+        kernel, case, TextBlockCall(query, key, value, text, image, settings, attn_mask, mask, scale, *dense)
     )

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
 from ..integration.attn_processor_parts import unet_attention_heads, unet_attention_output
-from ..validation import check_seg_blur_sigma
 from .seg_blur import gaussian_blur_tokens, token_grid
+from .seg_sigma import check_seg_blur_sigma
 
 
 @dataclass

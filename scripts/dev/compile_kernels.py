@@ -44,6 +44,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from attention.kernels import triton_kernels
+from attention.kernels.kernel_calls import CrossAttentionCall, TextBlockCall
 from attention.settings import PLADISSettings
 from scripts.cli.parsers import command_parser
 
@@ -115,9 +116,9 @@ def _launch_arguments(
     triton_kernels._launch_config = lambda *shape: choose(*shape[:3], divmod(arch, 10), **overrides)
     try:
         if rule == "cross-attention":
-            triton_kernels.triton_pladis_attention(
-                tokens(queries), tokens(keys), tokens(keys), PLADISSettings(2.0, alpha), mask, head_dim**-0.5
-            )
+            settings = PLADISSettings(2.0, alpha)
+            call = CrossAttentionCall(tokens(queries), tokens(keys), tokens(keys), settings, mask, head_dim**-0.5)
+            triton_kernels.triton_pladis_attention(call)
         else:
             joint = queries + keys
             query, key, value = tokens(joint), tokens(joint), tokens(joint)
@@ -125,19 +126,12 @@ def _launch_arguments(
             text_mass = torch.empty(batch, heads, joint, device="meta") if masked else None
             text, image = slice(0, keys), slice(keys, joint)
             mask = None if mask is None else mask.expand(batch, 1, joint, keys)
-            triton_kernels.triton_text_block_correction_(
-                tokens(joint),
-                query,
-                key,
-                value,
-                text,
-                image,
-                PLADISSettings(2.0, alpha),
-                mask,
-                head_dim**-0.5,
-                log_normaliser,
-                text_mass,
+            settings = PLADISSettings(2.0, alpha)
+            output = tokens(joint)
+            call = TextBlockCall(
+                query, key, value, text, image, settings, None, mask, head_dim**-0.5, output, log_normaliser, text_mass
             )
+            triton_kernels.triton_text_block_correction_(call)
     finally:
         setattr(triton_kernels, name, recorder.kernel)
         triton_kernels._launch_config = choose
