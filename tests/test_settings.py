@@ -15,9 +15,12 @@ import attention.validation
 from attention import (
     PLADISAttnProcessor,
     apply_pladis,
+    pladis_processors,
     pladis_scaled_dot_product_attention,
+    pladis_weights,
     text_block_pladis_attention,
 )
+from attention.integration.install import settings_in_context
 from attention.settings import PLADISSettings
 from pipeline.pipeline_flux_pladis import PLADISFluxPipeline
 from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
@@ -133,3 +136,21 @@ def test_the_public_seams_check_once_per_call(counter):
     pladis_scaled_dot_product_attention(q, q, q, 2.0)
     text_block_pladis_attention(q, q, q, 2, 2.0)
     assert counter.checks == {"check_pladis_scale": 2, "check_pladis_alpha": 2}
+
+
+def test_every_public_entry_taking_lambda_takes_the_settings_object_in_its_place(tiny_sdxl_path):
+    """One settings object end to end: what λ/α give, a `PLADISSettings` gives, and it is passed on as it is."""
+    settings = PLADISSettings(2.0, 1.75)
+    q, k, v = (torch.randn(1, 2, 30, 8, generator=torch.Generator().manual_seed(n)) for n in range(3))
+    assert torch.equal(pladis_weights(q @ k.mT, settings), pladis_weights(q @ k.mT, 2.0, 1.75))
+    assert torch.equal(
+        pladis_scaled_dot_product_attention(q, k, v, settings), pladis_scaled_dot_product_attention(q, k, v, 2.0, 1.75)
+    )
+    assert torch.equal(
+        text_block_pladis_attention(q, k, v, 9, settings), text_block_pladis_attention(q, k, v, 9, 2.0, 1.75)
+    )
+    assert PLADISAttnProcessor(settings)._fixed.settings is settings
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_path, local_files_only=True)
+    assert all(p._fixed.settings is settings for p in pladis_processors(pipe.unet, settings).values())
+    with apply_pladis(pipe, settings):
+        assert settings_in_context(pipe) is settings
