@@ -97,7 +97,7 @@ def test_scale_zero_equals_sdpa():
 def test_query_chunking_does_not_change_the_result(monkeypatch):
     q, k, v = (torch.randn(1, 2, n, 8, generator=torch.Generator().manual_seed(n)) for n in (300, 40, 40))
     whole = pladis_scaled_dot_product_attention(q, k, v, 2.0)
-    monkeypatch.setattr("attention.kernels.cross_attention._CHUNK_ELEMENTS", 2 * 40 * 7)  # 7 query rows per chunk
+    monkeypatch.setattr("attention.kernels.chunked.CROSS_ATTENTION_CHUNK", 2 * 40 * 7)  # 7 query rows per chunk
     torch.testing.assert_close(pladis_scaled_dot_product_attention(q, k, v, 2.0), whole)
 
 
