@@ -42,10 +42,6 @@ def test_text_attention_names_come_from_the_config_alone():
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["--pladis-start", "0.8", "--pladis-stop", "0.2"], "--pladis-start and --pladis-stop must satisfy"),
-        (["--pladis-stop", "1.5"], "--pladis-start=0.0, --pladis-stop=1.5"),
-        (["--pladis-layers", "midd"], "--pladis-layers: 'midd' matches no text-attention layer"),
-        (["--pladis-layers", "mid,down_blocks.0"], "'down_blocks.0' matches no text-attention layer"),
         (["--windows", "0:2"], "--windows start and stop must satisfy"),
         (["--windows", "0-1"], "--windows: expected start:stop pairs"),
         (["--layer-sets", "mid;;up_blocks"], "--layer-sets: expected ';'-separated sets"),

@@ -145,7 +145,6 @@ def test_guidance_options_a_pipeline_does_not_take_are_refused(capsys):
 @pytest.mark.parametrize(
     "argument,named",
     [
-        (["--scales", "0,-1"], "pladis_scale"),
         (["--scales", "a,b"], "--scales"),
         (["--timesteps", "999", "--steps", "2"], "--steps"),
         (["--preprocess", "canny"], "--control-image"),

@@ -39,18 +39,11 @@ def test_compare_runs_as_a_module_from_another_folder(tmp_path):
     assert Image.open(out).size[0] >= 2 * 64
 
 
-@pytest.mark.parametrize(
-    "argument,named",
-    [
-        (["--pladis-scale", "-1"], "pladis_scale"),
-        (["--pladis-alpha", "3"], "pladis_alpha"),
-        (["--steps", "0"], "--steps"),
-    ],
-)
-def test_compare_rejects_bad_options(argument, named, capsys):
+def test_compare_rejects_bad_options(capsys):
+    """(λ and α on the command line: tests/test_bad_values.py.)"""
     with pytest.raises(SystemExit):
-        compare.parse_args(argument)
-    assert named in capsys.readouterr().err
+        compare.parse_args(["--steps", "0"])
+    assert "--steps" in capsys.readouterr().err
 
 
 def test_auto_pipeline_loads_the_stock_class_and_gives_the_pladis_pipelines_grid(tmp_path):

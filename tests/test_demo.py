@@ -123,7 +123,7 @@ def test_compare_endpoint_names_prompt_scale_and_seed_first_and_defaults_the_res
 
 def test_the_step_window_and_layers_reach_pladis_through_the_api(served):
     """A window with no step in it is the stock image; a half window or one layer group is PLADIS on part of the
-    run only (other images); an unknown layer id or a reversed window gets the command line's message."""
+    run only (other images). (A bad value's refusal: tests/test_bad_values.py, through the requests' checks.)"""
     without, pladis = compare_via_api(served, prompt=TOY_PROMPT, pladis_scale=2.0)
     empty = compare_via_api(served, prompt=TOY_PROMPT, pladis_scale=2.0, pladis_start=0.5, pladis_stop=0.5)
     np.testing.assert_array_equal(*empty)
@@ -132,10 +132,6 @@ def test_the_step_window_and_layers_reach_pladis_through_the_api(served):
         half_without, half_pladis = compare_via_api(served, prompt=TOY_PROMPT, pladis_scale=2.0, **partial)
         np.testing.assert_array_equal(half_without, without)
         assert np.abs(half_pladis - without).max() > 0 and np.abs(half_pladis - pladis).max() > 0, partial
-    with pytest.raises(AppError, match="--pladis-layers.*nowhere"):
-        compare_via_api(served, prompt=TOY_PROMPT, pladis_scale=2.0, pladis_layers="nowhere")
-    with pytest.raises(AppError, match="--pladis-start.*--pladis-stop"):
-        compare_via_api(served, prompt=TOY_PROMPT, pladis_scale=2.0, pladis_start=0.8, pladis_stop=0.2)
 
 
 def test_bad_input_gets_the_command_lines_message_and_leaves_the_demo_usable(served, capsys):
@@ -159,8 +155,6 @@ def test_the_page_checks_the_sweep_and_map_words_before_generating(served):
         requests.check(**page, scales="0,x", maps=False, tokens="")
     with pytest.raises(gr.Error, match=r"none of --tokens \['zebra'\] is a token of the prompt"):
         requests.check(**page, scales="", maps=True, tokens="zebra")
-    with pytest.raises(gr.Error, match=r"pladis_alpha"):  # what the API's choices allow, the CLI's check refuses
-        requests.check(**{**page, "pladis_alpha": 3.0}, scales="", maps=False, tokens="")
     requests.check(**page, scales="0, 1.5", maps=True, tokens="red circle")
 
 

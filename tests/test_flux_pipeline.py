@@ -212,15 +212,6 @@ def test_bfloat16_pipeline_is_finite(fresh_pipe):
     assert (boosted - plain).abs().max() > 1e-2
 
 
-def test_bad_single_blocks_flag_is_rejected_before_any_change(pipe):
-    before = processors_by_name(pipe.transformer)
-    with pytest.raises(TypeError, match="pladis_single_blocks"):
-        run_flux(pipe, pladis_scale=2.0, pladis_single_blocks="yes")
-    with pytest.raises(ValueError, match="pladis_scale"):
-        run_flux(pipe, pladis_scale=-1.0)
-    assert same_processor_objects(pipe.transformer, before)
-
-
 def test_single_blocks_option_on_a_unet_pipeline_raises():
     sdxl = StableDiffusionXLPipeline.from_pretrained(TINY_SDXL, local_files_only=True)
     with pytest.raises(ValueError, match="single-stream"):
