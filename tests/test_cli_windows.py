@@ -75,6 +75,7 @@ def image_of(pipe, **pladis) -> np.ndarray:
     return np.asarray(image)
 
 
+@pytest.mark.slow  # command-line runs
 @pytest.mark.parametrize(
     "sweep,panel_arguments,labels",
     [
@@ -112,6 +113,7 @@ def test_window_and_layer_sweeps_make_one_panel_each_and_replay_from_their_json(
     np.testing.assert_array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(path)))
 
 
+@pytest.mark.slow
 def test_window_and_layers_options_apply_to_every_panel_of_a_scale_sweep(stock, tmp_path):
     path = compare.main(
         [
@@ -137,6 +139,7 @@ def test_window_and_layers_options_apply_to_every_panel_of_a_scale_sweep(stock, 
     np.testing.assert_array_equal(panel, image_of(stock, pladis_start=0.5, pladis_layers=["mid", "up_blocks.0"]))
 
 
+@pytest.mark.slow  # command-line runs
 @pytest.mark.parametrize("pipeline", ["sdxl", "auto"])
 def test_attention_maps_generate_with_the_window_and_layers(stock, pipeline):
     """attention_maps.py: the image is the one apply_pladis gives with the options' window and layers (the
@@ -166,6 +169,7 @@ def test_attention_maps_generate_with_the_window_and_layers(stock, pipeline):
     assert store.counts  # the maps were recorded
 
 
+@pytest.mark.slow  # command-line run
 def test_a_pladis_pipeline_gets_the_panels_window_and_layers_as_call_keywords(stock, tmp_path):
     """--pipeline sdxl (a PLADIS pipeline): the same panels as the stock pipeline under apply_pladis."""
     path = compare.main(

@@ -180,6 +180,7 @@ def test_apply_pladis_on_stock_pipeline_matches_subclass(pipe, stock):
     np.testing.assert_array_equal(via_context, run_flux(pipe, pladis_scale=2.0, pladis_single_blocks=True))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fuse", [False, True])
 def test_lora_combines_with_pladis(fresh_pipe, fresh_stock, fuse):
     pipe, stock = fresh_pipe, fresh_stock

@@ -71,6 +71,7 @@ def counter(monkeypatch):
     return CheckCounter(monkeypatch)
 
 
+@pytest.mark.slow  # per pipeline
 @pytest.mark.parametrize(
     "pipeline_class,path,kwargs",
     [
