@@ -127,7 +127,7 @@ def gather_text(
     key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, config: object
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Every rank's text keys and values ((B, H, L, D) shards, one collective) and additive key mask: what
-    each rank receives beyond diffusers' own attention (`scripts/context_parallel_cost.py` times it)."""
+    each rank receives beyond diffusers' own attention (`scripts/dev/context_parallel_cost.py` times it)."""
     gathered = _gather_tokens(torch.cat([key, value], dim=-1), -2, config)
     key, value = gathered.split([key.shape[-1], value.shape[-1]], dim=-1)
     return key, value, None if mask is None else _gather_tokens(mask, -1, config)

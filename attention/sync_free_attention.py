@@ -16,7 +16,7 @@ chunks sized for GPU memory (one chunk for SDXL and FLUX at 1024²), and for α 
   (`baddbmm_`), in the processors' (B, N, H, D) memory.
 
 Every full-size tensor is written once or twice (about 27 score-sized passes for SDXL's 4096-query
-call, counted by `scripts/dispatch_counter.py`), and no op reads a tensor back to the host. Other α
+call, counted by `scripts/dev/dispatch_counter.py`), and no op reads a tensor back to the host. Other α
 take `sparse_maps`' fixed bisection on materialised weights.
 """
 

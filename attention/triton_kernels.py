@@ -10,7 +10,7 @@ Rows of ≤ 128 keys (SDXL's 77) stay in registers from the product to the end, 
 program of one warpgroup. Longer rows (FLUX's 512 text keys) go by blocks of 128 keys whose scores
 the tensor cores recompute at every threshold pass, 128 query rows per program (64 before sm_90):
 no program holds more than one block of scores, so nothing spills, and K/V are read per 128 rows.
-The tile sizes come from the SASS instruction model of `scripts/compile_kernels.py`
+The tile sizes come from the SASS instruction model of `scripts/dev/compile_kernels.py`
 (`_launch_config`; the numbers are in docs/PERFORMANCE.md).
 
 - `triton_pladis_attention`: the cross-attention rule, `(softmax + λ·(entmax − softmax))·V`.
@@ -507,7 +507,7 @@ def _launch_config(
     warps: int | None = None,
     key_block: int = 128,
 ) -> dict:
-    """Tile sizes per key count and card, chosen by the instruction model of `scripts/compile_kernels.py`
+    """Tile sizes per key count and card, chosen by the instruction model of `scripts/dev/compile_kernels.py`
     (SASS counted for sm_80 and sm_90, see docs/PERFORMANCE.md): rows of ≤ 128 keys stay in registers,
     in programs of 64 query rows × 4 warps (one warpgroup: every row reduction stays inside a warp);
     longer rows go by blocks of 128 keys recomputed at every pass (one block of scores per thread at

@@ -18,6 +18,7 @@ from attention.validation import check_pladis_scale
 from scripts.cli import checks
 from scripts.cli.assets import model_source
 from scripts.cli.captions import run_caption
+from scripts.cli.grid import grid_font, save_grid
 from scripts.cli.options import (
     add_generation_options,
     add_model_options,
@@ -29,7 +30,6 @@ from scripts.cli.options import (
 )
 from scripts.cli.parsers import command_parser
 from scripts.cli.records import run_settings, write_json
-from scripts.grid import grid_font, save_grid
 
 if TYPE_CHECKING:
     import torch

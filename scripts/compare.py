@@ -1,7 +1,7 @@
 """Generate one prompt from the same seed at several PLADIS settings and write one labelled grid plus its settings.
 
 With no arguments it compares λ = 0 and 2 on the embedded toy SDXL model (`asset/toy-sdxl`, trained on coloured
-shapes by `train_toy.py`) on CPU in seconds; `--pipeline sdxl|sdxl-seg|controlnet|flux`, `--model` and
+shapes by `scripts/toy/train.py`) on CPU in seconds; `--pipeline sdxl|sdxl-seg|controlnet|flux`, `--model` and
 `--scales 0,1,1.5,2` choose the real job; `--windows 0:0.5,0.5:1` or `--layer-sets "mid;up_blocks"` sweep the step
 window or the layers at `--pladis-scale` instead. `--pipeline auto --model <folder or hub id>` loads any pipeline
 of a supported family with `DiffusionPipeline.from_pretrained` (its stock class) and switches PLADIS on with
@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from attention.validation import check_pladis_scale, check_pladis_window
 from scripts.cli import checks
 from scripts.cli.captions import method_of, run_caption, scale_label
+from scripts.cli.grid import save_grid
 from scripts.cli.options import (
     add_generation_options,
     add_model_options,
@@ -35,7 +36,6 @@ from scripts.cli.options import (
 from scripts.cli.parsers import command_parser
 from scripts.cli.records import run_settings, write_json
 from scripts.cli.registry import call_parameters, pladis_arguments
-from scripts.grid import save_grid
 
 
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:

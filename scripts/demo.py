@@ -40,10 +40,10 @@ from attention.attention_maps import LAYER_GROUPS
 from scripts import compare
 from scripts.attention_maps import TOY_TOKENS, chosen_tokens, map_panels, recorded_generation
 from scripts.cli.assets import TOY_PROMPT, is_toy_model
+from scripts.cli.grid import labelled_grid
 from scripts.cli.loading import call_options, image_size, load_pipeline
 from scripts.cli.options import RaisingParser, comma_words, command_line, parse_scales, parse_with_settings
 from scripts.cli.records import run_settings, write_json
-from scripts.grid import labelled_grid
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read by Gradio when it sends telemetry: off unless asked
 try:

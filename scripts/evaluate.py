@@ -5,8 +5,8 @@ It prints one table row per folder (e.g. without and with PLADIS, as in the pape
 model or weights are not available (not downloaded, HF_HUB_OFFLINE=1, a package missing) reads "n/a" with the
 reason, and FID is named after the features it used. Folders `generate` made on the trained toy
 (`asset/toy-sdxl`, its default model) from toy captions are scored offline by the toy scorer
-(`scripts/toy_scorer.py`: colour, shape, object, image accuracy). `--toy` instead generates and scores the toy's
-whole evaluation grid (`scripts/toy_eval.py`; every option after `--toy` is that script's).
+(`scripts/toy/scorer.py`: colour, shape, object, image accuracy). `--toy` instead generates and scores the toy's
+whole evaluation grid (`scripts/toy/evaluate.py`; every option after `--toy` is that script's).
 """
 
 from __future__ import annotations
@@ -268,7 +268,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--toy",
         action="store_true",
-        help="generate and score the embedded toy model's evaluation grid instead (scripts/toy_eval.py, no "
+        help="generate and score the embedded toy model's evaluation grid instead (scripts/toy/evaluate.py, no "
         "folders): every option after --toy is that script's (see pladis-evaluate --toy --help)",
     )
     parser.add_argument(
@@ -354,7 +354,7 @@ TOY_METRICS = {
     "toy_colour": "toy scorer: share of the two objects with the prompted colour on the prompted side",
     "toy_shape": "toy scorer: share of the two objects with the prompted shape on the prompted side",
     "toy_object": "toy scorer: share of the two objects right in colour and shape",
-    "toy_image": "toy scorer: share of images with both objects right (scripts/toy_scorer.py, no learned weights)",
+    "toy_image": "toy scorer: share of images with both objects right (scripts/toy/scorer.py, no learned weights)",
 }
 
 
@@ -362,7 +362,7 @@ def toy_scenes(prompts: Sequence[str], folders: Sequence[Path]) -> list | str | 
     """The toy scenes the prompts ask for, when the toy scorer can read these folders: every prompt a two-object
     toy caption. Otherwise the reason (a string) when the folders look like a toy run (a prompt is a toy
     caption, or generate.py recorded the toy model), else None (the scorer does not apply)."""
-    from scripts.toy_scorer import scene_of_caption
+    from scripts.toy.scorer import scene_of_caption
 
     scenes, problem = [], None
     for index, prompt in enumerate(prompts):
@@ -398,7 +398,7 @@ def _made_by_the_toy(folders: Sequence[Path]) -> bool:
 
 def toy_scores(scenes: Sequence, images: Sequence[Image.Image]) -> dict[str, list[float]]:
     """Per-image toy accuracies (`TOY_METRICS`) of `images` against the scenes their prompts asked for."""
-    from scripts.toy_eval import score_images
+    from scripts.toy.evaluate import score_images
 
     return {f"toy_{metric}": values for metric, values in score_images(list(images), list(scenes)).items()}
 
@@ -544,10 +544,10 @@ def format_table(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     """Print the table (and write `--json`); return the results. `--toy [options]` runs the toy evaluation
-    instead (`scripts/toy_eval.py`: generation and the toy scorer, no downloaded models), wherever it stands."""
+    instead (`scripts/toy/evaluate.py`: generation and the toy scorer, no downloaded models), wherever it stands."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--toy" in argv:
-        from scripts.toy_eval import main as toy_main
+        from scripts.toy.evaluate import main as toy_main
 
         return toy_main([item for item in argv if item != "--toy"])
     args = parse_args(argv)

@@ -22,7 +22,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.overrides import TorchFunctionMode
 
 from attention.sdpa_backend import CUDNN, EFFICIENT, FLASH, stock_sdpa_backend
-from scripts.dispatch_counter import DispatchCount, count_dispatch
+from scripts.dev.dispatch_counter import DispatchCount, count_dispatch
 
 CARDS = {
     (7, 0): "V100",

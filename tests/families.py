@@ -1,7 +1,7 @@
 """The tiny pipelines of each model family PLADIS supports, and how the model and compatibility tests run them.
 
 Every pipeline is built in memory from config (random weights, the real diffusers classes) by
-`scripts/build_tiny_assets.py`; these helpers add the per-family call options and a way to see which
+`scripts/dev/build_tiny_assets.py`; these helpers add the per-family call options and a way to see which
 processors were in place while the denoiser ran.
 """
 
@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from scripts.build_tiny_assets import build_tiny_pixart_sigma, build_tiny_sana, build_tiny_sd, build_tiny_sd3
+from scripts.dev.build_tiny_assets import build_tiny_pixart_sigma, build_tiny_sana, build_tiny_sd, build_tiny_sd3
 from tests.tiny import run_pipe
 
 BUILDERS: dict[str, Callable[[], object]] = {

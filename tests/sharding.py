@@ -1,6 +1,6 @@
 """A pytest plugin: `--shard i/n` runs only the i-th of n contiguous slices of the collected tests.
 
-The GPU check (`python -m scripts.benchmark --gpu-check`) runs its device tests as n such processes at
+The GPU check (`python -m scripts.dev.benchmark --gpu-check`) runs its device tests as n such processes at
 once, so their cold Triton compiles (one per kernel specialisation, seconds each) overlap on the CPU
 cores. Load it with `-p tests.sharding`.
 """

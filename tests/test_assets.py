@@ -1,5 +1,5 @@
 """The tiny assets load offline with `from_pretrained`, round-trip through `save_pretrained`, and
-are exactly what `scripts/build_tiny_assets.py` regenerates."""
+are exactly what `scripts/dev/build_tiny_assets.py` regenerates."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
-from scripts.build_tiny_assets import build_tiny_sdxl
+from scripts.dev.build_tiny_assets import build_tiny_sdxl
 from tests.tiny import run_pipe
 
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -11,7 +10,7 @@ import torch
 
 from attention import pladis_scaled_dot_product_attention, text_block_pladis_attention
 from attention.reference import computing_reference, reference_pladis_sdpa, reference_text_block
-from scripts import benchmark
+from scripts.dev import benchmark
 
 
 @pytest.mark.parametrize("alpha", [1.5, 2.0])
@@ -106,7 +105,7 @@ def test_gpu_check_options_parse_and_skip_tests_needs_gpu_check(capsys):
                 benchmark.parse_args(bad)
             assert named in capsys.readouterr().err
     assert {case for case, _ in benchmark.GPU_CHECK_RUNS} == set(benchmark.CASES)
-    assert all(Path(benchmark.__file__).parent.parent.joinpath(path).is_file() for path in benchmark.GPU_CHECK_TESTS)
+    assert all(benchmark.REPO_ROOT.joinpath(path).is_file() for path in benchmark.GPU_CHECK_TESTS)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where no GPU is")
@@ -124,7 +123,7 @@ def test_gpu_check_dry_run_prints_every_shard_and_table_and_runs_nothing(capsys,
     shards = [line for line in lines if "-m pytest" in line]
     assert [line.split("--shard ")[1].split()[0] for line in shards] == ["1/3", "2/3", "3/3"]
     assert all(line.endswith(" ".join(benchmark.GPU_CHECK_TESTS)) and "tests.sharding" in line for line in shards)
-    table_lines = [line.split("-m scripts.benchmark ")[1] for line in lines if "-m scripts.benchmark" in line]
+    table_lines = [line.split("-m scripts.dev.benchmark ")[1] for line in lines if "-m scripts.dev.benchmark" in line]
     tables = [benchmark.parse_args(line.split()) for line in table_lines]
     assert [(table.cases, table.dtype_name) for table in tables] == list(benchmark.GPU_CHECK_RUNS)
     assert all(t.device == "cuda" and t.counts and t.kernels == ["torch", "triton"] and t.repeats == 2 for t in tables)

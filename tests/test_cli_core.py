@@ -5,6 +5,7 @@ through one atomic writer, and no script edits `sys.path`."""
 from __future__ import annotations
 
 import argparse
+import ast
 import inspect
 import re
 from pathlib import Path
@@ -112,6 +113,56 @@ def test_no_script_edits_sys_path_and_one_module_replaces_files():
     assert [name for name, text in sources.items() if "os.replace(" in text] == ["scripts/cli/records.py"]
 
 
+# What each room of scripts/ may import: the CLI core only itself; the developer tools and the toy world the
+# core and their own room; the examples only the core; the user tools (the top) the core, the toy and each other.
+ALLOWED_IMPORTS = {
+    "cli": {"cli"},
+    "dev": {"cli", "dev"},
+    "toy": {"cli", "toy"},
+    "examples": {"cli"},
+    "tools": {"cli", "toy", "tools"},
+}
+
+
+def scripts_room(module: str) -> str:
+    """The room of a `scripts` module: its first sub-package (`cli`, `dev`, `toy`, `examples`), else `tools`."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and (ROOT / "scripts" / parts[1]).is_dir()) else "tools"
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module `path` imports, at any depth (also the imports inside functions), relative ones resolved,
+    and `from package import name` read as the module `package.name` where that is a module."""
+    module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    package = module.removesuffix(".__init__") if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            source = ".".join(part for part in (base, node.module) if part)
+            for alias in node.names:
+                candidate = ROOT.joinpath(*f"{source}.{alias.name}".split("."))
+                submodule = candidate.with_suffix(".py").is_file() or (candidate / "__init__.py").is_file()
+                found.add(f"{source}.{alias.name}" if submodule else source)
+    return found
+
+
+def test_scripts_rooms_import_only_downwards_and_the_cli_core_nothing_above_it():
+    """`scripts/cli/` is the core every command builds on: no module in it imports a tool, a developer tool,
+    the toy or an example (parsed with `ast`, relative and function-level imports included)."""
+    arrows = {}
+    for path in sorted((ROOT / "scripts").rglob("*.py")):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        targets = {target for target in imported_modules(path) if target.split(".")[0] == "scripts"}
+        arrows[module] = {scripts_room(target) for target in targets if target != "scripts"}
+    assert {module for module in arrows if scripts_room(module) == "cli"} >= {"scripts.cli.grid", "scripts.cli.recipes"}
+    assert arrows["scripts.cli.recipes"] == {"cli"}  # the grid writer it uses lives in the core
+    wrong = {m: rooms - ALLOWED_IMPORTS[scripts_room(m)] for m, rooms in arrows.items()}
+    assert {module: rooms for module, rooms in wrong.items() if rooms} == {}
+
+
 def test_console_entry_points_run_each_scripts_main_and_exit_zero_on_success():
     import importlib
 
@@ -122,7 +173,7 @@ def test_console_entry_points_run_each_scripts_main_and_exit_zero_on_success():
         r'^(pladis-[\w-]+) = "scripts\.cli\.entry_points:', (ROOT / "pyproject.toml").read_text(), re.M
     )
     scripts = [command for command in commands if command != "pladis-example"]  # that one runs scripts/examples/*
-    assert len(runners) == len(scripts) >= 12  # one per console command
+    assert len(runners) == len(scripts) == 5  # one per console command: the user tools
     for runner in runners:
         main = importlib.import_module(runner.module).main
         assert (

@@ -89,7 +89,7 @@ def test_loading_a_unet_only_lora_says_nothing_about_text_encoders():
 
 
 def test_the_benchmark_reports_each_round_and_each_variant_with_min_median_max(capsys):
-    from scripts import benchmark
+    from scripts.dev import benchmark
 
     durations = {"stock": [0.003, 0.001, 0.002], "pladis": [0.004, 0.006, 0.005]}
     runs = {name: (lambda values=values: time.sleep(values.pop(0))) for name, values in durations.items()}

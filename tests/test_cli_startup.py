@@ -22,10 +22,10 @@ FAST_HELP = (
     "scripts.generate",
     "scripts.evaluate",
     "scripts.attention_maps",
-    "scripts.toy_eval",
+    "scripts.toy.evaluate",
     *(f"scripts.examples.{name}" for name in entry_points.example_names()),
 )
-PARSING_SCRIPTS = ("compare", "generate", "evaluate", "attention_maps", "toy_eval", "benchmark")
+PARSING_SCRIPTS = ("compare", "generate", "evaluate", "attention_maps", "toy.evaluate", "dev.benchmark")
 
 _PROBE = """
 import contextlib, importlib, io, json, sys
@@ -84,7 +84,8 @@ def test_a_prefix_of_an_option_is_refused_not_guessed(script, capsys):
     import importlib
 
     module = importlib.import_module(f"scripts.{script}")
-    slip = {"benchmark": ["--case", "sdxl-attention"], "toy_eval": ["--scale", "2"]}.get(script, ["--scale", "2"])
+    slips = {"dev.benchmark": ["--case", "sdxl-attention"], "toy.evaluate": ["--scale", "2"]}
+    slip = slips.get(script, ["--scale", "2"])
     folders = ["somewhere"] if script == "evaluate" else []
     with pytest.raises(SystemExit) as stop:
         module.parse_args([*folders, *slip])
@@ -116,6 +117,6 @@ def test_records_name_the_command_that_ran(monkeypatch):
     assert entry_points.invoked_command("scripts.compare") == ["python", "-m", "scripts.compare"]  # pytest's argv
     monkeypatch.setattr(sys, "argv", ["/venv/bin/pladis-compare", "--scales", "0,2"])
     assert entry_points.invoked_command("scripts.compare") == ["pladis-compare"]
-    assert entry_points.invoked_command("scripts.toy_eval") == ["python", "-m", "scripts.toy_eval"]  # another's
+    assert entry_points.invoked_command("scripts.toy.evaluate") == ["python", "-m", "scripts.toy.evaluate"]  # another's
     monkeypatch.setattr(sys, "argv", ["/venv/bin/pladis-attention-maps"])
     assert entry_points.invoked_command("scripts.attention_maps") == ["pladis-attention-maps"]

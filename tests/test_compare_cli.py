@@ -205,7 +205,7 @@ def test_sdxl_seg_choice_forwards_the_seg_options_to_its_pipeline():
 @pytest.mark.slow
 def test_controlnet_choice_shows_the_preprocessed_control_image_first(tmp_path):
     from pipeline.pipeline_controlnet import PLADISStableDiffusionXLControlNetPipeline
-    from scripts.preprocess import PREPROCESSORS
+    from scripts.cli.preprocess import PREPROCESSORS
 
     path = compare.main(
         ["--pipeline", "controlnet", "--preprocess", "canny", "--steps", "1", "--out", str(tmp_path / "controlnet.png")]

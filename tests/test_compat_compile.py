@@ -74,7 +74,7 @@ def test_compiled_unet_gives_the_eager_pladis_image_in_one_graph():
 
 def test_compiled_flux_transformer_with_recorded_text_length_has_no_graph_break():
     """The per-call settings (a ContextVar read) and the denoiser's text-length recorder trace into the graph."""
-    from scripts.build_tiny_assets import tiny_flux_transformer
+    from scripts.dev.build_tiny_assets import tiny_flux_transformer
     from tests.test_install import flux_inputs
 
     transformer = tiny_flux_transformer(guidance_embeds=False).eval()

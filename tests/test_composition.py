@@ -32,8 +32,8 @@ from diffusers.models.attention_dispatch import AttentionBackendName, _Attention
 import attention.rules
 from attention import apply_pladis, pladis_processors, swapped_attn_processors
 from pipeline.guider import PLADISGuidance
-from scripts.build_tiny_assets import build_tiny_flux
 from scripts.cli.assets import TINY_SDXL
+from scripts.dev.build_tiny_assets import build_tiny_flux
 from tests.families import one_thread  # noqa: F401
 from tests.tiny import CallCounter, processors_by_name, run_pipe, same_processor_objects
 from tests.tiny_denoisers import DENOISERS

@@ -17,8 +17,8 @@ from attention import apply_pladis
 from pipeline.pipeline_flux_pladis import PLADISFluxPipeline
 from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
 from pipeline.pipeline_sdxl_seg import PLADISStableDiffusionXLSEGPipeline
-from scripts.build_tiny_assets import tiny_flux_transformer
 from scripts.cli.assets import TINY_FLUX_SCHNELL, TINY_SDXL
+from scripts.dev.build_tiny_assets import tiny_flux_transformer
 from tests.families import one_thread  # noqa: F401
 from tests.test_install import flux_inputs
 from tests.tiny import processors_by_name, run_pipe, same_processor_objects

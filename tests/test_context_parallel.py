@@ -24,7 +24,7 @@ from attention import apply_pladis
 from attention.call_context import LayerCall
 from attention.context_parallel import context_parallel_attention, forward_op_with_log_normaliser
 from pipeline.pipeline_flux_pladis import PLADISFluxPipeline
-from scripts.build_tiny_assets import build_tiny_flux, tiny_flux_transformer
+from scripts.dev.build_tiny_assets import build_tiny_flux, tiny_flux_transformer
 from tests.context_parallel_ranks import as_numpy, parallelise, run_on_ranks
 from tests.families import one_thread  # noqa: F401
 from tests.test_examples import LABEL_HEIGHT
@@ -429,7 +429,7 @@ def grid_panels(grid: np.ndarray, count: int = 2, side: int = 256) -> np.ndarray
 @pytest.mark.slow  # forked gloo ranks
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_cost_script_times_the_layer_and_the_text_gather(mode):
-    from scripts import context_parallel_cost
+    from scripts.dev import context_parallel_cost
 
     sizes = ["--heads", "2", "--head-dim", "8", "--text", "8", "--image", "16", "--repeats", "1", "--mode", mode]
     timings = run_on_ranks(2, lambda rank: context_parallel_cost.main(sizes))[0]

@@ -12,8 +12,8 @@ from PIL import Image
 
 from attention import PLADISAttnProcessor, apply_pladis
 from pipeline.pipeline_controlnet import PLADISStableDiffusionXLControlNetPipeline
-from scripts.build_tiny_assets import build_tiny_sdxl_controlnet_pipeline
 from scripts.cli.assets import TINY_CONTROL_IMAGE, TINY_SDXL_CONTROLNET
+from scripts.dev.build_tiny_assets import build_tiny_sdxl_controlnet_pipeline
 from tests.guidance_reference import (
     perturbed_projection,
     run_latents,

@@ -12,7 +12,7 @@ from PIL import Image
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
 from scripts import evaluate
-from scripts.build_tiny_assets import tiny_clip_tokenizer
+from scripts.dev.build_tiny_assets import tiny_clip_tokenizer
 
 PROMPTS = ["a photo of a cat", "a red cube on a blue ball", "a dog on the table", "two horses in space"]
 
@@ -201,8 +201,8 @@ def test_a_clip_that_cannot_load_reads_na_with_the_reason_and_the_rest_is_scored
 def test_toy_folders_are_scored_offline_by_the_toy_scorer(tmp_path, offline, capsys):
     import random
 
-    from scripts.toy_data import evaluation_scenes
-    from scripts.toy_scorer import read_scene
+    from scripts.toy.data import evaluation_scenes
+    from scripts.toy.scorer import read_scene
 
     chosen = evaluation_scenes(6, seed=3)
     scenes, captions = [scene for scene, _, _ in chosen], [scene.caption(swap=swap) for scene, _, swap in chosen]
@@ -222,7 +222,7 @@ def test_toy_folders_are_scored_offline_by_the_toy_scorer(tmp_path, offline, cap
 
 
 def draw_toy_scene(scene, rng):
-    from scripts.toy_data import draw_scene
+    from scripts.toy.data import draw_scene
 
     return draw_scene(scene, rng)
 
@@ -237,10 +237,10 @@ def test_toy_captions_the_scorer_cannot_read_are_named(tmp_path, offline):
 
 
 def test_toy_is_an_option_anywhere_on_the_line_that_hands_the_rest_to_toy_eval(monkeypatch, capsys):
-    import scripts.toy_eval
+    import scripts.toy.evaluate
 
     seen = []
-    monkeypatch.setattr(scripts.toy_eval, "main", lambda argv: seen.append(argv) or {"settings": {}})
+    monkeypatch.setattr(scripts.toy.evaluate, "main", lambda argv: seen.append(argv) or {"settings": {}})
     evaluate.main(["--out", "x", "--toy", "--count", "4"])
     evaluate.main(["--toy"])
     assert seen == [["--out", "x", "--count", "4"], []]

@@ -28,7 +28,7 @@ REFERENCE_SECTIONS = {
     "controlnet_depth",
 }
 BEYOND_THE_REFERENCE = {"flux_dev_many_gpus"}  # one model across GPUs (tests/test_context_parallel.py runs it so)
-LABEL_HEIGHT, PANEL = 24, 256  # scripts/grid.py: a label strip, tiny images enlarged to 256 px
+LABEL_HEIGHT, PANEL = 24, 256  # scripts/cli/grid.py: a label strip, tiny images enlarged to 256 px
 
 
 def test_there_is_one_example_per_reference_section():

@@ -1,4 +1,4 @@
-"""The tiny FLUX assets load offline, are exactly what `scripts/build_tiny_assets.py` regenerates, and
+"""The tiny FLUX assets load offline, are exactly what `scripts/dev/build_tiny_assets.py` regenerates, and
 are schnell-like (no guidance embedding) and dev-like (guidance embedding, dynamic time shift)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.pipeline_flux_pladis import PLADISFluxPipeline
-from scripts.build_tiny_assets import T5_MAX_LENGTH, build_tiny_flux, save_tiny_flux_lora
 from scripts.cli.assets import TINY_FLUX_DEV, TINY_FLUX_LORA, TINY_FLUX_SCHNELL
+from scripts.dev.build_tiny_assets import T5_MAX_LENGTH, build_tiny_flux, save_tiny_flux_lora
 
 VARIANTS = {"schnell": (TINY_FLUX_SCHNELL, False), "dev": (TINY_FLUX_DEV, True)}
 

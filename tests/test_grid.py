@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from scripts.cli.captions import guidance_method, random_weights_note, run_caption, scale_label
-from scripts.grid import _LABEL_HEIGHT, grid_font, labelled_grid, wrapped_lines
+from scripts.cli.grid import _LABEL_HEIGHT, grid_font, labelled_grid, wrapped_lines
 
 
 def ink_gaps(strip: np.ndarray) -> list[int]:

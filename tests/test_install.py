@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from attention import PLADISAttnProcessor, apply_pladis, family_of
-from scripts.build_tiny_assets import tiny_flux_transformer
+from scripts.dev.build_tiny_assets import tiny_flux_transformer
 from tests.families import build, one_thread  # noqa: F401
 from tests.tiny import processors_by_name, same_processor_objects
 

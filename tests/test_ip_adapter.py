@@ -26,8 +26,8 @@ from PIL import Image
 from attention import PLADISProcessor, apply_pladis, pladis_processors, swapped_attn_processors
 from pipeline.pipeline_flux_pladis import PLADISFluxPipeline
 from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
-from scripts.build_tiny_assets import build_tiny_sd3
 from scripts.cli.assets import TINY_CONTROL_IMAGE, TINY_FLUX_SCHNELL, TINY_SDXL
+from scripts.dev.build_tiny_assets import build_tiny_sd3
 from tests.families import one_thread  # noqa: F401
 from tests.materialised_reference import as_double, materialised_pladis, relative_error
 from tests.tiny import processors_by_name, run_pipe, same_processor_objects

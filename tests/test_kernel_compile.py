@@ -1,7 +1,7 @@
 """The Triton kernels compile for real GPUs on this CPU-only machine (Triton's bundled ptxas), for sm_80
 (A100) and sm_90 (H100/H200), as Triton's JIT specialises them at SDXL's and FLUX's shapes: no spill,
 FLUX's long rows in programs of ≥ 64 query rows, and by the instruction model of
-`scripts/compile_kernels.py` (SASS counted per warp, H100 at 50 % issue) at most +3 % per SDXL step
+`scripts/dev/compile_kernels.py` (SASS counted per warp, H100 at 50 % issue) at most +3 % per SDXL step
 and +4 % per FLUX step. One subprocess compiles the four variants (~30 s of CPU)."""
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from scripts.compile_kernels import STEPS, count_sass
+from scripts.dev.compile_kernels import STEPS, count_sass
 
 pytestmark = pytest.mark.slow  # compiles the Triton kernels (ptxas)
 
 ROOT = Path(__file__).resolve().parent.parent
 PROBE = """
 import json
-from scripts.compile_kernels import STEPS, kernel_report, modelled_step
+from scripts.dev.compile_kernels import STEPS, kernel_report, modelled_step
 reports = {}
 for step, (rule, dtype, _, keys, head_dim, _) in STEPS.items():
     for arch in (80, 90):

@@ -63,6 +63,28 @@ def test_console_commands_resolve_to_callables():
         assert console_command(f"scripts.examples.{name}") == ["pladis-example", name]
 
 
+def test_only_the_user_tools_are_console_commands_and_the_developer_tools_run_as_modules(monkeypatch):
+    """The console commands are the user tools at the top of scripts/ (and `pladis-example`); the developer
+    tools (`scripts/dev/`) and the toy's (`scripts/toy/`) have none and run as `python -m`, which their
+    records also name when another command (`pladis-evaluate --toy`) runs them."""
+    import sys
+
+    from scripts.cli import entry_points
+
+    targets = [target.partition(":")[2] for target in PROJECT["project"]["scripts"].values()]
+    modules = sorted(getattr(entry_points, name).module for name in targets if name != "example")
+    tools = [path.stem for path in (ROOT / "scripts").glob("*.py") if path.stem != "__init__"]
+    assert modules == sorted(f"scripts.{name}" for name in tools) and len(modules) == 5
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/pladis-evaluate", "--toy"])
+    for room in ("dev", "toy"):
+        for path in (ROOT / "scripts" / room).glob("*.py"):
+            module = f"scripts.{room}.{path.stem}"
+            assert entry_points.console_command(module) is None, module
+            assert entry_points.invoked_command(module) == ["python", "-m", module]
+            if "def main(" in path.read_text():
+                assert 'if __name__ == "__main__":' in path.read_text(), module
+
+
 def test_packages_found_are_the_top_level_folders():
     patterns = PROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
     for pattern in patterns:

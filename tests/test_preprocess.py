@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from scripts.build_tiny_assets import build_tiny_dpt, tiny_control_image
 from scripts.cli.assets import TINY_CONTROL_IMAGE, TINY_DPT
-from scripts.preprocess import PREPROCESSORS, canny_map, depth_map
+from scripts.cli.preprocess import PREPROCESSORS, canny_map, depth_map
+from scripts.dev.build_tiny_assets import build_tiny_dpt, tiny_control_image
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from attention import apply_pladis
-from scripts import processor_overhead
+from scripts.dev import processor_overhead
 
 
 def test_the_variants_compute_the_same_output():

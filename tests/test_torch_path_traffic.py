@@ -1,5 +1,5 @@
 """The sync-free `torch` path's memory traffic at the real SDXL and FLUX shapes, counted op by op on
-fake CUDA tensors (`scripts/dispatch_counter.py`: every op's input and output bytes), holds its
+fake CUDA tensors (`scripts/dev/dispatch_counter.py`: every op's input and output bytes), holds its
 budgets: ≤ 0.7 GB for SDXL's 4096-query cross-attention call, ≤ 6 GB for one FLUX double block's
 text-block correction, with no host sync. Fake tensors take the CUDA branches (half GEMMs with
 float32 output, the fused SDPA op) and cost no memory, so this runs in well under a second."""
@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from scripts.dispatch_counter import TORCH_PATH_CASES, count_dispatch, torch_path_counts
+from scripts.dev.dispatch_counter import TORCH_PATH_CASES, count_dispatch, torch_path_counts
 
 GB = 1e9
 SDXL, FLUX = TORCH_PATH_CASES

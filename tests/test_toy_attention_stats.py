@@ -8,9 +8,9 @@ import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline
 
-from scripts import train_toy
 from scripts.cli.assets import REPO_ROOT, TOY_MODEL
-from scripts.toy_attention_stats import KEY_KINDS, attention_statistics, key_kinds, summary_lines
+from scripts.toy import train as train_toy
+from scripts.toy.attention_stats import KEY_KINDS, attention_statistics, key_kinds, summary_lines
 
 
 def test_keys_are_start_words_end_then_padding():

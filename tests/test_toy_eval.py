@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from scripts import evaluate
-from scripts.toy_data import HELD_OUT_PAIRS, evaluation_scenes, held_out_pairs
-from scripts.toy_eval import bootstrap_interval, paired_bootstrap, settings_grid
+from scripts.toy.data import HELD_OUT_PAIRS, evaluation_scenes, held_out_pairs
+from scripts.toy.evaluate import bootstrap_interval, paired_bootstrap, settings_grid
 
 
 def test_grid_runs_the_baseline_once_per_guidance_first():
@@ -39,7 +39,7 @@ def test_evaluation_prompts_cover_every_held_out_pair_once_at_the_default_share(
 
 @pytest.fixture
 def restores_threads():
-    """toy_eval fixes torch's thread count (the images depend on it); give later tests theirs back."""
+    """The toy evaluation fixes torch's thread count (the images depend on it); give later tests theirs back."""
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)

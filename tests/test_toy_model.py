@@ -12,8 +12,8 @@ from diffusers import StableDiffusionXLPipeline
 from safetensors import safe_open
 
 from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
-from scripts import train_toy
 from scripts.cli.assets import REPO_ROOT, TOY_MODEL, TOY_PROMPT, is_tiny_asset, repository_relative
+from scripts.toy import train as train_toy
 
 TOY = REPO_ROOT / TOY_MODEL
 

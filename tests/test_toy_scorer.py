@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from scripts.toy_data import ALL_OBJECTS, SIDES, ToyObject, ToyScene, all_captions, draw_scene, random_scene
-from scripts.toy_scorer import read_scene, scene_of_caption, score_scene
+from scripts.toy.data import ALL_OBJECTS, SIDES, ToyObject, ToyScene, all_captions, draw_scene, random_scene
+from scripts.toy.scorer import read_scene, scene_of_caption, score_scene
 
 
 def test_reads_at_least_97_percent_of_drawn_objects_and_empty_halves() -> None:
@@ -62,7 +62,7 @@ def test_reads_at_least_97_percent_of_objects_after_the_toy_vae_round_trip() -> 
     from diffusers import AutoencoderKL
 
     from scripts.cli.assets import REPO_ROOT, TOY_MODEL
-    from scripts.toy_data import to_array
+    from scripts.toy.data import to_array
 
     vae = AutoencoderKL.from_pretrained(str(REPO_ROOT / TOY_MODEL / "vae"), dtype=torch.float32)
     rng = random.Random(7)

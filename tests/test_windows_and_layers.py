@@ -27,8 +27,8 @@ from diffusers import (
 
 from attention import PLADISProcessor, apply_pladis, pladis_processors
 from attention.settings import PLADISSettings
-from scripts.build_tiny_assets import build_tiny_flux
 from scripts.cli.assets import TINY_SDXL
+from scripts.dev.build_tiny_assets import build_tiny_flux
 from tests.families import one_thread  # noqa: F401
 from tests.test_concurrency import TIMEOUT, fresh, run_threads
 from tests.tiny import processors_by_name, run_pipe, same_processor_objects
@@ -298,7 +298,7 @@ def test_a_window_under_torch_compile_has_no_graph_break_and_two_graphs():
     from diffusers import FlowMatchEulerDiscreteScheduler
     from torch._dynamo.utils import counters
 
-    from scripts.build_tiny_assets import tiny_flux_transformer
+    from scripts.dev.build_tiny_assets import tiny_flux_transformer
     from tests.test_install import flux_inputs
 
     transformer = tiny_flux_transformer(guidance_embeds=False).eval()

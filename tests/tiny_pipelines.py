@@ -21,7 +21,7 @@ from diffusers import (
 )
 from transformers import Qwen2Tokenizer, Qwen3Config, Qwen3ForCausalLM, UMT5Config, UMT5EncoderModel
 
-from scripts.build_tiny_assets import _byte_symbols, tiny_flux_vae, tiny_t5_encoder, tiny_t5_tokenizer
+from scripts.dev.build_tiny_assets import _byte_symbols, tiny_flux_vae, tiny_t5_encoder, tiny_t5_tokenizer
 
 
 def build_tiny_chroma(seed: int = 0) -> ChromaPipeline:

@@ -22,9 +22,9 @@ TINY_FLUX_LORA = ASSET_DIR / "tiny-flux-lora" / "pytorch_lora_weights.safetensor
 TINY_STEPS = 2  # the tiny assets are random weights: two steps show the plumbing in a second
 TINY_SIZE = 64  # their default image height and width
 
-TOY_MODEL = ASSET_DIR / "toy-sdxl"  # trained by scripts/train_toy.py: compare's and attention_maps' default
+TOY_MODEL = ASSET_DIR / "toy-sdxl"  # trained by scripts/toy/train.py: compare's and attention_maps' default
 TOY_PROMPT = "a red circle on the left and a blue square on the right"
-TOY_STEPS = 20  # as in the toy's evaluation (scripts/toy_eval.py)
+TOY_STEPS = 20  # as in the toy's evaluation (scripts/toy/evaluate.py)
 
 
 def repository_relative(path: Path) -> str:

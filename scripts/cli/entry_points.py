@@ -1,9 +1,10 @@
-"""Console entry points for the scripts: each runs a script's `main()` and turns its result into an exit code.
+"""Console entry points for the user tools: each runs a tool's `main()` and turns its result into an exit code.
 
 The `main` functions return what they made (a grid path, the written images, a results dict) for tests and
 callers; a console script would hand that to `sys.exit`, which prints it and exits with status 1, so these
-wrappers return only integer exit codes (the benchmark's) and None otherwise. `pladis-example NAME` runs one of
-`scripts/examples/`.
+wrappers return only integer exit codes and None otherwise. `pladis-example NAME` runs one of `scripts/examples/`.
+The developer tools (`scripts/dev/`) and the toy's (`scripts/toy/`) have no console command: `python -m` runs them.
+The tools are named here by module path and imported only when their command runs (the core imports none of them).
 """
 
 from __future__ import annotations
@@ -39,29 +40,23 @@ demo = _entry("scripts.demo")
 generate = _entry("scripts.generate")
 evaluate = _entry("scripts.evaluate")
 attention_maps = _entry("scripts.attention_maps")
-benchmark = _entry("scripts.benchmark")
-train_toy = _entry("scripts.train_toy")
-toy_eval = _entry("scripts.toy_eval")
-toy_attention_stats = _entry("scripts.toy_attention_stats")
-build_tiny_assets = _entry("scripts.build_tiny_assets")
-compile_kernels = _entry("scripts.compile_kernels")
-processor_overhead = _entry("scripts.processor_overhead")
 
 
-def console_command(module: str) -> list[str]:
+def console_command(module: str) -> list[str] | None:
     """The console command that runs `module`: `scripts.attention_maps` → `pladis-attention-maps`,
-    `scripts.examples.sdxl_cfg` → `pladis-example sdxl_cfg`."""
+    `scripts.examples.sdxl_cfg` → `pladis-example sdxl_cfg`; None for the developer tools and the toy's
+    (`scripts.dev.*`, `scripts.toy.*`), which run as `python -m` only."""
     package, _, name = module.rpartition(".")
     if package == "scripts.examples":
         return [EXAMPLE_COMMAND, name]
-    return [f"pladis-{name.replace('_', '-')}"]
+    return [f"pladis-{name.replace('_', '-')}"] if package == "scripts" else None
 
 
 def invoked_command(module: str) -> list[str]:
     """The words that started `module`'s command in this process: its console command when that is how the
     process started (`pladis-compare`), else `python -m <module>` (also when a test or script calls `main`)."""
     command = console_command(module)
-    return command if Path(sys.argv[0]).name == command[0] else ["python", "-m", module]
+    return command if command and Path(sys.argv[0]).name == command[0] else ["python", "-m", module]
 
 
 def example_names() -> list[str]:

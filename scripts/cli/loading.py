@@ -110,15 +110,15 @@ def image_size(pipe: Any, args: argparse.Namespace) -> tuple[int, int]:
 
 
 def control_image(args: argparse.Namespace, height: int, width: int) -> Image.Image | None:
-    """`--control-image`, through `--preprocess` (canny / depth, from `scripts/preprocess.py`), at the output size."""
+    """`--control-image`, through `--preprocess` (canny / depth, from `preprocess.py`), at the output size."""
     if args.control_image is None:
         return None
     image = Image.open(model_source(str(args.control_image))).convert("RGB")
     if args.preprocess is not None:
         try:
-            from scripts.preprocess import PREPROCESSORS
+            from scripts.cli.preprocess import PREPROCESSORS
         except ImportError as error:
-            raise RuntimeError(f"--preprocess needs scripts/preprocess.py: {error}") from error
+            raise RuntimeError(f"--preprocess needs scripts/cli/preprocess.py: {error}") from error
         if args.preprocess not in PREPROCESSORS:
             raise ValueError(f"unknown --preprocess {args.preprocess!r}; accepted: {', '.join(sorted(PREPROCESSORS))}")
         options = {"model": model_source(args.depth_model)} if args.preprocess == "depth" and args.depth_model else {}

@@ -12,11 +12,11 @@ from typing import Any
 
 from attention.validation import check_pladis_alpha, check_pladis_scale
 
-from ..grid import save_grid
 from . import checks
 from .assets import TINY_SDXL, TINY_SDXL_LORA, TINY_SIZE, TINY_STEPS, looks_like_path, model_source
 from .captions import print_random_weights_note, run_caption, scale_label
 from .entry_points import invoked_command
+from .grid import save_grid
 from .options import add_guidance_options, add_pladis_options, guidance_option_problem, pladis_options_problem
 from .parsers import command_parser
 from .registry import CALL_OPTIONS, DTYPE_NAMES, LAYER_OPTIONS, PLADIS_OPTIONS, pladis_arguments

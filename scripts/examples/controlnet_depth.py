@@ -1,6 +1,6 @@
 """SDXL depth ControlNet with SEG (no CFG), without and with PLADIS (the reference README's ControlNet section).
 
-The depth map comes from DPT (`scripts/preprocess.py`); the call is the reference's
+The depth map comes from DPT (`scripts/cli/preprocess.py`); the call is the reference's
 `guidance_scale=1.0, seg_scale=3.0, seg_blur_sigma=1e10` (infinite blur: `SEG_INFINITE_BLUR` here),
 `seg_applied_layers=['mid'], pladis_scale=3.0`. `--pladis-controlnet` puts PLADIS on the ControlNet's
 cross-attention too. Tiny assets on CPU: `--tiny`.
@@ -12,8 +12,8 @@ from pathlib import Path
 
 from attention.validation import SEG_INFINITE_BLUR
 from scripts.cli.assets import TINY_CONTROL_IMAGE, TINY_DPT, TINY_SDXL_CONTROLNET, model_source
+from scripts.cli.preprocess import DEFAULT_DEPTH_MODEL, depth_map
 from scripts.cli.recipes import SDXL_BASE, example_parser, parse_example_args, save_with_and_without
-from scripts.preprocess import DEFAULT_DEPTH_MODEL, depth_map
 
 STORMTROOPER = "https://huggingface.co/lllyasviel/sd-controlnet-depth/resolve/main/images/stormtrooper.png"
 SEG = {"seg_scale": 3.0, "seg_blur_sigma": SEG_INFINITE_BLUR, "seg_applied_layers": ["mid"], "pladis_controlnet": False}

@@ -1,8 +1,8 @@
 """What PLADIS costs in one joint-attention layer under diffusers' context parallelism, and how much of it is the
 text gather (every rank needs every text key and value, since entmax normalises over all of a row's text keys).
 
-    torchrun --nproc-per-node 2 -m scripts.context_parallel_cost                  # CPU: gloo; GPUs: NCCL
-    torchrun --nproc-per-node 8 -m scripts.context_parallel_cost --mode ring --dtype bfloat16
+    torchrun --nproc-per-node 2 -m scripts.dev.context_parallel_cost                  # CPU: gloo; GPUs: NCCL
+    torchrun --nproc-per-node 8 -m scripts.dev.context_parallel_cost --mode ring --dtype bfloat16
 
 Each process holds a random shard `[text ; image]` of one FLUX-like layer (default: FLUX.1 at 1024², 24 heads × 128,
 512 text + 4096 image tokens, batch 1) and times, median of `--repeats`: diffusers' own context-parallel attention
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     started = not dist.is_initialized()
     if started:
         if "WORLD_SIZE" not in os.environ:
-            parser.error("run it under torchrun (torchrun --nproc-per-node 2 -m scripts.context_parallel_cost)")
+            parser.error("run it under torchrun (torchrun --nproc-per-node 2 -m scripts.dev.context_parallel_cost)")
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     try:
         device = torch.device("cpu")

@@ -5,7 +5,7 @@ the copied processor this project had before the family registry (`AttnProcessor
 seam, its epilogue), the stock `AttnProcessor2_0` under a `TorchFunctionMode` that swaps its
 `F.scaled_dot_product_attention` (what diffusers' `hooks/layer_skip.py` does), and the installed
 `PLADISAttnProcessor` (the stock code with its attention name bound to PLADIS, settings read per call).
-`python -m scripts.processor_overhead` prints median µs per call and each ratio to the copied processor.
+`python -m scripts.dev.processor_overhead` prints median µs per call and each ratio to the copied processor.
 """
 
 from __future__ import annotations

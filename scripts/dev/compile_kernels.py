@@ -25,8 +25,8 @@ takes 4 for SDXL (the pass solver proves low-contrast 77-key rows in 4) and 5 fo
 rows, and `--passes` changes them. Stock step times: SDXL 1024² fp16 U-Net step ~65 ms, FLUX-dev
 1024² bf16 transformer step ~190 ms on an H100 (assumed, not measured here).
 
-    python -m scripts.compile_kernels --arch 90            # the chosen configurations, both rules
-    python -m scripts.compile_kernels --arch 90 --candidates   # every rows × warps candidate
+    python -m scripts.dev.compile_kernels --arch 90            # the chosen configurations, both rules
+    python -m scripts.dev.compile_kernels --arch 90 --candidates   # every rows × warps candidate
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The toy world of `asset/toy-sdxl`: coloured shapes on the left and right of a dark 32×32 image, with captions.
 
-One module draws the images and writes the captions, so the trainer (`train_toy.py`), the scorer
-(`toy_scorer.py`) and their tests agree on the palette, the shapes, the layout and the held-out pairs.
+One module draws the images and writes the captions, so the trainer (`train.py`), the scorer
+(`scorer.py`) and their tests agree on the palette, the shapes, the layout and the held-out pairs.
 """
 
 from __future__ import annotations

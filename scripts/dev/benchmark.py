@@ -28,7 +28,7 @@ from attention.processors import PLADISAttnProcessor, PLADISFluxAttnProcessor
 from attention.reference import reference_formulation
 from scripts.cli.assets import REPO_ROOT
 from scripts.cli.parsers import command_parser
-from scripts.dispatch_counter import count_dispatch
+from scripts.dev.dispatch_counter import count_dispatch
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -319,7 +319,7 @@ def extra_peak_memory(runs: dict[str, Callable[[], object]], variant: str, args)
 
 def memory_in_subprocess(case: str, variant: str, argv: list[str]) -> int:
     """CPU peaks need a fresh process per variant (RSS high-water marks never go down)."""
-    command = [sys.executable, "-m", "scripts.benchmark", "--cases", case, "--memory-of", variant, *argv]
+    command = [sys.executable, "-m", "scripts.dev.benchmark", "--cases", case, "--memory-of", variant, *argv]
     result = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO_ROOT)
     return json.loads(result.stdout.strip().splitlines()[-1])["extra_bytes"]
 
@@ -559,7 +559,7 @@ def gpu_check(args) -> int:
         for command in [] if args.skip_tests else gpu_check_commands(args.shards):
             print(" ".join(command[1:]))
         for argv in tables:
-            print("-m scripts.benchmark " + " ".join(argv))
+            print("-m scripts.dev.benchmark " + " ".join(argv))
         return 0
     print(gpu_check_header(args.device), *sdpa_backend_report(args.device), sep="\n", flush=True)
     status = 0 if args.skip_tests else run_device_tests(args.device, args.shards)

@@ -1,6 +1,6 @@
 """Build the tiny random-weight pipelines in `asset/` (real diffusers classes, offline, deterministic).
 
-Run `python -m scripts.build_tiny_assets` to regenerate them; tests and `--tiny` examples load the
+Run `python -m scripts.dev.build_tiny_assets` to regenerate them; tests and `--tiny` examples load the
 saved folders with `from_pretrained`, exactly as users load real checkpoints.
 """
 

@@ -6,7 +6,7 @@ dense softmax maps of every cross-attention layer (conditional batch rows, all h
 of a stock generation) are summarised per layer, with the mass split over the start token, the word
 tokens, the end token and the padding after it, and the number of keys entmax15 keeps:
 
-    python -m scripts.toy_attention_stats --out outputs/toy_attention_stats.json
+    python -m scripts.toy.attention_stats --out outputs/toy_attention_stats.json
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from attention.sparse_maps import entmax_attention, softmax_attention
 from scripts.cli.assets import TOY_MODEL, model_source, repository_relative
 from scripts.cli.parsers import command_parser
 from scripts.cli.records import write_json
-from scripts.toy_data import evaluation_scenes
+from scripts.toy.data import evaluation_scenes
 
 KEY_KINDS = ("start", "words", "end", "padding")
 

@@ -2,10 +2,10 @@
 intervals.
 
 One command generates the same two-object prompts from the same seeds for every (guidance, λ, α) setting,
-reads each image half with `scripts/toy_scorer.py`, and writes a table of colour / shape / object / image
+reads each image half with `scripts/toy/scorer.py`, and writes a table of colour / shape / object / image
 accuracy (95 % bootstrap intervals) and of the paired change against λ = 0 at the same guidance:
 
-    python -m scripts.toy_eval --out outputs/toy-eval
+    python -m scripts.toy.evaluate --out outputs/toy-eval
 
 Settings already in `OUT/results.json` (same model, prompts and steps) are reused, so an interrupted run resumes.
 """
@@ -26,8 +26,8 @@ from scripts.cli.entry_points import invoked_command
 from scripts.cli.options import comma_floats
 from scripts.cli.parsers import command_parser
 from scripts.cli.records import package_versions, repository_commit, write_json, write_text
-from scripts.toy_data import evaluation_scenes
-from scripts.toy_scorer import read_scene, score_scene
+from scripts.toy.data import evaluation_scenes
+from scripts.toy.scorer import read_scene, score_scene
 
 METRICS = ("colour", "shape", "object", "image")
 
@@ -165,7 +165,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if not (Path(model_source(args.model)) / "model_index.json").exists():
-        parser.error(f"--model: no pipeline folder at {args.model} (train it with scripts/train_toy.py)")
+        parser.error(f"--model: no pipeline folder at {args.model} (train it with scripts/toy/train.py)")
     for name in ("count", "steps", "batch_size", "resamples", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
     results.update(
         versions=package_versions(),
         repository_commit=repository_commit(),
-        command=[*invoked_command("scripts.toy_eval"), *(sys.argv[1:] if argv is None else argv)],
+        command=[*invoked_command("scripts.toy.evaluate"), *(sys.argv[1:] if argv is None else argv)],
     )
     grid = settings_grid(args.guidance, args.scales, args.alphas)
     began = time.time()

@@ -5,14 +5,14 @@ UNet2DConditionModel, EulerDiscreteScheduler), saved with `save_pretrained` in s
 fp16, the small text encoders in fp32), so the stock `StableDiffusionXLPipeline` and the PLADIS pipelines load
 it offline, in float32 unless given a dtype. Stages, each seeded:
 
-1. draw the training images (`scripts/toy_data.py`; 60 of the 324 left/right object pairs held out);
+1. draw the training images (`scripts/toy/data.py`; 60 of the 324 left/right object pairs held out);
 2. train the VAE (32×32×3 ↔ 16×16×4) and store per-channel latent mean/std in its config;
 3. pretrain both text encoders contrastively against a small image encoder (a tiny CLIP), then freeze
    them, as SDXL's CLIP encoders are frozen; the tokenizers stop at 16 tokens (captions have ≤ 15),
    so padding cannot carry the sentence;
 4. train the UNet (ε-prediction, SDXL noise schedule, min-SNR-5, EMA) on the frozen text embeddings.
 
-`python -m scripts.train_toy --unet-steps N` rebuilds the committed model exactly (same thread count and
+`python -m scripts.toy.train --unet-steps N` rebuilds the committed model exactly (same thread count and
 package versions); `--minutes M` trains the UNet for M minutes of wall time instead and records the steps
 it reached (the UNet learning rate is constant after warm-up, so that run equals `--unet-steps <reached>`).
 """
@@ -35,7 +35,7 @@ from torch import nn
 from scripts.cli.assets import TOY_MODEL
 from scripts.cli.parsers import command_parser
 from scripts.cli.records import package_versions, repository_commit, write_atomically
-from scripts.toy_data import SIZE, WORDS, all_captions, training_samples
+from scripts.toy.data import SIZE, WORDS, all_captions, training_samples
 
 MAX_TOKENS = 16  # BOS + 13 words + EOS fit; SDXL's 77 would leave 62 padding keys
 TIME_IDS = (SIZE, SIZE, 0, 0, SIZE, SIZE)  # original size, crop top-left, target size
@@ -505,7 +505,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     def training_record(unet_stats: dict) -> dict:
         return {
-            "rebuild": f"python -m scripts.train_toy --unet-steps {unet_stats['steps']} --images {args.images} "
+            "rebuild": f"python -m scripts.toy.train --unet-steps {unet_stats['steps']} --images {args.images} "
             f"--vae-steps {args.vae_steps} --vae-batch {args.vae_batch} --clip-steps {args.clip_steps} "
             f"--clip-batch {args.clip_batch} --batch {args.batch} --seed {args.seed} --threads {args.threads}",
             "arguments": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from scripts.toy_data import BACKGROUND, COLOURS, SIDES, ToyObject, ToyScene
+from scripts.toy.data import BACKGROUND, COLOURS, SIDES, ToyObject, ToyScene
 
 FOREGROUND_DISTANCE = 70.0  # RGB distance from the background above which a pixel belongs to an object
 CORE_DISTANCE = 120.0  # pixels this far from the background set the colour (anti-aliased edges blend)
