@@ -4,6 +4,7 @@ are exactly what `scripts/dev/build_tiny_assets.py` regenerates."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
@@ -11,6 +12,7 @@ from scripts.dev.build_tiny_assets import build_tiny_sdxl
 from tests.tiny import run_pipe
 
 
+@pytest.mark.slow  # rebuilds the asset
 def test_saved_tiny_sdxl_is_what_the_builder_regenerates(tiny_sdxl_path):
     loaded = PLADISStableDiffusionXLPipeline.from_pretrained(tiny_sdxl_path, local_files_only=True)
     rebuilt = build_tiny_sdxl()
@@ -30,6 +32,7 @@ def test_tiny_sdxl_has_real_sdxl_module_names(tiny_sdxl_path):
     assert not any(name.startswith("down_blocks.0.attentions") for name in names)  # like SDXL
 
 
+@pytest.mark.slow
 def test_save_and_load_round_trip(tiny_sdxl_path, tmp_path):
     pipe = PLADISStableDiffusionXLPipeline.from_pretrained(tiny_sdxl_path, local_files_only=True)
     pipe.save_pretrained(tmp_path / "copy")

@@ -98,6 +98,7 @@ def test_recording_leaves_the_pladis_generation_unchanged_and_restores_processor
         torch.testing.assert_close(totals, torch.ones_like(totals), atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_recorders_survive_the_seg_pipelines_own_processor_swaps(tiny_sdxl_path):
     from pipeline.pipeline_sdxl_seg import PLADISStableDiffusionXLSEGPipeline
 
@@ -111,6 +112,7 @@ def test_recorders_survive_the_seg_pipelines_own_processor_swaps(tiny_sdxl_path)
     assert store.counts == {"mid": 2}
 
 
+@pytest.mark.slow
 def test_steps_and_layer_groups_choose_what_is_recorded(pipe):
     store = AttentionMapStore(steps=[1])
     with recording_attention_maps(pipe.unet, store, 1.5, groups=("mid",), condition_rows=slice(1, 2)):
@@ -123,6 +125,7 @@ def test_steps_and_layer_groups_choose_what_is_recorded(pipe):
             pass
 
 
+@pytest.mark.slow
 def test_script_writes_a_row_per_kind_and_a_column_per_token(tmp_path):
     path = attention_maps.main(
         [

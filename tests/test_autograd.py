@@ -21,6 +21,7 @@ def random(*shape, seed: int, spread: float = 2.0, dtype=torch.float64) -> torch
     return (torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * spread).to(dtype)
 
 
+@pytest.mark.slow  # finite differences
 @pytest.mark.parametrize("alpha", [1.5, 2.0, 1.3])
 def test_unet_attention_gradients_match_finite_differences(alpha):
     q, k, v = random(1, 2, 5, 4, seed=1), random(1, 2, 6, 4, seed=2), random(1, 2, 6, 4, seed=3, spread=1.0)
@@ -28,6 +29,7 @@ def test_unet_attention_gradients_match_finite_differences(alpha):
     assert torch.autograd.gradcheck(lambda q, k, v: pladis_scaled_dot_product_attention(q, k, v, 2.0, alpha), inputs)
 
 
+@pytest.mark.slow  # finite differences
 @pytest.mark.parametrize("text_first", [True, False])
 @pytest.mark.parametrize("alpha", [1.5, 2.0])
 def test_joint_attention_gradients_match_finite_differences(text_first, alpha):

@@ -11,6 +11,8 @@ import time
 from argparse import Namespace
 from pathlib import Path
 
+import pytest
+
 from scripts.cli import quiet
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +39,7 @@ class Recorded(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+@pytest.mark.slow  # subprocess
 def test_the_torchvision_fallback_warning_is_silenced_once_the_scripts_are_imported():
     result = subprocess.run(
         [sys.executable, "-c", _WITHOUT_TORCHVISION], cwd=ROOT, capture_output=True, text=True, timeout=300
@@ -61,6 +64,7 @@ def test_the_filters_drop_only_their_message():
     assert recorded.messages == ["No weights found for the UNet"]
 
 
+@pytest.mark.slow
 def test_loading_a_unet_only_lora_says_nothing_about_text_encoders():
     from diffusers.utils import logging as diffusers_logging
 

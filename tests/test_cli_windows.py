@@ -42,10 +42,6 @@ def test_text_attention_names_come_from_the_config_alone():
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["--pladis-start", "0.8", "--pladis-stop", "0.2"], "--pladis-start and --pladis-stop must satisfy"),
-        (["--pladis-stop", "1.5"], "--pladis-start=0.0, --pladis-stop=1.5"),
-        (["--pladis-layers", "midd"], "--pladis-layers: 'midd' matches no text-attention layer"),
-        (["--pladis-layers", "mid,down_blocks.0"], "'down_blocks.0' matches no text-attention layer"),
         (["--windows", "0:2"], "--windows start and stop must satisfy"),
         (["--windows", "0-1"], "--windows: expected start:stop pairs"),
         (["--layer-sets", "mid;;up_blocks"], "--layer-sets: expected ';'-separated sets"),
@@ -79,6 +75,7 @@ def image_of(pipe, **pladis) -> np.ndarray:
     return np.asarray(image)
 
 
+@pytest.mark.slow  # command-line runs
 @pytest.mark.parametrize(
     "sweep,panel_arguments,labels",
     [
@@ -116,6 +113,7 @@ def test_window_and_layer_sweeps_make_one_panel_each_and_replay_from_their_json(
     np.testing.assert_array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(path)))
 
 
+@pytest.mark.slow
 def test_window_and_layers_options_apply_to_every_panel_of_a_scale_sweep(stock, tmp_path):
     path = compare.main(
         [
@@ -141,6 +139,7 @@ def test_window_and_layers_options_apply_to_every_panel_of_a_scale_sweep(stock, 
     np.testing.assert_array_equal(panel, image_of(stock, pladis_start=0.5, pladis_layers=["mid", "up_blocks.0"]))
 
 
+@pytest.mark.slow  # command-line runs
 @pytest.mark.parametrize("pipeline", ["sdxl", "auto"])
 def test_attention_maps_generate_with_the_window_and_layers(stock, pipeline):
     """attention_maps.py: the image is the one apply_pladis gives with the options' window and layers (the
@@ -170,6 +169,7 @@ def test_attention_maps_generate_with_the_window_and_layers(stock, pipeline):
     assert store.counts  # the maps were recorded
 
 
+@pytest.mark.slow  # command-line run
 def test_a_pladis_pipeline_gets_the_panels_window_and_layers_as_call_keywords(stock, tmp_path):
     """--pipeline sdxl (a PLADIS pipeline): the same panels as the stock pipeline under apply_pladis."""
     path = compare.main(

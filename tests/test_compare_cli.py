@@ -45,6 +45,7 @@ def test_sweep_has_one_labelled_panel_per_scale_and_json_records_every_setting(t
     assert "3/3" in capsys.readouterr().err  # one progress bar over all steps of the job
 
 
+@pytest.mark.slow
 def test_rerunning_from_the_json_reproduces_the_grid_bit_for_bit(tmp_path):
     first = compare.main(
         [
@@ -84,6 +85,7 @@ def test_scale_zero_panel_is_the_stock_pipeline_image(tmp_path):
     np.testing.assert_array_equal(np.asarray(images[0]), np.asarray(expected))
 
 
+@pytest.mark.slow  # per scheduler
 @pytest.mark.parametrize(
     "scheduler,call",
     [
@@ -145,7 +147,6 @@ def test_guidance_options_a_pipeline_does_not_take_are_refused(capsys):
 @pytest.mark.parametrize(
     "argument,named",
     [
-        (["--scales", "0,-1"], "pladis_scale"),
         (["--scales", "a,b"], "--scales"),
         (["--timesteps", "999", "--steps", "2"], "--steps"),
         (["--preprocess", "canny"], "--control-image"),
@@ -161,6 +162,7 @@ def test_bad_option_combinations_are_refused(argument, named, capsys):
     assert named in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sdxl_seg_choice_forwards_the_seg_options_to_its_pipeline():
     from pipeline.pipeline_sdxl_seg import PLADISStableDiffusionXLSEGPipeline
 
@@ -200,6 +202,7 @@ def test_sdxl_seg_choice_forwards_the_seg_options_to_its_pipeline():
     assert not np.array_equal(np.asarray(with_seg), np.asarray(without_seg))  # SEG really acted
 
 
+@pytest.mark.slow
 def test_controlnet_choice_shows_the_preprocessed_control_image_first(tmp_path):
     from pipeline.pipeline_controlnet import PLADISStableDiffusionXLControlNetPipeline
     from scripts.cli.preprocess import PREPROCESSORS
@@ -229,6 +232,7 @@ def test_controlnet_choice_shows_the_preprocessed_control_image_first(tmp_path):
     assert settings["panels"][0] == "control image (canny)"
 
 
+@pytest.mark.slow
 def test_flux_choice_runs_the_tiny_flux_and_scale_zero_is_stock_flux():
     from diffusers import FluxPipeline
 

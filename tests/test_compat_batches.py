@@ -28,6 +28,7 @@ def generate(pipe, family: str, prompts: list[str], seeds: list[int], images_per
     ).images
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["sd15", "sd3", "pixart"])
 def test_batched_images_equal_the_images_made_alone(family):
     pipe = build(family)

@@ -13,6 +13,8 @@ from attention import apply_pladis, entmax_attention, pladis_scaled_dot_product_
 from attention.kernels.reference import reference_sparse_map
 from tests.families import build, one_thread, run_family  # noqa: F401
 
+pytestmark = pytest.mark.slow  # torch.compile
+
 ADVERSARIAL_ROWS = torch.tensor(
     [
         [0.0] * 8,  # all equal

@@ -20,6 +20,7 @@ PAIRS = {
 }
 
 
+@pytest.mark.slow  # per family and direction
 @pytest.mark.parametrize("kind", sorted(PAIRS))
 @pytest.mark.parametrize("direction", ["stock_to_pladis", "pladis_to_stock"])
 def test_shared_denoiser_is_left_as_it_was(kind, direction):

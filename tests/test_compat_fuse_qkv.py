@@ -20,6 +20,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(CASES))
 def test_fused_projections_give_the_unfused_pladis_image(family):
     fused_type, pladis_type = CASES[family]

@@ -36,6 +36,7 @@ def unfused():
     return load("unfused")
 
 
+@pytest.mark.slow
 def test_unfused_and_fused_lora_give_the_same_pladis_image(unfused, pladis_without_lora):
     boosted = run_pipe(unfused, pladis_scale=2.0)
     np.testing.assert_allclose(boosted, run_pipe(load("fused"), pladis_scale=2.0), atol=1e-5)
@@ -43,6 +44,7 @@ def test_unfused_and_fused_lora_give_the_same_pladis_image(unfused, pladis_witho
     assert np.abs(boosted - run_pipe(unfused)).max() > 1e-3  # and PLADIS under the LoRA
 
 
+@pytest.mark.slow
 def test_lora_scale_reaches_the_lora_layers_not_the_processors(unfused, pladis_without_lora):
     switched_off = run_pipe(unfused, pladis_scale=2.0, cross_attention_kwargs={"scale": 0.0})
     np.testing.assert_allclose(switched_off, pladis_without_lora, atol=1e-5)
@@ -57,6 +59,7 @@ def test_unfused_adapter_and_processors_are_in_place_after_the_call(unfused):
     assert same_processor_objects(unfused.unet, before)
 
 
+@pytest.mark.slow
 def test_apply_pladis_on_a_stock_pipeline_with_lora_matches_the_subclass(unfused):
     stock = StableDiffusionXLPipeline.from_pipe(unfused)
     with apply_pladis(stock, 2.0):

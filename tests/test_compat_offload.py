@@ -32,6 +32,7 @@ def reference():
         return stock, run_pipe(pipe)
 
 
+@pytest.mark.slow
 def test_model_cpu_offload_runs_pladis(reference):
     stock, pladis = reference
     pipe = load()

@@ -25,6 +25,7 @@ PIPELINES = {
 }
 
 
+@pytest.mark.slow  # save and load per family
 @pytest.mark.parametrize("kind", sorted(PIPELINES))
 def test_saved_pladis_pipeline_loads_back_and_gives_the_same_images(tmp_path, kind):
     pladis_class, stock_class, path, options = PIPELINES[kind]

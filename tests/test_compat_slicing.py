@@ -14,6 +14,7 @@ from tests.families import build, layers_of_type, one_thread, processors_seen, r
 from tests.tiny import processors_by_name, same_processor_objects
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("slice_size", ["auto", 1])
 def test_sliced_pipeline_gets_pladis_and_its_slicing_back(slice_size):
     pipe = build("sd15")

@@ -92,6 +92,7 @@ def guided_runs(pipe, guider: str, options: dict, **pladis) -> dict[str, np.ndar
     return runs
 
 
+@pytest.mark.slow  # per guider
 @pytest.mark.parametrize("guider", list(GUIDERS))
 def test_sdxl_guiders_compose_with_pladis(sdxl, guider):
     """Each guider's batches, hooks and formula with PLADIS on cross-attention in the window's steps: the guider
@@ -104,6 +105,7 @@ def test_sdxl_guiders_compose_with_pladis(sdxl, guider):
     assert same_processor_objects(sdxl.unet, before)
 
 
+@pytest.mark.slow
 def test_diffusers_seg_guider_never_perturbs_so_it_gives_cfg_images(sdxl):
     """diffusers 0.42's SmoothedEnergyGuidance never installs its hooks (its prepare_models never counts the
     batch it prepares), so its third pass is the conditional one: with or without PLADIS it gives CFG's image.
@@ -200,6 +202,7 @@ def flux():
     return pipe
 
 
+@pytest.mark.slow  # per cache
 @pytest.mark.parametrize("cache", list(CACHES))
 def test_step_caches_run_pladis_at_constant_scale_and_refuse_windows(flux, cache):
     """A constant λ: the steps the cache computes run PLADIS — the same image as hand-made fixed-λ processors
@@ -266,6 +269,7 @@ def sdxl_classic():
     return pipe
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("offload_type", ["block_level", "leaf_level"])
 def test_group_offloading_gives_the_pladis_image(sdxl_classic, offload_type):
     with apply_pladis(sdxl_classic, 2.0):
@@ -280,6 +284,7 @@ def test_group_offloading_gives_the_pladis_image(sdxl_classic, offload_type):
     assert same_processor_objects(sdxl_classic.unet, before)
 
 
+@pytest.mark.slow
 def test_layerwise_casting_to_fp8_is_pladis_on_the_fp8_weights(sdxl_classic):
     """Weights stored in float8_e4m3fn, computed in float32: the PLADIS image equals PLADIS on a float32 copy
     whose cast layers hold the fp8-rounded weights; λ = 0 is the cast stock image; storage stays fp8."""

@@ -69,6 +69,7 @@ def float16_base(cls):
     return base
 
 
+@pytest.mark.slow  # whole pipelines in concurrent threads
 def test_overlapping_pladis_and_stock_calls_give_their_solo_images_and_restore_the_unet():
     """The server pattern on a float16 base: each request makes its own pipeline with `from_pipe(..., dtype=
     base.dtype)` while other requests are in their denoising loops."""
@@ -185,6 +186,7 @@ GUIDED_CALLS = {  # overlapping guided calls on one U-Net: their own guidance, l
 }
 
 
+@pytest.mark.slow  # whole pipelines in concurrent threads
 @pytest.mark.parametrize("first", ["seg", "pag"])
 def test_overlapping_seg_and_pag_calls_on_a_shared_unet_each_get_their_own_perturbation(first):
     """Two PAG-pipeline calls (SEG and PAG+PLADIS) and a stock call overlap on one U-Net: the first guided call
@@ -242,6 +244,7 @@ def test_overlapping_seg_and_pag_calls_on_a_shared_unet_each_get_their_own_pertu
     np.testing.assert_array_equal(run_pipe(pipes["stock"], **options), solo["stock"])
 
 
+@pytest.mark.slow  # whole pipelines in concurrent threads
 @pytest.mark.parametrize("tokenizers", ["shared", "per request"])
 def test_shared_tokenizers_are_the_order_dependence_of_concurrent_flux_requests(tokenizers):
     """FLUX requests in threads differed from their solo images now and then (4.8e-7 through CLIP's pooled

@@ -226,6 +226,7 @@ def assert_single_process_outputs(ranks: list[dict], built: dict, mode: str | No
         np.testing.assert_array_equal(got["stock after"], got["stock"])
 
 
+@pytest.mark.slow  # forked gloo ranks
 @pytest.mark.parametrize("mode", sorted(MODES))
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_context_parallel_output_is_the_single_process_output(built, name, mode):
@@ -233,6 +234,7 @@ def test_context_parallel_output_is_the_single_process_output(built, name, mode)
     assert_single_process_outputs(ranks, built, mode)
 
 
+@pytest.mark.slow  # forked gloo ranks
 def test_ring_and_ulysses_together_on_four_ranks(built):
     config = ContextParallelConfig(ring_degree=2, ulysses_degree=2)
     ranks = run_on_ranks(4, parallel_outputs({name: model for name, (model, _) in built.items()}, config))
@@ -242,6 +244,7 @@ def test_ring_and_ulysses_together_on_four_ranks(built):
 TENSOR_PARALLEL = ("FLUX.1", "FLUX.2", "Qwen-Image")  # the families with a `_tp_plan` in diffusers 0.42
 
 
+@pytest.mark.slow  # forked gloo ranks
 def test_tensor_parallelism_gives_the_single_process_output(built):
     """Each rank runs whole attention on its own heads, so the rules need nothing there."""
     models = {name: built[name][0] for name in TENSOR_PARALLEL}
@@ -256,6 +259,7 @@ def test_diffusers_has_no_tensor_parallelism_for_the_other_families(name):
         model.enable_parallelism(config=TensorParallelConfig(tp_degree=2))
 
 
+@pytest.mark.slow  # forked gloo ranks
 @pytest.mark.parametrize("kernel", ["torch", "triton"])
 def test_pladis_kernel_paths_run_per_rank(built, kernel):
     """The joint rule (FLUX.1 with its single-stream blocks) and the cross-attention rule (LTX-Video, text mask)
@@ -352,6 +356,7 @@ def pipeline_images(pipe, calls: dict[str, Callable], config) -> Callable[[int],
     return work
 
 
+@pytest.mark.slow  # forked gloo ranks
 def test_flux_pipeline_on_two_ranks_gives_the_single_process_image():
     """`PLADISFluxPipeline(..., pladis_scale=2)` and `apply_pladis(pipe)` with single-stream blocks, Ulysses."""
     pipe = PLADISFluxPipeline(**build_tiny_flux(False).components)
@@ -374,6 +379,7 @@ def test_flux_pipeline_on_two_ranks_gives_the_single_process_image():
     assert np.abs(single["pipeline"] - single["stock"]).max() > 1e-3
 
 
+@pytest.mark.slow  # forked gloo ranks
 def test_wan_pipeline_on_two_ranks_gives_the_single_process_video():
     """`apply_pladis(pipe)` on Wan 2.x text-to-video (cross-attention on whole text), ring attention."""
     pipe = build_tiny_wan()
@@ -392,6 +398,7 @@ def test_wan_pipeline_on_two_ranks_gives_the_single_process_video():
     assert np.abs(single["apply"] - single["stock"]).max() > 1e-3
 
 
+@pytest.mark.slow  # forked gloo ranks
 def test_many_gpus_example_on_two_ranks_writes_the_single_process_grid(tmp_path):
     """`scripts/examples/flux_dev_many_gpus.py` (what `torchrun` runs on each GPU) on two CPU ranks, Ulysses:
     process 0 writes the grid one process writes (PNG pixels, ±1 for float rounding), the others none."""
@@ -421,6 +428,7 @@ def grid_panels(grid: np.ndarray, count: int = 2, side: int = 256) -> np.ndarray
     )
 
 
+@pytest.mark.slow  # forked gloo ranks
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_cost_script_times_the_layer_and_the_text_gather(mode):
     from scripts.dev import context_parallel_cost

@@ -55,6 +55,7 @@ def test_defaults_equal_stock_diffusers_controlnet(pipe, control_image):
     assert np.abs(expected - without_control).max() > 1e-2  # the tiny ControlNet really steers
 
 
+@pytest.mark.slow
 def test_reference_example_equals_pladis_around_independent_seg(pipe, control_image):
     stock = StableDiffusionXLControlNetPAGPipeline.from_pretrained(TINY_SDXL_CONTROLNET, local_files_only=True)
     mid = {name: (8, 8) for name in self_attention_names(stock.unet, "mid_block.")}
@@ -112,6 +113,7 @@ def test_pag_and_seg_together_are_rejected(pipe, control_image):
         run_latents(pipe, image=control_image, pag_scale=1.0, seg_scale=1.0)
 
 
+@pytest.mark.slow  # rebuilds the asset
 def test_saved_tiny_controlnet_pipeline_is_what_the_builder_makes(pipe, controlnet):
     fresh = build_tiny_sdxl_controlnet_pipeline()
     for saved_model, fresh_model in ((controlnet, fresh.controlnet), (pipe.unet, fresh.unet)):

@@ -18,6 +18,8 @@ from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
 from scripts.cli.assets import TINY_FLUX_DEV, TINY_SDXL
 from tests.tiny import CallCounter, run_pipe
 
+pytestmark = pytest.mark.slow  # the device checks on the CPU: the Triton interpreter over whole pipelines
+
 FAMILIES = {
     "sdxl": (PLADISStableDiffusionXLPipeline, StableDiffusionXLPipeline, TINY_SDXL, {}),
     "flux": (PLADISFluxPipeline, FluxPipeline, TINY_FLUX_DEV, {"max_sequence_length": 32}),

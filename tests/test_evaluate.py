@@ -148,6 +148,7 @@ def test_fid_of_a_folder_against_itself_is_zero_and_inception_needs_weights(tiny
     assert all("fid" not in row for row in results["rows"])
 
 
+@pytest.mark.slow
 def test_inception_features_load_from_a_local_torchvision_weights_file(tmp_path):
     from torchvision.models import inception_v3
 

@@ -35,6 +35,7 @@ def test_there_is_one_example_per_reference_section():
     assert set(EXAMPLES) == REFERENCE_SECTIONS | BEYOND_THE_REFERENCE
 
 
+@pytest.mark.slow  # every example, end to end
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_example_runs_on_tiny_assets_and_writes_its_grid(name, tmp_path):
     out = tmp_path / f"{name}.png"

@@ -166,6 +166,7 @@ def test_stock_sdpa_backend_mirrors_torchs_gates_on_an_a100():
         assert stock_sdpa_backend(offset, offset, offset, mask) == "math"  # on sm80 math comes before cuDNN
 
 
+@pytest.mark.slow  # torch.compile
 def test_the_dense_op_choice_traces_into_one_compiled_graph(monkeypatch):
     """Under `torch.compile` the choice reads torch's switches once per graph (no graph break)."""
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
@@ -451,6 +452,7 @@ def _pladis_calls(tiny, model, inputs) -> tuple[str, int]:
     return kind, calls
 
 
+@pytest.mark.slow  # every family's denoiser
 @pytest.mark.parametrize("family", sorted(DENOISERS))
 def test_every_family_on_cuda_makes_no_host_sync_and_one_launch_per_pladis_call(monkeypatch, family):
     tiny = DENOISERS[family]

@@ -49,6 +49,7 @@ def test_tiny_flux_has_the_variant_features(variant):
     assert len(pipe.tokenizer_2("a photo of a cat").input_ids) == 6  # 5 whole words + </s>
 
 
+@pytest.mark.slow  # rebuilds the asset
 def test_saved_tiny_flux_lora_is_what_the_builder_regenerates(tmp_path):
     rebuilt = load_file(save_tiny_flux_lora(tmp_path))
     saved = load_file(TINY_FLUX_LORA)

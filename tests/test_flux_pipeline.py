@@ -180,6 +180,7 @@ def test_apply_pladis_on_stock_pipeline_matches_subclass(pipe, stock):
     np.testing.assert_array_equal(via_context, run_flux(pipe, pladis_scale=2.0, pladis_single_blocks=True))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fuse", [False, True])
 def test_lora_combines_with_pladis(fresh_pipe, fresh_stock, fuse):
     pipe, stock = fresh_pipe, fresh_stock
@@ -210,15 +211,6 @@ def test_bfloat16_pipeline_is_finite(fresh_pipe):
     boosted = run_flux(pipe, output_type="latent", pladis_scale=2.0, pladis_single_blocks=True)
     assert boosted.dtype == torch.bfloat16 and torch.isfinite(boosted).all()
     assert (boosted - plain).abs().max() > 1e-2
-
-
-def test_bad_single_blocks_flag_is_rejected_before_any_change(pipe):
-    before = processors_by_name(pipe.transformer)
-    with pytest.raises(TypeError, match="pladis_single_blocks"):
-        run_flux(pipe, pladis_scale=2.0, pladis_single_blocks="yes")
-    with pytest.raises(ValueError, match="pladis_scale"):
-        run_flux(pipe, pladis_scale=-1.0)
-    assert same_processor_objects(pipe.transformer, before)
 
 
 def test_single_blocks_option_on_a_unet_pipeline_raises():

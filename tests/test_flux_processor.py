@@ -155,13 +155,3 @@ def test_recorded_text_length_follows_each_call_and_its_hook_is_removed():
             assert recorded.tokens == 5
             raise ValueError("inside")
     assert module._forward_pre_hooks == hooks_before and recorded.tokens is None
-
-
-@pytest.mark.parametrize("value,error", [(-1.0, ValueError), ("2", TypeError)])
-def test_bad_arguments_are_rejected_naming_them(value, error):
-    with pytest.raises(error, match="pladis_scale"):
-        PLADISFluxAttnProcessor(value)
-    with pytest.raises(error, match="pladis_alpha"):
-        PLADISFluxAttnProcessor(2.0, value)
-    with pytest.raises(TypeError, match="text_length"):
-        PLADISFluxAttnProcessor(2.0, text_length=77)

@@ -192,6 +192,7 @@ _PEAK_MEMORY_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # subprocesses
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc peak-RSS reset")
 def test_peak_memory_grows_linearly_in_tokens():
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}

@@ -90,6 +90,7 @@ def test_images_are_named_by_prompt_and_scale_with_their_seed_and_resume_image_b
     assert all(np.array_equal(pixels(path), before[name]) for name, path in all_images(out).items())
 
 
+@pytest.mark.slow
 def test_resume_makes_empty_cut_short_or_broken_images_again_and_says_so(tmp_path, capsys):
     prompts, out = tmp_path / "prompts.txt", tmp_path / "out"
     prompts.write_text("a photo of a cat\na red cube\na dog\na bird\n")
@@ -111,6 +112,7 @@ def test_resume_makes_empty_cut_short_or_broken_images_again_and_says_so(tmp_pat
     assert all(np.array_equal(pixels(path), image) for path, image in zip(paths, before, strict=True))
 
 
+@pytest.mark.slow
 def test_an_image_depends_on_its_prompt_and_seed_not_on_its_place_in_the_file(tmp_path):
     forward, backward = tmp_path / "forward.jsonl", tmp_path / "backward.jsonl"
     cat, cube = json.dumps({"prompt": "a photo of a cat", "seed": 9}), json.dumps({"prompt": "a red cube", "seed": 4})
@@ -123,6 +125,7 @@ def test_an_image_depends_on_its_prompt_and_seed_not_on_its_place_in_the_file(tm
     )
 
 
+@pytest.mark.slow  # several command-line runs
 def test_resuming_with_other_settings_or_prompts_is_refused_but_extending_is_not(tmp_path):
     out = tmp_path / "out"
     text = tmp_path / "one.txt"
@@ -142,6 +145,7 @@ def test_resuming_with_other_settings_or_prompts_is_refused_but_extending_is_not
     ]
 
 
+@pytest.mark.slow
 def test_resuming_accepts_the_same_model_however_its_path_is_spelt(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     out, text = tmp_path / "out", tmp_path / "one.txt"
@@ -159,6 +163,7 @@ def test_resuming_accepts_the_same_model_however_its_path_is_spelt(tmp_path, mon
         generate.main([*options, "--model", "asset/tiny-sdxl-controlnet"])
 
 
+@pytest.mark.slow  # several processes
 def test_two_processes_split_the_prompts_and_write_each_image_once_as_one_process_does(prompt_file, tmp_path):
     options = ["--prompts", str(prompt_file), "--steps", "1", "--scales", "0,2"]
     with one_thread():

@@ -21,6 +21,7 @@ def one_prompt(tmp_path):
     return path
 
 
+@pytest.mark.slow  # two concurrent runs
 def test_runs_with_different_settings_started_together_are_not_both_accepted(one_prompt, tmp_path, monkeypatch):
     out = tmp_path / "out"
     both_checked = threading.Barrier(2)
@@ -88,6 +89,7 @@ def test_scales_that_share_a_folder_name_are_a_usage_error(one_prompt, tmp_path,
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_an_explicit_empty_negative_prompt_is_kept(tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "a photo of a cat", "negative_prompt": ""}\n')

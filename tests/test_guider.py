@@ -26,6 +26,7 @@ def with_guider(pipe, guider):
     return pipe
 
 
+@pytest.mark.slow  # per window and layers
 @pytest.mark.parametrize(
     "window,layers", [((0.0, 1.0), None), ((0.25, 0.75), None), ((0.5, 1.0), ["mid", "up_blocks.0.attentions.1"])]
 )
@@ -54,6 +55,7 @@ def test_guider_at_scale_zero_is_the_wrapped_guider_bit_for_bit(sdxl):
     np.testing.assert_array_equal(run_modular(with_guider(sdxl, wrapped), **SDXL_CALL), stock)
 
 
+@pytest.mark.slow
 def test_guider_configuration_is_saved_and_loaded_with_the_wrapped_guider(sdxl, tmp_path):
     guider = PLADISGuidance(
         AdaptiveProjectedGuidance(guidance_scale=4.0, eta=0.5),

@@ -94,6 +94,7 @@ def reference(stock, family: str, scale: float, alpha: float, text_tokens: int |
         return run(stock, family)
 
 
+@pytest.mark.slow  # per family and scale
 @pytest.mark.parametrize("scale,alpha", [(2.0, 1.5), (1.5, 2.0)])
 def test_text_gets_the_rule_and_the_image_prompt_stays_dense(pipes, family, scale, alpha):
     pipe, stock = pipes
@@ -150,6 +151,7 @@ def test_moving_the_model_while_pladis_is_installed_moves_the_adapter_weights(pi
     assert same_processor_objects(model, before)
 
 
+@pytest.mark.slow
 def test_fixed_setting_processors_for_adapter_layers_give_the_pipelines_image(pipes, family):
     pipe, stock = pipes
     model, before = denoiser(stock), processors_by_name(denoiser(stock))
@@ -159,6 +161,7 @@ def test_fixed_setting_processors_for_adapter_layers_give_the_pipelines_image(pi
     assert same_processor_objects(model, before)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("processor_type", [IPAdapterAttnProcessor, IPAdapterXFormersAttnProcessor])
 def test_classic_and_xformers_unet_adapters_run_as_the_sdpa_one_on_their_own_weights(processor_type, tmp_path):
     pipe = PLADISStableDiffusionXLPipeline.from_pretrained(TINY_SDXL, local_files_only=True)

@@ -16,6 +16,8 @@ import pytest
 
 from scripts.dev.compile_kernels import STEPS, count_sass
 
+pytestmark = pytest.mark.slow  # compiles the Triton kernels (ptxas)
+
 ROOT = Path(__file__).resolve().parent.parent
 PROBE = """
 import json

@@ -103,7 +103,7 @@ def test_large_lambda_on_fully_masked_rows_gives_zeros_not_nan(kernel, device):
 @pytest.mark.parametrize("kernel", sorted(TEXT_BLOCK))
 @pytest.mark.parametrize("alpha", [1.5, 2.0])
 @pytest.mark.parametrize("text_first", [True, False])
-@pytest.mark.parametrize("text_keys", [40, 77, 512])
+@pytest.mark.parametrize("text_keys", [40, 77, pytest.param(512, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("source", ["log_normaliser", "text_mass"])
 def test_text_block_correction_matches_float64_reference(kernel, alpha, text_first, text_keys, source, device):
     generator = torch.Generator().manual_seed(text_keys)

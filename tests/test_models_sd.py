@@ -28,6 +28,7 @@ def test_scale_zero_is_bit_identical_to_the_stock_pipeline(pipe, family):
         np.testing.assert_array_equal(run_family(pipe, family), stock)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("alpha", [1.5, 2.0])
 def test_positive_scale_changes_the_image(pipe, family, alpha):
     stock = run_family(pipe, family)

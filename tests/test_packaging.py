@@ -102,6 +102,7 @@ def test_no_module_edits_sys_path():
     assert offenders == []
 
 
+@pytest.mark.slow  # subprocess
 def test_a_console_command_runs_from_another_folder_and_records_itself(tmp_path):
     """`.ci/run` installs the project (editable) into its environment, so the README's commands exist there:
     in CI (PLADIS_CI=1) `pladis-compare` must be on PATH; elsewhere it is checked where installed."""

@@ -41,6 +41,7 @@ def pag_state(pipeline) -> tuple:
     )
 
 
+@pytest.mark.slow  # per layer set and scale
 @pytest.mark.parametrize(
     "layers,guidance_scale,adaptive",
     [
@@ -63,6 +64,7 @@ def test_default_call_is_plain_sdxl_cfg_and_pag_changes_it(pipe, tiny_sdxl_path)
     assert np.abs(run_pipe(pipe, pag_scale=3.0) - cfg).max() > 1e-2
 
 
+@pytest.mark.slow
 def test_pag_layers_default_to_the_pipelines_own(tiny_sdxl_path, stock_pag):
     custom = PLADISStableDiffusionXLSEGPipeline.from_pretrained(
         tiny_sdxl_path, local_files_only=True, pag_applied_layers=["down_blocks.2"]
@@ -167,6 +169,7 @@ def test_reference_name_is_the_same_pipeline():
     assert pipeline_sdxl_seg.PLADISStableDiffusionXLPipeline is PLADISStableDiffusionXLSEGPipeline
 
 
+@pytest.mark.slow
 def test_the_pag_overlap_check_sees_this_calls_layers_not_the_last_calls(pipe, monkeypatch):
     """apply_pladis checks PAG's layers against the PLADIS layers: it must see the layers of the call
     it is part of (here "mid" after a call on "down_blocks.2"), not what an earlier call left."""

@@ -180,6 +180,7 @@ def _images(pipe, *args, **kwargs) -> np.ndarray:
     return pipe(*args, **kwargs).images
 
 
+@pytest.mark.slow  # per pipeline
 def test_every_parameter_binds_positionally_and_by_keyword_as_in_the_parent(case, pipes):
     pipe, stock = pipes
     _, parent, _ = CASES[case]
@@ -195,6 +196,7 @@ def test_every_parameter_binds_positionally_and_by_keyword_as_in_the_parent(case
     assert np.abs(boosted - stock_images).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_a_shared_parameter_passed_positionally_is_the_tables_keyword():
     """pag_scale sits where StableDiffusionXLPAGPipeline has it: given positionally, PAG runs as given by keyword."""
     pipe = PLADISStableDiffusionXLSEGPipeline.from_pretrained(TINY_SDXL, local_files_only=True)
@@ -261,6 +263,7 @@ def test_diffusers_signature_machinery_sees_what_it_sees_on_the_parent(case, pip
     assert all(a is b for a, b in zip(cls.from_pipe(stock).components.values(), stock.components.values(), strict=True))
 
 
+@pytest.mark.slow  # per pipeline
 def test_callbacks_see_and_change_the_same_tensors_as_in_the_parent(case, pipes):
     pipe, stock = pipes
     _, parent, _ = CASES[case]

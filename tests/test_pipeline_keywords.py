@@ -46,6 +46,7 @@ def test_without_any_pladis_keyword_or_enclosing_call_it_is_the_stock_pipeline(s
     )
 
 
+@pytest.mark.slow
 def test_a_keyword_given_replaces_the_enclosing_value_for_that_call_only(sdxl, stock):
     with apply_pladis(sdxl, 2.0, pladis_alpha=2.0, pladis_layers="mid"):
         off = run_pipe(sdxl, pladis_scale=0.0, **OPTIONS)
@@ -59,17 +60,15 @@ def test_a_keyword_given_replaces_the_enclosing_value_for_that_call_only(sdxl, s
     )
 
 
+@pytest.mark.slow
 def test_window_and_layer_keywords_are_those_of_apply_pladis(sdxl, stock):
     keywords = {"pladis_start": 0.25, "pladis_stop": 0.75, "pladis_layers": ["mid", "up_blocks.0"]}
     through_call = run_pipe(sdxl, pladis_scale=2.0, **keywords, **OPTIONS)
     with apply_pladis(stock, 2.0, **keywords):
         np.testing.assert_array_equal(through_call, run_pipe(stock, **OPTIONS))
-    with pytest.raises(ValueError, match="pladis_layers: 'midd' matches no text-attention layer"):
-        run_pipe(sdxl, pladis_scale=2.0, pladis_layers="midd", **OPTIONS)
-    with pytest.raises(ValueError, match="pladis_start=0.9, pladis_stop=0.1"):
-        run_pipe(sdxl, pladis_start=0.9, pladis_stop=0.1, **OPTIONS)
 
 
+@pytest.mark.slow
 def test_the_seg_pipeline_keeps_an_enclosing_apply_pladis_under_seg(sdxl):
     seg = PLADISStableDiffusionXLSEGPipeline.from_pipe(sdxl)
     options = {"seg_scale": 3.0, "seg_blur_sigma": 10.0, **OPTIONS}
@@ -79,6 +78,7 @@ def test_the_seg_pipeline_keeps_an_enclosing_apply_pladis_under_seg(sdxl):
     assert np.abs(kept - run_pipe(seg, **options)).max() > 1e-4
 
 
+@pytest.mark.slow
 def test_flux_single_blocks_and_layer_keywords_replace_each_other():
     flux = PLADISFluxPipeline.from_pretrained(TINY_FLUX_SCHNELL, local_files_only=True)
     flux.set_progress_bar_config(disable=True)

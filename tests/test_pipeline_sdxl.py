@@ -30,6 +30,7 @@ def test_scale_zero_is_bit_identical_to_stock_pipeline(pipe, stock):
     np.testing.assert_array_equal(run_pipe(pipe, pladis_scale=0.0, pladis_alpha=2.0), run_pipe(stock))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("alpha", [1.5, 2.0])
 def test_positive_scale_changes_the_image(pipe, stock, alpha):
     baseline = run_pipe(stock)
@@ -103,6 +104,7 @@ def test_apply_pladis_on_stock_pipeline_matches_subclass(pipe, stock):
     np.testing.assert_array_equal(via_context, run_pipe(pipe, pladis_scale=2.0))
 
 
+@pytest.mark.slow
 def test_freeu_combines_with_pladis(pipe, stock):
     for pipeline in (pipe, stock):
         pipeline.enable_freeu(s1=0.9, s2=0.2, b1=1.3, b2=1.4)
@@ -121,6 +123,7 @@ DISTILLED_SCHEDULERS = {
 }
 
 
+@pytest.mark.slow  # LoRA fusing, per scheduler
 @pytest.mark.parametrize("recipe", sorted(DISTILLED_SCHEDULERS))
 def test_fused_lora_with_distilled_scheduler(pipe, stock, recipe):
     scheduler_class, scheduler_options, call_options = DISTILLED_SCHEDULERS[recipe]
@@ -140,12 +143,14 @@ def test_fused_lora_with_distilled_scheduler(pipe, stock, recipe):
     assert same_processor_objects(pipe.unet, before)
 
 
+@pytest.mark.slow
 def test_lora_changes_the_output(pipe, stock):
     pipe.load_lora_weights(str(TINY_SDXL_LORA))
     pipe.fuse_lora()
     assert np.abs(run_pipe(pipe) - run_pipe(stock)).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_explicit_latents_and_timesteps_pass_through(pipe, stock):
     latents = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(4))
     options = {"latents": latents, "timesteps": [999, 500]}

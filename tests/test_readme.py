@@ -68,6 +68,7 @@ def test_the_readme_pictures_come_from_the_commands_it_shows(name):
     assert settings["device"] == settings["arguments"]["device"] == "cpu"
 
 
+@pytest.mark.slow  # generates with the toy
 def test_the_offline_cpu_snippet_runs_as_written_from_the_repository_root(tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", README, re.DOTALL)
     snippet = next(block for block in blocks if 'from_pretrained("asset/toy-sdxl"' in block)

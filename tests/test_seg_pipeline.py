@@ -52,12 +52,14 @@ def independent_seg(
         return run_latents(stock_pag, pag_scale=seg_scale, guidance_scale=guidance_scale, **options)
 
 
+@pytest.mark.slow
 def test_seg_with_tiny_sigma_is_plain_cfg(pipe, tiny_sdxl_path):
     plain = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_path, local_files_only=True)
     seg = run_latents(pipe, seg_scale=3.0, seg_blur_sigma=0.1)  # kernel size 1: perturbed = cond
     np.testing.assert_allclose(seg, run_latents(plain), rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_seg_with_infinite_sigma_is_the_mean_query_perturbation(pipe, stock_pag):
     mid = {name: (8, 8) for name in self_attention_names(pipe.unet, "mid_block.")}  # 64 px → 32 latent → 8×8
     got = run_latents(pipe, seg_scale=3.0)  # default σ = 9999999: infinite
@@ -68,6 +70,7 @@ def test_seg_with_infinite_sigma_is_the_mean_query_perturbation(pipe, stock_pag)
     assert np.abs(got - keys).max() > 100 * TOLERANCE
 
 
+@pytest.mark.slow
 def test_seg_on_a_non_square_image_blurs_each_layer_on_its_own_grid(pipe, stock_pag):
     # 64×96 px → a 32×48 latent: 16×24 tokens in down_blocks.1 / up_blocks.1, 8×12 in the mid block.
     # σ = 2 gives 13 taps, clipped to 9 on 8 rows but not on 12 columns.

@@ -23,6 +23,7 @@ def test_keys_are_start_words_end_then_padding():
     assert names[1] == ["start", *["words"] * 13, "end", "padding"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["asset/tiny-sdxl", TOY_MODEL])
 def test_statistics_are_distributions_over_the_keys(model):
     pipe = StableDiffusionXLPipeline.from_pretrained(str(REPO_ROOT / model), dtype=torch.float32, local_files_only=True)

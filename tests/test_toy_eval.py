@@ -45,6 +45,7 @@ def restores_threads():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow  # command-line runs
 def test_one_command_generates_scores_and_resumes(tmp_path, restores_threads):
     options = [
         "--toy",

@@ -85,6 +85,7 @@ def two_tiny_runs(tmp_path_factory):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow  # trains
 def test_trainer_saves_a_loadable_pipeline_and_records_the_rebuild_command(two_tiny_runs):
     out = two_tiny_runs[0]
     record = json.loads((out / "training.json").read_text())
@@ -95,6 +96,7 @@ def test_trainer_saves_a_loadable_pipeline_and_records_the_rebuild_command(two_t
     assert pipe("a red circle on the left", num_inference_steps=1).images[0].size == (32, 32)
 
 
+@pytest.mark.slow  # trains
 def test_trainer_is_deterministic(two_tiny_runs):
     first, second = two_tiny_runs
     for part in ("unet/diffusion_pytorch_model.safetensors", "text_encoder_2/model.safetensors"):

@@ -55,6 +55,7 @@ def test_non_toy_captions_are_refused(caption: str) -> None:
         scene_of_caption(caption)
 
 
+@pytest.mark.slow
 def test_reads_at_least_97_percent_of_objects_after_the_toy_vae_round_trip() -> None:
     """The scorer reads generated images, which pass through the VAE decoder: its blur must not fool it."""
     import torch
