@@ -28,6 +28,7 @@ def registry(monkeypatch):
     monkeypatch.setattr(diffusers_families, "_DENOISERS", dict(diffusers_families._DENOISERS))
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch and diffusers: ~6 s
 def test_importing_the_api_imports_no_diffusers_transformer_module():
     """Every public name but the two processor classes of transformer-module processors (made when asked for)."""
     code = f"import sys; {PUBLIC_IMPORT}; print(sorted(m for m in sys.modules if 'models.transformers' in m))"
