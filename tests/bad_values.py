@@ -1,5 +1,5 @@
 """The bad values of the PLADIS arguments, in one place, and the message each refusal must show: every entry
-point's bad-value table (tests/test_bad_values.py) pushes these same values through its own door.
+point's bad-value table (tests/project/test_bad_values.py) pushes these same values through its own door.
 
 A row is `(keywords, error, argument)`: the keywords of a call (λ = 2 where λ is not the bad value), the error
 type the check raises, and the argument its message must name together with the values it accepts

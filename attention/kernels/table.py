@@ -10,8 +10,8 @@ the user's `PLADIS_KERNEL`, read on every call, so it can change between calls:
 `auto` (default): the Triton kernels for CUDA tensors when Triton imports and the case is covered, else the
 sync-free `torch` path on GPUs and the chunked path on CPU. `triton`: the Triton kernels or a clear error
 (never a silent fallback). `torch`: the sync-free path on any device. Adding a kernel is adding a record here:
-`tests/test_kernel_choice.py` checks every record against the reference formulation through both seams (and
-`tests/test_kernel_paths.py` the fast ones on the hard inputs).
+`tests/attention/kernels/test_kernel_choice.py` checks every record against the reference formulation through
+both seams (and `tests/attention/kernels/test_kernel_paths.py` the fast ones on the hard inputs).
 """
 
 from __future__ import annotations

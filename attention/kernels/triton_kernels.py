@@ -22,7 +22,7 @@ Developed and tested on CPU with Triton's interpreter (`TRITON_INTERPRET=1`); th
 exact float32, on a GPU float32 inputs use `input_precision="ieee"` for the same result, and half
 inputs use half MMAs with float32 accumulation (the weights rounded to the value dtype for `A·V`, as
 flash attention rounds its softmax weights; bfloat16 spelled out on the bits in the interpreter,
-`tests/test_gpu_arithmetic.py`).
+`tests/attention/kernels/test_gpu_arithmetic.py`).
 """
 
 from __future__ import annotations

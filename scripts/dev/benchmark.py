@@ -303,10 +303,10 @@ def memory_in_subprocess(case: str, variant: str, argv: list[str]) -> int:
 
 
 GPU_CHECK_TESTS = (
-    "tests/test_kernel_paths.py",
-    "tests/test_device_bf16_flux.py",
-    "tests/test_device_pipelines.py",
-    "tests/test_compat_offload.py",
+    "tests/attention/kernels/test_kernel_paths.py",
+    "tests/attention/kernels/test_device_bf16_flux.py",
+    "tests/pipeline/test_device_pipelines.py",
+    "tests/attention/integration/test_compat_offload.py",
 )
 # (case, dtype) of `--gpu-check`: the attention modules and one denoiser step of SDXL (fp16) and FLUX (bf16).
 GPU_CHECK_RUNS = (

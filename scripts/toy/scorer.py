@@ -2,8 +2,8 @@
 
 No learned weights: foreground pixels are those far from the background colour, the colour is the palette
 colour nearest to their mean, the shape comes from where the object's mass sits in its bounding box
-(triangles point up) and how much of the box and of its corners it fills. `tests/test_toy_scorer.py` checks it on
-drawn images.
+(triangles point up) and how much of the box and of its corners it fills. `tests/scripts/toy/test_toy_scorer.py`
+checks it on drawn images.
 """
 
 from __future__ import annotations
