@@ -13,28 +13,31 @@ from typing import Any
 # light submodule such as `attention.validation` (what the command-line tools need to build and check their
 # options) loads neither torch nor diffusers: `--help` answers at once.
 _EXPORTS = {
-    "TextLength": "call_context",
-    "FAMILIES": "families",
-    "Family": "families",
-    "TextAttention": "families",
-    "family_of": "families",
-    "recorded_text_length": "flux_processor",
-    "pladis_scaled_dot_product_attention": "functional",
-    "apply_pladis": "install",
-    "pladis_processors": "install",
-    "swapped_attn_processors": "install",
-    "text_block_pladis_attention": "joint_text_block",
-    "PLADISAttnProcessor": "processors",
-    "PLADISFluxAttnProcessor": "processors",
-    "PLADISJointAttnProcessor": "processors",
-    "PLADISProcessor": "processors",
-    "PLADISSanaAttnProcessor": "processors",
-    "pladis_processor_class": "processors",
-    "entmax_attention": "sparse_maps",
-    "pladis_weights": "sparse_maps",
-    "softmax_attention": "sparse_maps",
+    "TextLength": "integration.text_layout",
+    "FAMILIES": "integration.diffusers_families",
+    "Family": "integration.diffusers_families",
+    "TextAttention": "integration.diffusers_families",
+    "family_of": "integration.diffusers_families",
+    "register_family": "integration.diffusers_families",
+    "recorded_text_length": "integration.text_layout",
+    "pladis_scaled_dot_product_attention": "kernels.cross_attention",
+    "PLADISSettings": "settings",
+    "apply_pladis": "integration.install",
+    "pladis_processors": "integration.install",
+    "swapped_attn_processors": "integration.install",
+    "text_block_pladis_attention": "kernels.text_block",
+    "PLADISAttnProcessor": "integration.processors",
+    "PLADISFluxAttnProcessor": "integration.processors",
+    "PLADISJointAttnProcessor": "integration.processors",
+    "PLADISProcessor": "integration.processors",
+    "PLADISSanaAttnProcessor": "integration.processors",
+    "pladis_processor_class": "integration.processors",
+    "entmax_attention": "kernels.sparse_maps",
+    "pladis_weights": "kernels.sparse_maps",
+    "softmax_attention": "kernels.sparse_maps",
 }
 __all__ = sorted(_EXPORTS)
+_READ_WHEN_ASKED = {"FAMILIES"}  # the registered families now: `register_family` adds to them
 
 
 def __getattr__(name: str) -> Any:
@@ -42,7 +45,8 @@ def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
+    if name not in _READ_WHEN_ASKED:
+        globals()[name] = value
     return value
 
 

@@ -1,13 +1,15 @@
 """PLADIS settings checked once: λ, α, block options, step window and layers of one call, as a frozen object.
 
 The public entries (`apply_pladis`, processors made by hand, `pladis_processors`, the documented math
-functions and the two seams) build a `PLADISSettings` from their arguments; everything below them (the
-per-call state, the rules, the kernels) receives it, or its floats, and trusts it without checking again.
+functions and the two seams) build a `PLADISSettings` from their arguments, or take one in place of λ
+(`settings_from`); everything below them (the per-call state, the rules, the kernels) receives that object and
+trusts it without checking again.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 from .validation import check_flag, check_pladis_alpha, check_pladis_layers, check_pladis_scale, check_pladis_window
 
@@ -23,7 +25,9 @@ class PLADISSettings:
     when PLADIS is installed (None: the family's default layers). A bad value raises the
     `TypeError`/`ValueError` of `attention.validation` naming the argument; the fields are then plain floats,
     bools and a tuple of strings (a frozen dataclass of constants, so `torch.compile` traces reads of it as
-    graph constants).
+    graph constants). `kernel`: the call's own choice of implementation, a name from the kernel table
+    (`attention.kernels.table`: "auto", "triton", "torch", "chunked", "autograd", "reference"), or None to follow
+    the user's `PLADIS_KERNEL`; what the benchmark and tests set, not a pipeline keyword.
     """
 
     pladis_scale: float
@@ -33,6 +37,7 @@ class PLADISSettings:
     pladis_start: float = 0.0
     pladis_stop: float = 1.0
     pladis_layers: tuple[str, ...] | None = None
+    kernel: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pladis_scale", check_pladis_scale(self.pladis_scale))
@@ -48,6 +53,11 @@ class PLADISSettings:
                 "give pladis_layers or pladis_single_blocks=True, not both: pladis_layers is the whole choice of "
                 "layers (name the single-stream blocks in it, e.g. 'single_transformer_blocks')"
             )
+        if self.kernel is not None:
+            # The kernel names live in the kernel table alone; it is imported only for a call that names one.
+            from .kernels.table import check_kernel_choice
+
+            check_kernel_choice(self.kernel)
 
     @property
     def has_window(self) -> bool:
@@ -57,3 +67,22 @@ class PLADISSettings:
     def acts_on_step(self, step: int, steps: int) -> bool:
         """Whether PLADIS acts on denoising step `step` (from 0) of `steps`: int(start·N) <= step < int(stop·N)."""
         return int(self.pladis_start * steps) <= step < int(self.pladis_stop * steps)
+
+
+# Read once: a compiled graph traces the lookups, not `dataclasses.fields`.
+_DEFAULTS = {field.name: field.default for field in fields(PLADISSettings)}
+
+
+def settings_from(pladis_scale: float | PLADISSettings, **arguments: Any) -> PLADISSettings:
+    """The settings of a public entry that takes λ or a `PLADISSettings` in its place: that object as it is (then
+    the entry's other PLADIS arguments, `arguments`, must be left at their defaults), else the settings `pladis_scale`
+    and `arguments` make, checked."""
+    if not isinstance(pladis_scale, PLADISSettings):
+        return PLADISSettings(pladis_scale, **arguments)
+    given = sorted(name for name, value in arguments.items() if value != _DEFAULTS[name])
+    if given:
+        raise TypeError(
+            f"{', '.join(given)} given beside a PLADISSettings, which already holds every PLADIS setting: give "
+            "either the settings object or the arguments"
+        )
+    return pladis_scale

@@ -11,13 +11,8 @@ import numbers
 import re
 from collections.abc import Iterable
 
-# SEG's convention: a sigma above this means "infinite blur", i.e. every token gets the mean query.
-INFINITE_BLUR_SIGMA = 9999.0
-# The σ that asks for infinite blur: the SEG reference's default (any value above the threshold would do).
-SEG_INFINITE_BLUR = 9999999.0
 
-
-def _check_real(name: str, value: object, accepted: str) -> float:
+def check_real(name: str, value: object, accepted: str) -> float:
     """Return `value` as a float, or raise TypeError if it is not a real number (bools excluded)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number ({accepted}), got {type(value).__name__}: {value!r}")
@@ -34,7 +29,7 @@ MAX_PLADIS_SCALE = 100.0
 def check_pladis_scale(pladis_scale: object) -> float:
     """Validate λ: a real number in [0, `MAX_PLADIS_SCALE`] (0 = off, 1 = pure sparse, > 1 extrapolates)."""
     accepted = f"in [0, {MAX_PLADIS_SCALE:g}]"
-    value = _check_real("pladis_scale", pladis_scale, accepted)
+    value = check_real("pladis_scale", pladis_scale, accepted)
     if not 0.0 <= value <= MAX_PLADIS_SCALE:  # also refuses NaN and ±inf
         raise ValueError(
             f"pladis_scale must be {accepted} (0 disables PLADIS; 1.5-2.0 is typical; above {MAX_PLADIS_SCALE:g} "
@@ -45,7 +40,7 @@ def check_pladis_scale(pladis_scale: object) -> float:
 
 def check_pladis_alpha(pladis_alpha: object) -> float:
     """Validate α: a real number in (1, 2] (1.5 = entmax15, 2 = sparsemax)."""
-    value = _check_real("pladis_alpha", pladis_alpha, "in (1, 2]")
+    value = check_real("pladis_alpha", pladis_alpha, "in (1, 2]")
     if not math.isfinite(value) or not 1.0 < value <= 2.0:
         raise ValueError(f"pladis_alpha must be in (1, 2] (1.5 = entmax15, 2 = sparsemax), got {pladis_alpha!r}")
     return value
@@ -61,21 +56,10 @@ def check_flag(name: str, value: object) -> bool:
 
 def check_guidance_scale(name: str, value: object) -> float:
     """Validate a guidance strength such as `pag_scale`, `pag_adaptive_scale` or `seg_scale`: finite, ≥ 0."""
-    scale = _check_real(name, value, "finite and >= 0")
+    scale = check_real(name, value, "finite and >= 0")
     if not math.isfinite(scale) or scale < 0:
         raise ValueError(f"{name} must be finite and >= 0 (0 disables it), got {value!r}")
     return scale
-
-
-def check_seg_blur_sigma(seg_blur_sigma: object) -> float:
-    """Validate SEG's blur σ: > 0 (a σ above `INFINITE_BLUR_SIGMA`, `inf` included, means infinite blur:
-    the mean query)."""
-    sigma = _check_real("seg_blur_sigma", seg_blur_sigma, "> 0")
-    if math.isnan(sigma) or sigma <= 0:
-        raise ValueError(
-            f"seg_blur_sigma must be > 0 (above {INFINITE_BLUR_SIGMA:g} means infinite blur), got {seg_blur_sigma!r}"
-        )
-    return sigma
 
 
 def check_pladis_window(
@@ -85,8 +69,8 @@ def check_pladis_window(
     (PLADIS acts on step i of N iff int(start·N) <= i < int(stop·N), as diffusers' guiders' start/stop);
     `names` are the names to report (the command line's options, for instance)."""
     start_name, stop_name = names
-    start = _check_real(start_name, pladis_start, "in [0, 1]")
-    stop = _check_real(stop_name, pladis_stop, "in [0, 1]")
+    start = check_real(start_name, pladis_start, "in [0, 1]")
+    stop = check_real(stop_name, pladis_stop, "in [0, 1]")
     if not 0.0 <= start <= stop <= 1.0:  # NaN fails too
         raise ValueError(
             f"{start_name} and {stop_name} must satisfy 0 <= {start_name} <= {stop_name} <= 1 (fractions of the "

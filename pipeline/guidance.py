@@ -17,15 +17,14 @@ from typing import Any
 
 # Only light modules at import time: the scripts build their options from `GUIDANCE_ARGUMENTS` before any
 # model work, so `--help` must not load torch or diffusers; the processor machinery is imported where used.
+from attention.perturbation.seg_sigma import SEG_INFINITE_BLUR, check_seg_blur_sigma
 from attention.settings import PLADISSettings
 from attention.validation import (
-    SEG_INFINITE_BLUR,
     check_applied_layers,
     check_flag,
     check_guidance_scale,
     check_pladis_alpha,
     check_pladis_scale,
-    check_seg_blur_sigma,
 )
 
 # The PLADIS pipelines, by their `--pipeline` names: what a row of the table says it is a keyword of.
@@ -190,8 +189,8 @@ PLADIS_ARGUMENTS = tuple(field.name for field in fields(PLADISSettings))
 def pladis_settings(pipe: Any, values: Mapping[str, Any]) -> PLADISSettings | None:
     """The call's `PLADISSettings` from its PLADIS keywords (None = not given): None when it gives none, so what
     an enclosing `apply_pladis` set stays in force; else that call's settings (or `PLADISSettings`' defaults)
-    with the given keywords replacing theirs, checked once (`attention.install.settings_of_call`)."""
-    from attention.install import settings_of_call
+    with the given keywords replacing theirs, checked once (`attention.integration.install.settings_of_call`)."""
+    from attention.integration.install import settings_of_call
 
     return settings_of_call(pipe, {name: values[name] for name in PLADIS_ARGUMENTS if name in values})
 
@@ -200,10 +199,10 @@ def pladis_settings(pipe: Any, values: Mapping[str, Any]) -> PLADISSettings | No
 def pladis_for_call(pipe: Any, values: Mapping[str, Any]) -> Iterator[None]:
     """The body with this call's PLADIS settings (`pladis_settings`), or, when it gives none, with what an
     enclosing `apply_pladis` set (nothing when none did)."""
-    from attention.install import apply_pladis_settings
+    from attention.integration.install import apply_pladis
 
     settings = pladis_settings(pipe, values)
-    with nullcontext() if settings is None else apply_pladis_settings(pipe, settings):
+    with nullcontext() if settings is None else apply_pladis(pipe, settings):
         yield
 
 
@@ -226,7 +225,7 @@ _MISSING = object()
 
 def self_attention_layer_names(unet: Any) -> list[str]:
     """Names of the self-attention (`attn1`) layers of `unet`: what PAG / SEG layer ids are matched against."""
-    from attention.perturbation import self_attention_layer_names as layer_names
+    from attention.perturbation.perturbed_calls import self_attention_layer_names as layer_names
 
     return layer_names(unet)
 
@@ -238,8 +237,8 @@ class PerturbedGuidanceMixin:
     `ε = ε_u + w(ε_c − ε_u) + s(ε_c − ε_perturbed)` with a query-blurring processor pair; PLADIS
     goes on cross-attention only. Arguments are checked before anything is touched, and the
     processors and PAG attributes are put back in `finally`. The perturbation belongs to the call
-    (`attention.perturbation`): overlapping calls on a shared U-Net, in other threads, each get their own,
-    and stock calls on it get none.
+    (`attention.perturbation.perturbed_calls`): overlapping calls on a shared U-Net, in other threads, each get
+    their own, and stock calls on it get none.
     """
 
     def _self_attention_layer_names(self) -> list[str]:
@@ -249,9 +248,9 @@ class PerturbedGuidanceMixin:
     def _perturbed_guidance(self, arguments: Mapping[str, Any]) -> Iterator[dict[str, float]]:
         """Set up one call from its guidance arguments (names of `GUIDANCE_ARGUMENTS`; missing ones take their
         defaults); yields the `pag_scale` / `pag_adaptive_scale` to pass to the parent's `__call__`."""
-        from attention.install import apply_pladis_settings
-        from attention.perturbation import perturbed_call
-        from attention.seg_processor import seg_attn_processors
+        from attention.integration.install import apply_pladis
+        from attention.perturbation.perturbed_calls import perturbed_call
+        from attention.perturbation.seg_processor import seg_attn_processors
 
         values, pladis = checked_guidance(self, arguments)
         pag_scale, pag_adaptive_scale, seg_scale = (
@@ -295,13 +294,13 @@ class PerturbedGuidanceMixin:
                 guidance = {"pag_scale": 0.0, "pag_adaptive_scale": 0.0}
             # After this call's PAG/SEG layers are set, so apply_pladis checks them, not the last call's.
             if pladis is not None:  # None: no PLADIS keyword given, what an enclosing apply_pladis set stays
-                stack.enter_context(apply_pladis_settings(self, pladis))
+                stack.enter_context(apply_pladis(self, pladis))
             yield guidance
 
     def _set_pag_attn_processor(self, pag_applied_layers: list[str], do_classifier_free_guidance: bool) -> None:
         """What diffusers' PAG loop calls when it starts: here the processor goes on this call's layers for
         this call only (`PerturbedCall.perturb`), not on the shared U-Net (outside a call: diffusers' own)."""
-        from attention.perturbation import current_perturbed_call, perturbed_layer_names
+        from attention.perturbation.perturbed_calls import current_perturbed_call, perturbed_layer_names
 
         call = current_perturbed_call(self.unet)
         if call is None:

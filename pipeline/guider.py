@@ -18,7 +18,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.guiders import ClassifierFreeGuidance
 from diffusers.guiders.guider_utils import BaseGuidance
 
-from attention.guided import GuidedPLADIS
+from attention.integration.guided import GuidedPLADIS
 from attention.settings import PLADISSettings
 
 

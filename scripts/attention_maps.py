@@ -34,7 +34,7 @@ from scripts.cli.records import run_settings, write_json
 if TYPE_CHECKING:
     import torch
 
-    from attention.attention_maps import AttentionMapStore
+    from attention.diagnostics.attention_maps import AttentionMapStore
 
 HEAT_OPACITY = 0.6
 TOY_TOKENS = ("red", "circle", "left", "blue", "square", "right")  # the toy prompt's content words
@@ -90,7 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_generation_options(parser)
     add_settings_option(parser)
     args = parse_with_settings(parser, argv)
-    from attention.attention_maps import LAYER_GROUPS  # imports torch: only once the options parsed
+    from attention.diagnostics.attention_maps import LAYER_GROUPS  # imports torch: only once the options parsed
     from scripts.cli.loading import default_device
 
     try:
@@ -224,8 +224,8 @@ def recorded_generation(
     """Generate the image at λ = `args.pladis_scale` on a loaded U-Net pipeline (a PLADIS one or its stock class),
     recording both kinds of maps on the way; `bar.update(1)` hears of each denoising step. The pipeline's
     processors are restored afterwards, so a shared pipeline serves the next call unchanged."""
-    from attention.attention_maps import AttentionMapStore, recording_attention_maps
-    from attention.install import apply_pladis
+    from attention.diagnostics.attention_maps import AttentionMapStore, recording_attention_maps
+    from attention.integration.install import apply_pladis
     from scripts.cli.loading import call_options, image_size, pladis_arguments, seeded_generator, step_progress
 
     height, width = image_size(pipe, args)

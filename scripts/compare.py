@@ -195,7 +195,7 @@ def panel_images(
     or layers go through its PLADIS arguments, or for a stock pipeline through `apply_pladis` around the call
     (checked to fit the denoiser before any generation). `bar.update(n)` hears of every denoising step (a tqdm
     bar or the like)."""
-    from attention.install import apply_pladis
+    from attention.integration.install import apply_pladis
     from scripts.cli.loading import seeded_generator, step_progress
 
     accepted = call_parameters(type(pipe))

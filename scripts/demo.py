@@ -36,7 +36,7 @@ from typing import Any
 
 from PIL import Image
 
-from attention.attention_maps import LAYER_GROUPS
+from attention.diagnostics.attention_maps import LAYER_GROUPS
 from scripts import compare
 from scripts.attention_maps import TOY_TOKENS, chosen_tokens, map_panels, recorded_generation
 from scripts.cli.assets import TOY_PROMPT, is_toy_model
@@ -45,7 +45,6 @@ from scripts.cli.loading import call_options, image_size, load_pipeline
 from scripts.cli.options import RaisingParser, comma_words, command_line, parse_scales, parse_with_settings
 from scripts.cli.records import run_settings, write_json
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read by Gradio when it sends telemetry: off unless asked
 try:
     import gradio as gr
 except ImportError as error:
@@ -310,6 +309,7 @@ def build_demo(pipe: Any, loaded: argparse.Namespace, sweep: str = "") -> gr.Blo
     requests = DemoRequests(pipe, loaded)
     has_maps = requests.has_maps
 
+    # Gradio sends telemetry (version check, launch data) only where a Blocks allows it: this one does not.
     with gr.Blocks(title="PLADIS", analytics_enabled=False) as demo:
         gr.Markdown(INTRODUCTION + (TOY_NOTE if is_toy_model(loaded.model) else ""))
         with gr.Row():

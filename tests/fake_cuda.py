@@ -3,7 +3,7 @@
 Inside `fake_cuda(capability)` tensors made on "cuda" are `FakeTensor`s: the project's CUDA branches run
 unpatched through the ops' meta kernels, and any data-dependent op (`.item()`, `nonzero`, `bool(t)`,
 boolean indexing) raises, so a call that completes made no host sync. `torch.cuda.get_device_capability`
-answers for the chosen card, and every Triton kernel of `attention.triton_kernels` is a stub that
+answers for the chosen card, and every Triton kernel of `attention.kernels.triton_kernels` is a stub that
 records its launch. `count_launches` counts what a call would launch on the GPU: dispatched ATen ops
 (views and allocations excluded; host–device copies counted as syncs), each Triton launch, and each
 `F.scaled_dot_product_attention` as the one fused kernel it is on a GPU (fake tensors cannot run the
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.overrides import TorchFunctionMode
 
-from attention.sdpa_backend import CUDNN, EFFICIENT, FLASH, stock_sdpa_backend
+from attention.kernels.sdpa_backend import CUDNN, EFFICIENT, FLASH, stock_sdpa_backend
 from scripts.dev.dispatch_counter import DispatchCount, count_dispatch
 
 CARDS = {
@@ -91,7 +91,7 @@ def fake_cuda(capability: tuple[int, int] = (9, 0)) -> Iterator[list[tuple[str, 
     `(kernel name, launch keyword arguments)` to."""
     import triton
 
-    import attention.triton_kernels as triton_kernels
+    import attention.kernels.triton_kernels as triton_kernels
 
     launches: list[tuple[str, dict]] = []
     with ExitStack() as stack:

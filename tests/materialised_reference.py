@@ -1,14 +1,14 @@
 """A stock denoiser run with the float64 reference formulation in the attention calls of chosen layers.
 
-Why it exists beside `attention/reference.py`: the family tests check PLADIS on a whole denoiser, so the
+Why it exists beside `attention/kernels/reference.py`: the family tests check PLADIS on a whole denoiser, so the
 reference must reach every attention call of a stock model with no PLADIS processor, rule or family record
 involved. `materialised_pladis(model, module, layouts, λ, α)` replaces the stock processors' attention function
 (`module.dispatch_attention_fn`, or torch's SDPA) while the body runs: calls inside the layers named in `layouts` use
 the rule their layout names (cross, leading/trailing text of a joint sequence, per-sample packed), every other call of
 `model` dense softmax attention, all materialised in float64 (calls outside `model`, a pipeline's encoders, stay
 torch's). Which layer is running is tracked with forward hooks on the attention modules; the maps themselves are
-`attention/reference.py`'s (the `entmax` package on materialised scores), the one reference formulation, which uses
-none of the fast paths it checks.
+`attention/kernels/reference.py`'s (the `entmax` package on materialised scores), the one reference formulation,
+which uses none of the fast paths it checks.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from contextlib import ExitStack, contextmanager
 
 import torch
 
-from attention.reference import (
+from attention.kernels.reference import (
     reference_pladis_weights,
     reference_scores,
     reference_softmax,

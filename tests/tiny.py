@@ -19,8 +19,8 @@ def processors_by_name(model) -> dict:
 def processors_in_effect(model) -> dict:
     """Each layer's processor as the current context runs it: a per-call PAG/SEG layer's processor for this call,
     an installed PLADIS processor only where a PLADIS call is active here (else the original it runs)."""
-    from attention.perturbation import PerturbableProcessor
-    from attention.processors import PLADISProcessor
+    from attention.integration.processors import PLADISProcessor
+    from attention.perturbation.perturbed_calls import PerturbableProcessor
 
     def in_effect(processor):
         if isinstance(processor, PerturbableProcessor):

@@ -361,8 +361,8 @@ def text_attention_names(model: str) -> list[str] | None:
     included), from its config alone on the meta device. None when the config is not on this machine."""
     from accelerate import init_empty_weights
 
-    from attention.families import family_of
-    from attention.install import text_attention_candidates
+    from attention.integration.diffusers_families import family_of
+    from attention.integration.install import text_attention_candidates
 
     found = _denoiser_class_and_folder(model)
     if found is None:
@@ -383,7 +383,7 @@ def pladis_layers_problem(
     None (config not available): left to apply_pladis."""
     if layer_ids is None or layer_names is None:
         return None
-    from attention.install import PLADIS_LAYER_EXAMPLES
+    from attention.integration.install import PLADIS_LAYER_EXAMPLES
     from attention.validation import layers_named
 
     try:

@@ -378,7 +378,7 @@ def prefer_toy(args: argparse.Namespace, fallback_prompt: str | None = None) -> 
 
 def finish_common_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
     """Check the shared options and fill the defaults that depend on the pipeline and model (in place)."""
-    from attention.kernel_choice import requested_kernel
+    from attention.kernels.table import requested_kernel
 
     choice = PIPELINES[args.pipeline]
     try:

@@ -18,14 +18,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 
-from attention.install import pladis_processors, swapped_attn_processors
-from attention.kernel_choice import KERNEL_VARIABLE, KERNELS
-from attention.processors import PLADISAttnProcessor, PLADISFluxAttnProcessor
-from attention.reference import reference_formulation
+from attention.integration.install import pladis_processors, swapped_attn_processors
+from attention.integration.processors import PLADISAttnProcessor, PLADISFluxAttnProcessor
+from attention.kernels.table import KERNEL_CHOICES
+from attention.settings import PLADISSettings
 from scripts.cli.assets import REPO_ROOT
 from scripts.cli.parsers import command_parser
 from scripts.dev.dispatch_counter import count_dispatch
@@ -65,54 +65,39 @@ FLUX_TRANSFORMER_CONFIG = dict(
 )
 
 
-@contextlib.contextmanager
-def kernel_selected(kernel: str) -> Iterator[None]:
-    """Run the body with `PLADIS_KERNEL=kernel` (the processors read it on every call)."""
-    saved = os.environ.get(KERNEL_VARIABLE)
-    os.environ[KERNEL_VARIABLE] = kernel
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop(KERNEL_VARIABLE, None)
-        else:
-            os.environ[KERNEL_VARIABLE] = saved
+# The kernels `--kernels` times PLADIS with (`PLADISSettings.kernel`); the reference is always a variant of its own.
+KERNELS = tuple(kernel for kernel in KERNEL_CHOICES if kernel != "reference")
+Run = Callable[[], object]
 
 
-def per_kernel(runs: dict[str, Callable[[], object]], kernels: list[str]) -> dict[str, Callable[[], object]]:
-    """`runs` with its `pladis` variant run once per `PLADIS_KERNEL` value (`pladis` alone for `auto`)."""
-
-    def selected(kernel):
-        def call():
-            with kernel_selected(kernel):
-                return runs["pladis"]()
-
-        return call
-
-    variants = {"stock": runs["stock"]}
-    variants.update({"pladis" if kernel == "auto" else f"pladis-{kernel}": selected(kernel) for kernel in kernels})
-    variants["reference"] = runs["reference"]
+def per_kernel(stock: Run, pladis: Callable[[str], Run], kernels: list[str]) -> dict[str, Run]:
+    """The variants of a case: `stock`, PLADIS run by each of `kernels` (`pladis(kernel)`; `pladis` alone for
+    `auto`), and the reference formulation (`pladis("reference")`: same processors, the reference kernel)."""
+    variants = {"stock": stock}
+    variants.update({"pladis" if kernel == "auto" else f"pladis-{kernel}": pladis(kernel) for kernel in kernels})
+    variants["reference"] = pladis("reference")
     return variants
+
+
+def _settings(args, kernel: str) -> PLADISSettings:
+    """The benchmark's λ and α, computed by `kernel` (the call's own choice; `PLADIS_KERNEL` is not read)."""
+    return PLADISSettings(args.pladis_scale, args.pladis_alpha, kernel=kernel)
 
 
 # ---- the cases: each builds (run function per variant) on a device ---------------------------
 
 
-def _module_variants(attn, stock, ours, *inputs) -> dict[str, Callable[[], object]]:
-    """The three variants of an attention-module case: `stock` and `ours` called on `attn` with
-    `inputs`, and `ours` with its attention function swapped for the reference formulation."""
+def _module_variants(attn, stock, ours, *inputs) -> tuple[Run, Callable[[str], Run]]:
+    """The stock run of an attention-module case (`stock` called on `attn` with `inputs`) and, per kernel, the
+    run of the PLADIS processor `ours(kernel)`."""
 
-    def run(processor, reference=False):
-        def call():
-            with reference_formulation() if reference else contextlib.nullcontext():
-                return processor(attn, *inputs)
+    def run(processor) -> Run:
+        return lambda: processor(attn, *inputs)
 
-        return call
-
-    return {"stock": run(stock), "pladis": run(ours), "reference": run(ours, reference=True)}
+    return run(stock), lambda kernel: run(ours(kernel))
 
 
-def sdxl_attention_case(args) -> dict[str, Callable[[], object]]:
+def sdxl_attention_case(args) -> tuple[Run, Callable[[str], Run]]:
     """One SDXL cross-attention module (640 channels, 10 heads × 64) at 1024²: 4096 queries, 77 keys, CFG batch."""
     from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
@@ -120,11 +105,11 @@ def sdxl_attention_case(args) -> dict[str, Callable[[], object]]:
     hidden = torch.randn(2, 4096, 640, device=args.device, dtype=args.dtype)
     context = torch.randn(2, 77, 2048, device=args.device, dtype=args.dtype)
     return _module_variants(
-        attn, AttnProcessor2_0(), PLADISAttnProcessor(args.pladis_scale, args.pladis_alpha), hidden, context
+        attn, AttnProcessor2_0(), lambda kernel: PLADISAttnProcessor(_settings(args, kernel)), hidden, context
     )
 
 
-def flux_attention_case(args) -> dict[str, Callable[[], object]]:
+def flux_attention_case(args) -> tuple[Run, Callable[[str], Run]]:
     """One FLUX double-stream attention module (24 heads × 128) over 512 text + (--resolution / 16)² image
     tokens: 4,096 at 1024²."""
     from diffusers.models.transformers.transformer_flux import FluxAttention, FluxAttnProcessor
@@ -139,20 +124,19 @@ def flux_attention_case(args) -> dict[str, Callable[[], object]]:
     image = torch.randn(1, (args.resolution // 16) ** 2, 3072, device=args.device, dtype=args.dtype)
     text = torch.randn(1, 512, 3072, device=args.device, dtype=args.dtype)
     return _module_variants(
-        attn, FluxAttnProcessor(), PLADISFluxAttnProcessor(args.pladis_scale, args.pladis_alpha), image, text
+        attn, FluxAttnProcessor(), lambda kernel: PLADISFluxAttnProcessor(_settings(args, kernel)), image, text
     )
 
 
-def _with_processors(model, table_builder, call, reference=False):
+def _with_processors(model, table_builder, call) -> Run:
     def run():
         with swapped_attn_processors(model, table_builder()) if table_builder else contextlib.nullcontext():
-            with reference_formulation() if reference else contextlib.nullcontext():
-                return call()
+            return call()
 
     return run
 
 
-def sdxl_unet_case(args) -> dict[str, Callable[[], object]]:
+def sdxl_unet_case(args) -> tuple[Run, Callable[[str], Run]]:
     """One SDXL UNet step (published architecture, random weights) on a CFG batch at --resolution."""
     from diffusers import UNet2DConditionModel
 
@@ -171,15 +155,12 @@ def sdxl_unet_case(args) -> dict[str, Callable[[], object]]:
         },
     )
     call = lambda: unet(**inputs).sample  # noqa: E731
-    table = lambda: pladis_processors(unet, args.pladis_scale, args.pladis_alpha)  # noqa: E731
-    return {
-        "stock": _with_processors(unet, None, call),
-        "pladis": _with_processors(unet, table, call),
-        "reference": _with_processors(unet, table, call, reference=True),
-    }
+    return _with_processors(unet, None, call), lambda kernel: _with_processors(
+        unet, lambda: pladis_processors(unet, _settings(args, kernel)), call
+    )
 
 
-def flux_transformer_case(args) -> dict[str, Callable[[], object]]:
+def flux_transformer_case(args) -> tuple[Run, Callable[[str], Run]]:
     """One FLUX-dev transformer step (published widths, --flux-blocks double + single blocks) at --resolution."""
     from diffusers import FluxTransformer2DModel
 
@@ -199,12 +180,9 @@ def flux_transformer_case(args) -> dict[str, Callable[[], object]]:
         txt_ids=torch.zeros(512, 3, device=args.device),
     )
     call = lambda: transformer(**inputs).sample  # noqa: E731
-    table = lambda: pladis_processors(transformer, args.pladis_scale, args.pladis_alpha)  # noqa: E731
-    return {
-        "stock": _with_processors(transformer, None, call),
-        "pladis": _with_processors(transformer, table, call),
-        "reference": _with_processors(transformer, table, call, reference=True),
-    }
+    return _with_processors(transformer, None, call), lambda kernel: _with_processors(
+        transformer, lambda: pladis_processors(transformer, _settings(args, kernel)), call
+    )
 
 
 CASES = {
@@ -354,7 +332,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--kernels",
         default="auto",
-        help=f"comma-separated {KERNEL_VARIABLE} values to time PLADIS with, from {', '.join(KERNELS)}",
+        help=f"comma-separated kernels to time PLADIS with (PLADISSettings.kernel), from {', '.join(KERNELS)}",
     )
     parser.add_argument(
         "--counts",
@@ -412,7 +390,7 @@ def run_table(args, argv: list[str]) -> None:
     )
     for case in args.cases.split(","):
         progress(f"{case}: building the modules")
-        runs = per_kernel(CASES[case](args), args.kernels)
+        runs = per_kernel(*CASES[case](args), args.kernels)
         names = list(runs)
         times = median_times(runs, args, case)
         stock, reference = times["stock"], times["reference"]
@@ -517,7 +495,7 @@ _SDPA_CHOICES = {0: "math", 1: "flash", 2: "efficient", 3: "cudnn", 4: "override
 def sdpa_backend_report(device: str) -> list[str]:
     """Per production shape, the kernel stock SDPA runs on this card (torch's own `_fused_sdp_choice`) and
     the one PLADIS's joint rule mirrors (`stock_sdpa_backend`); they must agree."""
-    from attention.sdpa_backend import stock_sdpa_backend
+    from attention.kernels.sdpa_backend import stock_sdpa_backend
 
     shapes = {  # (batch, heads, queries, keys, head dim, dtype, masked)
         "SDXL attn2 1024², fp16": (2, 10, 4096, 77, 64, torch.float16, False),
@@ -573,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.manual_seed(0)
     if args.memory_of:
-        runs = per_kernel(CASES[args.cases](args), args.kernels)
+        runs = per_kernel(*CASES[args.cases](args), args.kernels)
         print(json.dumps({"extra_bytes": extra_peak_memory(runs, args.memory_of, args)}))
         return 0
     if args.gpu_check:

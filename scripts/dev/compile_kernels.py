@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 import re
 import subprocess
 import tempfile
@@ -44,7 +43,9 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from attention import triton_kernels
+from attention.kernels import triton_kernels
+from attention.kernels.kernel_calls import CrossAttentionCall, TextBlockCall
+from attention.settings import PLADISSettings
 from scripts.cli.parsers import command_parser
 
 KERNELS = {"cross-attention": triton_kernels._cross_attention_kernel, "text-block": triton_kernels._text_block_kernel}
@@ -115,9 +116,9 @@ def _launch_arguments(
     triton_kernels._launch_config = lambda *shape: choose(*shape[:3], divmod(arch, 10), **overrides)
     try:
         if rule == "cross-attention":
-            triton_kernels.triton_pladis_attention(
-                tokens(queries), tokens(keys), tokens(keys), 2.0, alpha, mask, head_dim**-0.5
-            )
+            settings = PLADISSettings(2.0, alpha)
+            call = CrossAttentionCall(tokens(queries), tokens(keys), tokens(keys), settings, mask, head_dim**-0.5)
+            triton_kernels.triton_pladis_attention(call)
         else:
             joint = queries + keys
             query, key, value = tokens(joint), tokens(joint), tokens(joint)
@@ -125,20 +126,12 @@ def _launch_arguments(
             text_mass = torch.empty(batch, heads, joint, device="meta") if masked else None
             text, image = slice(0, keys), slice(keys, joint)
             mask = None if mask is None else mask.expand(batch, 1, joint, keys)
-            triton_kernels.triton_text_block_correction_(
-                tokens(joint),
-                query,
-                key,
-                value,
-                text,
-                image,
-                2.0,
-                alpha,
-                mask,
-                head_dim**-0.5,
-                log_normaliser,
-                text_mass,
+            settings = PLADISSettings(2.0, alpha)
+            output = tokens(joint)
+            call = TextBlockCall(
+                query, key, value, text, image, settings, None, mask, head_dim**-0.5, output, log_normaliser, text_mass
             )
+            triton_kernels.triton_text_block_correction_(call)
     finally:
         setattr(triton_kernels, name, recorder.kernel)
         triton_kernels._launch_config = choose
@@ -368,7 +361,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--candidates", action="store_true", help="every rows × warps candidate, not just the chosen")
     parser.add_argument("--passes", type=int, nargs=2, metavar=("SDXL", "FLUX"), help="threshold passes per program")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     passes = dict(zip(PASSES, args.passes or PASSES.values(), strict=True))
     print(
         f"sm_{args.arch}; step model (sm_90 only): an H100 SXM, 132 SMs × 4 schedulers, 1.98 GHz, 50 % issue; passes "

@@ -7,7 +7,7 @@ text gather (every rank needs every text key and value, since entmax normalises 
 Each process holds a random shard `[text ; image]` of one FLUX-like layer (default: FLUX.1 at 1024², 24 heads × 128,
 512 text + 4096 image tokens, batch 1) and times, median of `--repeats`: diffusers' own context-parallel attention
 (the `native` backend, Ulysses only: its ring needs a backend that returns the log-sum-exp), the PLADIS call
-(`attention.context_parallel`), and the text gather alone. Process 0 prints a Markdown table row.
+(`attention.integration.context_parallel`), and the text gather alone. Process 0 prints a Markdown table row.
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ from diffusers import ContextParallelConfig, ParallelConfig
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from torch.distributed.device_mesh import init_device_mesh
 
-from attention.call_context import LEADING, LayerCall
-from attention.context_parallel import context_parallel_attention, gather_text
+from attention.integration.call_context import LayerCall
+from attention.integration.context_parallel import context_parallel_attention, gather_text
+from attention.integration.text_layout import LEADING
+from attention.settings import PLADISSettings
 from scripts.cli.loading import DTYPES
 from scripts.cli.parsers import command_parser
 
@@ -57,7 +59,7 @@ def measure(
     generator = torch.Generator(device).manual_seed(rank)
     shard = (1, (text + image) // ranks, heads, head_dim)  # (B, N, H, D), this rank's [text ; image]
     query, key, value = (torch.randn(shard, generator=generator, device=device, dtype=dtype) for _ in range(3))
-    layer = LayerCall(2.0, 1.5, LEADING, text // ranks, family="FLUX.1-like")
+    layer = LayerCall(PLADISSettings(2.0), LEADING, text // ranks, family="FLUX.1-like")
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))
     timings = {
         "pladis_ms": _timed(lambda: context_parallel_attention(layer, q, k, v, None, None, config), repeats, device),

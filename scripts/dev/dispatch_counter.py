@@ -164,22 +164,27 @@ def _processor_layout(batch: int, tokens: int, heads: int, dim: int, dtype: torc
 
 def _sdxl_cross_attention(alpha: float):
     """One SDXL `attn2` call at its 4096-query level (1024², CFG batch 2, 10 heads × 64, 77 text keys)."""
-    from attention.sync_free_attention import sync_free_pladis_attention
+    from attention.kernels.kernel_calls import CrossAttentionCall
+    from attention.kernels.sync_free_attention import sync_free_pladis_attention
+    from attention.settings import PLADISSettings
 
     query = _processor_layout(2, 4096, 10, 64, torch.float16)
     key, value = (_processor_layout(2, 77, 10, 64, torch.float16) for _ in range(2))
-    return lambda: sync_free_pladis_attention(query, key, value, 2.0, alpha, None, 64**-0.5)
+    call = CrossAttentionCall(query, key, value, PLADISSettings(2.0, alpha), None, 64**-0.5)
+    return lambda: sync_free_pladis_attention(call)
 
 
 def _flux_text_block(alpha: float):
     """One FLUX double block's text-block correction (1024²: 4096 image + 512 text tokens, 24 heads × 128)."""
-    from attention.sync_free_attention import sync_free_text_block_correction_
+    from attention.kernels.kernel_calls import TextBlockCall
+    from attention.kernels.sync_free_attention import sync_free_text_block_correction_
+    from attention.settings import PLADISSettings
 
     query, key, value, output = (_processor_layout(1, 4608, 24, 128, torch.bfloat16) for _ in range(4))
     log_normaliser = torch.empty(1, 24, 4608, device="cuda")
-    return lambda: sync_free_text_block_correction_(
-        output, query, key, value, slice(0, 512), slice(512, 4608), 2.0, alpha, None, 128**-0.5, log_normaliser
-    )
+    settings, text, image = PLADISSettings(2.0, alpha), slice(0, 512), slice(512, 4608)
+    call = TextBlockCall(query, key, value, text, image, settings, None, None, 128**-0.5, output, log_normaliser)
+    return lambda: sync_free_text_block_correction_(call)
 
 
 TORCH_PATH_CASES = {

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch.overrides import TorchFunctionMode
 
-from attention.functional import pladis_scaled_dot_product_attention
-from attention.install import apply_pladis
-from attention.processor import unet_attention_heads, unet_attention_output
+from attention.integration.attn_processor_parts import unet_attention_heads, unet_attention_output
+from attention.integration.install import apply_pladis
+from attention.kernels.cross_attention import pladis_scaled_dot_product_attention
 from scripts.cli.parsers import command_parser
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from attention.validation import SEG_INFINITE_BLUR
+from attention.perturbation.seg_sigma import SEG_INFINITE_BLUR
 from scripts.cli.assets import TINY_CONTROL_IMAGE, TINY_DPT, TINY_SDXL_CONTROLNET, model_source
 from scripts.cli.preprocess import DEFAULT_DEPTH_MODEL, depth_map
 from scripts.cli.recipes import SDXL_BASE, example_parser, parse_example_args, save_with_and_without

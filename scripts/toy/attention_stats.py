@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from attention.attention_maps import attention_logits
-from attention.install import attention_modules, swapped_attn_processors
-from attention.sparse_maps import entmax_attention, softmax_attention
+from attention.diagnostics.attention_maps import attention_logits
+from attention.integration.install import attention_modules, swapped_attn_processors
+from attention.kernels.sparse_maps import entmax_attention, softmax_attention
 from scripts.cli.assets import TOY_MODEL, model_source, repository_relative
 from scripts.cli.parsers import command_parser
 from scripts.cli.records import write_json

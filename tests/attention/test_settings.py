@@ -14,9 +14,12 @@ import attention.validation
 from attention import (
     PLADISAttnProcessor,
     apply_pladis,
+    pladis_processors,
     pladis_scaled_dot_product_attention,
+    pladis_weights,
     text_block_pladis_attention,
 )
+from attention.integration.install import settings_in_context
 from attention.settings import PLADISSettings
 from pipeline.pipeline_flux_pladis import PLADISFluxPipeline
 from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
@@ -47,8 +50,8 @@ class CheckCounter:
             for module in list(sys.modules.values()):
                 if getattr(module, name, None) is original:
                     monkeypatch.setattr(module, name, counting)
-        rules = sys.modules["attention.rules"]
-        for seam in ("cross_attention_rule", "text_block_rule"):
+        rules = sys.modules["attention.integration.attention_calls"]
+        for seam in ("pladis_scaled_dot_product_attention", "text_block_pladis_attention"):
             monkeypatch.setattr(rules, seam, self._counted_seam(getattr(rules, seam)))
 
     def _counting(self, name, original):
@@ -116,3 +119,21 @@ def test_the_public_seams_check_once_per_call(counter):
     pladis_scaled_dot_product_attention(q, q, q, 2.0)
     text_block_pladis_attention(q, q, q, 2, 2.0)
     assert counter.checks == {"check_pladis_scale": 2, "check_pladis_alpha": 2}
+
+
+def test_every_public_entry_taking_lambda_takes_the_settings_object_in_its_place(tiny_sdxl_path):
+    """One settings object end to end: what λ/α give, a `PLADISSettings` gives, and it is passed on as it is."""
+    settings = PLADISSettings(2.0, 1.75)
+    q, k, v = (torch.randn(1, 2, 30, 8, generator=torch.Generator().manual_seed(n)) for n in range(3))
+    assert torch.equal(pladis_weights(q @ k.mT, settings), pladis_weights(q @ k.mT, 2.0, 1.75))
+    assert torch.equal(
+        pladis_scaled_dot_product_attention(q, k, v, settings), pladis_scaled_dot_product_attention(q, k, v, 2.0, 1.75)
+    )
+    assert torch.equal(
+        text_block_pladis_attention(q, k, v, 9, settings), text_block_pladis_attention(q, k, v, 9, 2.0, 1.75)
+    )
+    assert PLADISAttnProcessor(settings)._fixed.settings is settings
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_path, local_files_only=True)
+    assert all(p._fixed.settings is settings for p in pladis_processors(pipe.unet, settings).values())
+    with apply_pladis(pipe, settings):
+        assert settings_in_context(pipe) is settings

@@ -173,7 +173,7 @@ def test_reference_name_is_the_same_pipeline():
 def test_the_pag_overlap_check_sees_this_calls_layers_not_the_last_calls(pipe, monkeypatch):
     """apply_pladis checks PAG's layers against the PLADIS layers: it must see the layers of the call
     it is part of (here "mid" after a call on "down_blocks.2"), not what an earlier call left."""
-    from attention import install
+    from attention.integration import install
 
     seen = []
     check = install.check_pag_leaves_pladis_layers

@@ -55,7 +55,8 @@ def test_pladis_is_installed_on_every_cross_attention_layer_only(pipe):
     def record(pipeline, step, timestep, callback_kwargs):
         seen.update(pipeline.unet.attn_processors)
         # The settings the installed processors apply belong to this call, read inside it.
-        scales.update(p.current_settings().pladis_scale for p in seen.values() if isinstance(p, PLADISAttnProcessor))
+        processors = [p for p in seen.values() if isinstance(p, PLADISAttnProcessor)]
+        scales.update(p.current_settings().settings.pladis_scale for p in processors)
         return callback_kwargs
 
     run_pipe(pipe, pladis_scale=2.0, callback_on_step_end=record)

@@ -9,7 +9,7 @@ import pytest
 from diffusers import StableDiffusionXLPAGPipeline, StableDiffusionXLPipeline
 
 from attention import PLADISAttnProcessor, apply_pladis
-from attention.seg_processor import SmoothedEnergyAttnProcessor
+from attention.perturbation.seg_processor import SmoothedEnergyAttnProcessor
 from pipeline.pipeline_sdxl_seg import PLADISStableDiffusionXLSEGPipeline
 from scripts.cli.assets import TINY_SDXL
 from tests.guidance_reference import (

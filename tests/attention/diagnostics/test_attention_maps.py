@@ -12,8 +12,8 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from PIL import Image
 
 from attention import PLADISAttnProcessor
-from attention.attention_maps import AttentionMapRecorder, AttentionMapStore, recording_attention_maps
-from attention.reference import reference_pladis_weights, reference_sparse_map
+from attention.diagnostics.attention_maps import AttentionMapRecorder, AttentionMapStore, recording_attention_maps
+from attention.kernels.reference import reference_pladis_weights, reference_sparse_map
 from attention.settings import PLADISSettings
 from pipeline.pipeline_sdxl import PLADISStableDiffusionXLPipeline
 from scripts import attention_maps

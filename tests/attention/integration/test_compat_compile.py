@@ -10,7 +10,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from attention import apply_pladis, entmax_attention, pladis_scaled_dot_product_attention, text_block_pladis_attention
-from attention.reference import reference_sparse_map
+from attention.kernels.reference import reference_sparse_map
 from tests.family_runs import build, one_thread, run_family  # noqa: F401
 
 pytestmark = pytest.mark.slow  # torch.compile
@@ -26,7 +26,7 @@ ADVERSARIAL_ROWS = torch.tensor(
 
 
 def reference_entmax(z: torch.Tensor, alpha: float) -> torch.Tensor:
-    """The `entmax` package's exact maps in float64 (`attention.reference`): sort-based for 1.5 / 2,
+    """The `entmax` package's exact maps in float64 (`attention.kernels.reference`): sort-based for 1.5 / 2,
     bisection otherwise."""
     return reference_sparse_map(z.double(), alpha)
 

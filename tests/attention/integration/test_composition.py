@@ -29,7 +29,7 @@ from diffusers.hooks import (
 from diffusers.hooks.layer_skip import _apply_layer_skip_hook
 from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry, attention_backend
 
-import attention.rules
+import attention.integration.attention_calls
 from attention import apply_pladis, pladis_processors, swapped_attn_processors
 from pipeline.guider import PLADISGuidance
 from scripts.cli.assets import TINY_SDXL
@@ -172,14 +172,15 @@ def test_layers_a_pag_guider_perturbs_run_its_identity_attention_and_pladis_else
     ours = perturbed()
     torch.testing.assert_close(ours, perturbed(pladis_layers=others), rtol=0, atol=0)
     assert (ours - unperturbed).abs().max() > 1e-4
-    monkeypatch.setattr(attention.rules, "perturbed_by_layer_skip", lambda: False)  # PLADIS under the mode
+    # PLADIS under the mode:
+    monkeypatch.setattr(attention.integration.attention_calls, "perturbed_by_layer_skip", lambda: False)
     assert (perturbed() - ours).abs().max() > 1e-4  # would mix the identity into the PLADIS correction
 
 
 def text_layer_names(model) -> list[str]:
     """The layers PLADIS acts on by default in `model`."""
-    from attention.families import family_of
-    from attention.install import text_attention_layers
+    from attention.integration.diffusers_families import family_of
+    from attention.integration.install import text_attention_layers
 
     return list(text_attention_layers(model, family_of(model), False))
 

@@ -6,7 +6,6 @@ family and the parallel config. Ranks are forked gloo processes (`tests/context_
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -21,8 +20,9 @@ from PIL import Image
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from attention import apply_pladis
-from attention.call_context import LayerCall
-from attention.context_parallel import context_parallel_attention, forward_op_with_log_normaliser
+from attention.integration.call_context import LayerCall
+from attention.integration.context_parallel import context_parallel_attention, forward_op_with_log_normaliser
+from attention.settings import PLADISSettings
 from pipeline.pipeline_flux_pladis import PLADISFluxPipeline
 from scripts.dev.build_tiny_assets import build_tiny_flux, tiny_flux_transformer
 from tests.context_parallel_ranks import as_numpy, parallelise, run_on_ranks
@@ -263,15 +263,17 @@ def test_diffusers_has_no_tensor_parallelism_for_the_other_families(name):
 @pytest.mark.parametrize("kernel", ["torch", "triton"])
 def test_pladis_kernel_paths_run_per_rank(built, kernel):
     """The joint rule (FLUX.1 with its single-stream blocks) and the cross-attention rule (LTX-Video, text mask)
-    with `PLADIS_KERNEL` forcing the sync-free torch path or the Triton kernels (Triton's interpreter here)."""
-    calls = {"FLUX.1": {"pladis_scale": 2.0, "pladis_single_blocks": True}, "LTX-Video": {"pladis_scale": 2.0}}
+    with the call's settings forcing the sync-free torch path or the Triton kernels (Triton's interpreter here)."""
+    calls = {
+        "FLUX.1": PLADISSettings(2.0, pladis_single_blocks=True, kernel=kernel),
+        "LTX-Video": PLADISSettings(2.0, kernel=kernel),
+    }
 
     def work(rank: int) -> dict:
         results = {}
-        with mock.patch.dict(os.environ, {"PLADIS_KERNEL": kernel}):
-            for name, options in calls.items():
-                model = parallelise(built[name][0], ContextParallelConfig(ring_degree=2))
-                results[name] = as_numpy(forward(model, FAMILIES[name].inputs(), options))
+        for name, settings in calls.items():
+            model = parallelise(built[name][0], ContextParallelConfig(ring_degree=2))
+            results[name] = as_numpy(forward(model, FAMILIES[name].inputs(), {"pladis_scale": settings}))
         return results
 
     got = run_on_ranks(2, work)[0]
@@ -331,7 +333,7 @@ def _parallel_config(**degrees) -> ParallelConfig:
 
 
 def test_per_query_masks_and_autograd_raise_before_any_collective():
-    layer = LayerCall(2.0, 1.5, "leading", 2, family="FLUX.1")
+    layer = LayerCall(PLADISSettings(2.0), "leading", 2, family="FLUX.1")
     query, key, value = (torch.randn(1, 2, 4, 8) for _ in range(3))
     with pytest.raises(ValueError, match=r"FLUX\.1 under ContextParallelConfig\(ring_degree=2, ulysses_degree=1\)"):
         context_parallel_attention(

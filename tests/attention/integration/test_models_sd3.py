@@ -11,7 +11,7 @@ from diffusers.models import attention_processor
 from diffusers.models.attention_processor import Attention, JointAttnProcessor2_0
 
 from attention import PLADISJointAttnProcessor, apply_pladis
-from attention.reference import reference_text_block
+from attention.kernels.reference import reference_text_block
 from tests.family_runs import build, layers_of_type, one_thread, processors_seen, run_family  # noqa: F401
 from tests.tiny import CallCounter, processors_by_name, same_processor_objects
 
@@ -19,7 +19,7 @@ from tests.tiny import CallCounter, processors_by_name, same_processor_objects
 def reference_joint_sdpa(text_length: int, scale: float, alpha: float, text_first: bool = False):
     """Float64 SDPA over `[img ; txt]` (or `[txt ; img]`) whose image-query × text-key block is
     `m·[λ·entmax_α(z_txt) + (1 − λ)·softmax(z_txt)]`, m = the dense text mass of that query
-    (`attention.reference`)."""
+    (`attention.kernels.reference`)."""
 
     def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, **unused):
         return reference_text_block(

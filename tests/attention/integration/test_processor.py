@@ -11,11 +11,11 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from entmax import entmax15
 
 from attention import PLADISAttnProcessor, pladis_scaled_dot_product_attention
-from attention.reference import reference_pladis_sdpa
+from attention.kernels.reference import reference_pladis_sdpa
 
 
 def reference_sdpa(scale: float, alpha: float):
-    """Float64 `(softmax + λ(entmax − softmax))·V` (`attention.reference`) with SDPA's signature and
+    """Float64 `(softmax + λ(entmax − softmax))·V` (`attention.kernels.reference`) with SDPA's signature and
     mask semantics."""
 
     def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, **unused):
@@ -97,7 +97,7 @@ def test_scale_zero_equals_sdpa():
 def test_query_chunking_does_not_change_the_result(monkeypatch):
     q, k, v = (torch.randn(1, 2, n, 8, generator=torch.Generator().manual_seed(n)) for n in (300, 40, 40))
     whole = pladis_scaled_dot_product_attention(q, k, v, 2.0)
-    monkeypatch.setattr("attention.functional._CHUNK_ELEMENTS", 2 * 40 * 7)  # 7 query rows per chunk
+    monkeypatch.setattr("attention.kernels.chunked.CROSS_ATTENTION_CHUNK", 2 * 40 * 7)  # 7 query rows per chunk
     torch.testing.assert_close(pladis_scaled_dot_product_attention(q, k, v, 2.0), whole)
 
 

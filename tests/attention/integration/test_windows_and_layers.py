@@ -328,8 +328,8 @@ def test_placing_a_cuda_call_in_the_window_runs_no_tensor_op(scheduler):
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from attention.call_context import CallSettings
-    from attention.steps import scheduler_step_source
+    from attention.integration.call_context import PLADISCall
+    from attention.integration.steps import scheduler_step_source
 
     class Ops(TorchDispatchMode):
         def __init__(self):
@@ -346,7 +346,7 @@ def test_placing_a_cuda_call_in_the_window_runs_no_tensor_op(scheduler):
         instance.timesteps = torch.empty(8, device="cuda")  # as set_timesteps(8, device="cuda") leaves them
         assert instance.timesteps.is_cuda
         settings = PLADISSettings(SCALE, pladis_start=0.25, pladis_stop=0.5)
-        call = CallSettings(None, SCALE, 1.5, step=scheduler_step_source(instance), pladis=settings)
+        call = PLADISCall(None, settings, step=scheduler_step_source(instance))
         acting = []
         with Ops() as recorded:
             for step in range(8):

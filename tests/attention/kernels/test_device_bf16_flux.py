@@ -12,9 +12,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attention.joint_text_block import dense_attention_and_log_normaliser, text_block_rule
-from attention.reference import reference_scores, reference_text_block
-from attention.sdpa_backend import stock_sdpa_backend
+from attention.kernels.dense_attention import dense_attention_and_log_normaliser
+from attention.kernels.reference import reference_scores, reference_text_block
+from attention.kernels.sdpa_backend import stock_sdpa_backend
+from attention.kernels.text_block import text_block_pladis_attention
+from attention.settings import PLADISSettings
 
 ULP = torch.finfo(torch.bfloat16).eps  # spacing of bfloat16 values in [1, 2)
 SCALE = 128**-0.5
@@ -51,11 +53,10 @@ def test_dense_op_and_its_log_sum_exp_match_float64(device):
 
 @pytest.mark.parametrize("kernel", ["triton", "torch"])
 @pytest.mark.parametrize("alpha", [1.5, 2.0])
-def test_text_block_rule_in_bfloat16_matches_float64_to_a_few_output_ulps(device, kernel, alpha, monkeypatch):
+def test_text_block_rule_in_bfloat16_matches_float64_to_a_few_output_ulps(device, kernel, alpha):
     """The whole joint rule as FLUX calls it: dense op + log-sum-exp, then the correction by `kernel`."""
-    monkeypatch.setenv("PLADIS_KERNEL", kernel)
     (query, key, value), text = _joint(device, seed=1)
-    ours = text_block_rule(query, key, value, text, 2.0, alpha, scale=SCALE)
+    ours = text_block_pladis_attention(query, key, value, text, PLADISSettings(2.0, alpha, kernel=kernel), scale=SCALE)
     expected = reference_text_block(query, key, value, text, 2.0, alpha, scale=SCALE, float64=True)
     assert ours.dtype == torch.bfloat16 and not ours.isnan().any()
     _assert_within_ulps(ours, expected, 4)
@@ -64,13 +65,13 @@ def test_text_block_rule_in_bfloat16_matches_float64_to_a_few_output_ulps(device
 
 
 @pytest.mark.parametrize("kernel", ["triton", "torch"])
-def test_text_block_rule_with_padded_text_in_bfloat16_matches_float64(device, kernel, monkeypatch):
+def test_text_block_rule_with_padded_text_in_bfloat16_matches_float64(device, kernel):
     """A text mask (Qwen-Image, Chroma): the dense part and the text mass come from SDPA itself."""
-    monkeypatch.setenv("PLADIS_KERNEL", kernel)
     (query, key, value), text = _joint(device, seed=2)
     mask = torch.ones(1, 1, 1, query.shape[-2], dtype=torch.bool, device=device)
     mask[..., text // 2 : text] = False  # the second half of the text is padding
-    ours = text_block_rule(query, key, value, text, 2.0, 1.5, attn_mask=mask, scale=SCALE)
+    settings = PLADISSettings(2.0, kernel=kernel)
+    ours = text_block_pladis_attention(query, key, value, text, settings, attn_mask=mask, scale=SCALE)
     expected = reference_text_block(query, key, value, text, 2.0, 1.5, attn_mask=mask, scale=SCALE, float64=True)
     _assert_within_ulps(ours, expected, 4)
 

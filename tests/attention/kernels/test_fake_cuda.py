@@ -7,7 +7,6 @@ stays within its op budgets."""
 from __future__ import annotations
 
 import contextlib
-import os
 
 import pytest
 import torch
@@ -29,12 +28,12 @@ from attention import (
     apply_pladis,
     pladis_processor_class,
 )
-from attention.call_context import CROSS, LEADING, TRAILING, TextLength
-from attention.families import ATTENTION_MODULES, FAMILIES
-from attention.functional import cross_attention_rule
-from attention.joint_text_block import text_block_rule
-from attention.sdpa_backend import prefers_cudnn_attention, stock_sdpa_backend
-from attention.seg_processor import LatentSize, SmoothedEnergyAttnProcessor
+from attention.integration.diffusers_families import ATTENTION_MODULES, class_path, registered_families
+from attention.integration.text_layout import CROSS, LEADING, TRAILING, TextLength
+from attention.kernels.cross_attention import pladis_scaled_dot_product_attention
+from attention.kernels.sdpa_backend import prefers_cudnn_attention, stock_sdpa_backend
+from attention.kernels.text_block import text_block_pladis_attention
+from attention.perturbation.seg_processor import LatentSize, SmoothedEnergyAttnProcessor
 from attention.settings import PLADISSettings
 from tests.fake_cuda import CARDS, building_on_cuda, count_launches, fake_cuda
 from tests.tiny_denoisers import DENOISERS
@@ -68,8 +67,8 @@ def _dense_ops(count) -> set[str]:
 
 
 @pytest.fixture
-def kernel(request, monkeypatch):
-    monkeypatch.setenv("PLADIS_KERNEL", request.param)
+def kernel(request):
+    """The kernel a test asks for, by the call's own choice (`PLADISSettings.kernel`)."""
     return request.param
 
 
@@ -81,7 +80,8 @@ def test_joint_rule_runs_the_dense_op_stock_sdpa_runs_on_each_card(capability, d
     op in the (B, H, N) layout the correction reads (the `torch` kernel indexes it per row)."""
     with fake_cuda(capability) as launches:
         query, key, value = (torch.randn(JOINT_SHAPE, device="cuda", dtype=DTYPES[dtype]) for _ in range(3))
-        output, count = count_launches(lambda: text_block_rule(query, key, value, TEXT_TOKENS, 2.0, 1.5))
+        settings = PLADISSettings(2.0, kernel=kernel)
+        output, count = count_launches(lambda: text_block_pladis_attention(query, key, value, TEXT_TOKENS, settings))
     assert count.syncs == 0
     assert _dense_ops(count) == {_dense_op_on(capability, dtype)}, count.by_name
     assert output.shape == JOINT_SHAPE and output.dtype == DTYPES[dtype] and output.device.type == "cuda"
@@ -119,7 +119,6 @@ def test_the_dense_op_follows_torchs_sdpa_settings_on_an_h100(monkeypatch, setti
     """What makes stock SDPA leave cuDNN on sm90 makes PLADIS's dense op leave it too."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    monkeypatch.setenv("PLADIS_KERNEL", "torch")
     contexts = {
         "deprioritized": lambda: monkeypatch.setenv("TORCH_CUDNN_SDPA_DEPRIORITIZED", "1"),
         "cudnn switched off": lambda: monkeypatch.setattr(torch.backends.cuda, "cudnn_sdp_enabled", lambda: False),
@@ -132,7 +131,8 @@ def test_the_dense_op_follows_torchs_sdpa_settings_on_an_h100(monkeypatch, setti
     context = contexts[setting]() or contextlib.nullcontext()
     with fake_cuda((9, 0)), context:
         query, key, value = (torch.randn(JOINT_SHAPE, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-        _, count = count_launches(lambda: text_block_rule(query, key, value, TEXT_TOKENS, 2.0, 1.5))
+        settings = PLADISSettings(2.0, kernel="torch")
+        _, count = count_launches(lambda: text_block_pladis_attention(query, key, value, TEXT_TOKENS, settings))
     assert count.syncs == 0 and _dense_ops(count) == {expected}, count.by_name
 
 
@@ -140,11 +140,11 @@ def test_the_dense_op_follows_torchs_sdpa_settings_on_an_h100(monkeypatch, setti
 def test_masked_joint_attention_goes_through_sdpa_on_every_card(capability, monkeypatch):
     """With a text mask (Qwen-Image, Chroma, HunyuanVideo) SDPA itself prepares the mask for the kernel it
     picks; the text mass comes from its padded channel."""
-    monkeypatch.setenv("PLADIS_KERNEL", "torch")
+    settings = PLADISSettings(2.0, kernel="torch")
     with fake_cuda(capability):
         query, key, value = (torch.randn(2, 24, 4352, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
         mask = torch.ones(2, 1, 1, 4352, device="cuda", dtype=torch.bool)
-        _, count = count_launches(lambda: text_block_rule(query, key, value, 256, 2.0, 1.5, attn_mask=mask))
+        _, count = count_launches(lambda: text_block_pladis_attention(query, key, value, 256, settings, attn_mask=mask))
     assert count.syncs == 0 and _dense_ops(count) == {SDPA}, count.by_name
 
 
@@ -197,7 +197,14 @@ def test_cross_attention_rule_makes_no_host_sync(kernel, alpha, mask, dtype):
         query = torch.randn(2, 4096, 10, 64, device="cuda", dtype=DTYPES[dtype]).transpose(1, 2)
         key, value = (torch.randn(2, 10, 77, 64, device="cuda", dtype=DTYPES[dtype]) for _ in range(2))
         output, count = count_launches(
-            lambda: cross_attention_rule(query, key, value, 2.0, alpha, _mask(mask, 4096, 77), 0.125)
+            lambda: pladis_scaled_dot_product_attention(
+                query,
+                key,
+                value,
+                PLADISSettings(2.0, alpha, kernel=kernel),
+                attn_mask=_mask(mask, 4096, 77),
+                scale=0.125,
+            )
         )
     assert count.syncs == 0 and output.shape == query.shape and output.dtype == query.dtype
     assert len(launches) == (kernel == "auto" and alpha != 1.25)  # α = 1.25: the torch path, under auto too
@@ -212,8 +219,14 @@ def test_text_block_rule_makes_no_host_sync(kernel, alpha, mask, text_first, dty
     with fake_cuda() as launches:
         query, key, value = (torch.randn(2, 24, 1280, 128, device="cuda", dtype=DTYPES[dtype]) for _ in range(3))
         output, count = count_launches(
-            lambda: text_block_rule(
-                query, key, value, 256, 2.0, alpha, text_first=text_first, attn_mask=_mask(mask, 1280, 1280)
+            lambda: text_block_pladis_attention(
+                query,
+                key,
+                value,
+                256,
+                PLADISSettings(2.0, alpha, kernel=kernel),
+                text_first=text_first,
+                attn_mask=_mask(mask, 1280, 1280),
             )
         )
     assert count.syncs == 0 and output.shape == query.shape and output.dtype == query.dtype
@@ -227,9 +240,9 @@ def test_gradient_guidance_on_cuda_makes_no_host_sync(rule):
         query = torch.randn(2, 2, 320, 64, device="cuda", requires_grad=True)
         key, value = (torch.randn(2, 2, 320, 64, device="cuda") for _ in range(2))
         if rule == "cross-attention":
-            call = lambda: cross_attention_rule(query, key[..., :77, :], value[..., :77, :], 2.0, 1.5)  # noqa: E731
+            call = lambda: pladis_scaled_dot_product_attention(query, key[..., :77, :], value[..., :77, :], 2.0)  # noqa: E731
         else:
-            call = lambda: text_block_rule(query, key, value, 77, 2.0, 1.5)  # noqa: E731
+            call = lambda: text_block_pladis_attention(query, key, value, 77, 2.0)  # noqa: E731
         output, count = count_launches(call)
     assert count.syncs == 0 and output.requires_grad  # (the backward pass needs a real CUDA context)
 
@@ -293,8 +306,8 @@ def _flux_single_block():
     return attn, (torch.randn(1, 4608, 3072),), {}
 
 
-def _flux_text(scale: float) -> PLADISFluxAttnProcessor:
-    return PLADISFluxAttnProcessor(scale, text_length=TextLength(tokens=512))
+def _flux_text(settings: PLADISSettings) -> PLADISFluxAttnProcessor:
+    return PLADISFluxAttnProcessor(settings, text_length=TextLength(tokens=512))
 
 
 # (build, dtype, stock processor, PLADIS processor, `torch`-path launches per processor call: the issue's
@@ -318,9 +331,13 @@ def _module_counts(name: str, capability: tuple[int, int]) -> dict:
     with fake_cuda(capability), torch.no_grad():
         with building_on_cuda(dtype):
             attn, inputs, extra = build()
-        for variant, processor in (("stock", stock()), ("triton", pladis(2.0)), ("torch", pladis(2.0))):
+        variants = {
+            "stock": stock(),
+            "triton": pladis(PLADISSettings(2.0, kernel="auto")),
+            "torch": pladis(PLADISSettings(2.0, kernel="torch")),
+        }
+        for variant, processor in variants.items():
             attn.set_processor(processor)
-            os.environ["PLADIS_KERNEL"] = "torch" if variant == "torch" else "auto"
             counts[variant] = count_launches(lambda: attn(*inputs, **extra))[1]
     return counts
 
@@ -333,7 +350,6 @@ def test_each_processor_kind_launches_stock_plus_one_with_triton_and_stays_in_bu
     """Triton: the kernel replaces SDPA (cross-attention) or joins the dense op that replaces it (joint),
     so at most one launch more than stock; the `torch` path within its budget (SDXL attn2 ≤ 50, FLUX
     double block ≤ 80); no host sync anywhere."""
-    monkeypatch.setenv("PLADIS_KERNEL", "auto")
     counts = _module_counts(name, capability)
     assert all(count.syncs == 0 for count in counts.values()), {k: c.syncs for k, c in counts.items()}
     assert counts["triton"].ops <= counts["stock"].ops + 1, (counts["stock"].by_name, counts["triton"].by_name)
@@ -380,17 +396,22 @@ ADAPTER_MODULES = {
 @pytest.mark.parametrize("name", sorted(ADAPTER_MODULES))
 def test_ip_adapter_processors_launch_stock_plus_one_with_triton_and_make_no_host_sync(monkeypatch, name, capability):
     """The text call as for the plain processor kinds; the image-prompt calls stay stock SDPA launches."""
-    monkeypatch.setenv("PLADIS_KERNEL", "auto")
     build, dtype, stock, text_keys = ADAPTER_MODULES[name]
     counts = {}
     with fake_cuda(capability), torch.no_grad():
         with building_on_cuda(dtype):
             attn, inputs, extra = build()
         adapter = attn.processor
-        pladis = pladis_processor_class(stock).with_settings(PLADISSettings(2.0), text_keys=text_keys, original=adapter)
-        for variant, processor in (("stock", adapter), ("triton", pladis), ("torch", pladis)):
+        pladis = pladis_processor_class(stock)
+        variants = {
+            "stock": adapter,
+            **{
+                variant: pladis(PLADISSettings(2.0, kernel=kernel), text_keys=text_keys, original=adapter)
+                for variant, kernel in (("triton", "auto"), ("torch", "torch"))
+            },
+        }
+        for variant, processor in variants.items():
             attn.set_processor(processor)
-            os.environ["PLADIS_KERNEL"] = "torch" if variant == "torch" else "auto"
             counts[variant] = count_launches(lambda: attn(*inputs, **extra))[1]
     assert all(count.syncs == 0 for count in counts.values()), {k: c.syncs for k, c in counts.items()}
     assert counts["triton"].ops <= counts["stock"].ops + 1, (counts["stock"].by_name, counts["triton"].by_name)
@@ -443,9 +464,9 @@ def test_every_family_on_cuda_makes_no_host_sync_and_one_launch_per_pladis_call(
         model(**inputs)  # first calls fill caches (RoPE tables) that later calls reuse
         counts["stock"] = count_launches(lambda: model(**inputs))[1]
         for kernel in ("triton", "torch"):
-            monkeypatch.setenv("PLADIS_KERNEL", kernel)
             launches.clear()
-            with apply_pladis(model, pladis_scale=2.0, pladis_single_blocks=tiny.has_single_blocks):
+            settings = PLADISSettings(2.0, pladis_single_blocks=tiny.has_single_blocks, kernel=kernel)
+            with apply_pladis(model, settings):
                 counts[kernel] = count_launches(lambda: model(**inputs))[1]
             assert len(launches) == (calls if kernel == "triton" else 0)
     stock, triton, torch_path = counts["stock"], counts["triton"], counts["torch"]
@@ -458,12 +479,13 @@ def test_every_family_on_cuda_makes_no_host_sync_and_one_launch_per_pladis_call(
 def test_the_fake_cuda_tests_cover_every_family_and_processor_kind():
     """Each family record has a tiny denoiser above, and each stock processor the generic `Attention`
     record runs with PLADIS has a module case (an IP-Adapter's, an adapter case)."""
-    built = {type(DENOISERS[name].build()).__name__ for name in DENOISERS}
-    uncovered = [family.name for family in FAMILIES if not set(family.denoisers) & built]
+    built = {class_path(type(DENOISERS[name].build())) for name in DENOISERS}
+    uncovered = [family.name for family in registered_families() if not set(family.denoisers) & built]
     assert set(uncovered) == set(MODULE_FAMILIES)
     assert all(set(cases) <= set(MODULES) for cases in MODULE_FAMILIES.values())
     module_kinds = {MODULES[name][2] for name in MODULES} | {ADAPTER_MODULES[name][2] for name in ADAPTER_MODULES}
-    assert {stock for kind in ATTENTION_MODULES.text_attention for stock in kind.processors.values()} <= module_kinds
+    runs = {stock for kind in ATTENTION_MODULES.text_attention for stock in kind.processors.values()}
+    assert runs <= {class_path(kind) for kind in module_kinds}
 
 
 def test_a_host_sync_on_fake_cuda_raises_or_is_counted():

@@ -14,21 +14,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attention import joint_text_block
-from attention.joint_text_block import text_block_pladis_attention
-from attention.reference import (
+from attention.kernels import chunked
+from attention.kernels.reference import (
     reference_pladis_weights,
     reference_scores,
     reference_softmax,
     reference_sparse_map,
     reference_text_block_weights,
 )
+from attention.kernels.text_block import text_block_pladis_attention
 
 REPO = Path(__file__).resolve().parents[3]
 
 
 def materialised_weights(q, k, text_length, scale, alpha, text_first=True, mask=None) -> torch.Tensor:
-    """Float64 (N×N) map of `attention.reference`: dense softmax rows, except image-query × text-key blocks,
+    """Float64 (N×N) map of `attention.kernels.reference`: dense softmax rows, except image-query × text-key blocks,
     which become `m·[λ·entmax_α(z_txt) + (1 − λ)·softmax(z_txt)]` with m the dense text mass of the row."""
     z = reference_scores(q, k, mask, float64=True)
     return reference_text_block_weights(z, text_length, scale, alpha, text_first=text_first)
@@ -118,7 +118,7 @@ def test_zero_scale_and_empty_blocks_are_plain_sdpa():
 def test_query_chunks_do_not_change_the_result(monkeypatch):
     q, k, v = random_qkv(2, 2, 12 + 50, 16, seed=8)
     whole = text_block_pladis_attention(q, k, v, 12, 2.0)
-    monkeypatch.setattr(joint_text_block, "_CHUNK_ELEMENTS", 2 * 2 * 12 * 7)  # 7 image rows per chunk
+    monkeypatch.setattr(chunked, "TEXT_BLOCK_CHUNK", 2 * 2 * 12 * 7)  # 7 image rows per chunk
     torch.testing.assert_close(text_block_pladis_attention(q, k, v, 12, 2.0), whole, atol=1e-6, rtol=1e-6)
 
 
@@ -159,11 +159,11 @@ _PEAK_MEMORY_SCRIPT = textwrap.dedent(
     package = types.ModuleType("attention")  # the math module without diffusers (a faster start)
     package.__path__ = ["attention"]
     sys.modules["attention"] = package
-    import attention.query_chunks
-    from attention.joint_text_block import text_block_pladis_attention
+    import attention.kernels.query_chunks
+    from attention.kernels.text_block import text_block_pladis_attention
 
     # The CPU workspace kept between calls (bounded, whatever N) would hide each call's own peak.
-    attention.query_chunks._KEPT_WORKSPACE_BYTES = 0
+    attention.kernels.query_chunks._KEPT_WORKSPACE_BYTES = 0
 
     def materialised(q, k, v, text_length):
         z = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5

@@ -7,7 +7,7 @@ the same arithmetic out (`_DOT_BF16_EMULATED`: bfloat16 operands widened exactly
 to nearest on the bits); float16 runs the GPU's own `_DOT_HALF` branch. The `torch` path runs its CUDA
 arithmetic (weights in V's dtype, one half-precision GEMM) on CPU half tensors as is.
 
-Each test builds the GPU's result in float64 from the reference maps (`attention/reference.py`):
+Each test builds the GPU's result in float64 from the reference maps (`attention/kernels/reference.py`):
 the weights rounded to the half dtype, products and sums in float64, one final rounding. Tolerances
 are in output ulps, taken at the scale of each output's largest term |w·v| (where an output cancels
 to near 0, that is the scale its float32 accumulation works at).
@@ -20,9 +20,16 @@ import torch
 import triton
 import triton.language as tl
 
-from attention.reference import reference_pladis_weights, reference_scores, reference_softmax, reference_sparse_map
-from attention.sync_free_attention import sync_free_pladis_attention
-from attention.triton_kernels import _round_bf16, triton_pladis_attention, triton_text_block_correction_
+from attention.kernels.kernel_calls import CrossAttentionCall, TextBlockCall
+from attention.kernels.reference import (
+    reference_pladis_weights,
+    reference_scores,
+    reference_softmax,
+    reference_sparse_map,
+)
+from attention.kernels.sync_free_attention import sync_free_pladis_attention
+from attention.kernels.triton_kernels import _round_bf16, triton_pladis_attention, triton_text_block_correction_
+from attention.settings import PLADISSettings
 
 HALF = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -92,7 +99,7 @@ def test_triton_cross_attention_rounds_weights_and_output_as_the_gpu(dtype, alph
     query, key, value = _half_case(HALF[dtype])
     weights = reference_pladis_weights(reference_scores(query, key, scale=0.5, float64=True), 2.0, alpha)
     expected, scale = _gpu_output(weights, value, HALF[dtype])
-    ours = triton_pladis_attention(query, key, value, 2.0, alpha, None, 0.5)
+    ours = triton_pladis_attention(CrossAttentionCall(query, key, value, PLADISSettings(2.0, alpha), None, 0.5))
     assert ours.dtype == HALF[dtype]
     _assert_within_ulps(ours, expected, scale, HALF[dtype], 1.0)
     # and the model tells the rounding modes apart: weights truncated instead land > 1 ulp away
@@ -113,9 +120,10 @@ def test_triton_text_block_adds_the_rounded_correction_as_the_gpu(dtype):
     weights = 2.0 * mass * (reference_sparse_map(text_scores, 1.5) - reference_softmax(text_scores))
     dense = torch.randn(1, 2, 101, 16, generator=torch.Generator().manual_seed(5)).to(HALF[dtype])
     expected, scale = _gpu_output(weights, value[..., text, :], HALF[dtype], base=dense[..., image, :])
-    ours = triton_text_block_correction_(
-        dense.clone(), query, key, value, text, image, 2.0, 1.5, None, 0.5, log_normaliser=log_normaliser.float()
+    call = TextBlockCall(
+        query, key, value, text, image, PLADISSettings(2.0), None, None, 0.5, dense.clone(), log_normaliser.float()
     )
+    ours = triton_text_block_correction_(call)
     _assert_within_ulps(ours[..., image, :], expected, scale, HALF[dtype], 1.0)
     assert torch.equal(ours[..., text, :], dense[..., text, :])
 
@@ -131,6 +139,6 @@ def test_torch_path_rounds_sparse_weights_into_value_dtype_as_on_cuda(dtype):
     dense = (reference_softmax(scores) @ value.double()).to(HALF[dtype])
     numerators = mass * reference_sparse_map(scores, 1.5)
     expected, scale = _gpu_output(numerators, value, HALF[dtype], alpha=2.0 / mass, base=dense, beta=1.0 - 2.0)
-    ours = sync_free_pladis_attention(query, key, value, 2.0, 1.5, None, 0.5)
+    ours = sync_free_pladis_attention(CrossAttentionCall(query, key, value, PLADISSettings(2.0), None, 0.5))
     assert ours.dtype == HALF[dtype]
     _assert_within_ulps(ours, expected, scale, HALF[dtype], 2.0)

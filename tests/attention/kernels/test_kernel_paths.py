@@ -7,10 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attention.joint_text_block import dense_attention_and_log_normaliser, dense_attention_and_text_mass
-from attention.reference import reference_pladis_sdpa, reference_text_block
-from attention.sync_free_attention import sync_free_pladis_attention, sync_free_text_block_correction_
-from attention.triton_kernels import triton_pladis_attention, triton_text_block_correction_
+from attention.kernels.dense_attention import dense_attention_and_log_normaliser, dense_attention_and_text_mass
+from attention.kernels.kernel_calls import CrossAttentionCall, TextBlockCall
+from attention.kernels.reference import reference_pladis_sdpa, reference_text_block
+from attention.kernels.sync_free_attention import sync_free_pladis_attention, sync_free_text_block_correction_
+from attention.kernels.triton_kernels import triton_pladis_attention, triton_text_block_correction_
+from attention.settings import PLADISSettings
 from tests.attention_cases import CASES, attention_case
 
 CROSS = {"torch": sync_free_pladis_attention, "triton": triton_pladis_attention}
@@ -36,7 +38,9 @@ def test_cross_attention_rule_matches_float64_reference(kernel, alpha, case, dev
         attn_mask=None if mask is None else mask.double(),
         scale=scale,
     )
-    ours = CROSS[kernel](*_on(device, query, key, value), 2.0, alpha, *_on(device, mask), scale)
+    ours = CROSS[kernel](
+        CrossAttentionCall(*_on(device, query, key, value), PLADISSettings(2.0, alpha), *_on(device, mask), scale)
+    )
     assert ours.dtype == torch.float32 and not ours.isnan().any()
     torch.testing.assert_close(ours.cpu().double(), expected, rtol=1e-5, atol=1e-5)
 
@@ -57,7 +61,9 @@ def test_cross_attention_rule_in_half_precision_is_exact_to_the_output_rounding(
         attn_mask=None if mask is None else mask.double(),
         scale=scale,
     )
-    ours = CROSS[kernel](*_on(device, query, key, value), 2.0, 1.5, *_on(device, mask), scale)
+    ours = CROSS[kernel](
+        CrossAttentionCall(*_on(device, query, key, value), PLADISSettings(2.0), *_on(device, mask), scale)
+    )
     assert ours.dtype == HALF[dtype] and not ours.isnan().any()
     rounding = torch.finfo(HALF[dtype]).eps * expected.abs().amax()
     torch.testing.assert_close(ours.cpu().double(), expected, rtol=0, atol=4 * rounding.item())
@@ -78,14 +84,18 @@ def test_cross_attention_over_long_rows_goes_by_key_blocks_exactly(kernel, case,
         attn_mask=None if mask is None else mask.double(),
         scale=scale,
     )
-    ours = CROSS[kernel](*_on(device, query, key, value), 2.0, 1.5, *_on(device, mask), scale)
+    ours = CROSS[kernel](
+        CrossAttentionCall(*_on(device, query, key, value), PLADISSettings(2.0), *_on(device, mask), scale)
+    )
     torch.testing.assert_close(ours.cpu().double(), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kernel", sorted(CROSS))
 def test_large_lambda_on_fully_masked_rows_gives_zeros_not_nan(kernel, device):
     query, key, value, mask, scale = attention_case("fully_masked")
-    ours = CROSS[kernel](*_on(device, query, key, value), 50.0, 1.5, *_on(device, mask), scale).cpu()
+    ours = CROSS[kernel](
+        CrossAttentionCall(*_on(device, query, key, value), PLADISSettings(50.0), *_on(device, mask), scale)
+    ).cpu()
     assert not ours.isnan().any()
     assert ours[:, :, ::3].abs().max() == 0
 
@@ -115,7 +125,10 @@ def test_text_block_correction_matches_float64_reference(kernel, alpha, text_fir
     else:
         output, row_values = dense_attention_and_text_mass(query, key, value, text, None, 16**-0.5)
         arguments = dict(text_mass=row_values)
-    ours = TEXT_BLOCK[kernel](output, query, key, value, text, image, 2.0, alpha, None, 16**-0.5, **arguments)
+    call = TextBlockCall(
+        query, key, value, text, image, PLADISSettings(2.0, alpha), None, None, 16**-0.5, output, **arguments
+    )
+    ours = TEXT_BLOCK[kernel](call)
     torch.testing.assert_close(ours.cpu().double(), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -130,9 +143,11 @@ def test_text_block_correction_honours_masked_text_keys_and_padding(kernel, devi
     expected = reference_text_block(query.double(), key.double(), value.double(), 20, 2.0, 1.5, attn_mask=mask.double())
     query, key, value, mask = _on(device, query, key, value, mask)
     output, text_mass = dense_attention_and_text_mass(query, key, value, slice(0, 20), mask, 0.25)
-    ours = TEXT_BLOCK[kernel](
-        output, query, key, value, slice(0, 20), slice(20, 60), 2.0, 1.5, mask[..., 0:20], 0.25, text_mass=text_mass
+    text, image, settings = slice(0, 20), slice(20, 60), PLADISSettings(2.0)
+    call = TextBlockCall(
+        query, key, value, text, image, settings, None, mask[..., 0:20], 0.25, output, text_mass=text_mass
     )
+    ours = TEXT_BLOCK[kernel](call)
     torch.testing.assert_close(ours.cpu().double(), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -150,5 +165,7 @@ def test_torch_path_covers_every_alpha(alpha, case, device):
         attn_mask=None if mask is None else mask.double(),
         scale=scale,
     )
-    ours = sync_free_pladis_attention(*_on(device, query, key, value), 2.0, alpha, *_on(device, mask), scale)
+    ours = sync_free_pladis_attention(
+        CrossAttentionCall(*_on(device, query, key, value), PLADISSettings(2.0, alpha), *_on(device, mask), scale)
+    )
     torch.testing.assert_close(ours.cpu().double(), expected, rtol=1e-5, atol=2e-5)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-import attention.query_chunks as query_chunks_module
-from attention.functional import pladis_scaled_dot_product_attention
-from attention.query_chunks import query_chunks
+import attention.kernels.query_chunks as query_chunks_module
+from attention.kernels.cross_attention import pladis_scaled_dot_product_attention
+from attention.kernels.query_chunks import query_chunks
 
 
 def test_chunks_cover_the_rows_once_in_equal_sizes_within_budget():

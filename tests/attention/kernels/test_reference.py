@@ -1,4 +1,4 @@
-"""The reference formulation stays independent of the kernels it checks: `attention/reference.py` imports
+"""The reference formulation stays independent of the kernels it checks: `attention/kernels/reference.py` imports
 only torch, the `entmax` package and the standard library, none of the fast paths."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-REFERENCE = Path(__file__).resolve().parents[3] / "attention" / "reference.py"
+REFERENCE = Path(__file__).resolve().parents[3] / "attention" / "kernels" / "reference.py"
 
 
 def test_reference_imports_none_of_the_fast_paths():

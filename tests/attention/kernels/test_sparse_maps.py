@@ -6,15 +6,15 @@ import pytest
 import torch
 
 from attention import entmax_attention, pladis_weights, softmax_attention
-from attention.reference import reference_pladis_weights, reference_sparse_map
-from attention.sparse_maps import _sparse_map_
+from attention.kernels.reference import reference_pladis_weights, reference_sparse_map
+from attention.kernels.sparse_maps import _sparse_map_
 from attention.validation import MAX_PLADIS_SCALE
 
 SHAPES = [(3, 77), (2, 5, 300), (4, 2048), (6, 1)]
 
 
 def reference_entmax(z: torch.Tensor, alpha: float) -> torch.Tensor:
-    """The `entmax` package's exact maps in float64 (`attention.reference`): sort-based for 1.5 / 2,
+    """The `entmax` package's exact maps in float64 (`attention.kernels.reference`): sort-based for 1.5 / 2,
     bisection otherwise."""
     return reference_sparse_map(z.double(), alpha)
 
@@ -49,14 +49,14 @@ def test_entmax_on_adversarial_rows(alpha):
 @pytest.mark.parametrize("spread", [0.3, 4.0])
 def test_entmax15_monotone_fallback_is_exact(monkeypatch, safe_passes, spread):
     """The safety net (monotone steps after `_SAFE_PASSES` jumps) reaches the same exact map."""
-    monkeypatch.setattr("attention.sparse_maps._SAFE_PASSES", safe_passes)
+    monkeypatch.setattr("attention.kernels.sparse_maps._SAFE_PASSES", safe_passes)
     z = torch.randn(512, 77, generator=torch.Generator().manual_seed(safe_passes)) * spread
     torch.testing.assert_close(entmax_attention(z, 1.5).double(), reference_entmax(z, 1.5), atol=5e-6, rtol=1e-5)
 
 
 def test_entmax15_low_contrast_rows_need_few_passes(monkeypatch):
     """Wide supports (logits within ~1 of each other, as random-weight U-Nets give) settle in 4 passes."""
-    import attention.sparse_maps as sparse_maps
+    import attention.kernels.sparse_maps as sparse_maps
 
     passes = []
     solve = sparse_maps._entmax15_update

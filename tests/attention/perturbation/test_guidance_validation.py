@@ -10,8 +10,9 @@ from diffusers import StableDiffusionXLPAGPipeline
 from diffusers.models.attention_processor import PAGCFGIdentitySelfAttnProcessor2_0
 
 from attention import swapped_attn_processors
-from attention.perturbation import perturbed_layer_names
-from attention.validation import check_applied_layers, check_guidance_scale, check_seg_blur_sigma
+from attention.perturbation.perturbed_calls import perturbed_layer_names
+from attention.perturbation.seg_sigma import check_seg_blur_sigma
+from attention.validation import check_applied_layers, check_guidance_scale
 from pipeline.pipeline_sdxl_seg import PLADISStableDiffusionXLSEGPipeline
 from scripts.cli.assets import TINY_SDXL
 

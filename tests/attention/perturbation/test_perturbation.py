@@ -1,6 +1,6 @@
-"""Per-call perturbed self-attention (`attention.perturbation`) on a shared U-Net, below the pipelines: each
-call's perturbation and recorded latent size are its own, other contexts run the original processors, and
-the last call to leave puts the original processor objects and hooks back."""
+"""Per-call perturbed self-attention (`attention.perturbation.perturbed_calls`) on a shared U-Net, below the
+pipelines: each call's perturbation and recorded latent size are its own, other contexts run the original
+processors, and the last call to leave puts the original processor objects and hooks back."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0, PAGIdentitySelfAttnProcessor2_0
 
-from attention.perturbation import PerturbableProcessor, perturbed_call, perturbed_layer_names
+from attention.perturbation.perturbed_calls import PerturbableProcessor, perturbed_call, perturbed_layer_names
 from tests.family_runs import build
 from tests.tiny import processors_by_name, processors_in_effect, same_processor_objects
 

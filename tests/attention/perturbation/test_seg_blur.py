@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from attention.seg_blur import gaussian_blur_tokens, seg_kernel_size, token_grid
+from attention.perturbation.seg_blur import gaussian_blur_tokens, seg_kernel_size, token_grid
 from tests.guidance_reference import reference_blur
 
 

@@ -7,7 +7,12 @@ import pytest
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from attention.seg_processor import LatentSize, SmoothedEnergyAttnProcessor, recording_latent_size, seg_attn_processors
+from attention.perturbation.seg_processor import (
+    LatentSize,
+    SmoothedEnergyAttnProcessor,
+    recording_latent_size,
+    seg_attn_processors,
+)
 from tests.guidance_reference import reference_blur
 
 HEIGHT, WIDTH = 4, 6  # a non-square token grid

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from attention import pladis_scaled_dot_product_attention, text_block_pladis_attention
-from attention.reference import computing_reference, reference_pladis_sdpa, reference_text_block
+from attention.kernels.reference import reference_pladis_sdpa, reference_text_block
+from attention.settings import PLADISSettings
 from scripts.dev import benchmark
 
 
@@ -32,20 +33,17 @@ def test_reference_text_block_matches_fast_path(text_first):
     torch.testing.assert_close(ours, expected, atol=2e-5, rtol=1e-4)
 
 
-def test_reference_formulation_is_an_explicit_per_context_seam():
-    """Inside `reference_formulation()` both seams compute the reference itself (bit for bit), and the
-    context ends on exit, also on errors: nothing is patched."""
+def test_the_reference_kernel_is_the_reference_itself_for_the_call_that_asks():
+    """`PLADISSettings(kernel="reference")` makes both seams compute the reference itself (bit for bit), for that
+    call only: nothing is patched, no state outlives the call."""
     q, k, v = (torch.randn(1, 2, 40, 16, generator=torch.Generator().manual_seed(i)) for i in range(3))
     fast_joint, fast_cross = (
         text_block_pladis_attention(q, k, v, 12, 2.0),
         pladis_scaled_dot_product_attention(q, k, v, 2.0),
     )
-    with pytest.raises(RuntimeError):
-        with benchmark.reference_formulation():
-            assert torch.equal(text_block_pladis_attention(q, k, v, 12, 2.0), reference_text_block(q, k, v, 12, 2.0))
-            assert torch.equal(pladis_scaled_dot_product_attention(q, k, v, 2.0), reference_pladis_sdpa(q, k, v, 2.0))
-            raise RuntimeError("inside")
-    assert not computing_reference()
+    reference = PLADISSettings(2.0, kernel="reference")
+    assert torch.equal(text_block_pladis_attention(q, k, v, 12, reference), reference_text_block(q, k, v, 12, 2.0))
+    assert torch.equal(pladis_scaled_dot_product_attention(q, k, v, reference), reference_pladis_sdpa(q, k, v, 2.0))
     assert torch.equal(text_block_pladis_attention(q, k, v, 12, 2.0), fast_joint)
     assert torch.equal(pladis_scaled_dot_product_attention(q, k, v, 2.0), fast_cross)
     assert not torch.equal(fast_joint, reference_text_block(q, k, v, 12, 2.0))  # so the checks above can tell
@@ -65,29 +63,29 @@ def test_kernels_option_takes_distinct_pladis_kernel_values(capsys):
         assert "--kernels" in capsys.readouterr().err
 
 
-def test_per_kernel_variants_run_pladis_under_each_kernel(monkeypatch):
-    import os
-
+def test_per_kernel_variants_run_pladis_with_each_kernel_in_its_settings(monkeypatch):
     monkeypatch.delenv("PLADIS_KERNEL", raising=False)
+    args = SimpleNamespace(pladis_scale=2.0, pladis_alpha=1.5)
     seen = []
-    runs = {
-        "stock": lambda: "s",
-        "pladis": lambda: seen.append(os.environ.get("PLADIS_KERNEL")),
-        "reference": lambda: "r",
-    }
-    variants = benchmark.per_kernel(runs, ["auto", "torch"])
+
+    def pladis(kernel):
+        processor = benchmark.PLADISAttnProcessor(benchmark._settings(args, kernel))
+        return lambda: seen.append(processor._fixed.settings.kernel)
+
+    variants = benchmark.per_kernel(lambda: "s", pladis, ["auto", "torch"])
     assert list(variants) == ["stock", "pladis", "pladis-torch", "reference"]
-    variants["pladis"](), variants["pladis-torch"]()
-    assert seen == ["auto", "torch"] and "PLADIS_KERNEL" not in os.environ
+    variants["pladis"](), variants["pladis-torch"](), variants["reference"]()
+    assert seen == ["auto", "torch", "reference"]
 
 
 def test_counts_show_the_torch_path_sync_free_and_the_cpu_path_syncing():
     q, k, v = (torch.randn(1, 2, n, 16) for n in (64, 77, 77))
-    with benchmark.kernel_selected("torch"):
-        launches, syncs = benchmark.launches_and_syncs(lambda: pladis_scaled_dot_product_attention(q, k, v, 2.0), "cpu")
+    sync_free, chunked = PLADISSettings(2.0, kernel="torch"), PLADISSettings(2.0, kernel="auto")
+    launches, syncs = benchmark.launches_and_syncs(
+        lambda: pladis_scaled_dot_product_attention(q, k, v, sync_free), "cpu"
+    )
     assert syncs == 0 and 0 < launches <= 40
-    with benchmark.kernel_selected("auto"):
-        _, syncs = benchmark.launches_and_syncs(lambda: pladis_scaled_dot_product_attention(q, k, v, 2.0), "cpu")
+    _, syncs = benchmark.launches_and_syncs(lambda: pladis_scaled_dot_product_attention(q, k, v, chunked), "cpu")
     assert syncs > 0  # the CPU path's pass loop asks the host (free on a CPU)
 
 

@@ -3,13 +3,13 @@
 Each rank holds a shard of the token sequence, and the processors hand `parallel_config` to
 `dispatch_attention_fn`, whose Ulysses all-to-all or ring pass gives every query row all keys. The PLADIS
 rules need more than the dense result: entmax needs every text key of a row. So, per layer kind
-(`attention.call_context`), on this rank's query rows:
+(`attention.integration.call_context`), on this rank's query rows:
 
 - joint layers (the text a leading or trailing slice of each rank's shard: FLUX.1/.2, Qwen-Image): the dense
   result and its log-sum-exp come from diffusers' own context-parallel attention
   (`_templated_context_parallel_attention`: Ulysses, ring, or both) run with a forward op that returns the
   log-sum-exp (`dense_attention_with_log_normaliser`); the text keys and values of all ranks are gathered
-  and the image rows' correction is added here (`text_block_correction_`, the kernel `PLADIS_KERNEL` picks);
+  and the image rows' correction is added here, by the kernel the kernel table picks for the call;
 - cross-attention layers whose text is sharded (LTX-Video): the text keys, values and mask are gathered and
   the unchanged cross-attention rule runs; Wan's cross-attention is called without `parallel_config` (its
   text is whole on every rank), so it needs nothing here.
@@ -30,13 +30,16 @@ import torch
 from diffusers.hooks.context_parallel import ContextParallelSplitHook, EquipartitionSharder
 from diffusers.models import attention_dispatch
 
-from .call_context import CROSS, LEADING, PACKED, LayerCall, TextLength
-from .functional import cross_attention_rule, needs_autograd
-from .joint_text_block import dense_attention_and_log_normaliser, joint_token_slices, text_block_correction_
-from .kernel_choice import choose_kernel, triton_gap
-from .masks import additive_mask
+from ..kernels.cross_attention import pladis_scaled_dot_product_attention
+from ..kernels.dense_attention import dense_attention_and_log_normaliser
+from ..kernels.kernel_calls import TextBlockCall
+from ..kernels.masks import additive_mask
+from ..kernels.table import TEXT_BLOCK, KernelCase, choose_kernel, needs_autograd, run_kernel
+from ..kernels.text_block import joint_token_slices
+from .call_context import LayerCall
+from .text_layout import CROSS, LEADING, PACKED, TextLength
 
-# The denoiser-call argument the single-stream layers' text length is recorded from (`families.joint_text_tokens`).
+# The denoiser-call argument the single-stream layers' text length is recorded from (`text_layout.joint_text_tokens`).
 JOINT_TEXT_ARGUMENT = "encoder_hidden_states"
 # Scores per chunk of the materialised dense fallback (float32): 2^26, as the sync-free path.
 _CHUNK_ELEMENTS = 1 << 26
@@ -279,33 +282,18 @@ def context_parallel_attention(
     scale = query.shape[-1] ** -0.5 if scale is None else scale
     if layer.text_keys == CROSS:
         key, value, mask = gather_text(key, value, mask, config)
-        return cross_attention_rule(query, key, value, layer.pladis_scale, layer.pladis_alpha, mask, scale)
+        return pladis_scaled_dot_product_attention(query, key, value, layer.settings, attn_mask=mask, scale=scale)
 
     text, image = joint_token_slices(query.shape[-2], layer.text_tokens, layer.text_keys == LEADING)
     output, log_normaliser = _dense_context_parallel(query, key, value, mask, scale, parallel_config)
-    if layer.pladis_scale == 0.0 or text.start == text.stop or image.start == image.stop:
+    if layer.settings.pladis_scale == 0.0 or text.start == text.stop or image.start == image.stop:
         return output  # equal shards: every rank takes this branch, or none does
     key_text, value_text, mask_text = gather_text(
         key[..., text, :], value[..., text, :], None if mask is None else mask[..., text], config
     )
+    case = KernelCase(TEXT_BLOCK, query, key_text.shape[-2], value.shape[-1], mask_text, layer.settings, sharded=True)
     text_keys = slice(0, key_text.shape[-2])
-    kernel = choose_kernel(
-        "text-block",
-        query.device,
-        triton_gap(query, key_text.shape[-2], value.shape[-1], layer.pladis_alpha, mask_text),
+    call = TextBlockCall(
+        query, key_text, value_text, text_keys, image, layer.settings, None, mask_text, scale, output, log_normaliser
     )
-    arguments = (
-        output,
-        query,
-        key_text,
-        value_text,
-        text_keys,
-        image,
-        layer.pladis_scale,
-        layer.pladis_alpha,
-        mask_text,
-        scale,
-        log_normaliser,
-        None,
-    )
-    return text_block_correction_(kernel, arguments)
+    return run_kernel(choose_kernel(case), case, call)

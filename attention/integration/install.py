@@ -1,9 +1,9 @@
 """Installing PLADIS on a denoiser while PLADIS calls on it run, and putting the originals back.
 
-`apply_pladis` finds a denoiser's text-attention layers from its family record (`attention.families`),
+`apply_pladis` finds a denoiser's text-attention layers from its family record (`diffusers_families`),
 installs one PLADIS processor per layer while any PLADIS call on that denoiser is active (reference-counted
 per denoiser, so overlapping calls in several threads share one installation), and gives the call its own
-settings in a `ContextVar` (`attention.call_context`): the installed processors run PLADIS with the settings
+settings in a `ContextVar` (`attention.integration.call_context`): the installed processors run PLADIS with the settings
 of the call in their context and the original processor everywhere else. When the last call ends, every
 layer gets its exact original processor object back and every hook is removed, also when a call raises.
 `swapped_attn_processors` is the plain swap-for-a-block used by the attention-map recorder and the benchmark.
@@ -22,16 +22,16 @@ import torch
 from diffusers.models.attention_processor import Attention
 from diffusers.pipelines.pag.pag_utils import PAGMixin
 
-from .call_context import CallSettings, active_calls, calls_in_context
+from ..kernels.table import kernel_requested
+from ..settings import PLADISSettings, settings_from
+from ..validation import layers_named, names_matching
+from .call_context import PLADISCall, active_calls, calls_in_context
 from .composition import check_window_without_step_cache
 from .context_parallel import check_context_parallel, rank_text_length
-from .families import FAMILIES, SUPPORTED, Family, TextAttention, family_of
-from .kernel_choice import requested_kernel
+from .diffusers_families import Family, TextAttention, family_of, registered_families, supported_families
 from .processors import PLADISProcessor, pladis_processor_class
-from .settings import PLADISSettings
+from .single_use import SingleUseBlock
 from .steps import StepSource, check_step_scheduler, pipeline_step_source, scheduler_step_source
-from .validation import layers_named, names_matching
-from .with_block import SingleUseBlock
 
 _PROCESSOR_SUFFIX = ".processor"
 _LOCK = threading.Lock()  # guards every Installation and their table (never held during a denoiser call)
@@ -49,7 +49,7 @@ def attention_model(model: object) -> torch.nn.Module:
     ):
         raise TypeError(
             f"PLADIS needs a diffusers model with attention processors (`attn_processors` / `set_attn_processor`), "
-            f"got {type(model).__name__}; it supports {SUPPORTED}"
+            f"got {type(model).__name__}; it supports {supported_families()}"
         )
     return model
 
@@ -152,7 +152,7 @@ def text_attention_candidates(
     if not candidates:
         raise ValueError(
             f"PLADIS found no cross-attention or joint text-image attention layer in {type(model).__name__}; it needs "
-            f"a denoiser with softmax text attention ({SUPPORTED})"
+            f"a denoiser with softmax text attention ({supported_families()})"
         )
     return candidates
 
@@ -190,15 +190,9 @@ def text_attention_layers(
     for name in chosen_layer_names(candidates, single_blocks, layer_ids, every_id_names_one=every_id_names_one):
         module, kind = candidates[name]
         original = _original_processor(module)
-        runs_as = kind.processors.get(type(original))
-        if (
-            runs_as is None
-            and isinstance(original, PLADISProcessor)
-            and original.stock_type in kind.processors.values()
-        ):
-            runs_as = original.stock_type  # a PLADIS processor set by hand: this call's settings replace its own
+        runs_as = kind.runs_as(original)  # a PLADIS processor set by hand: this call's settings replace its own
         if runs_as is None:
-            stock = sorted({cls.__name__ for cls in kind.processors})
+            stock = kind.processor_names()
             raise ValueError(
                 f"PLADIS cannot replace {type(original).__name__} on {name} (what it does would be dropped); "
                 f"{kind.blocks} of {type(model).__name__} run PLADIS with the stock processors {', '.join(stock)} "
@@ -210,19 +204,16 @@ def text_attention_layers(
     return layers
 
 
-def pladis_processors(model: torch.nn.Module, pladis_scale: float, pladis_alpha: float) -> dict[str, object]:
+def pladis_processors(
+    model: torch.nn.Module, pladis_scale: float | PLADISSettings, pladis_alpha: float = 1.5
+) -> dict[str, object]:
     """One PLADIS processor with fixed settings per default text-attention layer of `model` (for
-    `swapped_attn_processors`); a model with none raises, naming its class."""
-    return fixed_pladis_processors(model, PLADISSettings(pladis_scale, pladis_alpha))
-
-
-def fixed_pladis_processors(model: torch.nn.Module, settings: PLADISSettings) -> dict[str, object]:
-    """`pladis_processors` with λ/α already checked (`PLADISSettings`)."""
+    `swapped_attn_processors`); a model with none raises, naming its class. `pladis_scale` is λ, or a
+    `PLADISSettings` holding every setting (then leave `pladis_alpha` at its default)."""
+    settings = settings_from(pladis_scale, pladis_alpha=pladis_alpha)
     model = attention_model(model)
     return {
-        name: pladis_processor_class(layer.runs_as).with_settings(
-            settings, text_keys=layer.kind.text_keys, original=layer.original
-        )
+        name: pladis_processor_class(layer.runs_as)(settings, text_keys=layer.kind.text_keys, original=layer.original)
         for name, layer in text_attention_layers(model, family_of(model), False).items()
     }
 
@@ -253,11 +244,11 @@ class Installation:
     def _record(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         """Place this denoiser call in the step window of the call it belongs to, and record its text layout."""
         calls = active_calls()
-        settings = None if calls is None else calls.for_owner(self)
-        if settings is not None:
-            settings.start_denoiser_call()
+        call = None if calls is None else calls.for_owner(self)
+        if call is not None:
+            call.start_denoiser_call()
             if self.family.record is not None:
-                settings.recorded = rank_text_length(self.model, self.family.name, self.family.record(args, kwargs))
+                call.recorded = rank_text_length(self.model, self.family.name, self.family.record(args, kwargs))
 
     def remove(self) -> None:
         """Give every layer still holding one of our processors its original back; remove the hook."""
@@ -366,7 +357,7 @@ def check_pag_leaves_pladis_layers(pipe: object, model: torch.nn.Module, table: 
 
 def apply_pladis(
     pipe_or_denoiser: object,
-    pladis_scale: float,
+    pladis_scale: float | PLADISSettings,
     pladis_alpha: float = 1.5,
     *,
     pladis_controlnet: bool = False,
@@ -379,7 +370,7 @@ def apply_pladis(
     """Run the body with PLADIS on the text-attention layers of a pipeline's denoiser, or of a denoiser
     given directly (`UNet2DConditionModel` or a transformer: modular pipelines, hand-written loops).
 
-    Which layers and which rule come from the denoiser's family record (`attention.families`):
+    Which layers and which rule come from the denoiser's family record (`attention.integration.diffusers_families`):
     cross-attention layers (U-Nets, PixArt, SANA, SANA-Video, Wan, LTX-Video) get the cross-attention rule;
     joint text+image attention (SD3, FLUX.1/.2, Chroma, Qwen-Image, HunyuanVideo, HunyuanImage, CogView4;
     Z-Image's packed unified blocks) gets the text-block rule on the image-query × text-key block;
@@ -406,17 +397,20 @@ def apply_pladis(
     block from a new thread or an executor run without PLADIS, unless they run in a copy of this context
     (`asyncio.to_thread`, `contextvars.copy_context().run`). Enter each returned block once, and let it end in
     the thread that entered it: otherwise a `RuntimeError` says so.
+
+    `pladis_scale` may be a `PLADISSettings` in place of λ, holding every setting (pipelines that check their
+    arguments before their own set-up pass theirs; then leave the other PLADIS arguments at their defaults).
     """
-    settings = PLADISSettings(
+    settings = settings_from(
         pladis_scale,
-        pladis_alpha,
-        pladis_controlnet,
-        pladis_single_blocks,
-        pladis_start,
-        pladis_stop,
-        pladis_layers,
+        pladis_alpha=pladis_alpha,
+        pladis_controlnet=pladis_controlnet,
+        pladis_single_blocks=pladis_single_blocks,
+        pladis_start=pladis_start,
+        pladis_stop=pladis_stop,
+        pladis_layers=pladis_layers,
     )
-    return SingleUseBlock("apply_pladis", apply_pladis_settings(pipe_or_denoiser, settings, scheduler=scheduler))
+    return SingleUseBlock("apply_pladis", _applied(pipe_or_denoiser, settings, scheduler))
 
 
 def _step_source(pipe_or_denoiser: object, settings: PLADISSettings, scheduler: object | None) -> StepSource | None:
@@ -444,8 +438,8 @@ def settings_in_context(pipe_or_denoiser: object) -> PLADISSettings | None:
     installation = _INSTALLATIONS.get(id(denoisers(pipe_or_denoiser)[0]))
     if calls is None or installation is None:
         return None
-    settings = calls.for_owner(installation)
-    return None if settings is None else settings.pladis
+    call = calls.for_owner(installation)
+    return None if call is None else call.settings
 
 
 def settings_of_call(pipe_or_denoiser: object, given: Mapping[str, Any]) -> PLADISSettings | None:
@@ -467,18 +461,15 @@ def settings_of_call(pipe_or_denoiser: object, given: Mapping[str, Any]) -> PLAD
 
 
 @contextmanager
-def apply_pladis_settings(
-    pipe_or_denoiser: object, settings: PLADISSettings, *, scheduler: object | None = None
-) -> Iterator[None]:
-    """`apply_pladis` with its arguments already checked (`PLADISSettings`), for pipelines that check them
-    before their own set-up: nothing below checks them again."""
-    if not isinstance(settings, PLADISSettings):
-        raise TypeError(f"settings must be a PLADISSettings, got {type(settings).__name__}")
+def _applied(pipe_or_denoiser: object, settings: PLADISSettings, scheduler: object | None) -> Iterator[None]:
+    """The body of `apply_pladis` on its checked `settings`."""
     pladis_single_blocks = settings.pladis_single_blocks
     models = denoisers(pipe_or_denoiser, settings.pladis_controlnet)
     family = family_of(models[0])
     if pladis_single_blocks and not any(kind.optional for kind in family.text_attention):
-        with_single = ", ".join(f.name for f in FAMILIES if any(kind.optional for kind in f.text_attention))
+        with_single = ", ".join(
+            f.name for f in registered_families() if any(kind.optional for kind in f.text_attention)
+        )
         raise ValueError(
             f"pladis_single_blocks=True but {type(models[0]).__name__} has no single-stream block "
             f"({with_single} have them)"
@@ -491,7 +482,7 @@ def apply_pladis_settings(
         with calls_in_context((), replacing=running):
             yield
         return
-    requested_kernel()  # a bad PLADIS_KERNEL raises before the first denoising step (λ = 0 is stock: never read)
+    kernel_requested(settings)  # a bad PLADIS_KERNEL raises before the first denoising step (λ = 0: never read)
     step = _step_source(pipe_or_denoiser, settings, scheduler)
     if step is not None:
         check_window_without_step_cache(models)
@@ -515,14 +506,7 @@ def apply_pladis_settings(
             stack.enter_context(installed_pladis(model, table)) for model, table in zip(models, layers, strict=True)
         )
         calls = tuple(
-            CallSettings(
-                installation,
-                settings.pladis_scale,
-                settings.pladis_alpha,
-                layers=frozenset(table),
-                step=step,
-                pladis=settings,
-            )
+            PLADISCall(installation, settings, layers=frozenset(table), step=step)
             for installation, table in zip(installations, layers, strict=True)
         )
         stack.enter_context(calls_in_context(calls, replacing=installations))

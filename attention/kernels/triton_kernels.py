@@ -31,8 +31,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .kernel_choice import interpreting
+from .kernel_calls import CrossAttentionCall, TextBlockCall
 from .masks import four_dims
+from .table import interpreting
 
 _FLOAT32_MIN = tl.constexpr(-3.4028234663852886e38)  # jit code reads only constexpr globals
 _LOG2E = tl.constexpr(1.4426950408889634)
@@ -540,17 +541,10 @@ def _strides4(tensor: torch.Tensor | None, shape: tuple[int, int, int, int]) -> 
     return tensor.expand(shape).stride()
 
 
-def triton_pladis_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    pladis_scale: float,
-    pladis_alpha: float,
-    mask: torch.Tensor | None,
-    scale: float,
-) -> torch.Tensor:
+def triton_pladis_attention(call: CrossAttentionCall) -> torch.Tensor:
     """The cross-attention rule on (B, H, N, D) tensors in one launch; the result has `query`'s dtype
     and (B, N, H, D) memory (as SDPA's), so merging heads afterwards is a view."""
+    query, key, value, settings, mask, scale = call.query, call.key, call.value, call.settings, call.mask, call.scale
     batch, heads, rows, head_dim = query.shape
     keys, value_dim = key.shape[-2], value.shape[-1]
     key, value = key.expand(batch, heads, keys, head_dim), value.expand(batch, heads, keys, value_dim)
@@ -564,7 +558,7 @@ def triton_pladis_attention(
         value,
         query if mask is None else mask,
         output,
-        float(pladis_scale),
+        float(settings.pladis_scale),
         float(scale),
         *query.stride(),
         *key.stride(),
@@ -577,30 +571,20 @@ def triton_pladis_attention(
         head_dim,
         value_dim,
         HAS_MASK=mask is not None,
-        SPARSEMAX=pladis_alpha == 2.0,
+        SPARSEMAX=settings.pladis_alpha == 2.0,
         DOT=_dot_kind(query.dtype),
         **config,
     )
     return output
 
 
-def triton_text_block_correction_(
-    output: torch.Tensor,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    text: slice,
-    image: slice,
-    pladis_scale: float,
-    pladis_alpha: float,
-    mask: torch.Tensor | None,
-    scale: float,
-    log_normaliser: torch.Tensor | None = None,
-    text_mass: torch.Tensor | None = None,
-) -> torch.Tensor:
+def triton_text_block_correction_(call: TextBlockCall) -> torch.Tensor:
     """Add the text-block correction `m·λ·(entmax_α(z_txt) − softmax(z_txt))·V_txt` to the image rows
-    of the dense `output` in one launch. `mask` holds the text columns (rows over the joint queries);
+    of the dense `call.output` in one launch. `mask` holds the text columns (rows over the joint queries);
     the row value is the dense log-sum-exp (`log_normaliser`, (B, H, N)) or the text mass (`text_mass`)."""
+    output, query, key, value, text, image = call.output, call.query, call.key, call.value, call.text, call.image
+    settings, mask, scale, log_normaliser = call.settings, call.mask, call.scale, call.log_normaliser
+    text_mass = call.text_mass
     batch, heads, joint, head_dim = query.shape
     keys, value_dim = text.stop - text.start, value.shape[-1]
     rows = image.stop - image.start
@@ -617,7 +601,7 @@ def triton_text_block_correction_(
         query if mask is None else mask,
         output,
         row_values,
-        float(pladis_scale),
+        float(settings.pladis_scale),
         float(scale),
         *query.stride(),
         *key_text.stride(),
@@ -632,7 +616,7 @@ def triton_text_block_correction_(
         head_dim,
         value_dim,
         HAS_MASK=mask is not None,
-        SPARSEMAX=pladis_alpha == 2.0,
+        SPARSEMAX=settings.pladis_alpha == 2.0,
         DOT=_dot_kind(query.dtype),
         ROW_IS_LSE=log_normaliser is not None,
         **config,

@@ -4,36 +4,14 @@ Full materialised score maps, `torch.softmax` and the `entmax` package's sort-ba
 the paper writes them: independent of every fast path here, so tests and the benchmark check those
 against it. It imports nothing of the fast paths (no `sparse_maps`, sync-free or Triton code), so a bug
 there cannot hide in it. Float64 inputs, or `float64=True` (the tests), are computed in float64, anything
-else in float32. Under `reference_formulation()` the two seams compute it in place of their kernels; the
-tests compare the seams, the processors and whole denoisers with it (`tests/materialised_reference.py`).
+else in float32. The kernel table registers it as the `reference` kernel (`PLADISSettings(kernel="reference")`: the
+two seams compute it in place of a fast kernel, what the benchmark times as "reference"); the tests compare the
+seams, the processors and whole denoisers with it (`tests/materialised_reference.py`).
 """
 
 from __future__ import annotations
 
-import contextvars
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
-
-_computing_reference = contextvars.ContextVar("pladis_reference_formulation", default=False)
-
-
-@contextmanager
-def reference_formulation() -> Iterator[None]:
-    """Inside, both PLADIS seams compute this module's reference formulation instead of a fast kernel
-    (same processors, projections, norms and RoPE): the benchmark's "reference" variant. Per thread
-    and task (a `ContextVar`), so a concurrent call elsewhere is not affected."""
-    token = _computing_reference.set(True)
-    try:
-        yield
-    finally:
-        _computing_reference.reset(token)
-
-
-def computing_reference() -> bool:
-    """Whether the current context asked for the reference formulation (`reference_formulation`)."""
-    return _computing_reference.get()
 
 
 def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:

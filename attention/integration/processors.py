@@ -2,9 +2,9 @@
 
 `pladis_processor_class(StockProcessor)` runs `StockProcessor.__call__` (projections, norms, RoPE, masks,
 output split: nothing is copied) with the names it calls attention through — `F.scaled_dot_product_attention`
-or `dispatch_attention_fn` — bound to `attention.rules`, which computes the layer's PLADIS rule through the
+or `dispatch_attention_fn` — bound to `attention_calls`, which computes the layer's PLADIS rule through the
 two kernel seams. A processor either has fixed settings (`PLADISAttnProcessor(2.0)`, for hand use) or was
-installed by `apply_pladis` and reads the settings of the current call (`attention.call_context`),
+installed by `apply_pladis` and reads the settings of the current call (`attention.integration.call_context`),
 delegating to the layer's original processor wherever no PLADIS call on its denoiser is active.
 """
 
@@ -18,37 +18,26 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0, JointAttnProcessor2_0
-from diffusers.models.transformers.sana_transformer import SanaAttnProcessor2_0
-from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 
-from . import rules
-from .call_context import (
-    CROSS,
-    LEADING,
-    PACKED,
-    TEXT_KEYS,
-    TRAILING,
-    CallSettings,
-    LayerCall,
-    TextLength,
-    active_calls,
-    calls_in_context,
-)
+from ..settings import PLADISSettings, settings_from
+from . import attention_calls
+from .call_context import LayerCall, PLADISCall, active_calls, calls_in_context
 from .composition import register_for_layer_skip
-from .settings import PLADISSettings
+from .diffusers_families import class_path, resolved
+from .text_layout import CROSS, LEADING, PACKED, TEXT_KEYS, TRAILING, TextLength
 
 # `torch.nn.functional` as the stock processors see it, except that its SDPA is the PLADIS one.
 _FUNCTIONAL = types.ModuleType(F.__name__, F.__doc__)
-_FUNCTIONAL.__dict__.update({**vars(F), "scaled_dot_product_attention": rules.scaled_dot_product_attention})
+_FUNCTIONAL.__dict__.update({**vars(F), "scaled_dot_product_attention": attention_calls.scaled_dot_product_attention})
 
 
 def _bound_to_pladis(stock_type: type) -> types.FunctionType:
-    """`stock_type.__call__` with the attention function it calls bound to `attention.rules`."""
+    """`stock_type.__call__` with the attention function it calls bound to `attention.integration.attention_calls`."""
     function = stock_type.__call__
     namespace = dict(function.__globals__)
     names = set(function.__code__.co_names)
     if "dispatch_attention_fn" in names and "dispatch_attention_fn" in namespace:
-        namespace["dispatch_attention_fn"] = rules.dispatch_attention_fn
+        namespace["dispatch_attention_fn"] = attention_calls.dispatch_attention_fn
     elif "F" in names and namespace.get("F") is F:
         namespace["F"] = _FUNCTIONAL
     else:
@@ -71,11 +60,13 @@ class PLADISProcessor:
     """A stock processor (`stock_type`) whose attention call computes PLADIS on the layer's text keys.
 
     Use a class from `pladis_processor_class`. `Cls(pladis_scale, pladis_alpha, text_length=None)` has
-    fixed settings, checked once here (`PLADISSettings`), never per call; `Cls.installed(...)` (what
-    `apply_pladis` sets) follows the current call's settings, checked by `apply_pladis`.
-    `text_keys` (see `attention.rules`) says where the text keys sit; joint layers read the text length
+    fixed settings, checked once here (`PLADISSettings`), never per call; `pladis_scale` may be a `PLADISSettings`
+    in place of λ (then leave `pladis_alpha` at its default: the object holds every setting, e.g. `kernel`).
+    `Cls.installed(...)` (what `apply_pladis` sets) follows the current call's settings, checked by `apply_pladis`.
+    `text_keys` (see `attention_calls`) says where the text keys sit; joint layers read the text length
     from `encoder_hidden_states`, or, where the processor is not given it (single-stream blocks), from
-    `text_length` / the length recorded from the denoiser call.
+    `text_length` / the length recorded from the denoiser call. `original`: the layer's processor, whose weights a
+    processor with weights (an IP-Adapter's) runs on.
     """
 
     stock_type: ClassVar[type]
@@ -85,44 +76,17 @@ class PLADISProcessor:
 
     def __init__(
         self,
-        pladis_scale: float,
+        pladis_scale: float | PLADISSettings,
         pladis_alpha: float = 1.5,
         text_length: TextLength | None = None,
         *,
         text_keys: str | None = None,
-    ) -> None:
-        self._set_fixed(PLADISSettings(pladis_scale, pladis_alpha), text_length, text_keys)
-
-    @classmethod
-    def with_settings(
-        cls,
-        settings: PLADISSettings,
-        text_length: TextLength | None = None,
-        *,
-        text_keys: str | None = None,
-        original: object | None = None,
-    ) -> PLADISProcessor:
-        """A processor with fixed, already checked `settings` (as `Cls(λ, α, ...)` without checking λ/α again);
-        `original`: the layer's processor, whose weights a processor with weights (an IP-Adapter's) runs on."""
-        processor = cls.__new__(cls)
-        processor._set_fixed(settings, text_length, text_keys, original)
-        return processor
-
-    def _set_fixed(
-        self,
-        settings: PLADISSettings,
-        text_length: TextLength | None,
-        text_keys: str | None,
         original: object | None = None,
     ) -> None:
+        settings = settings_from(pladis_scale, pladis_alpha=pladis_alpha)
         if text_length is not None and not isinstance(text_length, TextLength):
             raise TypeError(f"text_length must be a TextLength (see recorded_text_length), got {text_length!r}")
-        fixed = CallSettings(
-            self,
-            settings.pladis_scale,
-            settings.pladis_alpha,
-            recorded=text_length if text_length is not None else TextLength(),
-        )
+        fixed = PLADISCall(self, settings, recorded=text_length if text_length is not None else TextLength())
         original = self.stock_type() if original is None else original
         self._setup(original, text_keys or self.default_text_keys, None, _no_image_context, self, fixed)
 
@@ -146,6 +110,11 @@ class PLADISProcessor:
     def _setup(self, original, text_keys, layer, image_context_calls, owner, settings) -> None:
         if text_keys not in TEXT_KEYS:
             raise ValueError(f"text_keys must be one of {TEXT_KEYS}, got {text_keys!r}")
+        cls = type(self)
+        if cls not in _LAYER_SKIP_REGISTERED:
+            # With the first processor, not the class: diffusers' registry imports every transformer module.
+            register_for_layer_skip(cls, self.stock_type)
+            _LAYER_SKIP_REGISTERED.add(cls)
         if isinstance(self, torch.nn.Module):
             # A processor with weights (an IP-Adapter's) is a submodule of its layer: so is this one, holding the
             # original, so its weights stay in the model (`.to()`, offloading hooks) while PLADIS is installed.
@@ -171,11 +140,11 @@ class PLADISProcessor:
     @property
     def pladis_scale(self) -> float | None:
         """λ of a processor with fixed settings (None for one following the current call)."""
-        return None if self._fixed is None else self._fixed.pladis_scale
+        return None if self._fixed is None else self._fixed.settings.pladis_scale
 
     @property
     def pladis_alpha(self) -> float | None:
-        return None if self._fixed is None else self._fixed.pladis_alpha
+        return None if self._fixed is None else self._fixed.settings.pladis_alpha
 
     def __repr__(self) -> str:
         settings = (
@@ -185,7 +154,7 @@ class PLADISProcessor:
             f"{type(self).__name__}({settings}, text_keys={self.text_keys!r}, original={type(self.original).__name__})"
         )
 
-    def current_settings(self) -> CallSettings | None:
+    def current_settings(self) -> PLADISCall | None:
         """The settings this processor applies in the current context now (None: it runs `original`)."""
         if self._fixed is not None:
             return self._fixed
@@ -215,18 +184,17 @@ class PLADISProcessor:
 
     def _call(self, attn: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
         calls = active_calls()
-        settings = self._fixed
-        if settings is None:
-            settings = None if calls is None else calls.for_owner(self._owner)
-            if settings is None or not settings.acts_on(self.layer):
+        call = self._fixed
+        if call is None:
+            call = None if calls is None else calls.for_owner(self._owner)
+            if call is None or not call.acts_on(self.layer):
                 return self.original(attn, *args, **kwargs)
         elif calls is None:  # a processor with fixed settings called outside apply_pladis: a slot for its layer
             with calls_in_context(()):
                 return self._call(attn, args, kwargs)
-        text_tokens, segments = self._text_layout(args, kwargs, settings.recorded)
+        text_tokens, segments = self._text_layout(args, kwargs, call.recorded)
         layer = LayerCall(
-            settings.pladis_scale,
-            settings.pladis_alpha,
+            call.settings,
             self.text_keys,
             text_tokens,
             segments,
@@ -241,6 +209,13 @@ class PLADISProcessor:
 
 
 _CLASSES: dict[type, type] = {}
+_LAYER_SKIP_REGISTERED: set[type] = set()  # the classes registered with diffusers' layer-skip hooks (`composition`)
+# The public PLADIS classes of stock processors defined in diffusers transformer modules: made when first asked for
+# (by name, or by an installation on a layer holding that processor), so importing this module imports neither.
+_NAMED = {
+    "diffusers.models.transformers.sana_transformer:SanaAttnProcessor2_0": ("PLADISSanaAttnProcessor", CROSS),
+    "diffusers.models.transformers.transformer_flux:FluxAttnProcessor": ("PLADISFluxAttnProcessor", LEADING),
+}
 
 
 def pladis_processor_class(stock_type: type, name: str | None = None, text_keys: str | None = None) -> type:
@@ -249,6 +224,7 @@ def pladis_processor_class(stock_type: type, name: str | None = None, text_keys:
     call bound to PLADIS; a `torch.nn.Module` when the stock processor is one (it has weights)."""
     if stock_type in _CLASSES:
         return _CLASSES[stock_type]
+    name, text_keys = _NAMED.get(class_path(stock_type), (name, text_keys))
     signature = inspect.signature(stock_type.__call__)
     parameters = list(signature.parameters)
     text_argument = parameters.index("encoder_hidden_states") - 2 if "encoder_hidden_states" in parameters else None
@@ -270,12 +246,17 @@ def pladis_processor_class(stock_type: type, name: str | None = None, text_keys:
             "__doc__": f"`{stock_type.__name__}` with PLADIS on its attention call (see `PLADISProcessor`).",
         },
     )
-    register_for_layer_skip(cls, stock_type)
     _CLASSES[stock_type] = cls
     return cls
 
 
 PLADISAttnProcessor = pladis_processor_class(AttnProcessor2_0, "PLADISAttnProcessor", CROSS)
-PLADISSanaAttnProcessor = pladis_processor_class(SanaAttnProcessor2_0, "PLADISSanaAttnProcessor", CROSS)
 PLADISJointAttnProcessor = pladis_processor_class(JointAttnProcessor2_0, "PLADISJointAttnProcessor", TRAILING)
-PLADISFluxAttnProcessor = pladis_processor_class(FluxAttnProcessor, "PLADISFluxAttnProcessor", LEADING)
+
+
+def __getattr__(name: str) -> type:
+    """`PLADISSanaAttnProcessor`, `PLADISFluxAttnProcessor`: made (their stock module imported) when first asked for."""
+    for path, (class_name, _) in _NAMED.items():
+        if class_name == name:
+            return pladis_processor_class(resolved(path))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

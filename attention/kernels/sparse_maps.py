@@ -12,9 +12,9 @@ from collections.abc import Callable
 
 import torch
 
-from .settings import PLADISSettings
+from ..settings import PLADISSettings, settings_from
+from ..validation import check_pladis_alpha
 from .sorted_threshold import sorted_entmax_threshold
-from .validation import check_pladis_alpha
 
 # A threshold has converged when no row moves by more than this (τ ∈ [−1, 0), so ~16 float32 ulps).
 _THRESHOLD_TOL = 1e-6
@@ -293,7 +293,8 @@ def pladis_shift_(
     return dense.addcmul_(sparse, row_scale)
 
 
-def pladis_weights(scores: torch.Tensor, pladis_scale: float, alpha: float = 1.5) -> torch.Tensor:
-    """PLADIS attention map `softmax(z) + λ·(entmax_α(z) − softmax(z))` over the last dim, in float32."""
-    settings = PLADISSettings(pladis_scale, alpha)
+def pladis_weights(scores: torch.Tensor, pladis_scale: float | PLADISSettings, alpha: float = 1.5) -> torch.Tensor:
+    """PLADIS attention map `softmax(z) + λ·(entmax_α(z) − softmax(z))` over the last dim, in float32 (float64
+    kept); `pladis_scale` is λ, or a `PLADISSettings` (then leave `alpha` at its default)."""
+    settings = settings_from(pladis_scale, pladis_alpha=alpha)
     return pladis_weights_(_as_float(scores).clone(), settings.pladis_scale, settings.pladis_alpha)

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 # SEG's "infinite blur" threshold and default σ live with the argument checks (no torch there, so the scripts'
 # options can name them without loading it); re-exported here, where the blur uses them.
-from .validation import INFINITE_BLUR_SIGMA
-from .validation import SEG_INFINITE_BLUR as SEG_INFINITE_BLUR
+from .seg_sigma import INFINITE_BLUR_SIGMA
+from .seg_sigma import SEG_INFINITE_BLUR as SEG_INFINITE_BLUR
 
 
 def seg_kernel_size(sigma: float) -> int:

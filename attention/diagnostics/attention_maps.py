@@ -15,13 +15,13 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
-from .install import attention_modules, fixed_pladis_processors, swapped_attn_processors
-from .masks import additive_mask
-from .processor import unet_attention_heads
-from .seg_blur import token_grid
-from .seg_processor import LatentSize, recording_latent_size
-from .settings import PLADISSettings
-from .sparse_maps import pladis_weights_, softmax_attention
+from ..integration.attn_processor_parts import unet_attention_heads
+from ..integration.install import attention_modules, pladis_processors, swapped_attn_processors
+from ..kernels.masks import additive_mask
+from ..kernels.sparse_maps import pladis_weights_, softmax_attention
+from ..perturbation.seg_blur import token_grid
+from ..perturbation.seg_processor import LatentSize, recording_latent_size
+from ..settings import PLADISSettings
 
 LAYER_GROUPS = ("down", "mid", "up")
 MAP_KINDS = ("dense", "pladis")
@@ -195,7 +195,7 @@ def recording_attention_maps(
         raise ValueError(f"unknown layer groups {unknown}; accepted: {', '.join(LAYER_GROUPS)}")
     settings = PLADISSettings(pladis_scale, pladis_alpha)
     current = {name[: -len(".processor")]: processor for name, processor in unet.attn_processors.items()}
-    table = fixed_pladis_processors(unet, settings) if settings.pladis_scale > 0 and install_pladis else {}
+    table = pladis_processors(unet, settings) if settings.pladis_scale > 0 and install_pladis else {}
     for name, module in attention_modules(unet).items():
         group = layer_group(name)
         if isinstance(module, Attention) and module.is_cross_attention and group in groups:

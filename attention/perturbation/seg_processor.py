@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
-from .processor import unet_attention_heads, unet_attention_output
+from ..integration.attn_processor_parts import unet_attention_heads, unet_attention_output
 from .seg_blur import gaussian_blur_tokens, token_grid
-from .validation import check_seg_blur_sigma
+from .seg_sigma import check_seg_blur_sigma
 
 
 @dataclass
@@ -67,7 +67,7 @@ class SmoothedEnergyAttnProcessor:
         if self.latent_size.height is None:
             raise RuntimeError(
                 "SmoothedEnergyAttnProcessor does not know the latent size: run the U-Net inside "
-                "`recording_latent_size(unet)` (the PLADIS SEG pipelines record it per call: `attention.perturbation`)"
+                "`recording_latent_size(unet)` (the PLADIS SEG pipelines record it per call: `perturbed_calls`)"
             )
         return token_grid(num_tokens, self.latent_size.height, self.latent_size.width)
 

@@ -2,7 +2,8 @@
 
 Settings belong to the call, not to the shared model: `apply_pladis` puts them in a
 `contextvars.ContextVar`, so calls in other threads (PLADIS with other settings, or stock pipelines
-sharing the denoiser) never see them. The installed processors read it on every call.
+sharing the denoiser) never see them. The installed processors read it on every call. The one
+`PLADISSettings` object a call was given travels as it is, through `PLADISCall` and `LayerCall`, to the kernels.
 """
 
 from __future__ import annotations
@@ -12,32 +13,15 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-from .settings import PLADISSettings
-
-# How the keys of an attention call are laid out: all text (cross-attention), a joint sequence with the
-# text first (FLUX `[txt ; img]`) or last (SD3 `[img ; txt]`), or per-sample packed `[img ; txt ; pad]`.
-CROSS, LEADING, TRAILING, PACKED = "cross", "leading", "trailing", "packed"
-TEXT_KEYS = (CROSS, LEADING, TRAILING, PACKED)
+from ..settings import PLADISSettings
+from .text_layout import TextLength
 
 
 @dataclass
-class TextLength:
-    """What the current denoiser call says about its text, for layers that are not told it.
-
-    `tokens`: text tokens of a joint sequence (FLUX single-stream blocks get `[txt ; img]` already
-    concatenated). `segments`: per sample `(image_tokens, text_tokens)` of a packed sequence `[img ; txt ; pad]`
-    (Z-Image). Written from each denoiser call by the family's recorder (see `recorded_text_length`).
-    """
-
-    tokens: int | None = None
-    segments: tuple[tuple[int, int], ...] | None = None
-
-
-@dataclass
-class CallSettings:
-    """One PLADIS call on one denoiser: λ, α, the layers it acts on, its step window, and what its denoiser
-    calls recorded. `owner` is the installation (or processor) these settings are for. The values come from
-    a `PLADISSettings` (`pladis`, checked where it was made) and are trusted here.
+class PLADISCall:
+    """One PLADIS call on one denoiser: its `settings` (checked where they were made, trusted here), the layers it
+    acts on, its step window, and what its denoiser calls recorded. `owner` is the installation (or processor)
+    these settings are for.
 
     `layers`: the names of the layers this call runs PLADIS on (None: every layer holding its processor).
     `step`: where the step of each denoiser call comes from when the call has a window (None: every step);
@@ -45,11 +29,9 @@ class CallSettings:
     """
 
     owner: object
-    pladis_scale: float
-    pladis_alpha: float
+    settings: PLADISSettings
     layers: frozenset[str] | None = None
     step: Callable[[], tuple[int, int]] | None = None
-    pladis: PLADISSettings | None = None
     acting: bool = True
     recorded: TextLength = field(default_factory=TextLength)
 
@@ -59,16 +41,15 @@ class CallSettings:
 
     def start_denoiser_call(self) -> None:
         """Place the coming denoiser call in the step window (from `step`: host integers, no sync)."""
-        if self.step is not None and self.pladis is not None:
-            self.acting = self.pladis.acts_on_step(*self.step())
+        if self.step is not None:
+            self.acting = self.settings.acts_on_step(*self.step())
 
 
 @dataclass
 class LayerCall:
-    """What the attention call(s) inside one PLADIS layer call need (see `attention.rules`)."""
+    """What the attention call(s) inside one PLADIS layer call need (see `attention_calls`)."""
 
-    pladis_scale: float
-    pladis_alpha: float
+    settings: PLADISSettings
     text_keys: str
     text_tokens: int | None = None
     segments: tuple[tuple[int, int], ...] | None = None
@@ -82,13 +63,13 @@ class ActiveCalls:
     """The PLADIS calls active in one context, and the PLADIS layer running now (set by the processor,
     read by its attention call). Mutated in place, never re-set, so `torch.compile` can trace it."""
 
-    settings: tuple[CallSettings, ...] = ()
+    calls: tuple[PLADISCall, ...] = ()
     running: LayerCall | None = None
 
-    def for_owner(self, owner: object) -> CallSettings | None:
-        for settings in self.settings:
-            if settings.owner is owner:
-                return settings
+    def for_owner(self, owner: object) -> PLADISCall | None:
+        for call in self.calls:
+            if call.owner is owner:
+                return call
         return None
 
 
@@ -101,14 +82,14 @@ def active_calls() -> ActiveCalls | None:
 
 
 @contextmanager
-def calls_in_context(settings: tuple[CallSettings, ...], replacing: tuple[object, ...] = ()) -> Iterator[ActiveCalls]:
-    """Make `settings` active in the current context for the body (those of other owners stay, those of
+def calls_in_context(calls: tuple[PLADISCall, ...], replacing: tuple[object, ...] = ()) -> Iterator[ActiveCalls]:
+    """Make `calls` active in the current context for the body (those of other owners stay, those of
     `replacing` owners are dropped), and put the previous ones back on exit."""
     previous = _ACTIVE.get()
-    kept = () if previous is None else tuple(s for s in previous.settings if s.owner not in replacing)
-    calls = ActiveCalls(kept + settings)
-    token = _ACTIVE.set(calls)
+    kept = () if previous is None else tuple(call for call in previous.calls if call.owner not in replacing)
+    active = ActiveCalls(kept + calls)
+    token = _ACTIVE.set(active)
     try:
-        yield calls
+        yield active
     finally:
         _ACTIVE.reset(token)

@@ -2,10 +2,10 @@
 
 A PLADIS processor runs the stock processor's own code with its attention function
 (`F.scaled_dot_product_attention` or diffusers' `dispatch_attention_fn`) bound to the replacements
-here. They read the running layer (`ActiveCalls.running`) and hand the call to one of the two kernel
-seams: the cross-attention rule (`cross_attention_rule`, every key is text) or the joint text-block rule
-(`text_block_rule`, the text keys a leading or trailing slice of a joint sequence). λ/α were checked
-where the settings were made (`PLADISSettings`), so they are trusted here. Per-sample packed
+here. They read the running layer (`ActiveCalls.running`) and hand the call, with the layer's `PLADISSettings`
+(checked where they were made), to one of the two kernel seams: the cross-attention rule
+(`pladis_scaled_dot_product_attention`, every key is text) or the joint text-block rule
+(`text_block_pladis_attention`, the text keys a leading or trailing slice of a joint sequence). Per-sample packed
 sequences (Z-Image: `[img ; txt ; pad]` per sample) are cut into samples and each handed to the joint
 seam with its text last.
 """
@@ -16,11 +16,12 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_dispatch import dispatch_attention_fn as _diffusers_dispatch
 
-from .call_context import CROSS, LEADING, PACKED, LayerCall, active_calls
+from ..kernels.cross_attention import pladis_scaled_dot_product_attention
+from ..kernels.text_block import text_block_pladis_attention
+from .call_context import LayerCall, active_calls
 from .composition import perturbed_by_layer_skip
 from .context_parallel import context_parallel_attention, sequence_parallel_config
-from .functional import cross_attention_rule
-from .joint_text_block import text_block_rule
+from .text_layout import CROSS, LEADING, PACKED
 
 _sdpa = F.scaled_dot_product_attention  # the real one, for the calls that stay dense
 
@@ -41,8 +42,8 @@ def _packed_attention(layer: LayerCall, query, key, value, attn_mask, scale) -> 
                 f"sample {sample} was recorded with {tokens} tokens, but the packed sequence has {query.shape[2]}"
             )
         q, k, v = (t[sample : sample + 1, :, :tokens] for t in (query, key, value))
-        output[sample : sample + 1, :, :tokens] = text_block_rule(
-            q, k, v, text_tokens, layer.pladis_scale, layer.pladis_alpha, text_first=False, scale=scale
+        output[sample : sample + 1, :, :tokens] = text_block_pladis_attention(
+            q, k, v, text_tokens, layer.settings, text_first=False, scale=scale
         )
         if tokens < query.shape[2]:
             output[sample : sample + 1, :, tokens:] = _sdpa(query[sample : sample + 1, :, tokens:], k, v, scale=scale)
@@ -66,18 +67,15 @@ def pladis_attention(layer: LayerCall, query, key, value, attn_mask=None, scale=
     if _off_text(layer):
         return _sdpa(query, key, value, attn_mask=attn_mask, scale=scale)
     if layer.text_keys == CROSS:
-        return cross_attention_rule(
-            query, key, value, layer.pladis_scale, layer.pladis_alpha, attn_mask=attn_mask, scale=scale
-        )
+        return pladis_scaled_dot_product_attention(query, key, value, layer.settings, attn_mask=attn_mask, scale=scale)
     if layer.text_keys == PACKED:
         return _packed_attention(layer, query, key, value, attn_mask, scale)
-    return text_block_rule(
+    return text_block_pladis_attention(
         query,
         key,
         value,
         layer.text_tokens,
-        layer.pladis_scale,
-        layer.pladis_alpha,
+        layer.settings,
         text_first=layer.text_keys == LEADING,
         attn_mask=attn_mask,
         scale=scale,
@@ -123,9 +121,9 @@ def dispatch_attention_fn(
 ) -> torch.Tensor:
     """diffusers' `dispatch_attention_fn` ((B, N, H, D) tensors) as a PLADIS processor's attention call.
     The changed layers run PyTorch SDPA whatever attention backend was chosen. Under context parallelism
-    (`parallel_config` shards the sequence) the rule runs over every rank's keys (`attention.context_parallel`);
-    in the pass a layer-skip guider perturbs, diffusers' own call (which the guider's mode turns into the identity
-    on the native backend)."""
+    (`parallel_config` shards the sequence) the rule runs over every rank's keys (`context_parallel`); in the pass
+    a layer-skip guider perturbs, diffusers' own call (which the guider's mode turns into the identity on the native
+    backend)."""
     if perturbed_by_layer_skip():
         return _diffusers_dispatch(
             query,

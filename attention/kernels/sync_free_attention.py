@@ -27,6 +27,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .dense_attention import dense_attention_and_log_normaliser
+from .kernel_calls import CrossAttentionCall, TextBlockCall
 from .masks import four_dims, mask_for_rows, row_values
 from .sorted_threshold import centred_rows, sorted_support_threshold
 from .sparse_maps import pladis_shift_, pladis_weights_
@@ -75,8 +77,6 @@ def _dense_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`(softmax(z)·V, logsumexp(z) or None)` from the fused SDPA kernel stock attention would run."""
-    from .joint_text_block import dense_attention_and_log_normaliser  # (it imports this module)
-
     fused = dense_attention_and_log_normaliser(query, key, value, mask, scale)
     if fused is not None:
         return fused
@@ -142,16 +142,10 @@ def _mask_4d(mask: torch.Tensor | None, query: torch.Tensor, keys: int) -> torch
     return four_dims(mask.expand(*query.shape[:-1], keys))
 
 
-def sync_free_pladis_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    pladis_scale: float,
-    pladis_alpha: float,
-    mask: torch.Tensor | None,
-    scale: float,
-) -> torch.Tensor:
+def sync_free_pladis_attention(call: CrossAttentionCall) -> torch.Tensor:
     """`(softmax(z) + λ·(entmax_α(z) − softmax(z)))·V`, `z = scale·QKᵀ + mask` (additive), in `query`'s dtype."""
+    query, key, value, mask, scale = call.query, call.key, call.value, call.mask, call.scale
+    pladis_scale, pladis_alpha = call.settings.pladis_scale, call.settings.pladis_alpha
     if _power(pladis_alpha) is None:
         return _bisected_pladis_attention(query, key, value, pladis_scale, pladis_alpha, mask, scale)
     shape = (*query.shape[:-1], value.shape[-1])
@@ -177,29 +171,17 @@ def sync_free_pladis_attention(
     return output.to(query.dtype).reshape(shape)
 
 
-def sync_free_text_block_correction_(
-    output: torch.Tensor,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    text: slice,
-    image: slice,
-    pladis_scale: float,
-    pladis_alpha: float,
-    mask: torch.Tensor | None,
-    scale: float,
-    log_normaliser: torch.Tensor | None = None,
-    text_mass: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Add `m·λ·(entmax_α(z_txt) − softmax(z_txt))·V_txt` to the image rows of `output` (the dense
+def sync_free_text_block_correction_(call: TextBlockCall) -> torch.Tensor:
+    """Add `m·λ·(entmax_α(z_txt) − softmax(z_txt))·V_txt` to the image rows of `call.output` (the dense
     `softmax(z)·V`), with `m` from the dense log-sum-exp (`log_normaliser`) or given (`text_mass`).
 
     `softmax(z_txt)·V_txt` and its log-sum-exp come from a fused SDPA call over the text keys alone,
     so `m = exp(lse_txt − lse)`; the sparse half is one GEMM over the numerators, in float32."""
-    if _power(pladis_alpha) is None:
-        return _bisected_text_block_correction_(
-            output, query, key, value, text, image, pladis_scale, pladis_alpha, mask, scale, log_normaliser, text_mass
-        )
+    if _power(call.settings.pladis_alpha) is None:
+        return _bisected_text_block_correction_(call)
+    output, query, key, value, text, image = call.output, call.query, call.key, call.value, call.text, call.image
+    mask, scale, log_normaliser, text_mass = call.mask, call.scale, call.log_normaliser, call.text_mass
+    pladis_scale, pladis_alpha = call.settings.pladis_scale, call.settings.pladis_alpha
     key_text, value_text = key[..., text, :], value[..., text, :]
     dtype = _value_dtype(query, value)
     value_in = value_text.to(dtype)
@@ -248,10 +230,11 @@ def _bisected_pladis_attention(query, key, value, pladis_scale, pladis_alpha, ma
     return output.to(query.dtype)
 
 
-def _bisected_text_block_correction_(
-    output, query, key, value, text, image, pladis_scale, pladis_alpha, mask, scale, log_normaliser, text_mass
-) -> torch.Tensor:
+def _bisected_text_block_correction_(call: TextBlockCall) -> torch.Tensor:
     """Other α: the correction from materialised float32 maps with the fixed bisection (no sync)."""
+    output, query, key, value, text, image = call.output, call.query, call.key, call.value, call.text, call.image
+    mask, scale, log_normaliser, text_mass = call.mask, call.scale, call.log_normaliser, call.text_mass
+    pladis_scale, pladis_alpha = call.settings.pladis_scale, call.settings.pladis_alpha
     key_t, value_text = key[..., text, :].float().transpose(-1, -2), value[..., text, :].float()
     for rows in _row_chunks(image, query.shape[:-2].numel(), text.stop - text.start):
         scores = torch.matmul(query[..., rows, :].float(), key_t).mul_(scale)

@@ -14,12 +14,12 @@ from contextlib import ExitStack
 
 import torch
 
-from .call_context import CallSettings, calls_in_context
+from ..kernels.table import kernel_requested
+from ..settings import PLADISSettings
+from .call_context import PLADISCall, calls_in_context
 from .composition import check_window_without_step_cache
-from .families import family_of
+from .diffusers_families import family_of
 from .install import attention_model, installed_pladis, text_attention_layers
-from .kernel_choice import requested_kernel
-from .settings import PLADISSettings
 
 
 class GuidedPLADIS:
@@ -31,7 +31,7 @@ class GuidedPLADIS:
         self.settings = settings
         self._model: torch.nn.Module | None = None
         self._installation: ExitStack | None = None
-        self._call: CallSettings | None = None
+        self._call: PLADISCall | None = None
         self._hooks: list = []
         self._active: ExitStack | None = None
 
@@ -53,7 +53,7 @@ class GuidedPLADIS:
         ]
 
     def _hold(self, model: torch.nn.Module) -> None:
-        requested_kernel()
+        kernel_requested(self.settings)  # a bad PLADIS_KERNEL raises before the first armed call
         if self.settings.has_window:
             check_window_without_step_cache([model])
         settings = self.settings
@@ -61,9 +61,7 @@ class GuidedPLADIS:
         stack = ExitStack()
         installation = stack.enter_context(installed_pladis(model, layers))
         self._model, self._installation = model, stack
-        self._call = CallSettings(
-            installation, settings.pladis_scale, settings.pladis_alpha, layers=frozenset(layers), pladis=settings
-        )
+        self._call = PLADISCall(installation, settings, layers=frozenset(layers))
 
     def _start(self, module: torch.nn.Module, args: tuple) -> None:
         self._active = ExitStack()

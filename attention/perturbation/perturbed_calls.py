@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 import torch
 from diffusers.models.attention_processor import Attention
 
-from .families import family_of
-from .install import _LOCK, _set_processors, attention_modules, installed_pladis, text_attention_layers
+from ..integration.diffusers_families import family_of
+from ..integration.install import _LOCK, _set_processors, attention_modules, installed_pladis, text_attention_layers
+from ..validation import names_matching
 from .seg_processor import LatentSize
-from .validation import names_matching
 
 
 def self_attention_layer_names(model: torch.nn.Module) -> list[str]:
