@@ -16,7 +16,10 @@ import inspect
 import re
 import textwrap
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 from typing import Any
+
+from attention.settings import PLADISSettings
 
 from .guidance import GUIDANCE_BY_NAME, GuidanceArgument, keywords_of
 from .saving import stock_pipeline_class
@@ -74,14 +77,24 @@ def call_docstring(summary: str, parent_doc: str | None, keywords: Sequence[Guid
     return "\n".join([first, *(f"{margin}{line}" if line else "" for line in rest)]) + "\n" + doc
 
 
+# `PLADISSettings` fields that are no pipeline keyword (the call's kernel): given to a pipeline, they are refused.
+_SETTINGS_ONLY = {field.name for field in fields(PLADISSettings)} - set(GUIDANCE_BY_NAME)
+
+
 def _refuse_foreign_keywords(cls: type, given: Sequence[str], keywords: Sequence[GuidanceArgument]) -> None:
-    """A `pladis_*` keyword, or a table keyword of another PLADIS pipeline, that `cls` does not take raises a
-    `TypeError` naming it and the keywords `cls` takes (the parent's `**kwargs` would swallow it silently)."""
+    """A `pladis_*` keyword, a table keyword of another PLADIS pipeline, or a `PLADISSettings` field that is no
+    pipeline keyword, that `cls` does not take raises a `TypeError` naming it and the keywords `cls` takes (the
+    parent's `**kwargs` would swallow it silently)."""
     accepted = [keyword.name for keyword in keywords]
     for name in given:
-        if name in accepted or not (name.startswith("pladis_") or name in GUIDANCE_BY_NAME):
+        if name in accepted or not (name.startswith("pladis_") or name in GUIDANCE_BY_NAME or name in _SETTINGS_ONLY):
             continue
-        if name in GUIDANCE_BY_NAME:
+        if name in _SETTINGS_ONLY:
+            hint = (
+                f" (a PLADISSettings field, not a pipeline keyword: `with apply_pladis(pipe, PLADISSettings(2.0, "
+                f"{name}=...)): pipe(prompt)`, or the PLADIS_KERNEL environment variable)"
+            )
+        elif name in GUIDANCE_BY_NAME:
             takers = sorted(GUIDANCE_BY_NAME[name].pipelines)
             hint = f" (a keyword of the {' and '.join(takers)} pipeline{'s' if len(takers) > 1 else ''} only)"
         else:

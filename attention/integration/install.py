@@ -34,7 +34,7 @@ from .single_use import SingleUseBlock
 from .steps import StepSource, check_step_scheduler, pipeline_step_source, scheduler_step_source
 
 _PROCESSOR_SUFFIX = ".processor"
-_LOCK = threading.Lock()  # guards every Installation and their table (never held during a denoiser call)
+INSTALL_LOCK = threading.Lock()  # guards every Installation and their table (never held during a denoiser call)
 
 
 def attention_model(model: object) -> torch.nn.Module:
@@ -70,7 +70,7 @@ def attention_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     }
 
 
-def _set_processors(model: torch.nn.Module, replacements: dict[str, object]) -> None:
+def set_processors(model: torch.nn.Module, replacements: dict[str, object]) -> None:
     """Set `replacements` (layer name → processor), keeping every other layer's processor object."""
     if not replacements:
         return
@@ -94,17 +94,17 @@ def swapped_attn_processors(model: torch.nn.Module, replacements: dict[str, obje
     unknown = sorted(set(replacements) - set(original))
     if unknown:
         raise ValueError(f"unknown attention layer names for {type(model).__name__}: {unknown[:5]}")
-    _set_processors(model, replacements)
+    set_processors(model, replacements)
     try:
         yield
     finally:
-        _set_processors(model, _without_ended_installations(original))
+        set_processors(model, _without_ended_installations(original))
 
 
 def _without_ended_installations(processors: dict[str, object]) -> dict[str, object]:
     """`processors` with the PLADIS processors of installations that have ended (a snapshot taken while
     another call's PLADIS was installed, restored after that call ended) replaced by their originals."""
-    with _LOCK:
+    with INSTALL_LOCK:
         return {
             name: processor.original
             if isinstance(processor, PLADISProcessor)
@@ -236,7 +236,7 @@ class Installation:
             for name, layer in layers.items()
             if name not in self.processors
         }
-        _set_processors(self.model, new)
+        set_processors(self.model, new)
         self.processors.update(new)
         if self._hook is None:
             self._hook = self.model.register_forward_pre_hook(self._record, with_kwargs=True)
@@ -256,7 +256,7 @@ class Installation:
             self._hook.remove()
             self._hook = None
         modules = attention_modules(self.model)
-        _set_processors(
+        set_processors(
             self.model,
             {
                 name: processor.original
@@ -274,7 +274,7 @@ _INSTALLATIONS: dict[int, Installation] = {}
 def installed_pladis(model: torch.nn.Module, layers: dict[str, TextLayer]) -> Iterator[Installation]:
     """PLADIS processors on `layers` of `model` for the body, shared with the other calls running on it;
     the last call to leave restores the original processors."""
-    with _LOCK:
+    with INSTALL_LOCK:
         installation = _INSTALLATIONS.get(id(model))
         if installation is None or installation.model is not model:
             installation = Installation(model, family_of(model))
@@ -289,7 +289,7 @@ def installed_pladis(model: torch.nn.Module, layers: dict[str, TextLayer]) -> It
     try:
         yield installation
     finally:
-        with _LOCK:
+        with INSTALL_LOCK:
             installation.users -= 1
             if installation.users == 0:
                 del _INSTALLATIONS[id(model)]

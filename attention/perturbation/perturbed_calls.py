@@ -20,7 +20,13 @@ import torch
 from diffusers.models.attention_processor import Attention
 
 from ..integration.diffusers_families import family_of
-from ..integration.install import _LOCK, _set_processors, attention_modules, installed_pladis, text_attention_layers
+from ..integration.install import (
+    INSTALL_LOCK,
+    attention_modules,
+    installed_pladis,
+    set_processors,
+    text_attention_layers,
+)
 from ..validation import names_matching
 from .seg_processor import LatentSize
 
@@ -133,7 +139,7 @@ class PerturbableLayers:
             name: perturbable_processor_class(type(modules[name].processor))(name, modules[name].processor, self)
             for name in self_attention_layer_names(model)
         }
-        _set_processors(model, dict(self.processors))
+        set_processors(model, dict(self.processors))
         self._hook = model.register_forward_pre_hook(self._record, with_kwargs=True)
 
     def _record(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
@@ -146,7 +152,7 @@ class PerturbableLayers:
         """Give every layer still holding one of our processors its original back; remove the hook."""
         self._hook.remove()
         modules = attention_modules(self.model)
-        _set_processors(
+        set_processors(
             self.model,
             {name: p.original for name, p in self.processors.items() if modules[name].processor is p},
         )
@@ -159,7 +165,7 @@ _INSTALLATIONS: dict[int, PerturbableLayers] = {}
 def _perturbable_layers(model: torch.nn.Module) -> Iterator[PerturbableLayers]:
     """`PerturbableLayers` on `model` for the body, shared with the other perturbed calls on it; the last one to
     leave restores the original processors."""
-    with _LOCK:
+    with INSTALL_LOCK:
         layers = _INSTALLATIONS.get(id(model))
         if layers is None or layers.model is not model:
             layers = PerturbableLayers(model)
@@ -168,7 +174,7 @@ def _perturbable_layers(model: torch.nn.Module) -> Iterator[PerturbableLayers]:
     try:
         yield layers
     finally:
-        with _LOCK:
+        with INSTALL_LOCK:
             layers.users -= 1
             if layers.users == 0:
                 del _INSTALLATIONS[id(model)]

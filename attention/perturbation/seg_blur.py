@@ -11,10 +11,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-# SEG's "infinite blur" threshold and default σ live with the argument checks (no torch there, so the scripts'
-# options can name them without loading it); re-exported here, where the blur uses them.
+# SEG's "infinite blur" threshold lives in `seg_sigma` (no torch there, so the scripts' options can name it
+# without loading torch).
 from .seg_sigma import INFINITE_BLUR_SIGMA
-from .seg_sigma import SEG_INFINITE_BLUR as SEG_INFINITE_BLUR
 
 
 def seg_kernel_size(sigma: float) -> int:

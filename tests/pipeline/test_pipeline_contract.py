@@ -213,6 +213,7 @@ FOREIGN_KEYWORDS = {  # keyword → how the error names it, where the pipeline d
     "pladis_scael": "'pladis_scael' (did you mean 'pladis_scale'?)",
     "pladis_controlnet": "'pladis_controlnet' (a keyword of the controlnet pipeline only)",
     "seg_scale": "'seg_scale' (a keyword of the controlnet and sdxl-seg pipelines only)",
+    "kernel": "'kernel' (a PLADISSettings field, not a pipeline keyword: `with apply_pladis(pipe, PLADISSettings(",
 }
 
 

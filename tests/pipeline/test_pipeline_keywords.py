@@ -91,3 +91,32 @@ def test_flux_single_blocks_and_layer_keywords_replace_each_other():
     with apply_pladis(flux, 2.0, pladis_layers="single_transformer_blocks"):
         everything = run_pipe(flux, pladis_single_blocks=True, **options)
     np.testing.assert_array_equal(everything, run_pipe(flux, pladis_scale=2.0, pladis_single_blocks=True, **options))
+
+
+def test_an_enclosing_settings_objects_kernel_runs_in_a_pipeline_call_and_kernel_is_no_keyword(sdxl, monkeypatch):
+    """`kernel` is a `PLADISSettings` field, not a pipeline keyword: given to the pipeline it is refused (diffusers'
+    `**kwargs` would swallow it), and the way its message names, an enclosing `apply_pladis` with the settings
+    object, runs that kernel in every PLADIS layer of the call (here the sync-free torch path, where the CPU's
+    `auto` is the chunked one) and gives the same image to float32 rounding."""
+    from dataclasses import replace
+
+    from attention import PLADISSettings
+    from attention.kernels import table as kernel_table
+
+    with pytest.raises(TypeError, match=r"'kernel' \(a PLADISSettings field, not a pipeline keyword"):
+        sdxl("a cat", pladis_scale=2.0, kernel="torch", **OPTIONS)
+    kernels = []
+    sync_free = kernel_table._BY_NAME["torch"]
+    recording = replace(
+        sync_free, cross_attention=lambda call: kernels.append(call.settings.kernel) or sync_free.cross_attention(call)
+    )
+    monkeypatch.setitem(kernel_table._BY_NAME, "torch", recording)
+    monkeypatch.setattr(
+        kernel_table, "KERNELS", tuple(recording if k is sync_free else k for k in kernel_table.KERNELS)
+    )
+    automatic = run_pipe(sdxl, pladis_scale=2.0, **OPTIONS)
+    assert kernels == []
+    with apply_pladis(sdxl, PLADISSettings(2.0, kernel="torch")):
+        chosen = run_pipe(sdxl, **OPTIONS)
+    assert kernels and set(kernels) == {"torch"}
+    np.testing.assert_allclose(chosen, automatic, atol=2e-3)
