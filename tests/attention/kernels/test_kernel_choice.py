@@ -257,6 +257,56 @@ def test_the_settings_kernel_travels_from_apply_pladis_to_the_kernel(monkeypatch
     torch.testing.assert_close(synced_free, chunked, rtol=1e-4, atol=1e-5)
 
 
+def test_concurrent_calls_on_one_denoiser_each_run_their_own_settings_kernel(monkeypatch):
+    """The kernel is per call: three threads sharing one denoiser, each with its own `PLADISSettings(kernel=...)`,
+    started together, each run only their kernel and get the output the same call gives alone; the processors end
+    as they started."""
+    import threading
+
+    tiny = DENOISERS["chroma"]
+    model, inputs = tiny.build(), tiny.inputs(0)
+    before = dict(model.attn_processors)
+    seen: dict[int, set[str]] = {}
+
+    def recording(kernel):
+        def text_block(call):
+            seen.setdefault(threading.get_ident(), set()).add(kernel.name)
+            return kernel.text_block(call)
+
+        return replace(kernel, text_block=text_block)
+
+    recorded = {name: recording(BY_NAME[name]) for name in ("torch", "chunked", "reference")}
+    for name, kernel in recorded.items():
+        monkeypatch.setitem(kernel_table._BY_NAME, name, kernel)
+    monkeypatch.setattr(kernel_table, "KERNELS", tuple(recorded.get(k.name, k) for k in KERNELS))
+
+    def run(kernel: str) -> torch.Tensor:
+        with torch.no_grad(), apply_pladis(model, PLADISSettings(2.0, kernel=kernel)):
+            return model(**inputs).sample
+
+    alone = {kernel: run(kernel) for kernel in recorded}
+    seen.clear()
+    start, results, kernels_of = threading.Barrier(len(recorded)), {}, {}
+
+    def worker(kernel: str) -> None:
+        start.wait()
+        for _ in range(3):
+            results.setdefault(kernel, []).append(run(kernel))
+        kernels_of[kernel] = seen.get(threading.get_ident(), set())
+
+    threads = [threading.Thread(target=worker, args=(kernel,)) for kernel in recorded]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert kernels_of == {kernel: {kernel} for kernel in recorded}
+    for kernel, outputs in results.items():
+        assert len(outputs) == 3
+        for output in outputs:
+            torch.testing.assert_close(output, alone[kernel], rtol=0, atol=0)
+    assert model.attn_processors == before
+
+
 def test_settings_in_place_of_scale_refuse_other_pladis_arguments():
     q, k, v, _, _ = attention_case("random")
     with pytest.raises(TypeError, match="pladis_alpha given beside a PLADISSettings"):
