@@ -25,7 +25,7 @@ def processors_in_effect(model) -> dict:
     def in_effect(processor):
         if isinstance(processor, PerturbableProcessor):
             return in_effect(processor.in_effect())
-        if isinstance(processor, PLADISProcessor) and processor.current_settings() is None:
+        if isinstance(processor, PLADISProcessor) and processor.current_call() is None:
             return in_effect(processor.original)
         return processor
 

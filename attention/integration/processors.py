@@ -154,8 +154,9 @@ class PLADISProcessor:
             f"{type(self).__name__}({settings}, text_keys={self.text_keys!r}, original={type(self.original).__name__})"
         )
 
-    def current_settings(self) -> PLADISCall | None:
-        """The settings this processor applies in the current context now (None: it runs `original`)."""
+    def current_call(self) -> PLADISCall | None:
+        """The PLADIS call (its settings and their window and layers) this processor applies in the current context
+        now (None: it runs `original`)."""
         if self._fixed is not None:
             return self._fixed
         calls = active_calls()

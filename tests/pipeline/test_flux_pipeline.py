@@ -94,11 +94,11 @@ def installed_processors(pipe, **options) -> tuple[dict, set]:
     def record(pipeline, step, timestep, callback_kwargs):
         seen.update(pipeline.transformer.attn_processors)
         single_stream_tokens.update(
-            processor.current_settings().recorded.tokens
+            processor.current_call().recorded.tokens
             for name, processor in seen.items()
             if name.startswith("single_transformer_blocks.")
             and isinstance(processor, PLADISFluxAttnProcessor)
-            and processor.current_settings() is not None
+            and processor.current_call() is not None
         )
         return callback_kwargs
 
@@ -125,7 +125,7 @@ def test_single_block_option_uses_the_text_length_of_the_call(pipe, max_sequence
     assert len(seen) == 4 and all(isinstance(processor, PLADISFluxAttnProcessor) for processor in seen.values())
     assert tokens == {max_sequence_length}
     single = [processor for name, processor in seen.items() if name.startswith("single_transformer_blocks.")]
-    assert len(single) == 2 and all(processor.current_settings() is None for processor in single)  # per call
+    assert len(single) == 2 and all(processor.current_call() is None for processor in single)  # per call
 
 
 def test_single_block_option_changes_the_image(pipe):

@@ -56,14 +56,14 @@ def test_pladis_is_installed_on_every_cross_attention_layer_only(pipe):
         seen.update(pipeline.unet.attn_processors)
         # The settings the installed processors apply belong to this call, read inside it.
         processors = [p for p in seen.values() if isinstance(p, PLADISAttnProcessor)]
-        scales.update(p.current_settings().settings.pladis_scale for p in processors)
+        scales.update(p.current_call().settings.pladis_scale for p in processors)
         return callback_kwargs
 
     run_pipe(pipe, pladis_scale=2.0, callback_on_step_end=record)
     cross = {name for name in seen if ".attn2." in name}
     assert len(cross) == 22  # 2 + 2×2 down, 2 mid, 2×3×2 up: every attn2 of the SDXL topology
     assert all(isinstance(seen[name], PLADISAttnProcessor) for name in cross) and scales == {2.0}
-    assert all(seen[name].current_settings() is None for name in cross)  # after the call: its settings are gone
+    assert all(seen[name].current_call() is None for name in cross)  # after the call: its settings are gone
     assert all(isinstance(processor, AttnProcessor2_0) for name, processor in seen.items() if name not in cross)
 
 

@@ -54,7 +54,7 @@ def pladis_layers_per_call(model: torch.nn.Module) -> Iterator[list[set[str]]]:
             {
                 name[: -len(".processor")]
                 for name, processor in module.attn_processors.items()
-                if isinstance(processor, PLADISProcessor) and processor.current_settings() is not None
+                if isinstance(processor, PLADISProcessor) and processor.current_call() is not None
             }
         )
 
