@@ -7,11 +7,12 @@ with PLADIS: a sliced or xformers original runs as the SDPA processor), whether 
 and, where a layer is not told its text length, how it is recorded from each denoiser call.
 
 The registry is open and lazy. `register_family` adds a record (the built-in ones below; a user's, for a model
-PLADIS does not know yet), or a function building it on first use; classes are named as "module:QualName" paths
-where importing them would cost, so importing `attention` imports no diffusers transformer module, and a class
-renamed in diffusers breaks only its own family. A model gets the record of the nearest class of its MRO that a
-family names (a subclass of a registered denoiser gets its parent's record), else the generic `Attention` record.
-Adding a family is one `register_family` call (and its tests).
+PLADIS does not know yet); classes are named as "module:QualName" paths where importing them would cost, so
+importing `attention` imports no diffusers transformer module, and a class renamed in diffusers breaks only its own
+family. A model gets the record of the nearest class of its MRO that a family names (a subclass of a registered
+denoiser gets its parent's record), else the generic `Attention` record. Adding a family is one `register_family`
+call (and its tests). A record is checked when it is made (a wrong field raises naming it; a path's form is checked
+then, its class imported only when used).
 """
 
 from __future__ import annotations
@@ -38,7 +39,17 @@ from diffusers.models.attention_processor import (
     XFormersAttnProcessor,
 )
 
-from .text_layout import CROSS, LEADING, PACKED, TRAILING, TextLength, denoiser_argument, joint_text_tokens
+from ..validation import check_flag
+from .text_layout import (
+    CROSS,
+    LEADING,
+    PACKED,
+    TEXT_KEYS,
+    TRAILING,
+    TextLength,
+    denoiser_argument,
+    joint_text_tokens,
+)
 
 Recorder = Callable[[tuple, dict], TextLength]
 
@@ -48,8 +59,41 @@ def class_path(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
-def _path(cls: type | str) -> str:
-    return cls if isinstance(cls, str) else class_path(cls)
+_CLASS = 'a class or its "module:QualName" path (e.g. "diffusers.models.transformers.transformer_flux:FluxAttention")'
+
+
+def _path(field: str, cls: object) -> str:
+    """`cls`, a class or a "module:QualName" path, as its path (nothing imported); else an error naming `field`."""
+    if isinstance(cls, type):
+        return class_path(cls)
+    if not isinstance(cls, str):
+        raise TypeError(f"{field} must be {_CLASS}, got {type(cls).__name__}: {cls!r}")
+    module, _, qualname = cls.partition(":")
+    if cls.count(":") != 1 or not module.strip() or not qualname.strip():
+        raise ValueError(f"{field} must be {_CLASS}: one ':' between the module and the class name, got {cls!r}")
+    return cls
+
+
+def _sequence(field: str, value: object, accepted: str) -> tuple:
+    """`value`, a tuple or a list (a string is refused: it would be taken character by character), as a tuple."""
+    if not isinstance(value, tuple | list):
+        raise TypeError(f"{field} must be a tuple or list of {accepted}, got {type(value).__name__}: {value!r}")
+    return tuple(value)
+
+
+def _name(field: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(
+            f"{field} must be a non-empty str (its name in messages), got {type(value).__name__}: {value!r}"
+        )
+    if not value.strip():
+        raise ValueError(f"{field} must be a non-empty str (its name in messages), got {value!r}")
+    return value
+
+
+def _callable(field: str, value: object, accepted: str, *, optional: bool = False) -> None:
+    if not callable(value) and not (optional and value is None):
+        raise TypeError(f"{field} must be {accepted}, got {type(value).__name__}: {value!r}")
 
 
 def resolved(cls: type | str) -> type:
@@ -83,8 +127,32 @@ class TextAttention:
     image_context_calls: Callable[[torch.nn.Module], int] | None = None
 
     def __post_init__(self) -> None:
-        paths = {_path(held): _path(runs) for held, runs in self.processors.items()}
+        _name("TextAttention.blocks", self.blocks)
+        _callable("TextAttention.selects", self.selects, "a callable (name, module) -> bool")
+        if not isinstance(self.text_keys, str):
+            raise TypeError(
+                f"TextAttention.text_keys must be one of {TEXT_KEYS}, got {type(self.text_keys).__name__}: "
+                f"{self.text_keys!r}"
+            )
+        if self.text_keys not in TEXT_KEYS:
+            raise ValueError(f"TextAttention.text_keys must be one of {TEXT_KEYS}, got {self.text_keys!r}")
+        if not isinstance(self.processors, Mapping):
+            raise TypeError(
+                "TextAttention.processors must be a mapping {stock processor held: stock processor whose code runs}, "
+                f"each {_CLASS}, got {type(self.processors).__name__}: {self.processors!r}"
+            )
+        paths = {
+            _path("TextAttention.processors key", held): _path("TextAttention.processors value", runs)
+            for held, runs in self.processors.items()
+        }
         object.__setattr__(self, "processors", MappingProxyType(paths))
+        check_flag("TextAttention.optional", self.optional)
+        _callable(
+            "TextAttention.image_context_calls",
+            self.image_context_calls,
+            "None or a callable (module) -> int",
+            optional=True,
+        )
 
     def runs_as(self, processor: object) -> type | None:
         """The stock processor whose code runs with PLADIS for a layer holding `processor` (None: not one of this
@@ -114,7 +182,20 @@ class Family:
     record: Recorder | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "denoisers", tuple(_path(denoiser) for denoiser in self.denoisers))
+        _name("Family.name", self.name)
+        denoisers = _sequence("Family.denoisers", self.denoisers, 'classes or "module:QualName" paths')
+        object.__setattr__(
+            self, "denoisers", tuple(_path(f"Family.denoisers[{i}]", cls) for i, cls in enumerate(denoisers))
+        )
+        kinds = _sequence("Family.text_attention", self.text_attention, "TextAttention records")
+        for kind in kinds:
+            if not isinstance(kind, TextAttention):
+                raise TypeError(
+                    f"Family.text_attention must be a tuple or list of TextAttention records, got an item of type "
+                    f"{type(kind).__name__}: {kind!r}"
+                )
+        object.__setattr__(self, "text_attention", kinds)
+        _callable("Family.record", self.record, "None or a callable (args, kwargs) -> TextLength", optional=True)
 
 
 def _multiple_of_packing(tokens: int) -> int:
@@ -382,9 +463,18 @@ _BUILT_IN = (
     ),
 )
 
-_LOCK = threading.Lock()
-_FAMILIES: dict[str, Family] = {}  # by name, in registration order
-_DENOISERS: dict[str, str] = {}  # denoiser class path → family name
+
+@dataclass(frozen=True)
+class _Registry:
+    """One consistent state of the registry, never changed once published: `register_family` publishes a new one
+    (under `_LOCK`, one assignment) and readers read the one they took, so `family_of` needs no lock."""
+
+    families: Mapping[str, Family]  # by name, in registration order
+    denoisers: Mapping[str, Family]  # denoiser class path → its family's record
+
+
+_LOCK = threading.Lock()  # serialises writers
+_registry = _Registry(MappingProxyType({}), MappingProxyType({}))
 
 
 def register_family(family: Family) -> Family:
@@ -398,16 +488,20 @@ def register_family(family: Family) -> Family:
         raise TypeError(f"register_family takes a Family record, got {type(family).__name__}")
     if not family.denoisers:
         raise ValueError(f"family {family.name!r} names no denoiser class (the generic Attention record covers those)")
+    global _registry
     with _LOCK:
+        registry = _registry
         for denoiser in family.denoisers:
-            other = _DENOISERS.get(denoiser)
-            if other is not None and other != family.name:
-                raise ValueError(f"{denoiser} is already a denoiser of the family {other!r}, not of {family.name!r}")
-        previous = _FAMILIES.pop(family.name, None)
-        for denoiser in () if previous is None else previous.denoisers:
-            del _DENOISERS[denoiser]
-        _FAMILIES[family.name] = family
-        _DENOISERS.update(dict.fromkeys(family.denoisers, family.name))
+            other = registry.denoisers.get(denoiser)
+            if other is not None and other.name != family.name:
+                raise ValueError(
+                    f"{denoiser} is already a denoiser of the family {other.name!r}, not of {family.name!r}"
+                )
+        families = {name: kept for name, kept in registry.families.items() if name != family.name}
+        families[family.name] = family
+        denoisers = {path: kept for path, kept in registry.denoisers.items() if kept.name != family.name}
+        denoisers.update(dict.fromkeys(family.denoisers, family))
+        _registry = _Registry(MappingProxyType(families), MappingProxyType(denoisers))
     return family
 
 
@@ -417,21 +511,22 @@ for _family in _BUILT_IN:
 
 def registered_families() -> tuple[Family, ...]:
     """Every registered family record, in registration order (the built-in ones first)."""
-    return tuple(_FAMILIES.values())
+    return tuple(_registry.families.values())
 
 
 def supported_families() -> str:
     """What PLADIS supports, for messages: the generic `Attention` models and every registered family."""
-    return "SD 1.5/2.x/SDXL U-Nets, SD3, PixArt, SANA, " + ", ".join(_FAMILIES)
+    return "SD 1.5/2.x/SDXL U-Nets, SD3, PixArt, SANA, " + ", ".join(_registry.families)
 
 
 def family_of(model: torch.nn.Module) -> Family:
     """The record of `model`'s family: that of the nearest class of its MRO a registered family names (a subclass
     gets its parent's record), else the generic `Attention` record."""
+    denoisers = _registry.denoisers  # one consistent state, also while a family is being registered
     for cls in type(model).__mro__:
-        name = _DENOISERS.get(class_path(cls))
-        if name is not None:
-            return _FAMILIES[name]
+        family = denoisers.get(class_path(cls))
+        if family is not None:
+            return family
     return ATTENTION_MODULES
 
 
