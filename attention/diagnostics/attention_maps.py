@@ -17,10 +17,9 @@ from diffusers.models.attention_processor import Attention
 
 from ..integration.attn_processor_parts import unet_attention_heads
 from ..integration.install import attention_modules, pladis_processors, swapped_attn_processors
+from ..integration.latent_grid import LatentSize, recording_latent_size, token_grid
 from ..kernels.masks import additive_mask
 from ..kernels.sparse_maps import pladis_weights_, softmax_attention
-from ..perturbation.seg_blur import token_grid
-from ..perturbation.seg_processor import LatentSize, recording_latent_size
 from ..settings import PLADISSettings
 
 LAYER_GROUPS = ("down", "mid", "up")

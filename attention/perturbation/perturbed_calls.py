@@ -27,8 +27,8 @@ from ..integration.install import (
     set_processors,
     text_attention_layers,
 )
+from ..integration.latent_grid import LatentSize
 from ..validation import names_matching
-from .seg_processor import LatentSize
 
 
 def self_attention_layer_names(model: torch.nn.Module) -> list[str]:

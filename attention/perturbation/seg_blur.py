@@ -76,17 +76,3 @@ def gaussian_blur_tokens(tokens: torch.Tensor, height: int, width: int, sigma: f
     grid = work.transpose(1, 2).reshape(batch, channels, height, width)
     grid = _blur_along(_blur_along(grid, 2, sigma), 3, sigma)
     return grid.reshape(batch, channels, num_tokens).transpose(1, 2).to(tokens.dtype)
-
-
-def token_grid(num_tokens: int, latent_height: int, latent_width: int) -> tuple[int, int]:
-    """The (height, width) grid of `num_tokens` tokens at some U-Net depth, for a latent of the given size.
-
-    Each U-Net downsampling (stride-2 convolution, padding 1) maps n to ceil(n / 2), so the grid is
-    the first halving of the latent size with that many tokens; no square assumption.
-    """
-    height, width = latent_height, latent_width
-    while height * width > num_tokens and (height > 1 or width > 1):
-        height, width = -(-height // 2), -(-width // 2)
-    if height * width != num_tokens:
-        raise ValueError(f"{num_tokens} tokens match no downsampling of the {latent_height}x{latent_width} latent grid")
-    return height, width

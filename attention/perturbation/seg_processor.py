@@ -1,4 +1,4 @@
-"""Smoothed Energy Guidance's perturbed self-attention processor, and the latent-size recorder it needs.
+"""Smoothed Energy Guidance's perturbed self-attention processor.
 
 The processor is diffusers' `AttnProcessor2_0` except that the perturbed batch chunk's query is
 Gaussian-blurred over its token grid; the grid is derived from the latent size recorded at each
@@ -7,42 +7,14 @@ U-Net call and the layer's token count, so non-square images work.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
 from ..integration.attn_processor_parts import unet_attention_heads, unet_attention_output
-from .seg_blur import gaussian_blur_tokens, token_grid
+from ..integration.latent_grid import LatentSize, token_grid
+from .seg_blur import gaussian_blur_tokens
 from .seg_sigma import check_seg_blur_sigma
-
-
-@dataclass
-class LatentSize:
-    """Spatial size of the latent the U-Net is currently denoising (None before its first call)."""
-
-    height: int | None = None
-    width: int | None = None
-
-
-@contextmanager
-def recording_latent_size(model: torch.nn.Module) -> Iterator[LatentSize]:
-    """Yield a `LatentSize` that a forward pre-hook on `model` updates at every call; the hook is
-    removed on exit, also when the body raises."""
-    size = LatentSize()
-
-    def record(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        sample = kwargs["sample"] if "sample" in kwargs else args[0]
-        size.height, size.width = (int(n) for n in sample.shape[-2:])
-
-    handle = model.register_forward_pre_hook(record, with_kwargs=True)
-    try:
-        yield size
-    finally:
-        handle.remove()
 
 
 class SmoothedEnergyAttnProcessor:

@@ -1,6 +1,7 @@
 """`attention/` is grouped by job, and its imports say so (read from the sources, function-level imports included):
 the kernels import no diffusers, the PLADIS core (kernels, integration, settings, validation) never imports SEG or
-the diagnostics, and the two seams are siblings over the shared kernel code, neither built on the other."""
+the diagnostics, SEG and the diagnostics stand beside each other, and the two seams are siblings over the shared
+kernel code, neither built on the other."""
 
 from __future__ import annotations
 
@@ -55,3 +56,12 @@ def test_the_two_seams_are_siblings():
     assert not {name for name in imported_modules(cross) if name.startswith("attention.kernels.text_block")}
     assert not {name for name in imported_modules(joint) if name.startswith("attention.kernels.cross_attention")}
     assert "attention.kernels.table" in imported_modules(cross) & imported_modules(joint)  # the one kernel choice
+
+
+def test_the_diagnostics_and_seg_are_beside_each_other_not_built_on_each_other():
+    """The map recorder and SEG share the latent grid through `integration.latent_grid`, not one through the other."""
+    maps = {name for path in _sources("diagnostics") for name in imported_modules(path)}
+    seg = {name for path in _sources("perturbation") for name in imported_modules(path)}
+    assert not {name for name in maps if name.startswith("attention.perturbation")}
+    assert not {name for name in seg if name.startswith("attention.diagnostics")}
+    assert "attention.integration.latent_grid" in maps & seg

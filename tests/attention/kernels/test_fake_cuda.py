@@ -29,11 +29,12 @@ from attention import (
     pladis_processor_class,
 )
 from attention.integration.diffusers_families import ATTENTION_MODULES, class_path, registered_families
+from attention.integration.latent_grid import LatentSize
 from attention.integration.text_layout import CROSS, LEADING, TRAILING, TextLength
 from attention.kernels.cross_attention import pladis_scaled_dot_product_attention
 from attention.kernels.sdpa_backend import prefers_cudnn_attention, stock_sdpa_backend
 from attention.kernels.text_block import text_block_pladis_attention
-from attention.perturbation.seg_processor import LatentSize, SmoothedEnergyAttnProcessor
+from attention.perturbation.seg_processor import SmoothedEnergyAttnProcessor
 from attention.settings import PLADISSettings
 from tests.fake_cuda import CARDS, building_on_cuda, count_launches, fake_cuda
 from tests.tiny_denoisers import DENOISERS

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from attention.perturbation.seg_blur import gaussian_blur_tokens, seg_kernel_size, token_grid
+from attention.perturbation.seg_blur import gaussian_blur_tokens, seg_kernel_size
 from tests.guidance_reference import reference_blur
 
 
@@ -65,25 +65,6 @@ def test_blur_keeps_constant_tokens_and_channels_separate():
 def test_blur_rejects_a_mismatched_grid():
     with pytest.raises(ValueError, match="3x5"):
         gaussian_blur_tokens(torch.zeros(1, 16, 2), 3, 5, 1.0)
-
-
-@pytest.mark.parametrize(
-    "tokens,latent,grid",
-    [
-        (32 * 48, (32, 48), (32, 48)),
-        (16 * 24, (32, 48), (16, 24)),
-        (8 * 12, (32, 48), (8, 12)),
-        (7 * 10, (25, 37), (7, 10)),  # odd sizes round up at each stride-2 downsampling
-        (128 * 96, (128, 96), (128, 96)),
-    ],
-)
-def test_token_grid_follows_unet_downsampling(tokens, latent, grid):
-    assert token_grid(tokens, *latent) == grid
-
-
-def test_token_grid_rejects_a_token_count_from_another_image():
-    with pytest.raises(ValueError, match="32x48"):
-        token_grid(64, 32, 48)
 
 
 def test_blur_builds_its_gaussian_on_the_input_device_with_no_host_copy():

@@ -1,5 +1,5 @@
 """`SmoothedEnergyAttnProcessor` on a bare diffusers `Attention`: only the perturbed batch chunk changes,
-and it equals attention with a blurred query (keys and values untouched); the latent-size recorder."""
+and it equals attention with a blurred query (keys and values untouched)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,8 @@ import pytest
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from attention.perturbation.seg_processor import (
-    LatentSize,
-    SmoothedEnergyAttnProcessor,
-    recording_latent_size,
-    seg_attn_processors,
-)
+from attention.integration.latent_grid import LatentSize
+from attention.perturbation.seg_processor import SmoothedEnergyAttnProcessor, seg_attn_processors
 from tests.guidance_reference import reference_blur
 
 HEIGHT, WIDTH = 4, 6  # a non-square token grid
@@ -68,14 +64,3 @@ def test_processor_pair_is_with_and_without_cfg():
     assert (with_cfg.batch_chunks, without_cfg.batch_chunks) == (3, 2)
     with pytest.raises(ValueError, match="seg_blur_sigma"):
         SmoothedEnergyAttnProcessor(-1.0, LatentSize(), batch_chunks=2)
-
-
-def test_recorder_sees_each_call_and_is_removed():
-    model = torch.nn.Conv2d(4, 4, 1)
-    with recording_latent_size(model) as size:
-        model(torch.zeros(1, 4, 5, 7))
-        assert (size.height, size.width) == (5, 7)
-        model(torch.zeros(1, 4, 3, 2))
-        assert (size.height, size.width) == (3, 2)
-    model(torch.zeros(1, 4, 9, 9))
-    assert (size.height, size.width) == (3, 2) and not model._forward_pre_hooks
