@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import torch
 from diffusers.models.attention_processor import Attention
@@ -34,7 +34,7 @@ from .single_use import SingleUseBlock
 from .steps import StepSource, check_step_scheduler, pipeline_step_source, scheduler_step_source
 
 _PROCESSOR_SUFFIX = ".processor"
-INSTALL_LOCK = threading.Lock()  # guards every Installation and their table (never held during a denoiser call)
+_LOCK = threading.Lock()  # guards every Installation and their table (never held during a denoiser call)
 
 
 def attention_model(model: object) -> torch.nn.Module:
@@ -83,6 +83,13 @@ def set_processors(model: torch.nn.Module, replacements: dict[str, object]) -> N
     model.set_attn_processor(table)  # set_attn_processor needs one entry per layer (and empties the dict)
 
 
+def restore_originals(model: torch.nn.Module, processors: Mapping[str, Any]) -> None:
+    """Give every layer of `model` still holding one of `processors` (layer name → a processor with an `original`)
+    that original back; a layer someone else has set since keeps what it has."""
+    modules = attention_modules(model)
+    set_processors(model, {name: p.original for name, p in processors.items() if modules[name].processor is p})
+
+
 @contextmanager
 def swapped_attn_processors(model: torch.nn.Module, replacements: dict[str, object]) -> Iterator[None]:
     """Set `replacements` (layer name → processor) on `model`, and restore the exact previous
@@ -104,7 +111,7 @@ def swapped_attn_processors(model: torch.nn.Module, replacements: dict[str, obje
 def _without_ended_installations(processors: dict[str, object]) -> dict[str, object]:
     """`processors` with the PLADIS processors of installations that have ended (a snapshot taken while
     another call's PLADIS was installed, restored after that call ended) replaced by their originals."""
-    with INSTALL_LOCK:
+    with _LOCK:
         return {
             name: processor.original
             if isinstance(processor, PLADISProcessor)
@@ -255,16 +262,53 @@ class Installation:
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
-        modules = attention_modules(self.model)
-        set_processors(
-            self.model,
-            {
-                name: processor.original
-                for name, processor in self.processors.items()
-                if modules[name].processor is processor
-            },
-        )
+        restore_originals(self.model, self.processors)
         self.processors = {}
+
+
+class SharedOnModel(Protocol):
+    """What `shared_on_model` shares: the model it sits on, how many calls use it, and how it leaves the model."""
+
+    model: torch.nn.Module
+    users: int
+
+    def remove(self) -> None: ...
+
+
+Shared = TypeVar("Shared", bound=SharedOnModel)
+
+
+@contextmanager
+def shared_on_model(
+    table: dict[int, Shared],
+    model: torch.nn.Module,
+    make: Callable[[], Shared],
+    join: Callable[[Shared], None] | None = None,
+) -> Iterator[Shared]:
+    """The object `table` holds for `model` (made by `make()` when it holds none) for the body, shared with the other
+    calls running on that model: `join(shared)` runs under the lock as a call enters (when it raises, an object no
+    call uses is removed again), and the last call to leave removes it from `table` and from the model."""
+    with _LOCK:
+        shared = table.get(id(model))
+        if shared is None or shared.model is not model:
+            shared = make()
+        if join is not None:
+            try:
+                join(shared)
+            except BaseException:
+                if shared.users == 0:
+                    shared.remove()
+                raise
+        shared.users += 1
+        table[id(model)] = shared
+    try:
+        yield shared
+    finally:
+        with _LOCK:
+            shared.users -= 1
+            if shared.users == 0:
+                del table[id(model)]
+                shared.remove()
 
 
 _INSTALLATIONS: dict[int, Installation] = {}
@@ -274,26 +318,10 @@ _INSTALLATIONS: dict[int, Installation] = {}
 def installed_pladis(model: torch.nn.Module, layers: dict[str, TextLayer]) -> Iterator[Installation]:
     """PLADIS processors on `layers` of `model` for the body, shared with the other calls running on it;
     the last call to leave restores the original processors."""
-    with INSTALL_LOCK:
-        installation = _INSTALLATIONS.get(id(model))
-        if installation is None or installation.model is not model:
-            installation = Installation(model, family_of(model))
-        try:
-            installation.add(layers)
-        except BaseException:
-            if installation.users == 0:
-                installation.remove()
-            raise
-        installation.users += 1
-        _INSTALLATIONS[id(model)] = installation
-    try:
+    with shared_on_model(
+        _INSTALLATIONS, model, lambda: Installation(model, family_of(model)), lambda shared: shared.add(layers)
+    ) as installation:
         yield installation
-    finally:
-        with INSTALL_LOCK:
-            installation.users -= 1
-            if installation.users == 0:
-                del _INSTALLATIONS[id(model)]
-                installation.remove()
 
 
 def denoisers(pipe_or_denoiser: object, pladis_controlnet: bool = False) -> list[torch.nn.Module]:

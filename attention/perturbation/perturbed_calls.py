@@ -21,10 +21,11 @@ from diffusers.models.attention_processor import Attention
 
 from ..integration.diffusers_families import family_of
 from ..integration.install import (
-    INSTALL_LOCK,
     attention_modules,
     installed_pladis,
+    restore_originals,
     set_processors,
+    shared_on_model,
     text_attention_layers,
 )
 from ..integration.latent_grid import LatentSize
@@ -151,11 +152,7 @@ class PerturbableLayers:
     def remove(self) -> None:
         """Give every layer still holding one of our processors its original back; remove the hook."""
         self._hook.remove()
-        modules = attention_modules(self.model)
-        set_processors(
-            self.model,
-            {name: p.original for name, p in self.processors.items() if modules[name].processor is p},
-        )
+        restore_originals(self.model, self.processors)
 
 
 _INSTALLATIONS: dict[int, PerturbableLayers] = {}
@@ -165,20 +162,8 @@ _INSTALLATIONS: dict[int, PerturbableLayers] = {}
 def _perturbable_layers(model: torch.nn.Module) -> Iterator[PerturbableLayers]:
     """`PerturbableLayers` on `model` for the body, shared with the other perturbed calls on it; the last one to
     leave restores the original processors."""
-    with INSTALL_LOCK:
-        layers = _INSTALLATIONS.get(id(model))
-        if layers is None or layers.model is not model:
-            layers = PerturbableLayers(model)
-            _INSTALLATIONS[id(model)] = layers
-        layers.users += 1
-    try:
+    with shared_on_model(_INSTALLATIONS, model, lambda: PerturbableLayers(model)) as layers:
         yield layers
-    finally:
-        with INSTALL_LOCK:
-            layers.users -= 1
-            if layers.users == 0:
-                del _INSTALLATIONS[id(model)]
-                layers.remove()
 
 
 @contextmanager

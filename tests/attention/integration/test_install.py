@@ -108,3 +108,39 @@ def test_unregistered_models_use_the_attention_module_record():
     unet = build("sd15").unet
     assert family_of(unet).denoisers == ()
     assert family_of(tiny_flux_transformer(guidance_embeds=True)).name == "FLUX.1"
+
+
+def test_an_object_shared_on_a_model_lives_while_a_call_uses_it_and_a_failed_entry_leaves_it_as_it_was():
+    """`shared_on_model`, the life cycle of PLADIS installations and of SEG/PAG's perturbable layers: one object per
+    model for all the calls inside, removed when the last leaves; an entry whose `join` raises removes an object no
+    call uses, and leaves one other calls use untouched."""
+    from attention.integration.install import shared_on_model
+
+    class Shared:
+        def __init__(self, model):
+            self.model, self.users, self.removed = model, 0, 0
+
+        def remove(self):
+            self.removed += 1
+
+    def refuse(shared):
+        raise RuntimeError("join refused")
+
+    model, table, made = torch.nn.Linear(1, 1), {}, []
+
+    def make():
+        made.append(Shared(model))
+        return made[-1]
+
+    with shared_on_model(table, model, make) as first:
+        with shared_on_model(table, model, make) as second:
+            assert second is first and first.users == 2 and table == {id(model): first}
+        with pytest.raises(RuntimeError, match="join refused"):
+            with shared_on_model(table, model, make, refuse):
+                pass
+        assert (first.users, first.removed, table) == (1, 0, {id(model): first})
+    assert (first.users, first.removed, table, len(made)) == (0, 1, {}, 1)
+    with pytest.raises(RuntimeError, match="join refused"):
+        with shared_on_model(table, model, make, refuse):
+            pass
+    assert len(made) == 2 and made[1].removed == 1 and table == {}
