@@ -13,19 +13,11 @@ from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, Fl
 from attention import PLADISFluxAttnProcessor, apply_pladis
 from pipeline.pipeline_flux_pladis import PLADISFluxPipeline
 from scripts.cli.assets import TINY_FLUX_DEV, TINY_FLUX_LORA, TINY_FLUX_SCHNELL, TINY_SDXL
+from tests.family_runs import one_thread  # noqa: F401
 from tests.tiny import CallCounter, processors_by_name, run_pipe, same_processor_objects
 
 VARIANTS = {"schnell": TINY_FLUX_SCHNELL, "dev": TINY_FLUX_DEV}
 TEXT_TOKENS = 32  # a short T5 length keeps the tiny runs fast; the pipeline default (512) is tested once
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and busy shared cores make 2 spinning threads crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run_flux(pipe, max_sequence_length: int = TEXT_TOKENS, **kwargs):
