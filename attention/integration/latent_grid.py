@@ -17,6 +17,11 @@ class LatentSize:
     height: int | None = None
     width: int | None = None
 
+    def record_call(self, args: tuple, kwargs: dict) -> None:
+        """Take the size of the latent (`sample`) a U-Net call was given (a forward pre-hook's arguments)."""
+        sample = kwargs["sample"] if "sample" in kwargs else args[0]
+        self.height, self.width = (int(n) for n in sample.shape[-2:])
+
 
 @contextmanager
 def recording_latent_size(model: torch.nn.Module) -> Iterator[LatentSize]:
@@ -25,8 +30,7 @@ def recording_latent_size(model: torch.nn.Module) -> Iterator[LatentSize]:
     size = LatentSize()
 
     def record(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        sample = kwargs["sample"] if "sample" in kwargs else args[0]
-        size.height, size.width = (int(n) for n in sample.shape[-2:])
+        size.record_call(args, kwargs)
 
     handle = model.register_forward_pre_hook(record, with_kwargs=True)
     try:

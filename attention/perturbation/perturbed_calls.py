@@ -146,8 +146,7 @@ class PerturbableLayers:
     def _record(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         call = current_perturbed_call(self.model)
         if call is not None:
-            sample = kwargs["sample"] if "sample" in kwargs else args[0]
-            call.latent_size.height, call.latent_size.width = (int(n) for n in sample.shape[-2:])
+            call.latent_size.record_call(args, kwargs)
 
     def remove(self) -> None:
         """Give every layer still holding one of our processors its original back; remove the hook."""
